@@ -1,0 +1,161 @@
+"""Train-step throughput and MFU of the shipped configs, one case per subprocess.
+
+  python benchmarks/step_benchmark.py                      # the default table
+  python benchmarks/step_benchmark.py --case 1b:8:dots     # preset:batch:remat[:seq]
+  python benchmarks/step_benchmark.py --depths 6,24,48     # compile time against depth
+
+Each case runs in its own process (so peak device memory is its own), builds
+the real config, creates the sharded state, compiles the real train step, runs
+warm-up steps, then times `--steps` steps on a device-resident batch (the data
+loader is measured on its own by `--loader`). MFU is model FLOPs per second
+(6N + attention, `ModelConfig.flops_per_token`) over the chip's datasheet dense
+bf16 peak (H100/H200: 989 TFLOP/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+DEFAULT_CASES = ("125m:16:none", "410m:16:dots", "1b:8:dots", "1b:16:full")
+
+
+def run_case(preset: str, batch: int, remat: str, seq: int, steps: int, warmup: int,
+             layers: int | None = None, compile_only: bool = False) -> dict:
+  import jax
+  import numpy as np
+
+  from growjax import config as config_lib
+  from growjax import metrics
+  from growjax import train
+
+  cfg = config_lib.base_config(preset)
+  cfg.data.seq_len = seq
+  cfg.train.global_batch_size = batch
+  cfg.model.remat_policy = remat
+  if layers:
+    cfg.model.num_layers = layers
+  setup = train.build(cfg)
+  state = train.init_state(setup, jax.random.key(0))
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(0, 32000, (batch, seq + 1), dtype=np.int32)
+  batch_arrays = train.to_global({"inputs": tokens[:, :-1], "targets": tokens[:, 1:]},
+                                 setup.batch_sharding)
+  step_fn = train.make_train_step(setup)
+  with setup.mesh:
+    t0 = time.perf_counter()
+    compiled = step_fn.lower(state, batch_arrays).compile()
+    compile_s = time.perf_counter() - t0
+    result = {"preset": preset, "layers": setup.model_cfg.num_layers, "batch": batch,
+              "seq": seq, "remat": remat, "compile_s": compile_s,
+              "params": setup.model_cfg.num_params()}
+    if compile_only:
+      return result
+    for _ in range(warmup):
+      state, m = compiled(state, batch_arrays)
+    jax.block_until_ready(m)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      state, m = compiled(state, batch_arrays)
+    jax.block_until_ready(m)
+    dt = (time.perf_counter() - t0) / steps
+  tps = batch * seq / dt
+  fpt = setup.model_cfg.flops_per_token(seq)
+  peak = metrics.peak_tflops()
+  stats = jax.local_devices()[0].memory_stats() or {}
+  result.update(step_s=dt, tokens_per_s=tps, flops_per_token=fpt,
+                mfu=metrics.mfu(fpt, tps, jax.device_count(), peak),
+                tflops_per_chip=fpt * tps / jax.device_count() / 1e12,
+                peak_mem_gib=stats.get("peak_bytes_in_use", 0) / 2**30,
+                loss=float(m["loss"]), device=jax.devices()[0].device_kind,
+                num_devices=jax.device_count())
+  return result
+
+
+def loader_case(batch: int, seq: int, n: int) -> dict:
+  from growjax import config as config_lib
+  from growjax import data
+  cfg = config_lib.base_config("tiny")
+  cfg.data.seq_len = seq
+  return {"loader_tokens_per_s": data.loader_tokens_per_second(cfg.data, batch, n),
+          "batch": batch, "seq": seq}
+
+
+def _subprocess(args: list[str]) -> dict:
+  out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+  for line in out.stdout.splitlines():
+    if line.startswith("RESULT "):
+      return json.loads(line[len("RESULT "):])
+  return {"error": (out.stderr or out.stdout)[-2000:], "args": args}
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--case", action="append", help="preset:batch:remat[:seq]")
+  p.add_argument("--steps", type=int, default=20)
+  p.add_argument("--warmup", type=int, default=3)
+  p.add_argument("--depths", default="", help="compile time for these depths (1b widths)")
+  p.add_argument("--loader", action="store_true", help="also time the data loader alone")
+  p.add_argument("--out", default="", help="write all results as JSON here")
+  p.add_argument("--_one", default="", help=argparse.SUPPRESS)
+  a = p.parse_args()
+
+  if a._one:  # child process: one case
+    kind, spec = a._one.split("=", 1)
+    if kind == "loader":
+      b, s = map(int, spec.split(":"))
+      res = loader_case(b, s, 200)
+    else:
+      preset, batch, remat, seq, layers = spec.split(":")
+      res = run_case(preset, int(batch), remat, int(seq), a.steps, a.warmup,
+                     int(layers) or None, compile_only=(kind == "compile"))
+    print("RESULT " + json.dumps(res), flush=True)
+    return
+
+  results = []
+  for case in a.case or DEFAULT_CASES:
+    parts = case.split(":")
+    preset, batch, remat = parts[:3]
+    seq = parts[3] if len(parts) > 3 else "2048"
+    r = _subprocess([f"--_one=step={preset}:{batch}:{remat}:{seq}:0", f"--steps={a.steps}",
+                     f"--warmup={a.warmup}"])
+    results.append(r)
+    print(json.dumps(r), flush=True)
+  for depth in filter(None, a.depths.split(",")):
+    r = _subprocess([f"--_one=compile=1b:8:dots:2048:{depth}"])
+    results.append(r)
+    print(json.dumps(r), flush=True)
+  if a.loader:
+    r = _subprocess(["--_one=loader=16:2048"])
+    results.append(r)
+    print(json.dumps(r), flush=True)
+
+  print("\n| config | layers | batch x seq | remat | step (ms) | tokens/s | TFLOP/s/chip | MFU "
+        "| peak mem (GiB) | compile (s) |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
+  for r in results:
+    if "step_s" in r:
+      print(f"| {r['preset']} ({r['params'] / 1e6:.0f}M) | {r['layers']} | {r['batch']}x{r['seq']} "
+            f"| {r['remat']} | {r['step_s'] * 1e3:.1f} | {r['tokens_per_s']:,.0f} | "
+            f"{r['tflops_per_chip']:.0f} | {r['mfu']:.1%} | {r['peak_mem_gib']:.1f} | "
+            f"{r['compile_s']:.1f} |")
+  for r in results:
+    if "compile_s" in r and "step_s" not in r:
+      print(f"compile time, {r['layers']} layers (1b widths): {r['compile_s']:.1f} s")
+    if "loader_tokens_per_s" in r:
+      print(f"data loader alone: {r['loader_tokens_per_s']:,.0f} tokens/s")
+    if "error" in r:
+      print(f"FAILED {r['args']}: {r['error']}")
+  if results and "device" in results[0]:
+    print(f"device: {results[0]['device']} x{results[0]['num_devices']}")
+  if a.out:
+    with open(a.out, "w") as f:
+      json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()

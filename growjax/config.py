@@ -1,0 +1,148 @@
+"""The base run config every `configs/*.py` file starts from, and its validation.
+
+Config files call `base_config()` and change fields; the returned ConfigDict is
+locked, so a misspelt field in a file or on the command line
+(`--config.train.stpes=10`) is an error rather than a silent no-op.
+`validate` runs before any array is made and names the field and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+
+from growjax import data as data_lib
+from growjax import sharding
+from growjax.model import ModelConfig, abstract_params, logical_axes
+
+# Model sizes shipped with growjax (the paper's TinyLlama-shaped family and CPU sizes).
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(vocab_size=384, num_layers=4, embed_dim=128, num_heads=4, num_kv_heads=2,
+                 head_dim=32, mlp_dim=384),
+    "125m": dict(vocab_size=32000, num_layers=12, embed_dim=768, num_heads=12,
+                 num_kv_heads=12, head_dim=64, mlp_dim=2048),
+    "410m": dict(vocab_size=32000, num_layers=24, embed_dim=1024, num_heads=16,
+                 num_kv_heads=16, head_dim=64, mlp_dim=2816),
+    "1b": dict(vocab_size=32000, num_layers=22, embed_dim=2048, num_heads=32, num_kv_heads=4,
+               head_dim=64, mlp_dim=5632),
+    # The paper's base / target pair (TinyLlama widths, 6 -> 24 layers).
+    "6l_2048": dict(vocab_size=32000, num_layers=6, embed_dim=2048, num_heads=32,
+                    num_kv_heads=4, head_dim=64, mlp_dim=5632),
+    "24l_2048": dict(vocab_size=32000, num_layers=24, embed_dim=2048, num_heads=32,
+                     num_kv_heads=4, head_dim=64, mlp_dim=5632),
+}
+
+
+def model_config(preset: str, **overrides) -> ml_collections.ConfigDict:
+  if preset not in MODEL_PRESETS:
+    raise ValueError(f"unknown model preset {preset!r}; choose one of {sorted(MODEL_PRESETS)}.")
+  fields = dataclasses.asdict(ModelConfig(**MODEL_PRESETS[preset]))
+  fields.update(overrides)
+  return ml_collections.ConfigDict(fields)
+
+
+def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.model = model_config(model)
+  c.data = data_lib.default_data_config()
+  c.train = ml_collections.ConfigDict(dict(
+      steps=1000,
+      global_batch_size=32,          # sequences per optimizer step, over all devices
+      grad_accum_steps=1,            # micro-batches per step (each global_batch/accum rows)
+      z_loss=1e-4,                   # PaLM z-loss weight on log(Z)^2
+      loss_chunk_len=512,            # sequence positions per LM-head chunk in the loss
+      log_every=10,
+      eval_every=200,                # 0 disables periodic evaluation
+      eval_batches=4,
+      checkpoint_every=200,
+      keep_checkpoints=3,
+      async_checkpointing=True,
+      init_from="",                  # checkpoint dir (or step dir) whose params start the run
+  ))
+  c.optimizer = ml_collections.ConfigDict(dict(
+      peak_lr=3e-4, end_lr=3e-5, warmup_steps=3000, decay_steps=0,  # 0: = train.steps
+      b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0,
+      decay_embeddings=False, decay_norms=False,
+  ))
+  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+  c.sharding_rules = [list(r) for r in sharding.DEFAULT_RULES]
+  # A whole grow run (`growjax train` with growth.enabled): the small model trains
+  # small_steps steps, is grown into config.model, and the large model trains on to
+  # config.train.steps. Both share config.train/optimizer/data unless set here.
+  c.growth = ml_collections.ConfigDict(dict(
+      enabled=False,
+      small_model=model_config(model),
+      small_steps=0,                 # tokens d = small_steps x small batch x seq_len
+      small_global_batch_size=0,     # 0: config.train.global_batch_size
+      small_mesh=ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1)),
+      method="stack",                # depth operator (growjax.growth)
+      width_method="",               # '' (none) or direct / zero / random / learn
+      layer_map=[-1],                # [-1]: unset; else the explicit depth map
+      opt_state="reset",             # reset (the paper) or grow (map Adam moments)
+      schedule="continue",           # continue the LR schedule (the paper) or restart
+  ))
+  c.metrics = ml_collections.ConfigDict(dict(
+      peak_tflops_per_chip=0.0,      # 0: look up the chip in growjax.metrics.PEAK_TFLOPS
+      tensorboard=True,
+  ))
+  c.lock()
+  return c
+
+
+def validate(cfg: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:
+  """Checks a run config before any compute; returns the resolved mesh shape."""
+  model = ModelConfig.from_config(cfg.model)
+  model.validate()
+  mesh_sizes = sharding.mesh_shape(cfg.mesh, num_devices)
+  rules = sharding.rules_from_config(cfg.sharding_rules)
+  axes = logical_axes(model)
+  shapes = jax.tree.map(lambda x: x.shape, nn.unbox(abstract_params(model)))
+  sharding.check_divisible(axes, shapes, mesh_sizes, rules)
+
+  t = cfg.train
+  for f in ("steps", "global_batch_size", "grad_accum_steps", "log_every", "eval_batches",
+            "checkpoint_every", "keep_checkpoints"):
+    if int(t[f]) <= 0:
+      raise ValueError(f"config.train.{f} must be positive, got {t[f]}.")
+  if t.global_batch_size % t.grad_accum_steps:
+    raise ValueError(f"config.train.global_batch_size={t.global_batch_size} is not divisible "
+                     f"by config.train.grad_accum_steps={t.grad_accum_steps}.")
+  dp = 1
+  rule_map = dict(rules)
+  batch_axes = rule_map.get("act_batch") or ()
+  for a in ((batch_axes,) if isinstance(batch_axes, str) else batch_axes):
+    dp *= mesh_sizes[a]
+  micro = t.global_batch_size // t.grad_accum_steps
+  if micro % dp:
+    raise ValueError(
+        f"config.train.global_batch_size={t.global_batch_size} (micro-batch {micro} with "
+        f"grad_accum_steps={t.grad_accum_steps}) is not divisible by the data-parallel size "
+        f"{dp} (mesh data x fsdp = {mesh_sizes['data']} x {mesh_sizes['fsdp']}); use a "
+        f"multiple of {dp * t.grad_accum_steps}.")
+  seq_len = cfg.data.seq_len
+  chunk = min(t.loss_chunk_len, seq_len)
+  if chunk <= 0 or seq_len % chunk:
+    raise ValueError(f"config.train.loss_chunk_len={t.loss_chunk_len} must be positive and "
+                     f"divide config.data.seq_len={seq_len}.")
+  o = cfg.optimizer
+  if o.peak_lr <= 0 or o.end_lr < 0 or o.end_lr > o.peak_lr:
+    raise ValueError(f"config.optimizer: need 0 <= end_lr <= peak_lr and peak_lr > 0, got "
+                     f"peak_lr={o.peak_lr}, end_lr={o.end_lr}.")
+  if o.warmup_steps < 0:
+    raise ValueError(f"config.optimizer.warmup_steps must be >= 0, got {o.warmup_steps}.")
+  if t.init_from and not os.path.exists(t.init_from):
+    raise ValueError(f"config.train.init_from={t.init_from!r} does not exist; point it at a "
+                     f"growjax checkpoint directory (e.g. the output of `growjax grow`).")
+  data_lib.check_data_config(cfg.data)
+  tok = data_lib.make_tokenizer(cfg.data.tokenizer)
+  if tok.vocab_size > model.vocab_size:
+    raise ValueError(f"config.model.vocab_size={model.vocab_size} is smaller than the "
+                     f"tokenizer's vocabulary ({tok.vocab_size}, config.data.tokenizer="
+                     f"{cfg.data.tokenizer!r}); raise config.model.vocab_size.")
+  return mesh_sizes

@@ -1,0 +1,40 @@
+"""Multi-controller start-up: one process per host (or per GPU) joins one JAX runtime.
+
+`jax.distributed.initialize()` detects Cloud TPU pod slices, SLURM and Open MPI
+by itself; explicit flags cover every other cluster. Called once, before any
+device is touched, by the `growjax` commands.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+
+def _env_says_multiprocess() -> bool:
+  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    return True
+  if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ:
+    return True
+  if int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+    return True
+  # Cloud TPU VM pod slices list more than one worker host.
+  hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+  return len([h for h in hosts.split(",") if h]) > 1
+
+
+def maybe_initialize(coordinator_address: str = "", num_processes: int = 0,
+                     process_id: int = -1) -> bool:
+  """Initialises jax.distributed when flags or the environment ask for it."""
+  if coordinator_address or num_processes:
+    if not (coordinator_address and num_processes and process_id >= 0):
+      raise ValueError("--coordinator_address, --num_processes and --process_id go together; "
+                       f"got {coordinator_address!r}, {num_processes}, {process_id}.")
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
+    return True
+  if _env_says_multiprocess():
+    jax.distributed.initialize()
+    return True
+  return False

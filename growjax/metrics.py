@@ -1,0 +1,108 @@
+"""Throughput, MFU, the console progress line and TensorBoard event files.
+
+MFU is model FLOPs per second over the chip's datasheet dense bf16 peak (the
+MaxText convention). Only process 0 writes; tensorboardX writes event files
+without TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Mapping
+
+import jax
+
+# Datasheet dense bf16 peak per chip, TFLOP/s, matched against `device_kind`.
+PEAK_TFLOPS = (
+    ("H200", 989.0),
+    ("H100", 989.0),
+    ("A100", 312.0),
+    ("TPU v6", 918.0),        # v6e (Trillium)
+    ("TPU v5 lite", 197.0),   # v5e
+    ("TPU v5p", 459.0),
+    ("TPU v5", 459.0),
+    ("TPU v4", 275.0),
+)
+
+
+def peak_tflops(device: jax.Device | None = None, override: float = 0.0) -> float | None:
+  """The chip's dense bf16 peak in TFLOP/s, or None when unknown (e.g. CPU)."""
+  if override:
+    return float(override)
+  kind = (device or jax.devices()[0]).device_kind
+  for key, tflops in PEAK_TFLOPS:
+    if key.lower() in kind.lower():
+      return tflops
+  return None
+
+
+def mfu(flops_per_token: float, tokens_per_second: float, num_chips: int,
+        peak: float | None) -> float | None:
+  if not peak:
+    return None
+  return flops_per_token * tokens_per_second / (num_chips * peak * 1e12)
+
+
+def format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def format_progress(step: int, total: int, values: Mapping[str, float], eta_s: float) -> str:
+  parts = [f"step {step}/{total}"]
+  for key, fmt in (("loss", "loss {:.4f}"), ("eval_loss", "eval {:.4f}"), ("lr", "lr {:.2e}"),
+                   ("grad_norm", "gnorm {:.3f}"), ("tokens_per_second", "{:,.0f} tok/s"),
+                   ("mfu", "MFU {:.1%}"), ("tokens_seen", "{:.3g} tok")):
+    if values.get(key) is not None:
+      parts.append(fmt.format(values[key]))
+  parts.append(f"ETA {format_duration(eta_s)}")
+  return " | ".join(parts)
+
+
+class MetricWriter:
+  """Console + TensorBoard; a no-op writer on processes other than 0."""
+
+  def __init__(self, logdir: str, enabled: bool = True, tensorboard: bool = True):
+    self.enabled = enabled
+    self._tb = None
+    if enabled and tensorboard:
+      from tensorboardX import SummaryWriter  # light, no TensorFlow
+      os.makedirs(logdir, exist_ok=True)
+      self._tb = SummaryWriter(logdir=logdir, flush_secs=10)
+
+  def scalars(self, step: int, values: Mapping[str, float | None]) -> None:
+    if self._tb is None:
+      return
+    for k, v in values.items():
+      if v is not None:
+        self._tb.add_scalar(k, float(v), step)
+
+  def text(self, line: str) -> None:
+    if self.enabled:
+      print(line, flush=True)
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.flush()
+      self._tb.close()
+
+
+class Throughput:
+  """Tokens/s and ETA over the window since the last report (wall clock)."""
+
+  def __init__(self, start_step: int, total_steps: int):
+    self.total = total_steps
+    self._t, self._step = time.perf_counter(), start_step
+
+  def update(self, step: int, tokens_per_step: int) -> tuple[float, float]:
+    now = time.perf_counter()
+    dt, ds = now - self._t, step - self._step
+    self._t, self._step = now, step
+    if ds <= 0 or dt <= 0:
+      return 0.0, 0.0
+    tps = ds * tokens_per_step / dt
+    eta = (self.total - step) * dt / ds
+    return tps, eta

@@ -1,0 +1,51 @@
+"""The paper's growth-timing rule: how many tokens to spend on the small model.
+
+Du et al. fit `log10(d) = 0.88 log10(N) + 163.27 / log10(C) - 5.74`, with N the
+target model's parameters and C the compute budget in FLOPs, and found a growth
+factor g = 4 best. This module only evaluates that fit; it does not train.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+RECOMMENDED_G = 4
+
+
+def growth_tokens(params: float, flops: float) -> float:
+  """Tokens d to train the small (base) model before growing (the paper's fit)."""
+  if params <= 0 or flops <= 1:
+    raise ValueError(f"--params and --flops must be positive (got {params}, {flops}).")
+  return 10 ** (0.88 * math.log10(params) + 163.27 / math.log10(flops) - 5.74)
+
+
+def budget_flops(params: float, tokens: float) -> float:
+  """C = 6 N D, the usual dense-transformer training cost."""
+  return 6.0 * params * tokens
+
+
+def describe(params: float | None, flops: float | None, tokens: float | None = None,
+             cfg: ml_collections.ConfigDict | None = None) -> str:
+  """The `growjax plan` report: d, g, and what d means in steps of a config."""
+  if params is None and cfg is not None:
+    from growjax.model import ModelConfig
+    params = float(ModelConfig.from_config(cfg.model).num_params())
+  if params is None:
+    raise ValueError("give --params N (or --config to take N from its model).")
+  if flops is None:
+    if tokens is None:
+      raise ValueError("give --flops C or --tokens D (then C = 6 N D).")
+    flops = budget_flops(params, tokens)
+  d = growth_tokens(params, flops)
+  lines = [f"target model N = {params:.4g} parameters, budget C = {flops:.4g} FLOPs",
+           f"growth timing d = {d:.4g} tokens on the small model (Du et al. 2024 fit)",
+           f"growth factor g = {RECOMMENDED_G} (G_stack; the paper's best)"]
+  if cfg is not None:
+    tokens_per_step = cfg.train.global_batch_size * cfg.data.seq_len
+    layers = cfg.model.num_layers
+    lines.append(f"with this config ({tokens_per_step} tokens/step): small stage = "
+                 f"{math.ceil(d / tokens_per_step)} steps; small model "
+                 f"{layers / RECOMMENDED_G:g} layers grown to {layers}")
+  return "\n".join(lines)

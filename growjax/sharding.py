@@ -1,0 +1,127 @@
+"""Device mesh and the one table that maps logical axis names to mesh axes.
+
+Parameters and activations are annotated with logical names in `growjax.model`;
+`config.sharding_rules` says which mesh axis (`data`, `fsdp`, `tensor`) each
+name is split over. Changing the parallelism is a config change, not a code
+change. This module does not place data; `growjax.train` does.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Default rules: batch over data x fsdp, weights' embed axis over fsdp (ZeRO-3
+# style), heads / mlp / vocab over tensor (Megatron style).
+DEFAULT_RULES = (
+    ("act_batch", ("data", "fsdp")),
+    ("act_length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("layers", None),
+)
+
+# Which config.model field sets the size of each logical parameter axis.
+AXIS_FIELDS = {"vocab": "vocab_size", "embed": "embed_dim", "mlp": "mlp_dim",
+               "heads": "num_heads", "kv_heads": "num_kv_heads", "head_dim": "head_dim",
+               "layers": "num_layers"}
+
+
+def mesh_shape(mesh_cfg: Any, num_devices: int) -> dict[str, int]:
+  """Resolves `config.mesh` (one entry may be -1: 'the rest') against the device count."""
+  shape = {a: int(mesh_cfg[a]) for a in MESH_AXES}
+  unknown = set(dict(mesh_cfg)) - set(MESH_AXES)
+  if unknown:
+    raise ValueError(f"config.mesh has unknown axes {sorted(unknown)}; use {MESH_AXES}.")
+  free = [a for a, s in shape.items() if s == -1]
+  if len(free) > 1:
+    raise ValueError(f"config.mesh: only one axis may be -1, got {free}.")
+  if any(s == 0 or s < -1 for s in shape.values()):
+    raise ValueError(f"config.mesh sizes must be positive or -1, got {shape}.")
+  known = math.prod(s for s in shape.values() if s != -1)
+  if free:
+    if num_devices % known:
+      raise ValueError(f"config.mesh {shape}: {num_devices} devices are not divisible by "
+                       f"the fixed axes' product {known}.")
+    shape[free[0]] = num_devices // known
+  if math.prod(shape.values()) != num_devices:
+    raise ValueError(f"config.mesh {shape} needs {math.prod(shape.values())} devices but "
+                     f"{num_devices} are present; set one axis to -1 to take the rest.")
+  return shape
+
+
+def make_mesh(mesh_cfg: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  devices = list(devices if devices is not None else jax.devices())
+  shape = mesh_shape(mesh_cfg, len(devices))
+  # Auto axes: XLA's SPMD partitioner places what the logical constraints leave open.
+  return jax.make_mesh(tuple(shape[a] for a in MESH_AXES), MESH_AXES, devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def rules_from_config(rules: Any) -> tuple:
+  """Config stores rules as lists; flax wants tuples of (name, axis-or-axes-or-None)."""
+  out = []
+  for name, axes in rules:
+    if isinstance(axes, list):
+      axes = tuple(axes)
+    out.append((name, axes))
+  return tuple(out)
+
+
+def logical_to_sharding(logical_specs: Any, mesh: Mesh, rules: tuple) -> Any:
+  """Tree of logical PartitionSpecs -> tree of NamedShardings on `mesh`."""
+  return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
+
+
+def batch_sharding(mesh: Mesh, rules: tuple) -> NamedSharding:
+  """Sharding of a `(batch, seq)` array: batch over the data-parallel axes."""
+  spec = nn.logical_to_mesh_axes(("act_batch", "act_length"), rules)
+  return NamedSharding(mesh, spec)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def data_parallel_size(mesh: Mesh, rules: tuple) -> int:
+  spec = nn.logical_to_mesh_axes(("act_batch",), rules)[0]
+  axes = (spec,) if isinstance(spec, str) else (spec or ())
+  return int(np.prod([mesh.shape[a] for a in axes]))
+
+
+def check_divisible(logical_axes: Any, shapes: Any, mesh_sizes: dict[str, int], rules: tuple,
+                    where: str = "config.model") -> None:
+  """Every sharded parameter dim must divide by its mesh axes; say which field to change."""
+  rule_map = dict(rules)
+
+  def check(names, shape):
+    for name, dim in zip(names, shape):
+      axes = rule_map.get(name)
+      if axes is None:
+        continue
+      axes = (axes,) if isinstance(axes, str) else tuple(axes)
+      n = math.prod(mesh_sizes[a] for a in axes)
+      if dim % n:
+        field = AXIS_FIELDS.get(name, name)
+        raise ValueError(
+            f"{where}.{field}={dim} does not divide over mesh axes {axes} of total size {n} "
+            f"(logical axis '{name}'); change {where}.{field}, config.mesh, or the "
+            f"'{name}' entry of config.sharding_rules.")
+
+  jax.tree.map(check, logical_axes, shapes, is_leaf=lambda x: isinstance(x, tuple))

@@ -1,0 +1,85 @@
+"""What `growjax train` runs: one stage, or a whole small -> grow -> large run.
+
+A grow run keeps three directories under its workdir: `small/` (the base
+model's run), `grown/` (the grown checkpoint, written by the same code as
+`growjax grow`) and `large/` (the large model's run, started from `grown/`).
+Each stage is skipped when its output is complete, so killing the run at any
+point and starting it again resumes at the right stage and step.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from growjax import checkpoint as ckpt_lib
+from growjax import grow_checkpoint
+from growjax import train as train_lib
+
+
+def small_stage_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The base model's run: its own model, steps, batch and mesh; the LR schedule spans
+  the whole run so that the large stage continues it."""
+  g = cfg.growth
+  small = cfg.copy_and_resolve_references()
+  small.growth.enabled = False
+  small.model = g.small_model
+  small.train.steps = g.small_steps
+  small.train.global_batch_size = g.small_global_batch_size or cfg.train.global_batch_size
+  small.optimizer.decay_steps = cfg.optimizer.decay_steps or cfg.train.steps
+  small.mesh = g.small_mesh
+  return small
+
+
+def large_stage_config(cfg: ml_collections.ConfigDict, grown_dir: str
+                       ) -> ml_collections.ConfigDict:
+  large = cfg.copy_and_resolve_references()
+  large.growth.enabled = False
+  large.train.init_from = grown_dir
+  return large
+
+
+def _layer_map(cfg):
+  m = list(cfg.growth.layer_map)
+  return None if m == [-1] else [int(i) for i in m]
+
+
+def _latest(path: str) -> int | None:
+  """Latest complete checkpoint step under `path`, or None."""
+  if not os.path.isdir(path):
+    return None
+  try:
+    return ckpt_lib.resolve(path)[1]
+  except ValueError:
+    return None
+
+
+def run_grow(cfg: ml_collections.ConfigDict, workdir: str, log=print) -> dict:
+  g = cfg.growth
+  if g.small_steps <= 0 or g.small_steps >= cfg.train.steps:
+    raise ValueError(f"config.growth.small_steps={g.small_steps} must be in "
+                     f"(0, config.train.steps={cfg.train.steps}).")
+  small_dir, grown_dir, large_dir = (os.path.join(workdir, d) for d in ("small", "grown", "large"))
+  history = {}
+  small_latest = _latest(os.path.join(small_dir, "checkpoints"))
+  if small_latest is None or small_latest < g.small_steps:
+    log(f"== stage 1/3: small model, {g.small_steps} steps -> {small_dir}")
+    history["small"] = train_lib.train(small_stage_config(cfg), small_dir)
+  large_started = _latest(os.path.join(large_dir, "checkpoints")) is not None
+  if not large_started and _latest(grown_dir) is None:
+    log(f"== stage 2/3: grow by {g.method} -> {grown_dir}")
+    grow_checkpoint.grow_checkpoint(
+        os.path.join(small_dir, "checkpoints"), grown_dir, large_stage_config(cfg, ""),
+        method=g.method, width_method=g.width_method or None, step=g.small_steps,
+        layer_map=_layer_map(cfg), opt_state=g.opt_state, schedule=g.schedule,
+        seed=cfg.seed, log=log)
+  log(f"== stage 3/3: large model to step {cfg.train.steps} -> {large_dir}")
+  history["large"] = train_lib.train(large_stage_config(cfg, grown_dir), large_dir)
+  return history
+
+
+def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
+  if cfg.growth.enabled:
+    return run_grow(cfg, workdir)
+  return train_lib.train(cfg, workdir)

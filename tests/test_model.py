@@ -1,0 +1,93 @@
+"""Model: shapes, logical axes, scanned == unrolled, remat invariance, causality, GQA."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from growjax.model import ModelConfig, Transformer, init_params, logical_axes
+
+CFG = ModelConfig(vocab_size=64, num_layers=4, embed_dim=32, num_heads=4, num_kv_heads=2,
+                  head_dim=8, mlp_dim=48, dtype="float32")
+
+
+def _logits(cfg, params, tokens):
+  return Transformer(cfg).apply({"params": params}, tokens)
+
+
+def test_param_shapes_and_logical_axes_match():
+  params = init_params(CFG, jax.random.key(0))
+  axes = logical_axes(CFG)
+  sizes = {"vocab": 64, "embed": 32, "mlp": 48, "heads": 4, "kv_heads": 2, "head_dim": 8,
+           "layers": 4}
+  leaves = jax.tree.leaves(jax.tree.map(
+      lambda names, p: (names, p.shape), axes, params, is_leaf=lambda x: isinstance(x, tuple)),
+      is_leaf=lambda x: isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], tuple))
+  assert len(leaves) == 12
+  for names, shape in leaves:
+    assert tuple(sizes[n] for n in names) == shape
+  assert sum(p.size for p in jax.tree.leaves(params)) == CFG.num_params()
+
+
+def test_scanned_equals_unrolled():
+  params = init_params(CFG, jax.random.key(1))
+  tokens = jax.random.randint(jax.random.key(2), (2, 16), 0, 64)
+  scanned = _logits(CFG, params, tokens)
+  unrolled = _logits(CFG.replace(scan_unroll=CFG.num_layers), params, tokens)
+  np.testing.assert_allclose(scanned, unrolled, rtol=1e-6, atol=1e-6)
+  # The unrolled graph really has no loop left.
+  hlo = jax.jit(lambda p, t: _logits(CFG.replace(scan_unroll=4), p, t)).lower(
+      params, tokens).as_text()
+  assert "while" not in hlo
+
+
+@pytest.mark.parametrize("policy", ["full", "dots", "save_proj"])
+def test_remat_changes_nothing(policy):
+  params = init_params(CFG, jax.random.key(1))
+  tokens = jax.random.randint(jax.random.key(2), (2, 16), 0, 64)
+  ref = _logits(CFG, params, tokens)
+  np.testing.assert_allclose(_logits(CFG.replace(remat_policy=policy), params, tokens), ref,
+                             rtol=1e-6, atol=1e-6)
+
+
+def test_causal():
+  params = init_params(CFG, jax.random.key(1))
+  tokens = jax.random.randint(jax.random.key(2), (1, 16), 0, 64)
+  changed = tokens.at[0, 10].set((tokens[0, 10] + 1) % 64)
+  a, b = _logits(CFG, params, tokens), _logits(CFG, params, changed)
+  np.testing.assert_allclose(a[0, :10], b[0, :10], rtol=1e-6, atol=1e-6)
+  assert not np.allclose(a[0, 10:], b[0, 10:])
+
+
+def test_gqa_equals_mha_with_repeated_kv():
+  """A GQA model equals an MHA model whose kv heads are the GQA ones repeated per group."""
+  params = init_params(CFG, jax.random.key(3))
+  mha = CFG.replace(num_kv_heads=CFG.num_heads)
+  rep = CFG.num_heads // CFG.num_kv_heads
+  mha_params = jax.tree.map(lambda x: x, params)
+  for name in ("k", "v"):
+    mha_params["layers"]["attn"][name] = jnp.repeat(params["layers"]["attn"][name], rep, axis=2)
+  tokens = jax.random.randint(jax.random.key(4), (2, 12), 0, 64)
+  np.testing.assert_allclose(_logits(CFG, params, tokens), _logits(mha, mha_params, tokens),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_tied_embeddings_have_no_head():
+  tied = CFG.replace(tie_embeddings=True)
+  params = init_params(tied, jax.random.key(0))
+  assert "lm_head" not in params
+  assert _logits(tied, params, jnp.zeros((1, 4), jnp.int32)).shape == (1, 4, 64)
+
+
+def test_bad_model_config_names_the_field():
+  with pytest.raises(ValueError, match="num_kv_heads"):
+    CFG.replace(num_kv_heads=3).validate()
+  with pytest.raises(ValueError, match="remat_policy"):
+    CFG.replace(remat_policy="sometimes").validate()
+  with pytest.raises(ValueError, match="unknown field"):
+    ModelConfig.from_config(dict(vocab_size=1, num_layer=2))
+
+
+def test_flops_per_token_counts_6n_plus_attention():
+  n = CFG.num_params(include_embedding=False)
+  assert CFG.flops_per_token(16) == 6 * n + 12 * 4 * 4 * 8 * 16

@@ -1,0 +1,40 @@
+"""The paper's growth-timing fit, and the chunked loss against a direct computation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from growjax import loss, plan
+
+
+@pytest.mark.parametrize("params,tokens,expected_d", [
+    (7e9, 2e12, 11.11e9), (13e9, 2e12, 15.84e9), (70e9, 2e12, 42.48e9)])
+def test_plan_matches_paper_examples(params, tokens, expected_d):
+  d = plan.growth_tokens(params, plan.budget_flops(params, tokens))
+  assert d == pytest.approx(expected_d, rel=0.02)
+
+
+def test_plan_rejects_bad_input():
+  with pytest.raises(ValueError, match="--params"):
+    plan.growth_tokens(-1, 1e20)
+  with pytest.raises(ValueError, match="--flops"):
+    plan.describe(1e9, None, None)
+
+
+@pytest.mark.parametrize("chunk", [4, 16])
+def test_chunked_cross_entropy_equals_direct(chunk):
+  k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+  h = jax.random.normal(k1, (3, 16, 8))
+  w = jax.random.normal(k2, (8, 50))
+  y = jax.random.randint(k3, (3, 16), 0, 50)
+  total, parts = loss.cross_entropy(h, w, y, z_loss=1e-2, chunk_len=chunk, dtype=jnp.float32)
+  logits = h @ w
+  ref = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+  z = 1e-2 * jnp.mean(jax.nn.logsumexp(logits, -1) ** 2)
+  np.testing.assert_allclose(parts["loss"], ref, rtol=1e-5)
+  np.testing.assert_allclose(total, ref + z, rtol=1e-5)
+  g = jax.grad(lambda w: loss.cross_entropy(h, w, y, chunk_len=chunk, dtype=jnp.float32)[0])(w)
+  g_ref = jax.grad(lambda w: optax.softmax_cross_entropy_with_integer_labels(h @ w, y).mean())(w)
+  np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-6)
