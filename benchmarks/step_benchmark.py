@@ -63,6 +63,7 @@ def run_case(preset: str, batch: int, remat: str, seq: int, steps: int, warmup: 
       state, m = compiled(state, batch_arrays)
     jax.block_until_ready(m)
     dt = (time.perf_counter() - t0) / steps
+    result["parts_ms"] = _breakdown(setup, state, batch_arrays, steps) if BREAKDOWN else None
   tps = batch * seq / dt
   fpt = setup.model_cfg.flops_per_token(seq)
   peak = metrics.peak_tflops()
@@ -74,6 +75,39 @@ def run_case(preset: str, batch: int, remat: str, seq: int, steps: int, warmup: 
                 loss=float(m["loss"]), device=jax.devices()[0].device_kind,
                 num_devices=jax.device_count())
   return result
+
+
+BREAKDOWN = os.environ.get("GROWJAX_BENCH_BREAKDOWN") == "1"
+
+
+def _time(fn, *args, steps: int) -> float:
+  import jax
+  jax.block_until_ready(fn(*args))
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    out = fn(*args)
+  jax.block_until_ready(out)
+  return (time.perf_counter() - t0) / steps * 1e3
+
+
+def _breakdown(setup, state, batch, steps: int) -> dict:
+  """Milliseconds of the step's parts: forward, forward+backward, optimizer update."""
+  import jax
+  import optax
+  from growjax import train
+  cfg, mcfg = setup.cfg, setup.model_cfg
+  import flax.linen as nn
+
+  def fwd(p, b):
+    with nn.logical_axis_rules(setup.rules):
+      return train.loss_fn(p, b, mcfg, cfg.train, 0.0)[0]
+  fwd_j = jax.jit(fwd)
+  grad_j = jax.jit(jax.grad(fwd))
+  grads = grad_j(state.params, batch)
+  upd_j = jax.jit(lambda g, o, p: optax.apply_updates(p, setup.tx.update(g, o, p)[0]))
+  return {"forward": _time(fwd_j, state.params, batch, steps=steps),
+          "forward_backward": _time(grad_j, state.params, batch, steps=steps),
+          "optimizer": _time(upd_j, grads, state.opt_state, state.params, steps=steps)}
 
 
 def loader_case(batch: int, seq: int, n: int) -> dict:
@@ -144,6 +178,9 @@ def main() -> None:
             f"{r['tflops_per_chip']:.0f} | {r['mfu']:.1%} | {r['peak_mem_gib']:.1f} | "
             f"{r['compile_s']:.1f} |")
   for r in results:
+    if r.get("parts_ms"):
+      print(f"{r['preset']} {r['batch']}x{r['seq']} {r['remat']}: step {r['step_s'] * 1e3:.1f} ms = "
+            + ", ".join(f"{k} {v:.1f} ms" for k, v in r["parts_ms"].items()))
     if "compile_s" in r and "step_s" not in r:
       print(f"compile time, {r['layers']} layers (1b widths): {r['compile_s']:.1f} s")
     if "loader_tokens_per_s" in r:

@@ -13,6 +13,8 @@ import jax
 
 
 def _env_says_multiprocess() -> bool:
+  if os.environ.get("GROWJAX_DISTRIBUTED") == "1":  # set by launch/tpu_vm.sh
+    return True
   if os.environ.get("JAX_COORDINATOR_ADDRESS"):
     return True
   if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ:
@@ -24,6 +26,15 @@ def _env_says_multiprocess() -> bool:
   return len([h for h in hosts.split(",") if h]) > 1
 
 
+def _cpu_collectives() -> None:
+  """Cross-process collectives on the CPU backend (tests, CPU clusters) go over gloo;
+  accelerator backends are unaffected."""
+  try:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  except (AttributeError, ValueError):  # an older or newer jax without the option
+    pass
+
+
 def maybe_initialize(coordinator_address: str = "", num_processes: int = 0,
                      process_id: int = -1) -> bool:
   """Initialises jax.distributed when flags or the environment ask for it."""
@@ -31,10 +42,12 @@ def maybe_initialize(coordinator_address: str = "", num_processes: int = 0,
     if not (coordinator_address and num_processes and process_id >= 0):
       raise ValueError("--coordinator_address, --num_processes and --process_id go together; "
                        f"got {coordinator_address!r}, {num_processes}, {process_id}.")
+    _cpu_collectives()
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id)
     return True
   if _env_says_multiprocess():
+    _cpu_collectives()
     jax.distributed.initialize()
     return True
   return False

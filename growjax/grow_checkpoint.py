@@ -124,7 +124,7 @@ def grow_checkpoint(source: str, out_dir: str, large_cfg: ml_collections.ConfigD
                             "layer_map": list(layer_map) if layer_map else None,
                             "opt_state": opt_state, "schedule": schedule}
   writer = ckpt_lib.Checkpoints(out_dir, use_async=False, keep=1)
-  writer.save(int(state.step), state, data_state, meta_out, force=True)
+  writer.save(int(train_lib.to_host(state.step)), state, data_state, meta_out, force=True)
   writer.wait()
   writer.close()
   t_end = time.perf_counter()
@@ -134,7 +134,7 @@ def grow_checkpoint(source: str, out_dir: str, large_cfg: ml_collections.ConfigD
   if "peak_bytes_in_use" in stats:
     device_peak = stats["peak_bytes_in_use"]
   report = {
-      "source": f"{directory}/{step}", "out": out_dir, "step": int(state.step),
+      "source": f"{directory}/{step}", "out": out_dir, "step": int(train_lib.to_host(state.step)),
       "src_params": src_model.num_params(), "dst_params": large.model_cfg.num_params(),
       "read_s": t_read - t0, "grow_s": t_grow - t_read, "write_s": t_end - t_grow,
       "total_s": t_end - t0,

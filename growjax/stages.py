@@ -55,7 +55,10 @@ def _latest(path: str) -> int | None:
     return None
 
 
-def run_grow(cfg: ml_collections.ConfigDict, workdir: str, log=print) -> dict:
+def run_grow(cfg: ml_collections.ConfigDict, workdir: str, log=print,
+             stop_after_steps: int | None = None) -> dict:
+  """Runs the stages still to do; returns each trained stage's history. A stage
+  stopped early (preemption, `stop_after_steps`) ends the call there."""
   g = cfg.growth
   if g.small_steps <= 0 or g.small_steps >= cfg.train.steps:
     raise ValueError(f"config.growth.small_steps={g.small_steps} must be in "
@@ -65,7 +68,10 @@ def run_grow(cfg: ml_collections.ConfigDict, workdir: str, log=print) -> dict:
   small_latest = _latest(os.path.join(small_dir, "checkpoints"))
   if small_latest is None or small_latest < g.small_steps:
     log(f"== stage 1/3: small model, {g.small_steps} steps -> {small_dir}")
-    history["small"] = train_lib.train(small_stage_config(cfg), small_dir)
+    history["small"] = train_lib.train(small_stage_config(cfg), small_dir,
+                                       stop_after_steps=stop_after_steps)
+    if history["small"]["stopped_at"] is not None:
+      return history
   large_started = _latest(os.path.join(large_dir, "checkpoints")) is not None
   if not large_started and _latest(grown_dir) is None:
     log(f"== stage 2/3: grow by {g.method} -> {grown_dir}")
@@ -75,11 +81,13 @@ def run_grow(cfg: ml_collections.ConfigDict, workdir: str, log=print) -> dict:
         layer_map=_layer_map(cfg), opt_state=g.opt_state, schedule=g.schedule,
         seed=cfg.seed, log=log)
   log(f"== stage 3/3: large model to step {cfg.train.steps} -> {large_dir}")
-  history["large"] = train_lib.train(large_stage_config(cfg, grown_dir), large_dir)
+  history["large"] = train_lib.train(large_stage_config(cfg, grown_dir), large_dir,
+                                     stop_after_steps=stop_after_steps)
   return history
 
 
-def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
+def run(cfg: ml_collections.ConfigDict, workdir: str,
+        stop_after_steps: int | None = None) -> dict:
   if cfg.growth.enabled:
-    return run_grow(cfg, workdir)
-  return train_lib.train(cfg, workdir)
+    return run_grow(cfg, workdir, stop_after_steps=stop_after_steps)
+  return train_lib.train(cfg, workdir, stop_after_steps=stop_after_steps)

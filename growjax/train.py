@@ -163,6 +163,13 @@ def to_global(batch: dict, batch_sharding: NamedSharding) -> dict:
           for k, v in batch.items()}
 
 
+def to_host(tree: Any) -> Any:
+  """Replicated device values -> numpy, also when the mesh spans several processes
+  (where `jax.device_get` of a global array is not allowed)."""
+  return jax.tree.map(
+      lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)
+
+
 def run_meta(setup: Setup) -> dict:
   return {"model": dataclasses.asdict(setup.model_cfg),
           "config": json_safe(setup.cfg.to_dict()),
@@ -221,14 +228,15 @@ def restore_or_init(setup: Setup, checkpoints: ckpt_lib.Checkpoints, data_iter, 
     source.close()
     if data_state:
       data_iter.set_state(data_state)
-    writer.text(f"initialised from {directory}/{step} (step {int(state.step)})")
+    writer.text(f"initialised from {directory}/{step} (step {int(to_host(state.step))})")
     return state
   return init_state(setup, jax.random.key(cfg.seed))
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str, *, devices=None,
-          stop_after_steps: int | None = None) -> dict[str, dict[int, float]]:
-  """Runs (or resumes) a training run; returns the logged train / eval losses by step.
+          stop_after_steps: int | None = None) -> dict[str, Any]:
+  """Runs (or resumes) a training run; returns the logged train / eval losses by step
+  (`loss`, `eval_loss`) and `stopped_at`: the step it stopped early at, or None.
 
   `stop_after_steps` stops like a preemption after that many steps of this call
   (used by tests and by multi-stage runs).
@@ -253,9 +261,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, devices=None,
   meta = run_meta(setup)
   flops_per_token = setup.model_cfg.flops_per_token(cfg.data.seq_len)
   peak = metrics_lib.peak_tflops(setup.mesh.devices.flat[0], cfg.metrics.peak_tflops_per_chip)
-  step = int(state.step)
+  step = int(to_host(state.step))
   start_step = step
-  history: dict[str, dict[int, float]] = {"loss": {}, "eval_loss": {}}
+  history: dict[str, Any] = {"loss": {}, "eval_loss": {}, "stopped_at": None}
   if step >= tc.steps:
     writer.text(f"nothing to do: checkpoint step {step} >= config.train.steps={tc.steps}")
   writer.text(f"model {setup.model_cfg.num_params() / 1e6:.1f}M params, "
@@ -265,7 +273,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, devices=None,
   pending = None
 
   def report(at_step: int, device_metrics: dict, eval_loss: float | None):
-    values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+    values = {k: float(v) for k, v in to_host(device_metrics).items()}
     if not math.isfinite(values["loss"]):
       raise FloatingPointError(
           f"train loss is {values['loss']} at step {at_step}; lower config.optimizer.peak_lr "
@@ -290,7 +298,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, devices=None,
         pending = None
       eval_loss = None
       if (tc.eval_every and step % tc.eval_every == 0) or step == tc.steps:
-        eval_loss = float(np.mean([float(eval_step(state.params, b)) for b in eval_data]))
+        eval_loss = float(np.mean([to_host(eval_step(state.params, b)) for b in eval_data]))
         history["eval_loss"][step] = eval_loss
       if step % tc.log_every == 0 or step == tc.steps or eval_loss is not None:
         pending = (step, step_metrics, eval_loss)
@@ -300,6 +308,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, devices=None,
                        force=interrupted or step == tc.steps)
       if interrupted:
         writer.text(f"stopping at step {step}: checkpoint saved")
+        history["stopped_at"] = step if step < tc.steps else None
         break
     if pending is not None:
       report(*pending)

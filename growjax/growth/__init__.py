@@ -1,0 +1,109 @@
+"""Model growth: map a trained small model's params into a larger model's.
+
+    grown = grow(params, small_cfg, large_cfg, "stack")
+
+`grow` is a pure function on plain (unboxed) params trees; it reads
+`growjax.model.logical_axes` to find each leaf's `layers`, `embed`, `mlp`,
+`heads` and `kv_heads` axes, never a parameter's name. Width grows first (at
+the small depth, the cheaper order), then depth. Growing several times in a
+row (2 -> 4 -> 8 layers, gradual stacking) is calling `grow` again.
+
+Depthwise `method`s (see `depth` for exact layer placement): the `direct`
+family `stack` (G_stack), `interpolate`, `stack_bottom`, `stack_middle`,
+`stack_top`, `direct` with an explicit `layer_map`; `zero` (new layers add
+exactly zero); `random` (new layers from the initialiser); `learn` (LiGO).
+Widthwise `width_method`s (see `width`): `direct`, `zero`, `random`, `learn`;
+by default the family of `method` (`zero` for zero, `direct` for the stacks).
+
+Every operator except `learn` runs under `jax.jit` (configs, methods and a
+tuple `layer_map` static; `rng` traced), also with `out_shardings`, so a large
+model is grown sharded without ever sitting on one device. Optimizer state:
+`grow_opt_state`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Iterable, Sequence
+
+import jax
+
+from growjax.growth import depth, layout, learn, width
+from growjax.growth.optimizer_state import grow_opt_state
+from growjax.growth.spec import DEPTH_METHODS, WIDTH_METHODS, GrowthSpec, resolve
+from growjax.model import ModelConfig, init_params
+
+__all__ = ["grow", "grow_opt_state", "resolve", "GrowthSpec", "DEPTH_METHODS",
+           "WIDTH_METHODS", "depth", "width", "learn"]
+
+
+def _first_layers(tree: Any, cfg: ModelConfig, n: int) -> Any:
+  def leaf(names, x):
+    a = layout.layer_axis(names)
+    return x if a is None else jax.lax.slice_in_dim(x, 0, n, axis=a)
+  return layout.map_leaves(leaf, cfg, tree)
+
+
+def grow(params: Any, src: ModelConfig, dst: ModelConfig, method: str = "stack", *,
+         width_method: str | None = None, layer_map: Sequence[int] | None = None,
+         rng: jax.Array | None = None, learn_batches: Iterable | None = None,
+         learn_steps: int = 100, learn_lr: float = 1e-3) -> Any:
+  """Params of `src` -> params of `dst`.
+
+  Args:
+    params: the small model's unboxed params.
+    src, dst: the small and large configs (same vocab_size, head_dim,
+      tie_embeddings; every other size equal or larger).
+    method: depthwise operator (see the module docstring).
+    width_method: widthwise operator; default: the family of `method`.
+    layer_map: one small-layer index per large layer, -1 for a new layer
+      (`zero` / `random` only). For `direct` it is required; for `zero` /
+      `random` it places the old layers; for `learn` it is the starting map.
+    rng: key for the initialiser; needed by `zero` and `random` (new layers /
+      units take their initial values, except the zeroed ones, from
+      `init_params(dst, key)`, so they have the large model's init std).
+    learn_batches: iterable of int32 tokens (batch, seq_len + 1), for `learn`;
+      a re-iterable source (a list) is gone round until `learn_steps` steps.
+    learn_steps, learn_lr: Adam steps and learning rate of `learn` (each of
+      the width and the depth phase, when both grow).
+  """
+  spec = resolve(src, dst, method, width_method, layer_map)
+  if spec.needs_rng and rng is None:
+    raise ValueError(f"method={method!r} / width_method={spec.width_method!r} draws new "
+                     f"weights from the initialiser: pass rng=jax.random.key(seed).")
+  if rng is None:
+    rng = jax.random.key(0)  # unused: nothing random is drawn
+  width_key, depth_key = jax.random.split(rng)
+
+  if spec.width_method == "learn":
+    params, _ = learn.learn_width(params, src, spec.mid, learn_batches, learn_steps, learn_lr)
+  elif spec.width_method is not None:
+    params = _widen(params, width_key, spec)
+  if spec.layer_map is None:
+    return params
+  if spec.method == "learn":
+    params, _ = learn.learn_depth(params, spec.mid, dst.num_layers, spec.layer_map,
+                                  learn_batches, learn_steps, learn_lr)
+    return params
+  return _deepen(params, depth_key, spec)
+
+
+# Jitted so each leaf's gather, rescale and select fuse into one pass; inside a
+# caller's jit they are simply inlined.
+_init = jax.jit(init_params, static_argnums=0)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _widen(params: Any, key: jax.Array, spec: GrowthSpec) -> Any:
+  fresh = None
+  if spec.width_method in ("zero", "random"):
+    # dst's own initialiser: its output-projection std depends on dst.num_layers.
+    fresh = _first_layers(_init(spec.dst, key), spec.dst, spec.src.num_layers)
+  return width.grow_width(params, spec.src, spec.mid, spec.width_method, fresh)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _deepen(params: Any, key: jax.Array, spec: GrowthSpec) -> Any:
+  fill = _init(spec.dst, key) if depth.NEW in spec.layer_map else None
+  return depth.expand_layers(params, spec.mid, spec.layer_map, fill,
+                             zero_writers=spec.method == "zero")

@@ -1,0 +1,140 @@
+"""Depthwise growth as one index map over the `layers` axis.
+
+A layer map is a tuple with one entry per large layer: `layer_map[i] = j` puts
+small layer `j` at large layer `i`, and `NEW` (-1) marks a layer the small
+model does not have. Every depthwise operator except `learn` is such a map
+applied with one `jnp.take` per per-layer leaf (leaves without a `layers` axis,
+i.e. embedding, final norm and LM head, are copied), so growth costs one pass
+over memory and runs under `jax.jit`.
+
+Presets, for `L` small and `L'` large layers:
+  stack        `[0..L-1]` repeated `g = L'/L` times (G_stack; `g` must be whole).
+  interpolate  `i -> floor(i * L / L')`, i.e. `[0,0,1,1,...]` for `g = 2`.
+  stack_bottom / stack_middle / stack_top
+               the layers are cut into three contiguous parts, bottom / middle /
+               top, sized like `numpy.array_split(range(L), 3)` (the first parts
+               take the remainder: L=6 -> [0,1] [2,3] [4,5]; L=4 -> [0,1] [2] [3]).
+               Only the chosen part is repeated, in place, until the model has
+               `L'` layers: stack_top of 6 -> 10 is [0,1,2,3,4,5,4,5,4,5]. The
+               part's size must divide `L' - L`.
+  zero / random (default placement)
+               small layer `j` goes to `floor(j * L' / L)`, new layers fill the
+               gaps after it: for whole `g`, each old layer is followed by `g-1`
+               new ones. Any other placement is an explicit map with -1 entries.
+
+New layers come from a params-shaped `fill` tree of the large model (its
+initialiser's output for `random`); with `zero_writers` the leaves that write
+into the residual stream (`o`, `down`) are zero there, so a new layer is an
+exact identity of its input and the logits do not change.
+
+This module does not check configs (see `growjax.growth.grow`) and does not
+learn maps (see `growjax.growth.learn`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from growjax.growth import layout
+from growjax.model import ModelConfig
+
+NEW = -1
+STACK_PARTS = {"stack_bottom": 0, "stack_middle": 1, "stack_top": 2}
+PRESETS = ("stack", "interpolate") + tuple(STACK_PARTS)
+
+
+def preset_map(method: str, n_src: int, n_dst: int) -> tuple[int, ...]:
+  """The layer map of a named preset (see the module docstring)."""
+  if method == "stack":
+    if n_dst % n_src:
+      raise ValueError(
+          f"method='stack' needs dst.num_layers={n_dst} to be a whole multiple of "
+          f"src.num_layers={n_src} (growth factor g={n_dst / n_src:g}); use a multiple such "
+          f"as {n_src * max(2, round(n_dst / n_src))}, or method='interpolate' / an explicit "
+          f"layer_map.")
+    return tuple(i % n_src for i in range(n_dst))
+  if method == "interpolate":
+    return tuple(i * n_src // n_dst for i in range(n_dst))
+  if method in STACK_PARTS:
+    parts = np.array_split(np.arange(n_src), 3)
+    part = parts[STACK_PARTS[method]]
+    if part.size == 0:
+      raise ValueError(f"method={method!r} needs src.num_layers >= 3 to have a "
+                       f"{method[6:]} third; src.num_layers={n_src}.")
+    extra = n_dst - n_src
+    if extra % part.size:
+      k = part.size
+      raise ValueError(
+          f"method={method!r} repeats the {k} layer(s) {part.tolist()} of the small model, so "
+          f"dst.num_layers - src.num_layers = {extra} must be a multiple of {k}; use "
+          f"dst.num_layers={n_src + k * max(1, round(extra / k))} or an explicit layer_map.")
+    lo, hi = int(part[0]), int(part[-1]) + 1
+    reps = 1 + extra // part.size
+    return tuple(range(lo)) + tuple(part.tolist()) * reps + tuple(range(hi, n_src))
+  raise ValueError(f"unknown depth preset {method!r}; choose one of {PRESETS}.")
+
+
+def insert_map(n_src: int, n_dst: int) -> tuple[int, ...]:
+  """Default placement for zero / random: old layers in order, new ones after each."""
+  m = [NEW] * n_dst
+  for j in range(n_src):
+    m[j * n_dst // n_src] = j
+  return tuple(m)
+
+
+def check_map(layer_map: Sequence[int], n_src: int, n_dst: int, *, allow_new: bool,
+              keep_order: bool) -> tuple[int, ...]:
+  """Validates an explicit map; `keep_order`: old layers exactly once, in order (zero)."""
+  m = tuple(int(i) for i in layer_map)
+  if len(m) != n_dst:
+    raise ValueError(f"layer_map has {len(m)} entries but dst.num_layers={n_dst}; give one "
+                     f"source layer per large layer.")
+  low = NEW if allow_new else 0
+  bad = [i for i in m if not low <= i < n_src]
+  if bad:
+    allowed = f"-1 (new layer) or 0..{n_src - 1}" if allow_new else f"0..{n_src - 1}"
+    raise ValueError(f"layer_map entries {bad} point past the small model "
+                     f"(src.num_layers={n_src}); entries must be {allowed}.")
+  if keep_order and [i for i in m if i != NEW] != list(range(n_src)):
+    raise ValueError(f"layer_map {list(m)} must hold every small layer 0..{n_src - 1} once, "
+                     f"in order, with -1 for the new layers, so the grown model computes the "
+                     f"same function.")
+  return m
+
+
+def layers_fn(layer_map: Sequence[int], *, zero_writers: bool = False):
+  """`fn(names, leaf, fill_leaf)` applying `layer_map` to one leaf.
+
+  `fill_leaf` (large-model-shaped, or None for zeros) supplies the NEW layers;
+  with `zero_writers`, writer leaves (`o`, `down`) of new layers are zero.
+  Leaves without a `layers` axis are returned as they are.
+  """
+  idx = np.asarray(layer_map, np.int32)
+  new = idx == NEW
+  src_idx = np.maximum(idx, 0)
+
+  def leaf(names, x, fill):
+    a = layout.layer_axis(names)
+    if a is None or not hasattr(x, "ndim"):  # not per-layer / an optax.MaskedNode
+      return x
+    y = jnp.take(x, src_idx, axis=a)
+    if not new.any():
+      return y
+    if fill is None or (zero_writers and layout.role(names) == layout.WRITER):
+      fill = jnp.zeros_like(y)
+    mask = new.reshape((-1,) + (1,) * (y.ndim - a - 1))
+    return jnp.where(mask, fill.astype(y.dtype), y)
+
+  return leaf
+
+
+def expand_layers(tree: Any, cfg: ModelConfig, layer_map: Sequence[int],
+                  fill: Any = None, *, zero_writers: bool = False) -> Any:
+  """Applies `layer_map` to every per-layer leaf of a params-shaped `tree` of `cfg`."""
+  fn = layers_fn(layer_map, zero_writers=zero_writers)
+  if fill is None:
+    return layout.map_leaves(lambda n, x: fn(n, x, None), cfg, tree)
+  return layout.map_leaves(fn, cfg, tree, fill)

@@ -1,0 +1,85 @@
+"""Optimizer state across growth: start fresh (the paper) or grow the moments too.
+
+`reset` is `tx.init(grown_params)`: zero moments and a step count of zero
+(bias correction restarts; `growjax.optimizer.set_schedule_step` keeps the LR
+schedule going). `grow` maps every params-shaped part of any optax state with
+the operator that grew the params, found by `optax.tree_map_params`, and keeps
+everything else (step counts) as it was. Depth: moments of a copied layer are
+copied, new layers get zero. Width: moments follow the gradient (see
+`width.moment_fn`): for `direct`, a copied output unit's gradient is 1/c of
+the small unit's, so first moments scale by 1/c and second moments by 1/c^2,
+while divided input-side copies keep theirs; new units get zero.
+
+Second moments are recognised by their optax field name (`nu` of Adam,
+AdamW, RMSProp, AdaBelief; `sum_of_squares` of Adagrad); every other
+params-shaped state (momentum, `mu`) is treated as a first moment. `learn`
+has no moment mapping (its maps are dense): use `reset`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax
+import optax
+
+from growjax.growth import depth, layout, spec as spec_lib, width
+from growjax.model import ModelConfig
+
+SECOND_MOMENT_FIELDS = ("nu", "sum_of_squares")
+
+
+@dataclasses.dataclass
+class _Tagged:
+  """A state leaf and the power of the gradient it accumulates (1 or 2)."""
+  value: Any
+  power: int
+
+
+def _power(path) -> int:
+  """2 under an optax state field named like a second moment (not a params dict key)."""
+  fields = {k.name for k in path if isinstance(k, jax.tree_util.GetAttrKey)}
+  return 2 if fields & set(SECOND_MOMENT_FIELDS) else 1
+
+
+def grow_opt_state(opt_state: Any, tx: optax.GradientTransformation, src: ModelConfig,
+                   dst: ModelConfig, method: str = "stack", *,
+                   width_method: str | None = None, layer_map: Sequence[int] | None = None,
+                   mode: str = "reset", params: Any = None) -> Any:
+  """The small model's `opt_state` (of `tx`) -> a state for the grown params.
+
+  `method`, `width_method` and `layer_map` must be those given to `grow`.
+  `mode='reset'` needs `params` (the grown params) and returns `tx.init(params)`;
+  `mode='grow'` maps the moments and carries the step count.
+  """
+  if mode == "reset":
+    if params is None:
+      raise ValueError("grow_opt_state(mode='reset') needs params=the grown params "
+                       "(it returns tx.init(params)).")
+    return tx.init(params)
+  if mode != "grow":
+    raise ValueError(f"mode={mode!r}; choose 'reset' (fresh state, the paper) or 'grow'.")
+  spec = spec_lib.resolve(src, dst, method, width_method, layer_map)
+  if spec.learns:
+    raise ValueError("method/width_method 'learn' builds dense maps that have no moment "
+                     "mapping; use mode='reset'.")
+
+  widen = width.moment_fn(src, spec.mid, spec.width_method) if spec.width_method else None
+  deepen = depth.layers_fn(spec.layer_map) if spec.layer_map is not None else None
+
+  def grow_leaf(tagged, names):
+    if not isinstance(tagged, _Tagged):  # optax.MaskedNode
+      return tagged
+    m = tagged.value
+    if widen is not None:
+      m = widen(names, m, tagged.power)
+    if deepen is not None:
+      m = deepen(names, m, None)
+    return m
+
+  tagged = jax.tree_util.tree_map_with_path(lambda p, x: _Tagged(x, _power(p)), opt_state)
+  untag = lambda t: jax.tree.map(lambda x: x.value, t, is_leaf=lambda x: isinstance(x, _Tagged))
+  return optax.tree_map_params(
+      tx, grow_leaf, tagged, layout.axes_of(src), transform_non_params=untag,
+      is_leaf=lambda x: isinstance(x, (_Tagged, optax.MaskedNode)))

@@ -1,0 +1,205 @@
+"""Widthwise growth: more `embed`, `mlp`, `heads` and `kv_heads` units, layer count kept.
+
+Each grown logical axis gets a unit map (`AxisMap`): which small unit every
+large unit copies, whether it *is* that small unit (kept in place) or a new
+one, and how many large units copy the same small unit. A leaf is grown with
+one `jnp.take` per grown axis plus an elementwise rescale or `where`, so cost
+is one pass over memory and the whole thing runs under `jax.jit`.
+
+Unit placement. `embed` and `mlp`: small unit `u` stays at `u`; new unit `d`
+copies `d mod S` (so a whole growth factor copies every unit equally often).
+Heads: small kv head `k` stays at `k`, new kv head `k'` copies `k' mod K`. The
+query heads of large kv group `k'` are the small heads of group `k' mod K`,
+in order, then copies of them cycled until the group is full; so every small
+query head keeps its kv head, and grouped-query attention needs the large
+group size `num_heads / num_kv_heads` to be at least the small one.
+
+Operators (roles come from `growjax.growth.layout`):
+  direct  bert2BERT-FPI / Net2Net: every large unit copies its small unit; an
+          axis that is an *input* of a weight (the `embed` axis of a reader,
+          the non-`embed` axes of a writer) is divided by the copy count, so
+          the copies' contributions add up to the old one. MLP and head growth
+          is exactly function preserving. `embed` growth is exact only when
+          every unit is copied equally often (dst.embed_dim a multiple of
+          src.embed_dim): RMSNorm then sees the same mean square; otherwise the
+          norm's mean is a weighted one and logits move slightly (tested).
+          Tied embeddings: the table writes the stream (columns copied) and is
+          also the head (rows would have to be divided); the division is moved
+          into the final norm scale, the head's only input, which keeps tied
+          models exact too. Copies receive identical gradients and stay equal
+          under training unless something breaks the symmetry (as in Net2Net).
+  zero    old units copied in place; new units of weights that write the
+          residual stream (o, down, embedding table) are zero, so the new
+          stream components and the new neurons' outputs are zero; weights
+          that read (q, k, v, gate, up, head) take new entries from the
+          initialiser so gradients reach the new units. New stream components
+          lower the RMS by sqrt(E/E'); every norm scale is multiplied by
+          sqrt(E/E') to compensate. That is exact up to the norm epsilon: it is
+          exact when dst.norm_eps = src.norm_eps * E / E', and otherwise off by
+          a relative ~eps / mean(x^2) (negligible once the stream is O(1)).
+  random  old units copied in place, every new entry from the initialiser.
+
+`learn` (LiGO) lives in `growjax.growth.learn` and starts from `direct`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from growjax.growth import layout
+from growjax.model import EMBED, HEADS, KV_HEADS, MLP, ModelConfig
+
+GROWN_AXES = {EMBED: "embed_dim", MLP: "mlp_dim", HEADS: "num_heads", KV_HEADS: "num_kv_heads"}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class AxisMap:
+  """Large units of one logical axis in terms of the small one's."""
+  src: np.ndarray    # (D,) int32: the small unit each large unit copies
+  old: np.ndarray    # (D,) bool: the large unit is that small unit, kept in place
+  count: np.ndarray  # (D,) float32: how many large units copy src[d]
+  size: int          # D_small
+
+  @classmethod
+  def build(cls, src: np.ndarray, old: np.ndarray, size: int) -> "AxisMap":
+    src = np.asarray(src, np.int32)
+    count = np.bincount(src, minlength=size)[src].astype(np.float32)
+    return cls(src, np.asarray(old, bool), count, size)
+
+  def one_hot(self) -> np.ndarray:
+    """(D, D_small) matrix of the copy: row d is unit src[d]."""
+    return np.eye(self.size, dtype=np.float32)[self.src]
+
+
+def plan(src: ModelConfig, dst: ModelConfig) -> dict[str, AxisMap]:
+  """Unit maps of the axes that grow from `src` to `dst` (callers validate first)."""
+  maps = {}
+  for name, n_src, n_dst in ((EMBED, src.embed_dim, dst.embed_dim),
+                             (MLP, src.mlp_dim, dst.mlp_dim)):
+    if n_dst != n_src:
+      d = np.arange(n_dst)
+      maps[name] = AxisMap.build(d % n_src, d < n_src, n_src)
+  if (dst.num_heads, dst.num_kv_heads) != (src.num_heads, src.num_kv_heads):
+    k_src, k_dst = src.num_kv_heads, dst.num_kv_heads
+    r_src, r_dst = src.num_heads // k_src, dst.num_heads // k_dst
+    kv = np.arange(k_dst)
+    kv_src = kv % k_src
+    p = np.arange(dst.num_heads)
+    group, j = p // r_dst, p % r_dst
+    maps[HEADS] = AxisMap.build(kv_src[group] * r_src + j % r_src,
+                                (group < k_src) & (j < r_src), src.num_heads)
+    if k_dst != k_src:
+      maps[KV_HEADS] = AxisMap.build(kv_src, kv < k_src, k_src)
+  return maps
+
+
+def divided_axes(names: tuple[str, ...], maps: dict[str, AxisMap], tied: bool) -> set[int]:
+  """Grown axes that are inputs of the weight: `direct` divides them by the copy count."""
+  r = layout.role(names)
+  grown = [i for i, n in enumerate(names) if n in maps]
+  if r == layout.WRITER:
+    return {i for i in grown if names[i] != EMBED}
+  if r == layout.READER:
+    return {i for i in grown if names[i] == EMBED}
+  if tied and layout.is_final_norm(names):
+    return set(grown)
+  return set()
+
+
+def _along(v: np.ndarray, axis: int, ndim: int) -> np.ndarray:
+  return v.reshape((-1,) + (1,) * (ndim - axis - 1))
+
+
+def _gather(x, names, maps):
+  for i, n in enumerate(names):
+    if n in maps:
+      x = jnp.take(x, maps[n].src, axis=i)
+  return x
+
+
+def _old_mask(names, maps, ndim):
+  mask = np.ones((1,) * ndim, bool)
+  for i, n in enumerate(names):
+    if n in maps:
+      mask = mask & _along(maps[n].old, i, ndim)
+  return mask
+
+
+def _norm_compensation(names, src: ModelConfig, dst: ModelConfig, method: str) -> float:
+  if method == "zero" and layout.role(names) == layout.SCALE:
+    return float(np.sqrt(src.embed_dim / dst.embed_dim))
+  return 1.0
+
+
+def grow_width(params: Any, src: ModelConfig, dst: ModelConfig, method: str,
+               fresh: Any = None) -> Any:
+  """Grows every leaf's `embed`/`mlp`/`heads`/`kv_heads` axes; layer count untouched.
+
+  `fresh` (params of the large width with src.num_layers layers, from the
+  initialiser) is needed by `zero` and `random`.
+  """
+  maps = plan(src, dst)
+  if not maps:
+    return params
+  if method not in ("direct", "zero", "random"):
+    raise ValueError(f"unknown width method {method!r}; choose direct, zero, random or learn.")
+  tied = src.tie_embeddings
+
+  def leaf(names, x, f):
+    y = _gather(x, names, maps)
+    if method == "direct":
+      for i in divided_axes(names, maps, tied):
+        y = y * _along(1.0 / maps[names[i]].count, i, y.ndim).astype(y.dtype)
+      return y
+    comp = _norm_compensation(names, src, dst, method)
+    if comp != 1.0:
+      y = y * jnp.asarray(comp, y.dtype)
+    if method == "zero" and layout.role(names) == layout.WRITER:
+      fill = jnp.zeros_like(y)
+    else:
+      fill = (f * comp).astype(y.dtype)
+    return jnp.where(_old_mask(names, maps, y.ndim), y, fill)
+
+  if method == "direct":
+    return layout.map_leaves(lambda n, x: leaf(n, x, None), src, params)
+  if fresh is None:
+    raise ValueError(f"width method {method!r} needs initialiser values for the new units "
+                     f"(pass rng to grow).")
+  return layout.map_leaves(leaf, src, params, fresh)
+
+
+def moment_fn(src: ModelConfig, dst: ModelConfig, method: str):
+  """`fn(names, moment_leaf, power)` mapping an optimizer moment as `grow_width` maps
+  the params (`power` 1: a first moment, 2: a second moment).
+
+  The moment follows the gradient, not the weight. Under `direct`, a divided
+  (input-side) copy sees the same input and the same output gradient as its
+  small unit, so its gradient is unchanged; a copied output unit feeds readers
+  that were divided by its copy count, so its gradient is divided by that
+  count: first moments scale by 1/c, second moments by 1/c^2. Under `zero`, a
+  norm scale multiplied by a gets its gradient divided by a. New entries get
+  zero moments.
+  """
+  maps = plan(src, dst)
+  tied = src.tie_embeddings
+
+  def leaf(names, m, power):
+    if not maps or not hasattr(m, "ndim"):  # nothing grows / an optax.MaskedNode
+      return m
+    y = _gather(m, names, maps)
+    if method == "direct":
+      divided = divided_axes(names, maps, tied)
+      for i, n in enumerate(names):
+        if n in maps and i not in divided:
+          y = y * _along(maps[n].count ** -power, i, y.ndim).astype(y.dtype)
+      return y
+    comp = _norm_compensation(names, src, dst, method)
+    if comp != 1.0:
+      y = y * jnp.asarray(comp ** -power, y.dtype)
+    return jnp.where(_old_mask(names, maps, y.ndim), y, jnp.zeros_like(y))
+
+  return leaf
