@@ -119,6 +119,7 @@ def grow_checkpoint(source: str, out_dir: str, large_cfg: ml_collections.ConfigD
   t_grow = time.perf_counter()
 
   meta_out = train_lib.run_meta(large)
+  meta_out["flops_seen"] = float(meta.get("flops_seen", 0.0))  # the small stage's compute
   meta_out["grown_from"] = {"checkpoint": f"{directory}/{step}", "model": meta["model"],
                             "method": method, "width_method": width_method,
                             "layer_map": list(layer_map) if layer_map else None,

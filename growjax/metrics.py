@@ -1,12 +1,14 @@
-"""Throughput, MFU, the console progress line and TensorBoard event files.
+"""Throughput, MFU, the console progress line, TensorBoard and a JSON-lines log.
 
 MFU is model FLOPs per second over the chip's datasheet dense bf16 peak (the
-MaxText convention). Only process 0 writes; tensorboardX writes event files
-without TensorFlow.
+MaxText convention). Only process 0 writes. tensorboardX writes event files
+without TensorFlow; `metrics.jsonl` (one object per logged step, appended, so
+after a resume the last line of a step wins) is what `growjax speedup` reads.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Mapping
@@ -63,17 +65,24 @@ def format_progress(step: int, total: int, values: Mapping[str, float], eta_s: f
 
 
 class MetricWriter:
-  """Console + TensorBoard; a no-op writer on processes other than 0."""
+  """Console + TensorBoard (`WORKDIR/tb`) + `WORKDIR/metrics.jsonl`; a no-op writer
+  on processes other than 0."""
 
-  def __init__(self, logdir: str, enabled: bool = True, tensorboard: bool = True):
+  def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True):
     self.enabled = enabled
-    self._tb = None
-    if enabled and tensorboard:
+    self._tb = self._jsonl = None
+    if not enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    if tensorboard:
       from tensorboardX import SummaryWriter  # light, no TensorFlow
-      os.makedirs(logdir, exist_ok=True)
-      self._tb = SummaryWriter(logdir=logdir, flush_secs=10)
+      self._tb = SummaryWriter(logdir=os.path.join(workdir, "tb"), flush_secs=10)
 
   def scalars(self, step: int, values: Mapping[str, float | None]) -> None:
+    if self._jsonl is not None:
+      self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
+      self._jsonl.flush()
     if self._tb is None:
       return
     for k, v in values.items():
@@ -85,6 +94,8 @@ class MetricWriter:
       print(line, flush=True)
 
   def close(self) -> None:
+    if self._jsonl is not None:
+      self._jsonl.close()
     if self._tb is not None:
       self._tb.flush()
       self._tb.close()

@@ -205,16 +205,18 @@ class _StopFlag:
 
 
 def restore_or_init(setup: Setup, checkpoints: ckpt_lib.Checkpoints, data_iter, writer
-                    ) -> TrainState:
-  """Latest own checkpoint, else `train.init_from` (e.g. a grown model), else fresh."""
+                    ) -> tuple[TrainState, dict]:
+  """Latest own checkpoint, else `train.init_from` (e.g. a grown model), else fresh.
+
+  Returns the state and the checkpoint's metadata ({} when fresh)."""
   cfg = setup.cfg
   latest = checkpoints.latest_step()
   if latest is not None:
-    state, data_state, _ = checkpoints.restore(latest, setup.abstract_state)
+    state, data_state, meta = checkpoints.restore(latest, setup.abstract_state)
     if data_state:
       data_iter.set_state(data_state)
     writer.text(f"resumed from {checkpoints.directory}/{latest}")
-    return state
+    return state, meta
   if cfg.train.init_from:
     directory, step = ckpt_lib.resolve(cfg.train.init_from, field="config.train.init_from")
     meta = ckpt_lib.read_meta(directory, step)
@@ -229,8 +231,8 @@ def restore_or_init(setup: Setup, checkpoints: ckpt_lib.Checkpoints, data_iter, 
     if data_state:
       data_iter.set_state(data_state)
     writer.text(f"initialised from {directory}/{step} (step {int(to_host(state.step))})")
-    return state
-  return init_state(setup, jax.random.key(cfg.seed))
+    return state, meta
+  return init_state(setup, jax.random.key(cfg.seed)), {}
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str, *, devices=None,
@@ -244,7 +246,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, devices=None,
   setup = build(cfg, devices)
   tc = cfg.train
   is_main = jax.process_index() == 0
-  writer = metrics_lib.MetricWriter(os.path.join(workdir, "tb"), enabled=is_main,
+  writer = metrics_lib.MetricWriter(workdir, enabled=is_main,
                                     tensorboard=cfg.metrics.tensorboard)
   checkpoints = ckpt_lib.Checkpoints(os.path.join(workdir, "checkpoints"),
                                      save_every=tc.checkpoint_every, keep=tc.keep_checkpoints,
@@ -256,13 +258,17 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, devices=None,
       cfg.data, global_batch_size=tc.global_batch_size, num_batches=tc.eval_batches,
       process_index=jax.process_index(), process_count=jax.process_count())]
 
-  state = restore_or_init(setup, checkpoints, data_iter, writer)
+  state, restored_meta = restore_or_init(setup, checkpoints, data_iter, writer)
   train_step, eval_step = make_train_step(setup), make_eval_step(setup)
   meta = run_meta(setup)
   flops_per_token = setup.model_cfg.flops_per_token(cfg.data.seq_len)
   peak = metrics_lib.peak_tflops(setup.mesh.devices.flat[0], cfg.metrics.peak_tflops_per_chip)
   step = int(to_host(state.step))
   start_step = step
+  # Training FLOPs of the whole run so far, a grown model's small stage included
+  # (carried in checkpoint metadata), so loss-vs-compute curves compare fairly.
+  base_flops = float(restored_meta.get("flops_seen", 0.0))
+  flops_seen = lambda at: base_flops + (at - start_step) * setup.tokens_per_step * flops_per_token
   history: dict[str, Any] = {"loss": {}, "eval_loss": {}, "stopped_at": None}
   if step >= tc.steps:
     writer.text(f"nothing to do: checkpoint step {step} >= config.train.steps={tc.steps}")
@@ -282,7 +288,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, devices=None,
     history["loss"][at_step] = values["loss"]
     tps, eta = throughput.update(at_step, setup.tokens_per_step)
     values.update(tokens_per_second=tps or None, eval_loss=eval_loss,
-                  tokens_seen=at_step * setup.tokens_per_step,
+                  tokens_seen=at_step * setup.tokens_per_step, flops=flops_seen(at_step),
                   mfu=metrics_lib.mfu(flops_per_token, tps, setup.mesh.size, peak))
     writer.scalars(at_step, values)
     writer.text(metrics_lib.format_progress(at_step, tc.steps, values, eta))
@@ -304,7 +310,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, devices=None,
         pending = (step, step_metrics, eval_loss)
       interrupted = stop.event.is_set() or checkpoints.reached_preemption(step) or (
           stop_after_steps is not None and step - start_step >= stop_after_steps)
-      checkpoints.save(step, state, data_iter.get_state(), meta,
+      checkpoints.save(step, state, data_iter.get_state(),
+                       dict(meta, flops_seen=flops_seen(step)),
                        force=interrupted or step == tc.steps)
       if interrupted:
         writer.text(f"stopping at step {step}: checkpoint saved")

@@ -28,12 +28,12 @@ def grow_config(method="stack"):
   c.metrics.tensorboard = False
   c.optimizer.warmup_steps = 2
   c.optimizer.peak_lr = 1e-3
-  c.mesh.fsdp = 4
+  c.mesh.data, c.mesh.fsdp = 2, -1           # large stage: 2 x 4 on 8 devices
   c.growth.enabled = True
   c.growth.small_model = config_lib.model_config("tiny", dtype="float32", num_layers=2)
   c.growth.small_steps = 4
-  c.growth.small_mesh.fsdp = 2
-  c.growth.small_mesh.data = 2
+  c.growth.small_mesh.fsdp = -1              # small stage: its own mesh, 4 x 2
+  c.growth.small_mesh.data = 4
   c.growth.method = method
   return c
 

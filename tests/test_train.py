@@ -28,7 +28,9 @@ def tiny_config(**mesh):
   c.metrics.tensorboard = False
   c.optimizer.warmup_steps = 2
   c.optimizer.peak_lr = 1e-3
-  for k, v in dict(data=1, fsdp=1, tensor=1, **mesh).items():
+  shape = dict(data=1, fsdp=1, tensor=1)
+  shape.update(mesh)
+  for k, v in shape.items():
     c.mesh[k] = v
   return c
 
@@ -116,14 +118,15 @@ def test_incomplete_checkpoint_is_never_resumed(tmp_path):
 
 
 @pytest.mark.parametrize("change,match", [
-    (lambda c: setattr(c.train, "global_batch_size", 6), "global_batch_size=6.*data-parallel"),
+    (lambda c: setattr(c.train, "global_batch_size", 5), "global_batch_size=5.*data-parallel"),
     (lambda c: setattr(c.model, "num_heads", 6), "num_heads"),
-    (lambda c: setattr(c.model, "mlp_dim", 100), "mlp_dim=100 does not divide"),
+    (lambda c: setattr(c.model, "mlp_dim", 102), "mlp_dim=102 does not divide"),
     (lambda c: setattr(c.train, "init_from", "/no/such/ckpt"), "init_from"),
     (lambda c: setattr(c.train, "loss_chunk_len", 5), "loss_chunk_len"),
 ])
 def test_bad_config_fails_before_compute(change, match, data_dir):
   cfg = tiny_config(data=2, tensor=4)
+  cfg.model.num_kv_heads = 4
   change(cfg)
   with pytest.raises(ValueError, match=match):
     config_lib.validate(cfg, 8)
