@@ -11,6 +11,7 @@ This module does not pack, batch or cache anything; see `growjax.data.stream`.
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import hashlib
 import os
@@ -164,12 +165,17 @@ def train_sentencepiece(
 
 
 def expand_globs(patterns: str | Sequence[str]) -> list[str]:
-  """Comma-separated globs (or a list of them) -> sorted, de-duplicated files."""
+  """Comma-separated globs (or a list of them) -> sorted, de-duplicated files.
+
+  A pattern starting with `!` excludes the files it matches (fnmatch, where `*`
+  also crosses `/`), e.g. `corpus/**/*.txt,!corpus/heldout/*`.
+  """
   if isinstance(patterns, str):
-    patterns = [p for p in patterns.split(",")]
+    patterns = patterns.split(",")
+  patterns = [os.path.expanduser(p.strip()) for p in patterns if p.strip()]
+  include = [p for p in patterns if not p.startswith("!")]
+  exclude = [p[1:] for p in patterns if p.startswith("!")]
   files = set()
-  for pattern in patterns:
-    pattern = os.path.expanduser(pattern.strip())
-    if pattern:
-      files.update(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
-  return sorted(files)
+  for pattern in include:
+    files.update(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+  return sorted(f for f in files if not any(fnmatch.fnmatch(f, x) for x in exclude))

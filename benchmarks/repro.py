@@ -1,0 +1,96 @@
+"""The small-scale paper replica in one call: G_stack against scratch, and the eight
+operators at equal FLOPs.
+
+  python benchmarks/repro.py --workdir runs/repro                 # both parts
+  python benchmarks/repro.py --workdir runs/repro --part main     # scratch vs G_stack only
+
+`main` trains configs/repro/scratch.py and configs/repro/stack.py (same FLOPs), then
+runs `growjax speedup` on them (report + loss-vs-FLOPs plot). `operators` trains the
+nine runs of configs/repro/operators.py and prints one table: final validation loss at
+equal FLOPs and the FLOPs each needs to reach the scratch run's final loss. Runs that
+already finished are resumed (a no-op), so an interrupted call can simply be repeated.
+Every run goes through the `growjax train` command, exactly as a user would run it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OPERATOR_RUNS = ["scratch"] + [f"{d},{m}" for d in ("depth", "width")
+                               for m in ("direct", "zero", "random", "learn")]
+
+
+def train(config: str, workdir: str) -> float:
+  from growjax import cli
+  start = time.perf_counter()
+  code = cli.main(["growjax", "train", f"--config={os.path.join(ROOT, config)}",
+                   f"--workdir={workdir}"])
+  if code:
+    raise SystemExit(f"growjax train --config {config} failed ({code})")
+  return time.perf_counter() - start
+
+
+def main_part(workdir: str) -> dict:
+  from growjax import speedup
+  times = {"scratch": train("configs/repro/scratch.py", os.path.join(workdir, "scratch")),
+           "stack": train("configs/repro/stack.py:stack", os.path.join(workdir, "stack"))}
+  result = speedup.run(os.path.join(workdir, "scratch"), os.path.join(workdir, "stack"),
+                       None, os.path.join(workdir, "speedup.png"))
+  return {"wall_s": times, "speedup": result}
+
+
+def operators_part(workdir: str) -> list[dict]:
+  from growjax import speedup
+  rows = []
+  base = os.path.join(workdir, "operators")
+  for run in OPERATOR_RUNS:
+    d = os.path.join(base, run.replace(",", "_"))
+    wall = train(f"configs/repro/operators.py:{run}", d)
+    flops, losses = speedup.load_curve(d)
+    rows.append({"run": run, "final_eval_loss": float(losses[-1]), "flops": float(flops[-1]),
+                 "wall_s": wall, "dir": d})
+  target = rows[0]["final_eval_loss"]
+  for r in rows:
+    f, l = speedup.load_curve(r["dir"])
+    reach = speedup.flops_to_reach(f, l, target)
+    r["flops_to_scratch_loss"] = reach
+    r["saving"] = None if reach is None else 1 - reach / rows[0]["flops"]
+  print("\n| run | final val loss (equal FLOPs) | FLOPs | FLOPs to scratch's final loss "
+        "| FLOPs saved | wall (s) |")
+  print("|---|---|---|---|---|---|")
+  for r in rows:
+    reach = "not reached" if r["flops_to_scratch_loss"] is None else (
+        f"{r['flops_to_scratch_loss']:.3g}")
+    saved = "-" if r["saving"] is None else f"{r['saving']:.1%}"
+    print(f"| {r['run']} | {r['final_eval_loss']:.4f} | {r['flops']:.3g} | {reach} | {saved} "
+          f"| {r['wall_s']:.0f} |")
+  return rows
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--workdir", default="runs/repro")
+  p.add_argument("--part", default="main,operators")
+  p.add_argument("--out", default="", help="write the results as JSON here")
+  a = p.parse_args()
+  sys.path.insert(0, ROOT)
+  import jax
+  results = {"device": str(jax.devices()[0].device_kind), "date": time.strftime("%Y-%m-%d")}
+  parts = a.part.split(",")
+  if "main" in parts:
+    results["main"] = main_part(a.workdir)
+  if "operators" in parts:
+    results["operators"] = operators_part(a.workdir)
+  print(f"device: {results['device']}")
+  if a.out:
+    with open(a.out, "w") as f:
+      json.dump(results, f, indent=1, default=str)
+
+
+if __name__ == "__main__":
+  main()
