@@ -8,8 +8,38 @@ axis stays whole in every chunk, so its data-parallel sharding is untouched.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _logits(h_BxLxE, head_ExV, dtype):
+  """`h @ head` from `dtype` operands into float32 logits (an exact softmax input).
+
+  Plain autodiff would run the backward matmuls on the float32 cotangent (slow
+  TF32/FP32 GEMMs, the largest non-bf16 kernels of a step); here the cotangent is
+  cast to `dtype` first, as every other backward matmul of the model already is.
+  """
+  return jnp.einsum("ble,ev->blv", h_BxLxE.astype(dtype), head_ExV.astype(dtype),
+                    preferred_element_type=jnp.float32)
+
+
+def _logits_fwd(h_BxLxE, head_ExV, dtype):
+  return _logits(h_BxLxE, head_ExV, dtype), (h_BxLxE, head_ExV)
+
+
+def _logits_bwd(dtype, res, g_BxLxV):
+  h_BxLxE, head_ExV = res
+  g = g_BxLxV.astype(dtype)
+  dh = jnp.einsum("blv,ev->ble", g, head_ExV.astype(dtype), preferred_element_type=jnp.float32)
+  dhead = jnp.einsum("ble,blv->ev", h_BxLxE.astype(dtype), g,
+                     preferred_element_type=jnp.float32)
+  return dh.astype(h_BxLxE.dtype), dhead.astype(head_ExV.dtype)
+
+
+_logits.defvjp(_logits_fwd, _logits_bwd)
 
 
 def cross_entropy(hidden_BxTxE: jax.Array, head_ExV: jax.Array, targets_BxT: jax.Array, *,
@@ -29,8 +59,7 @@ def cross_entropy(hidden_BxTxE: jax.Array, head_ExV: jax.Array, targets_BxT: jax
 
   @jax.checkpoint
   def chunk_sums(h_BxLxE, y_BxL):
-    logits = jnp.einsum("ble,ev->blv", h_BxLxE.astype(dtype), head,
-                        preferred_element_type=jnp.float32)
+    logits = _logits(h_BxLxE, head, jnp.dtype(dtype))
     lse_BxL = jax.nn.logsumexp(logits, axis=-1)
     target_logit = jnp.take_along_axis(logits, y_BxL[..., None], axis=-1)[..., 0]
     return jnp.sum(lse_BxL - target_logit), jnp.sum(jnp.square(lse_BxL))

@@ -1,0 +1,107 @@
+"""Where a train step's device time goes: traces a few steps and ranks the GPU kernels.
+
+  python benchmarks/profile_step.py --case 1b:16:dots [--steps 3] [--top 30]
+
+Runs the same setup as step_benchmark.py, records `jax.profiler` trace of `--steps`
+steps (a Perfetto JSON, readable without TensorBoard), and prints the kernels with the
+largest total device time, grouped by kind (matmul, attention, fusion, copy, ...), so a
+performance change starts from a measurement instead of a guess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+KINDS = [("attention", re.compile(r"cudnn|flash|fmha|sdpa|attn", re.I)),
+         ("matmul", re.compile(r"gemm|cutlass|sm90_xmma|nvjet|matmul|dot", re.I)),
+         ("copy/transpose", re.compile(r"copy|transpose|memcpy|memset", re.I)),
+         ("scatter/gather", re.compile(r"scatter|gather|dynamic", re.I)),
+         ("reduce", re.compile(r"reduce", re.I)),
+         ("fusion (elementwise)", re.compile(r"fusion|loop|input", re.I))]
+
+
+def kind_of(name: str) -> str:
+  for kind, pattern in KINDS:
+    if pattern.search(name):
+      return kind
+  return "other"
+
+
+def device_events(trace_dir: str) -> list[tuple[str, float]]:
+  paths = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True) or \
+      glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)
+  if not paths:
+    raise SystemExit(f"no trace JSON under {trace_dir}")
+  with gzip.open(paths[0]) as f:
+    trace = json.load(f)
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  pnames = {e["pid"]: e.get("args", {}).get("name", "") for e in events
+            if e.get("ph") == "M" and e.get("name") == "process_name"}
+  gpu = {pid for pid, n in pnames.items() if re.search(r"/device:GPU|GPU:|stream", n, re.I)}
+  return [(e["name"], float(e.get("dur", 0.0))) for e in events
+          if e.get("ph") == "X" and e.get("pid") in gpu]
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--case", default="1b:16:dots", help="preset:batch:remat[:seq]")
+  p.add_argument("--steps", type=int, default=3)
+  p.add_argument("--top", type=int, default=30)
+  a = p.parse_args()
+  import jax
+  import numpy as np
+
+  from growjax import config as config_lib
+  from growjax import train
+
+  parts = a.case.split(":")
+  preset, batch, remat = parts[0], int(parts[1]), parts[2]
+  seq = int(parts[3]) if len(parts) > 3 else 2048
+  cfg = config_lib.base_config(preset)
+  cfg.data.seq_len, cfg.train.global_batch_size, cfg.model.remat_policy = seq, batch, remat
+  setup = train.build(cfg)
+  state = train.init_state(setup, jax.random.key(0))
+  tokens = np.random.default_rng(0).integers(0, cfg.model.vocab_size, (batch, seq + 1),
+                                             dtype=np.int32)
+  data = train.to_global({"inputs": tokens[:, :-1], "targets": tokens[:, 1:]},
+                         setup.batch_sharding)
+  step = train.make_train_step(setup)
+  with setup.mesh:
+    for _ in range(3):
+      state, m = step(state, data)
+    jax.block_until_ready(m)
+    trace_dir = tempfile.mkdtemp(prefix="growjax-trace-")
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+      for _ in range(a.steps):
+        state, m = step(state, data)
+      jax.block_until_ready(m)
+
+  events = device_events(trace_dir)
+  total = sum(d for _, d in events) or 1.0
+  by_kind, by_name = collections.Counter(), collections.Counter()
+  counts = collections.Counter()
+  for name, dur in events:
+    by_kind[kind_of(name)] += dur
+    by_name[name[:90]] += dur
+    counts[name[:90]] += 1
+  print(f"{a.case}: {total / a.steps / 1e3:.1f} ms of kernel time per step "
+        f"({len(events) // a.steps} kernels/step)")
+  for kind, dur in by_kind.most_common():
+    print(f"  {kind:<22} {dur / a.steps / 1e3:8.1f} ms  {dur / total:6.1%}")
+  print(f"top {a.top} kernels (ms per step, calls per step):")
+  for name, dur in by_name.most_common(a.top):
+    print(f"  {dur / a.steps / 1e3:8.2f} ms {counts[name] // a.steps:5d}x  {name}")
+
+
+if __name__ == "__main__":
+  main()
