@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-DEFAULT_CASES = ("125m:16:none", "410m:16:dots", "1b:8:dots", "1b:16:full")
+DEFAULT_CASES = ("tiny:32:none", "125m:32:none", "410m:32:dots", "1b:16:dots", "1b:24:dots")
 
 
 def run_case(preset: str, batch: int, remat: str, seq: int, steps: int, warmup: int,
@@ -42,7 +42,7 @@ def run_case(preset: str, batch: int, remat: str, seq: int, steps: int, warmup: 
   setup = train.build(cfg)
   state = train.init_state(setup, jax.random.key(0))
   rng = np.random.default_rng(0)
-  tokens = rng.integers(0, 32000, (batch, seq + 1), dtype=np.int32)
+  tokens = rng.integers(0, cfg.model.vocab_size, (batch, seq + 1), dtype=np.int32)
   batch_arrays = train.to_global({"inputs": tokens[:, :-1], "targets": tokens[:, 1:]},
                                  setup.batch_sharding)
   step_fn = train.make_train_step(setup)

@@ -12,7 +12,7 @@ from growjax.config import base_config
 def get_config(arg=None):
   c = base_config("1b")
   c.data.seq_len = 2048
-  c.train.global_batch_size = int(arg) if arg else 16
+  c.train.global_batch_size = int(arg) if arg else 24
   c.train.steps = 100_000
   c.train.log_every = 50
   c.train.eval_every = 2000
