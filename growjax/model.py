@@ -36,7 +36,7 @@ REMAT_POLICIES = {
     "save_proj": jax.checkpoint_policies.save_only_these_names(
         "q_proj", "k_proj", "v_proj", "attn_out", "mlp_in"),
 }
-ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash")  # auto: cudnn on GPU, splash on TPU
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +162,8 @@ def _attention_impl(cfg: ModelConfig) -> str | None:
     return cfg.attention_impl
   if jax.default_backend() == "gpu" and cfg.compute_dtype in (jnp.bfloat16, jnp.float16):
     return "cudnn"
+  if jax.default_backend() == "tpu":
+    return "splash"
   return "xla"
 
 
@@ -192,8 +194,17 @@ class Attention(nn.Module):
     q = checkpoint_name(_rope(q, positions_T, c.rope_theta), "q_proj")
     k = checkpoint_name(_rope(k, positions_T, c.rope_theta), "k_proj")
     v = checkpoint_name(v, "v_proj")
-    out_BxTxNxH = jax.nn.dot_product_attention(q, k, v, is_causal=True,
-                                               implementation=_attention_impl(c))
+    impl = _attention_impl(c)
+    if impl == "splash" and not self.is_initializing():  # Pallas TPU kernel (interpreted
+      # elsewhere, for tests); init traces a short dummy sequence, where XLA's path serves.
+      from growjax import splash
+      out_BxTxNxH = splash.causal_attention(
+          q, k, v, q_axes=(ACT_BATCH, ACT_LENGTH, ACT_HEADS, None),
+          kv_axes=(ACT_BATCH, ACT_LENGTH, ACT_KV_HEADS, None),
+          interpret=jax.default_backend() != "tpu")
+    else:
+      out_BxTxNxH = jax.nn.dot_product_attention(
+          q, k, v, is_causal=True, implementation=None if impl == "splash" else impl)
     out_BxTxNxH = checkpoint_name(out_BxTxNxH, "attn_out")
     return jnp.einsum("btnh,nhe->bte", out_BxTxNxH, o_NxHxE.astype(dt))
 

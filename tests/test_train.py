@@ -138,3 +138,18 @@ def test_misspelt_override_is_an_error(tmp_path):
     cli.main(["growjax", "train", f"--config={cfg_path}", "--config.train.stpes=3",
               f"--workdir={tmp_path}"])
   assert "stpes" in str(e.value)
+
+
+def test_splash_attention_step_equals_xla_on_a_mesh(data_dir):
+  """The TPU splash kernel (Pallas interpreter on CPU) inside shard_map on a
+  data x fsdp x tensor mesh gives the XLA attention's loss and update."""
+  batches = _batches(1, t=128)
+  results = {}
+  for impl in ("xla", "splash"):
+    cfg = tiny_config(data=2, fsdp=2, tensor=2)
+    cfg.data.seq_len, cfg.train.loss_chunk_len = 128, 128
+    cfg.model.attention_impl = impl
+    results[impl] = _run_steps(cfg, jax.devices(), batches)
+  np.testing.assert_allclose(results["splash"][0], results["xla"][0], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               results["splash"][1], results["xla"][1])

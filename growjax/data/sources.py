@@ -34,6 +34,8 @@ from etils import epath
 
 from growjax.data.tokenizers import expand_globs
 
+tfds.disable_progress_bar()  # growjax prints its own progress; tfds bars flood logs
+
 DEFAULT_DATA_DIR = "~/.cache/growjax/tfds"
 DATA_DIR_ENV = "GROWJAX_DATA_DIR"
 # One play per genre; every other play is training data.

@@ -1,0 +1,72 @@
+"""Causal attention through the Pallas TPU splash-attention kernel.
+
+`jax.nn.dot_product_attention` has no flash path on TPU, so on that backend the
+model calls `causal_attention` here instead. A Pallas kernel cannot be
+partitioned by XLA, so under a mesh it runs inside `shard_map`, each device on its
+own batch rows and heads (the activation sharding the model's logical rules give;
+a sharded sequence axis is refused, splash needs whole sequences). Grouped-query
+attention is native: each device's query heads map onto its own KV heads.
+`interpret=True` runs the same kernel through the Pallas interpreter, which is how
+CPU tests check it against the XLA path.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+from jax.sharding import PartitionSpec as P
+
+BLOCK = 512  # query / key block; clipped to the sequence length
+
+
+@functools.lru_cache(maxsize=32)
+def _kernel(num_heads: int, seq_len: int, interpret: bool):
+  block = min(BLOCK, seq_len)
+  sizes = sk.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
+                        block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
+                        block_q_dq=block, block_kv_dq=block)
+  mask = sm.MultiHeadMask([sm.CausalMask((seq_len, seq_len)) for _ in range(num_heads)])
+  return sk.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
+                            interpret=interpret)
+
+
+def _local(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, interpret: bool):
+  _, t, n, h = q_BxTxNxH.shape
+  if t % 128:
+    raise ValueError(f"splash attention needs config.data.seq_len divisible by 128, got {t}; "
+                     "set config.model.attention_impl='xla'.")
+  q = (q_BxTxNxH * (h ** -0.5)).swapaxes(1, 2)   # the kernel does not scale
+  k, v = k_BxTxKxH.swapaxes(1, 2), v_BxTxKxH.swapaxes(1, 2)
+  out_BxNxTxH = jax.vmap(_kernel(n, t, interpret))(q, k, v)
+  return out_BxNxTxH.swapaxes(1, 2)
+
+
+def _current_mesh():
+  """The mesh of the enclosing `with mesh:` block, or None."""
+  from jax._src import mesh as mesh_lib  # the legacy context growjax's trainer enters
+  env_mesh = mesh_lib.thread_resources.env.physical_mesh
+  return None if env_mesh.empty else env_mesh
+
+
+def causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, *, q_axes, kv_axes,
+                     interpret: bool = False):
+  """Causal softmax attention, `(batch, seq, heads, head_dim)` in and out.
+
+  `q_axes` / `kv_axes` are the logical axis names of q and k/v; under a mesh they
+  become the `shard_map` specs."""
+  fn = functools.partial(_local, interpret=interpret)
+  mesh = _current_mesh()
+  if mesh is None or mesh.size == 1:
+    return fn(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH)
+  q_spec, kv_spec = nn.logical_to_mesh_axes(q_axes), nn.logical_to_mesh_axes(kv_axes)
+  if q_spec[1] is not None or kv_spec[1] is not None:
+    raise ValueError("splash attention needs the sequence axis unsharded; remove the "
+                     "'activation_length' entry of config.sharding_rules or set "
+                     "config.model.attention_impl='xla'.")
+  q_spec, kv_spec = P(*q_spec), P(*kv_spec)
+  return jax.shard_map(fn, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec), out_specs=q_spec,
+                       check_vma=False)(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH)
