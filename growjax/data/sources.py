@@ -30,6 +30,7 @@ import re
 from typing import Any, Iterator
 
 import tensorflow_datasets as tfds
+from absl import logging as absl_logging
 from etils import epath
 
 from growjax.data.tokenizers import expand_globs
@@ -203,7 +204,13 @@ def get_builder(data_cfg, *, prepare: bool = True) -> tfds.core.DatasetBuilder:
   elif data_cfg.name == "text_files":
     config = text_files_config(data_cfg.train_files, data_cfg.validation_files,
                                data_cfg.text_key)
-    builder = TextFiles(data_dir=data_dir, config=config, file_format="array_record")
+    # tfds logs a custom config in full (every file path); keep the console readable.
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+      builder = TextFiles(data_dir=data_dir, config=config, file_format="array_record")
+    finally:
+      absl_logging.set_verbosity(verbosity)
   elif data_cfg.name == "tfds":
     try:
       builder = tfds.builder(data_cfg.tfds_name, data_dir=data_dir)
