@@ -25,11 +25,14 @@ OPERATOR_RUNS = ["scratch"] + [f"{d},{m}" for d in ("depth", "width")
                                for m in ("direct", "zero", "random", "learn")]
 
 
+OVERRIDES: list[str] = []  # extra `--config.X=Y` flags for every run (smoke tests)
+
+
 def train(config: str, workdir: str) -> float:
   from growjax import cli
   start = time.perf_counter()
   code = cli.main(["growjax", "train", f"--config={os.path.join(ROOT, config)}",
-                   f"--workdir={workdir}"])
+                   f"--workdir={workdir}"] + OVERRIDES)
   if code:
     raise SystemExit(f"growjax train --config {config} failed ({code})")
   return time.perf_counter() - start
@@ -77,7 +80,9 @@ def main() -> None:
   p.add_argument("--workdir", default="runs/repro")
   p.add_argument("--part", default="main,operators")
   p.add_argument("--out", default="", help="write the results as JSON here")
+  p.add_argument("overrides", nargs="*", help="--config.X=Y flags for every run (after --)")
   a = p.parse_args()
+  OVERRIDES.extend(a.overrides)
   sys.path.insert(0, ROOT)
   import jax
   results = {"device": str(jax.devices()[0].device_kind), "date": time.strftime("%Y-%m-%d")}

@@ -21,6 +21,7 @@ commands:
   grow       grow a saved checkpoint into a larger model, offline
   plan       the paper's growth timing d and factor g for a model size and budget
   tokenizer  train a SentencePiece tokenizer on local text files
+  speedup    FLOPs a grown run saved against a scratch run, with a plot
 
 `growjax COMMAND --help` lists a command's flags."""
 
@@ -136,13 +137,39 @@ def cmd_tokenizer(argv: list[str]) -> int:
   if not fv.input or not fv.model_prefix:
     sys.exit("growjax tokenizer: --input and --model_prefix are required.")
   from growjax.data import tokenizers
-  path = tokenizers.train_sentencepiece(fv.input, fv.vocab_size, fv.model_prefix)
+  try:  # globs are expanded by train_sentencepiece
+    path = tokenizers.train_sentencepiece(",".join(fv.input), fv.vocab_size, fv.model_prefix)
+  except ValueError as e:
+    sys.exit(f"growjax tokenizer: {e}")
   print(f"wrote {path}; use it with --config.data.tokenizer=spm:{path}")
   return 0
 
 
+def cmd_speedup(argv: list[str]) -> int:
+  fv = flags.FlagValues()
+  flags.DEFINE_string("scratch", None, "the run trained from scratch (its workdir).",
+                      flag_values=fv)
+  flags.DEFINE_string("grown", None, "the grow run (its workdir, with small/ and large/).",
+                      flag_values=fv)
+  flags.DEFINE_float("target_loss", None, "loss to reach (default: the scratch run's final "
+                     "evaluation loss).", flag_values=fv)
+  flags.DEFINE_string("out", None, "plot path (default GROWN/speedup.png).", flag_values=fv)
+  # Accept --target-loss as well as absl's --target_loss.
+  argv = [a.replace("--target-loss", "--target_loss", 1) for a in argv]
+  _parse(fv, argv)
+  if not fv.scratch or not fv.grown:
+    sys.exit("growjax speedup: --scratch and --grown are required.")
+  from growjax import speedup
+  try:
+    speedup.run(fv.scratch, fv.grown, fv.target_loss, fv.out)
+  except ValueError as e:
+    sys.exit(f"growjax speedup: {e}")
+  return 0
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
-    "train": cmd_train, "grow": cmd_grow, "plan": cmd_plan, "tokenizer": cmd_tokenizer}
+    "train": cmd_train, "grow": cmd_grow, "plan": cmd_plan, "tokenizer": cmd_tokenizer,
+    "speedup": cmd_speedup}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,149 @@
+"""How much compute growth saved: the paper's speedup from two runs' logged losses.
+
+Each run's `metrics.jsonl` holds its evaluation losses against cumulative training
+FLOPs; a grow run's large stage already counts its small stage's FLOPs, and its
+curve is the small stage's points followed by the large stage's. With `F(run)` the
+FLOPs a run needs to first reach the target loss (linearly interpolated between
+logged evaluations), Du et al. define
+
+    speedup = F(scratch) / F(grown) - 1,   and the FLOPs saved = 1 - F(grown) / F(scratch).
+
+The target defaults to the scratch run's final evaluation loss.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _read_points(path: str) -> dict[int, tuple[float, float]]:
+  """step -> (flops, eval_loss), the last record of a step winning (resumes append)."""
+  points = {}
+  with open(path) as f:
+    for lineno, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{lineno} is not JSON ({e}).") from e
+      if record.get("eval_loss") is not None and record.get("flops") is not None:
+        points[int(record["step"])] = (float(record["flops"]), float(record["eval_loss"]))
+  return points
+
+
+def metrics_files(run: str) -> list[str]:
+  """The metrics files of a run: a file itself, a run dir, or a grow run's small/ + large/."""
+  if os.path.isfile(run):
+    return [run]
+  files = [os.path.join(run, d, METRICS_FILE) for d in ("small", "large")]
+  files = [f for f in files if os.path.isfile(f)]
+  if files:
+    return files
+  single = os.path.join(run, METRICS_FILE)
+  if os.path.isfile(single):
+    return [single]
+  raise ValueError(f"{run!r} holds no {METRICS_FILE} (nor small/ and large/ ones of a grow "
+                   "run); point at a growjax run directory.")
+
+
+def load_curve(run: str) -> tuple[np.ndarray, np.ndarray]:
+  """(cumulative training FLOPs, evaluation loss) of a run, sorted by FLOPs."""
+  points = []
+  for path in metrics_files(run):
+    points += list(_read_points(path).values())
+  if not points:
+    raise ValueError(f"{run!r} logged no evaluation loss; train with config.train.eval_every "
+                     "> 0 so that the runs can be compared.")
+  points.sort()
+  flops, loss = zip(*points)
+  return np.asarray(flops), np.asarray(loss)
+
+
+def flops_to_reach(flops: np.ndarray, loss: np.ndarray, target: float) -> float | None:
+  """FLOPs at which the curve first reaches `target`, interpolated; None if it never does."""
+  hits = np.nonzero(loss <= target)[0]
+  if not len(hits):
+    return None
+  i = int(hits[0])
+  if i == 0:
+    return float(flops[0])
+  f0, f1, l0, l1 = flops[i - 1], flops[i], loss[i - 1], loss[i]
+  return float(f0 + (l0 - target) / (l0 - l1) * (f1 - f0))
+
+
+def compare(scratch: str, grown: str, target_loss: float | None = None) -> dict:
+  """FLOPs to reach the target for both runs, the paper's speedup and the FLOPs saved."""
+  s_flops, s_loss = load_curve(scratch)
+  g_flops, g_loss = load_curve(grown)
+  target = float(s_loss[-1]) if target_loss is None else float(target_loss)
+  s_reach = flops_to_reach(s_flops, s_loss, target)
+  if s_reach is None:
+    raise ValueError(f"the scratch run {scratch!r} never reaches the target loss {target:.4f} "
+                     f"(its best is {s_loss.min():.4f}); choose a higher --target_loss.")
+  g_reach = flops_to_reach(g_flops, g_loss, target)
+  if g_reach is None:
+    raise ValueError(f"the grown run {grown!r} never reaches the target loss {target:.4f} "
+                     f"(its best is {g_loss.min():.4f} at {g_flops[g_loss.argmin()]:.3g} FLOPs); "
+                     "train it longer or choose a higher --target_loss.")
+  return {"target_loss": target, "scratch_flops": s_reach, "grown_flops": g_reach,
+          "speedup": s_reach / g_reach - 1.0, "flops_saved": 1.0 - g_reach / s_reach,
+          "scratch_final_loss": float(s_loss[-1]), "grown_final_loss": float(g_loss[-1]),
+          "scratch_total_flops": float(s_flops[-1]), "grown_total_flops": float(g_flops[-1])}
+
+
+def plot(scratch: str, grown: str, result: dict, out_png: str) -> str:
+  """Loss against FLOPs for both runs, the target line and the two crossings marked."""
+  try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError as e:
+    raise ValueError("the speedup plot needs matplotlib: pip install 'growjax[plot]'.") from e
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for run, label, key, color in ((scratch, "scratch", "scratch_flops", "tab:blue"),
+                                 (grown, "grown", "grown_flops", "tab:orange")):
+    flops, loss = load_curve(run)
+    ax.plot(flops, loss, "-", color=color, label=f"{label}: {os.path.basename(run.rstrip('/'))}")
+    ax.plot([result[key]], [result["target_loss"]], "o", color=color)
+    ax.annotate(f"{result[key]:.3g}", (result[key], result["target_loss"]),
+                textcoords="offset points", xytext=(4, 8), color=color, fontsize=8)
+  ax.axhline(result["target_loss"], linestyle="--", color="gray", linewidth=1,
+             label=f"target loss {result['target_loss']:.4f}")
+  ax.set_xscale("log")
+  ax.set_xlabel("training FLOPs (grown run includes its small stage)")
+  ax.set_ylabel("validation loss")
+  ax.set_title(f"speedup {result['speedup']:.1%} ({result['flops_saved']:.1%} of FLOPs saved)")
+  ax.legend()
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
+  fig.savefig(out_png, dpi=120)
+  plt.close(fig)
+  return out_png
+
+
+def report(result: dict) -> str:
+  return "\n".join([
+      f"target loss            {result['target_loss']:.4f}",
+      f"scratch reaches it at  {result['scratch_flops']:.4g} FLOPs "
+      f"(final loss {result['scratch_final_loss']:.4f} at {result['scratch_total_flops']:.4g})",
+      f"grown reaches it at    {result['grown_flops']:.4g} FLOPs "
+      f"(final loss {result['grown_final_loss']:.4f} at {result['grown_total_flops']:.4g})",
+      f"speedup                {result['speedup']:.1%}  (F_scratch / F_grown - 1)",
+      f"FLOPs saved            {result['flops_saved']:.1%}"])
+
+
+def run(scratch: str, grown: str, target_loss: float | None = None,
+        out_png: str | None = None) -> dict:
+  """`growjax speedup`: compare, print the report, write the plot."""
+  result = compare(scratch, grown, target_loss)
+  print(report(result))
+  out_png = out_png or os.path.join(grown, "speedup.png")
+  result["plot"] = plot(scratch, grown, result, out_png)
+  print(f"plot: {out_png}")
+  return result

@@ -1,0 +1,92 @@
+"""The speedup tool on synthetic runs with known answers (no training)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from growjax import cli
+from growjax import speedup
+
+
+def write_run(path, points, extra_steps=()):
+  """points: [(step, flops, eval_loss)]; extra_steps: train-only records (no eval)."""
+  os.makedirs(path, exist_ok=True)
+  with open(os.path.join(path, "metrics.jsonl"), "a") as f:
+    for step, flops, loss in points:
+      f.write(json.dumps({"step": step, "loss": loss + 0.1, "eval_loss": loss,
+                          "flops": flops}) + "\n")
+    for step, flops in extra_steps:
+      f.write(json.dumps({"step": step, "loss": 9.0, "eval_loss": None, "flops": flops}) + "\n")
+  return str(path)
+
+
+@pytest.fixture
+def runs(tmp_path):
+  # Scratch: loss falls 4 -> 2 linearly over 0..100 FLOPs (final 2.0 at 100).
+  scratch = write_run(tmp_path / "scratch", [(i, 10.0 * i, 4.0 - 0.2 * i) for i in range(11)],
+                      extra_steps=[(11, 105.0)])
+  # Grown: small stage to 20 FLOPs, large stage from 20 reaching 2.0 at exactly 60 FLOPs.
+  grown = tmp_path / "grown"
+  write_run(grown / "small", [(1, 10.0, 3.5), (2, 20.0, 3.2)])
+  write_run(grown / "large", [(3, 30.0, 3.0), (4, 50.0, 2.2), (5, 70.0, 1.8), (6, 100.0, 1.6)])
+  return scratch, str(grown)
+
+
+def test_interpolation_is_exact():
+  flops, loss = np.array([0.0, 10.0, 20.0]), np.array([3.0, 2.0, 1.0])
+  assert speedup.flops_to_reach(flops, loss, 1.5) == pytest.approx(15.0)
+  assert speedup.flops_to_reach(flops, loss, 2.0) == pytest.approx(10.0)
+  assert speedup.flops_to_reach(flops, loss, 5.0) == 0.0        # already there
+  assert speedup.flops_to_reach(flops, loss, 0.5) is None       # never
+
+
+def test_speedup_as_the_paper_defines_it(runs):
+  scratch, grown = runs
+  r = speedup.compare(scratch, grown)
+  assert r["target_loss"] == pytest.approx(2.0)        # the scratch run's final loss
+  assert r["scratch_flops"] == pytest.approx(100.0)
+  assert r["grown_flops"] == pytest.approx(60.0)       # 50 + (2.2 - 2.0) / 0.4 * 20
+  assert r["speedup"] == pytest.approx(100 / 60 - 1)
+  assert r["flops_saved"] == pytest.approx(0.4)
+  r = speedup.compare(scratch, grown, target_loss=3.0)
+  assert r["scratch_flops"] == pytest.approx(50.0) and r["grown_flops"] == pytest.approx(30.0)
+
+
+def test_grow_run_curve_joins_stages_and_last_record_of_a_step_wins(tmp_path):
+  run = tmp_path / "g"
+  write_run(run / "small", [(1, 1.0, 5.0), (2, 2.0, 4.0)])
+  write_run(run / "small", [(2, 2.0, 3.9)])           # resumed: step 2 logged again
+  write_run(run / "large", [(3, 3.0, 3.5)])
+  flops, loss = speedup.load_curve(str(run))
+  np.testing.assert_array_equal(flops, [1.0, 2.0, 3.0])
+  np.testing.assert_array_equal(loss, [5.0, 3.9, 3.5])
+
+
+def test_clear_errors(tmp_path, runs):
+  scratch, grown = runs
+  with pytest.raises(ValueError, match="holds no metrics.jsonl"):
+    speedup.load_curve(str(tmp_path / "missing"))
+  no_eval = write_run(tmp_path / "no_eval", [], extra_steps=[(1, 1.0)])
+  with pytest.raises(ValueError, match="eval_every"):
+    speedup.load_curve(no_eval)
+  with pytest.raises(ValueError, match=r"scratch run .* never reaches .* \(its best is 2.0000"):
+    speedup.compare(scratch, grown, target_loss=1.0)
+  slow = write_run(tmp_path / "slow", [(1, 50.0, 3.0), (2, 200.0, 2.5)])
+  with pytest.raises(ValueError, match=r"grown run .* never reaches the target loss 2.0000 "
+                     r"\(its best is 2.5000"):
+    speedup.compare(scratch, slow)
+
+
+def test_cli_prints_report_and_writes_png(runs, tmp_path, capsys):
+  scratch, grown = runs
+  out = tmp_path / "plot.png"
+  assert cli.main(["growjax", "speedup", f"--scratch={scratch}", f"--grown={grown}",
+                   "--target-loss=2.0", f"--out={out}"]) == 0
+  printed = capsys.readouterr().out
+  assert "speedup                66.7%" in printed and "FLOPs saved            40.0%" in printed
+  assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  with pytest.raises(SystemExit, match="never reaches"):
+    cli.main(["growjax", "speedup", f"--scratch={scratch}", f"--grown={grown}",
+              "--target_loss=0.5"])
