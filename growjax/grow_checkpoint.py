@@ -26,6 +26,8 @@ from growjax import optimizer as opt_lib
 from growjax import train as train_lib
 from growjax.model import ModelConfig, logical_axes
 
+LEARN_STEPS = 100  # Adam steps of the `learn` operators' expansion (LiGO-style)
+
 
 def _source_setup(meta: dict, large: train_lib.Setup):
   """The small model's config, optimizer and state layout, placed on the large mesh."""
@@ -65,7 +67,8 @@ def grow_state(src_state, src_model: ModelConfig, src_tx, large: train_lib.Setup
   grow_fn = functools.partial(growth.grow, src=src_model, dst=dst, method=method,
                               width_method=width_method, layer_map=layer_map)
   if method == "learn" or width_method == "learn":
-    params = grow_fn(src_state.params, rng=rng, learn_batches=learn_batches)
+    params = grow_fn(src_state.params, rng=rng, learn_batches=learn_batches,
+                     learn_steps=LEARN_STEPS)
     params = jax.device_put(params, large.state_shardings.params)
   else:
     params = jax.jit(lambda p, r: grow_fn(p, rng=r),
@@ -120,6 +123,11 @@ def grow_checkpoint(source: str, out_dir: str, large_cfg: ml_collections.ConfigD
 
   meta_out = train_lib.run_meta(large)
   meta_out["flops_seen"] = float(meta.get("flops_seen", 0.0))  # the small stage's compute
+  # `learn` trains its expansion through the large model: count that compute too, so
+  # loss-vs-FLOPs comparisons stay fair (each learn phase ~ LEARN_STEPS large steps).
+  learn_phases = (method == "learn") + (width_method == "learn")
+  meta_out["flops_seen"] += learn_phases * LEARN_STEPS * large.tokens_per_step * \
+      large.model_cfg.flops_per_token(large_cfg.data.seq_len)
   meta_out["grown_from"] = {"checkpoint": f"{directory}/{step}", "model": meta["model"],
                             "method": method, "width_method": width_method,
                             "layer_map": list(layer_map) if layer_map else None,
