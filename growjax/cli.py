@@ -154,8 +154,15 @@ def cmd_speedup(argv: list[str]) -> int:
   flags.DEFINE_float("target_loss", None, "loss to reach (default: the scratch run's final "
                      "evaluation loss).", flag_values=fv)
   flags.DEFINE_string("out", None, "plot path (default GROWN/speedup.png).", flag_values=fv)
-  # Accept --target-loss as well as absl's --target_loss.
-  argv = [a.replace("--target-loss", "--target_loss", 1) for a in argv]
+
+  def underscored(arg: str) -> str:
+    """--target-loss=2 -> --target_loss=2 (absl's spelling); values stay as they are."""
+    if not arg.startswith("--"):
+      return arg
+    name, eq, value = arg.partition("=")
+    return "--" + name[2:].replace("-", "_") + eq + value
+
+  argv = [underscored(a) for a in argv]
   _parse(fv, argv)
   if not fv.scratch or not fv.grown:
     sys.exit("growjax speedup: --scratch and --grown are required.")

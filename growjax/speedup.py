@@ -14,6 +14,7 @@ The target defaults to the scratch run's final evaluation loss.
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import numpy as np
@@ -22,8 +23,11 @@ METRICS_FILE = "metrics.jsonl"
 
 
 def _read_points(path: str) -> dict[int, tuple[float, float]]:
-  """step -> (flops, eval_loss), the last record of a step winning (resumes append)."""
-  points = {}
+  """step -> (flops, eval_loss) of the steps with a finite evaluation loss.
+
+  The last record of a step wins (a resumed run appends its replayed steps again).
+  """
+  last = {}
   with open(path) as f:
     for lineno, line in enumerate(f, 1):
       if not line.strip():
@@ -32,9 +36,10 @@ def _read_points(path: str) -> dict[int, tuple[float, float]]:
         record = json.loads(line)
       except json.JSONDecodeError as e:
         raise ValueError(f"{path}:{lineno} is not JSON ({e}).") from e
-      if record.get("eval_loss") is not None and record.get("flops") is not None:
-        points[int(record["step"])] = (float(record["flops"]), float(record["eval_loss"]))
-  return points
+      last[int(record["step"])] = record
+  return {step: (float(r["flops"]), float(r["eval_loss"])) for step, r in last.items()
+          if r.get("eval_loss") is not None and r.get("flops") is not None
+          and math.isfinite(r["eval_loss"])}
 
 
 def metrics_files(run: str) -> list[str]:
@@ -58,8 +63,8 @@ def load_curve(run: str) -> tuple[np.ndarray, np.ndarray]:
   for path in metrics_files(run):
     points += list(_read_points(path).values())
   if not points:
-    raise ValueError(f"{run!r} logged no evaluation loss; train with config.train.eval_every "
-                     "> 0 so that the runs can be compared.")
+    raise ValueError(f"{run!r} logged no evaluation loss (with FLOPs); train with "
+                     "config.train.eval_every > 0 so that the runs can be compared.")
   points.sort()
   flops, loss = zip(*points)
   return np.asarray(flops), np.asarray(loss)
@@ -118,7 +123,8 @@ def plot(scratch: str, grown: str, result: dict, out_png: str) -> str:
   ax.set_xscale("log")
   ax.set_xlabel("training FLOPs (grown run includes its small stage)")
   ax.set_ylabel("validation loss")
-  ax.set_title(f"speedup {result['speedup']:.1%} ({result['flops_saved']:.1%} of FLOPs saved)")
+  ax.set_title(f"speedup {result['speedup']:.3f} ({result['speedup']:.1%}); "
+               f"{result['flops_saved']:.1%} of FLOPs saved")
   ax.legend()
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
@@ -128,14 +134,16 @@ def plot(scratch: str, grown: str, result: dict, out_png: str) -> str:
 
 
 def report(result: dict) -> str:
+  """The printed summary of `compare`'s result."""
   return "\n".join([
       f"target loss            {result['target_loss']:.4f}",
       f"scratch reaches it at  {result['scratch_flops']:.4g} FLOPs "
       f"(final loss {result['scratch_final_loss']:.4f} at {result['scratch_total_flops']:.4g})",
       f"grown reaches it at    {result['grown_flops']:.4g} FLOPs "
       f"(final loss {result['grown_final_loss']:.4f} at {result['grown_total_flops']:.4g})",
-      f"speedup                {result['speedup']:.1%}  (F_scratch / F_grown - 1)",
-      f"FLOPs saved            {result['flops_saved']:.1%}"])
+      f"speedup                {result['speedup']:.3f} = {result['speedup']:.1%}  "
+      "(F_scratch / F_grown - 1)",
+      f"FLOPs saved            {result['flops_saved']:.1%}  (1 - F_grown / F_scratch)"])
 
 
 def run(scratch: str, grown: str, target_loss: float | None = None,

@@ -2,12 +2,15 @@
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
 
 from growjax import cli
 from growjax import speedup
+
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def write_run(path, points, extra_steps=()):
@@ -54,14 +57,27 @@ def test_speedup_as_the_paper_defines_it(runs):
   assert r["scratch_flops"] == pytest.approx(50.0) and r["grown_flops"] == pytest.approx(30.0)
 
 
+def test_paper_7b_example():
+  """Scratch needs 300B tokens, G_stack 194B to reach the same loss: 54.6% speedup."""
+  scratch = np.array([0.0, 300.0]), np.array([3.0, 2.0])
+  grown = np.array([0.0, 194.0]), np.array([3.0, 2.0])
+  f_scratch = speedup.flops_to_reach(*scratch, 2.0)
+  f_grown = speedup.flops_to_reach(*grown, 2.0)
+  assert f_scratch / f_grown - 1 == pytest.approx(0.546, abs=5e-4)
+
+
 def test_grow_run_curve_joins_stages_and_last_record_of_a_step_wins(tmp_path):
   run = tmp_path / "g"
-  write_run(run / "small", [(1, 1.0, 5.0), (2, 2.0, 4.0)])
-  write_run(run / "small", [(2, 2.0, 3.9)])           # resumed: step 2 logged again
-  write_run(run / "large", [(3, 3.0, 3.5)])
+  write_run(run / "small", [(1, 1.0, 5.0), (2, 2.0, 4.0), (3, 2.5, 3.95)])
+  write_run(run / "small", [(2, 2.0, 3.9)],            # resumed: step 2 logged again,
+            extra_steps=[(3, 2.5)])                     # step 3 now without evaluation
+  write_run(run / "large", [(4, 3.0, 3.5), (5, 4.0, float("nan"))])  # NaN: dropped
   flops, loss = speedup.load_curve(str(run))
   np.testing.assert_array_equal(flops, [1.0, 2.0, 3.0])
   np.testing.assert_array_equal(loss, [5.0, 3.9, 3.5])
+  # A metrics.jsonl path or a plain run dir read the same way.
+  np.testing.assert_array_equal(speedup.load_curve(str(run / "large" / "metrics.jsonl"))[0], [3.0])
+  np.testing.assert_array_equal(speedup.load_curve(str(run / "small"))[1], [5.0, 3.9])
 
 
 def test_clear_errors(tmp_path, runs):
@@ -85,8 +101,25 @@ def test_cli_prints_report_and_writes_png(runs, tmp_path, capsys):
   assert cli.main(["growjax", "speedup", f"--scratch={scratch}", f"--grown={grown}",
                    "--target-loss=2.0", f"--out={out}"]) == 0
   printed = capsys.readouterr().out
-  assert "speedup                66.7%" in printed and "FLOPs saved            40.0%" in printed
-  assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert "speedup                0.667 = 66.7%" in printed
+  assert "FLOPs saved            40.0%" in printed
+  assert out.read_bytes()[:8] == PNG
+  # Defaults: target = scratch's final loss, plot in the grown run's directory.
+  assert cli.main(["growjax", "speedup", "--scratch", scratch, "--grown", grown]) == 0
+  assert "target loss            2.0000" in capsys.readouterr().out
+  assert open(os.path.join(grown, "speedup.png"), "rb").read(8) == PNG
   with pytest.raises(SystemExit, match="never reaches"):
     cli.main(["growjax", "speedup", f"--scratch={scratch}", f"--grown={grown}",
-              "--target_loss=0.5"])
+              "--target_loss", "0.5"])
+  with pytest.raises(SystemExit, match="holds no metrics.jsonl"):
+    cli.main(["growjax", "speedup", f"--scratch={tmp_path}/nope", f"--grown={grown}"])
+  with pytest.raises(SystemExit, match="--scratch and --grown are required"):
+    cli.main(["growjax", "speedup", f"--grown={grown}"])
+
+
+def test_plot_without_matplotlib_says_what_to_install(runs, tmp_path, monkeypatch):
+  scratch, grown = runs
+  result = speedup.compare(scratch, grown)
+  monkeypatch.setitem(sys.modules, "matplotlib", None)   # import matplotlib -> ImportError
+  with pytest.raises(ValueError, match=r"pip install 'growjax\[plot\]'"):
+    speedup.plot(scratch, grown, result, str(tmp_path / "p.png"))
