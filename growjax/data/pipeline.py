@@ -77,8 +77,8 @@ def eval_batches(stream: np.ndarray, seq_len: int, rows: RowSlice, num_batches: 
                  ) -> list[dict[str, np.ndarray]]:
   """The first `num_batches` global batches of windows, in stored order (fixed held-out set).
 
-  A split too small for that many batches is cycled; the caller is told by the
-  returned list being built from fewer distinct windows, not by an error.
+  A split too small for that many batches is cycled (the held-out set then
+  repeats windows; it is still the same fixed set at every evaluation).
   """
   n = stream_lib.num_windows(stream, seq_len)
   if n == 0:
