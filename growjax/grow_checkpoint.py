@@ -111,8 +111,8 @@ def grow_checkpoint(source: str, out_dir: str, large_cfg: ml_collections.ConfigD
   learn_batches = None
   if method == "learn" or width_method == "learn":
     from growjax import data as data_lib
-    it = data_lib.train_iterator(large_cfg.data, global_batch_size=large_cfg.train.global_batch_size,
-                                 seed=large_cfg.seed)
+    it = data_lib.train_iterator(large_cfg.data, seed=large_cfg.seed,
+                                 global_batch_size=large_cfg.train.global_batch_size)
     learn_batches = (jnp.concatenate([b["inputs"], b["targets"][:, -1:]], axis=1) for b in it)
   with large.mesh:
     state = grow_state(src_state, src_model, src_tx, large, method=method,

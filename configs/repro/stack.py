@@ -6,10 +6,10 @@
 Same corpus, batch, optimizer and LR schedule as configs/repro/scratch.py. The
 4L x 512 base model trains `small_steps` steps (d = 300 x 65,536 = 19.7M tokens),
 is grown by G_stack (layer map [0,1,2,3]*4, optimizer state reset, LR schedule
-continued over the whole run, as the paper does), and the 16-layer model trains on until the whole
-run has spent the scratch run's FLOPs. (The paper's fit for d gives more tokens
-than this whole budget at 5e16 FLOPs, far outside its fitted range, so d is
-set by hand to a third of the tokens.)
+continued over the whole run, as the paper does), and the 16-layer model trains
+on until the whole run has spent the scratch run's FLOPs. (The paper's fit for d
+gives more tokens than this whole budget at 2.5e16 FLOPs, far outside its fitted
+range, so d is set by hand to a third of the tokens.)
 Arg: `method[,small_steps]`, e.g. `stack`, `zero,300`.
 """
 
