@@ -1,7 +1,7 @@
 """Train-step throughput and MFU of the shipped configs, one case per subprocess.
 
   python benchmarks/step_benchmark.py                      # the default table
-  python benchmarks/step_benchmark.py --case 1b:8:dots     # preset:batch:remat[:seq]
+  python benchmarks/step_benchmark.py --case 1b:8:dots     # preset:batch:remat[:seq[:unroll]]
   python benchmarks/step_benchmark.py --depths 6,24,48     # compile time against depth
 
 Each case runs in its own process (so peak device memory is its own), builds
@@ -25,7 +25,7 @@ DEFAULT_CASES = ("tiny:32:none", "125m:32:none", "410m:32:dots", "1b:16:dots", "
 
 
 def run_case(preset: str, batch: int, remat: str, seq: int, steps: int, warmup: int,
-             layers: int | None = None, compile_only: bool = False) -> dict:
+             layers: int | None = None, compile_only: bool = False, unroll: int = 1) -> dict:
   import jax
   import numpy as np
 
@@ -39,6 +39,7 @@ def run_case(preset: str, batch: int, remat: str, seq: int, steps: int, warmup: 
   cfg.model.remat_policy = remat
   if layers:
     cfg.model.num_layers = layers
+  cfg.model.scan_unroll = unroll
   setup = train.build(cfg)
   state = train.init_state(setup, jax.random.key(0))
   rng = np.random.default_rng(0)
@@ -51,6 +52,7 @@ def run_case(preset: str, batch: int, remat: str, seq: int, steps: int, warmup: 
     compiled = step_fn.lower(state, batch_arrays).compile()
     compile_s = time.perf_counter() - t0
     result = {"preset": preset, "layers": setup.model_cfg.num_layers, "batch": batch,
+              "unroll": unroll,
               "seq": seq, "remat": remat, "compile_s": compile_s,
               "params": setup.model_cfg.num_params()}
     if compile_only:
@@ -129,7 +131,7 @@ def _subprocess(args: list[str]) -> dict:
 
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--case", action="append", help="preset:batch:remat[:seq]")
+  p.add_argument("--case", action="append", help="preset:batch:remat[:seq[:scan_unroll]]")
   p.add_argument("--steps", type=int, default=20)
   p.add_argument("--warmup", type=int, default=3)
   p.add_argument("--depths", default="", help="compile time for these depths (1b widths)")
@@ -144,9 +146,9 @@ def main() -> None:
       b, s = map(int, spec.split(":"))
       res = loader_case(b, s, 200)
     else:
-      preset, batch, remat, seq, layers = spec.split(":")
+      preset, batch, remat, seq, layers, unroll = spec.split(":")
       res = run_case(preset, int(batch), remat, int(seq), a.steps, a.warmup,
-                     int(layers) or None, compile_only=(kind == "compile"))
+                     int(layers) or None, compile_only=(kind == "compile"), unroll=int(unroll))
     print("RESULT " + json.dumps(res), flush=True)
     return
 
@@ -155,12 +157,13 @@ def main() -> None:
     parts = case.split(":")
     preset, batch, remat = parts[:3]
     seq = parts[3] if len(parts) > 3 else "2048"
-    r = _subprocess([f"--_one=step={preset}:{batch}:{remat}:{seq}:0", f"--steps={a.steps}",
+    unroll = parts[4] if len(parts) > 4 else "1"
+    r = _subprocess([f"--_one=step={preset}:{batch}:{remat}:{seq}:0:{unroll}", f"--steps={a.steps}",
                      f"--warmup={a.warmup}"])
     results.append(r)
     print(json.dumps(r), flush=True)
   for depth in filter(None, a.depths.split(",")):
-    r = _subprocess([f"--_one=compile=1b:8:dots:2048:{depth}"])
+    r = _subprocess([f"--_one=compile=1b:8:dots:2048:{depth}:1"])
     results.append(r)
     print(json.dumps(r), flush=True)
   if a.loader:
@@ -174,8 +177,10 @@ def main() -> None:
   for r in results:
     if "step_s" in r:
       print(f"| {r['preset']} ({r['params'] / 1e6:.0f}M) | {r['layers']} | {r['batch']}x{r['seq']} "
-            f"| {r['remat']} | {r['step_s'] * 1e3:.1f} | {r['tokens_per_s']:,.0f} | "
-            f"{r['tflops_per_chip']:.0f} | {r['mfu']:.1%} | {r['peak_mem_gib']:.1f} | "
+            f"| {r['remat']}{'' if r.get('unroll', 1) == 1 else ', unroll ' + str(r['unroll'])} "
+            f"| {r['step_s'] * 1e3:.1f} | {r['tokens_per_s']:,.0f} | "
+            f"{r['tflops_per_chip']:.0f} | {'-' if r['mfu'] is None else format(r['mfu'], '.1%')} "
+            f"| {r['peak_mem_gib']:.1f} | "
             f"{r['compile_s']:.1f} |")
   for r in results:
     if r.get("parts_ms"):
