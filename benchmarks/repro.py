@@ -25,23 +25,23 @@ OPERATOR_RUNS = ["scratch"] + [f"{d},{m}" for d in ("depth", "width")
                                for m in ("direct", "zero", "random", "learn")]
 
 
-OVERRIDES: list[str] = []  # extra `--config.X=Y` flags for every run (smoke tests)
-
-
-def train(config: str, workdir: str) -> float:
+def train(config: str, workdir: str, overrides: list[str]) -> float:
+  """One `growjax train` run; `overrides` are extra `--config.X=Y` flags (smoke tests)."""
   from growjax import cli
   start = time.perf_counter()
   code = cli.main(["growjax", "train", f"--config={os.path.join(ROOT, config)}",
-                   f"--workdir={workdir}"] + OVERRIDES)
+                   f"--workdir={workdir}", *overrides])
   if code:
     raise SystemExit(f"growjax train --config {config} failed ({code})")
   return time.perf_counter() - start
 
 
-def main_part(workdir: str) -> dict:
+def main_part(workdir: str, overrides: list[str]) -> dict:
   from growjax import speedup
-  times = {"scratch": train("configs/repro/scratch.py", os.path.join(workdir, "scratch")),
-           "stack": train("configs/repro/stack.py:stack", os.path.join(workdir, "stack"))}
+  times = {"scratch": train("configs/repro/scratch.py", os.path.join(workdir, "scratch"),
+                            overrides),
+           "stack": train("configs/repro/stack.py:stack", os.path.join(workdir, "stack"),
+                          overrides)}
   try:
     result = speedup.run(os.path.join(workdir, "scratch"), os.path.join(workdir, "stack"),
                          None, os.path.join(workdir, "speedup.png"))
@@ -51,13 +51,13 @@ def main_part(workdir: str) -> dict:
   return {"wall_s": times, "speedup": result}
 
 
-def operators_part(workdir: str) -> list[dict]:
+def operators_part(workdir: str, overrides: list[str]) -> list[dict]:
   from growjax import speedup
   rows = []
   base = os.path.join(workdir, "operators")
   for run in OPERATOR_RUNS:
     d = os.path.join(base, run.replace(",", "_"))
-    wall = train(f"configs/repro/operators.py:{run}", d)
+    wall = train(f"configs/repro/operators.py:{run}", d, overrides)
     flops, losses = speedup.load_curve(d)
     rows.append({"run": run, "final_eval_loss": float(losses[-1]), "flops": float(flops[-1]),
                  "wall_s": wall, "dir": d})
@@ -86,15 +86,14 @@ def main() -> None:
   p.add_argument("--out", default="", help="write the results as JSON here")
   p.add_argument("overrides", nargs="*", help="--config.X=Y flags for every run (after --)")
   a = p.parse_args()
-  OVERRIDES.extend(a.overrides)
   sys.path.insert(0, ROOT)
   import jax
   results = {"device": str(jax.devices()[0].device_kind), "date": time.strftime("%Y-%m-%d")}
   parts = a.part.split(",")
   if "main" in parts:
-    results["main"] = main_part(a.workdir)
+    results["main"] = main_part(a.workdir, a.overrides)
   if "operators" in parts:
-    results["operators"] = operators_part(a.workdir)
+    results["operators"] = operators_part(a.workdir, a.overrides)
   print(f"device: {results['device']}")
   if a.out:
     with open(a.out, "w") as f:

@@ -304,7 +304,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, devices=None,
         pending = None
       eval_loss = None
       if (tc.eval_every and step % tc.eval_every == 0) or step == tc.steps:
-        eval_loss = float(np.mean([to_host(eval_step(state.params, b)) for b in eval_data]))
+        # Queue every eval batch before reading any: one host sync, not one per batch.
+        eval_loss = float(np.mean(to_host([eval_step(state.params, b) for b in eval_data])))
         history["eval_loss"][step] = eval_loss
       if step % tc.log_every == 0 or step == tc.steps or eval_loss is not None:
         pending = (step, step_metrics, eval_loss)
