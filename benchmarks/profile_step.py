@@ -76,7 +76,7 @@ def main() -> None:
   data = train.to_global({"inputs": tokens[:, :-1], "targets": tokens[:, 1:]},
                          setup.batch_sharding)
   step = train.make_train_step(setup)
-  with setup.mesh:
+  with jax.set_mesh(setup.mesh):
     for _ in range(3):
       state, m = step(state, data)
     jax.block_until_ready(m)

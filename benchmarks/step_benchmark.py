@@ -47,7 +47,7 @@ def run_case(preset: str, batch: int, remat: str, seq: int, steps: int, warmup: 
   batch_arrays = train.to_global({"inputs": tokens[:, :-1], "targets": tokens[:, 1:]},
                                  setup.batch_sharding)
   step_fn = train.make_train_step(setup)
-  with setup.mesh:
+  with jax.set_mesh(setup.mesh):
     t0 = time.perf_counter()
     compiled = step_fn.lower(state, batch_arrays).compile()
     compile_s = time.perf_counter() - t0

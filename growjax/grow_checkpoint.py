@@ -16,6 +16,7 @@ import resource
 import time
 from typing import Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -114,7 +115,7 @@ def grow_checkpoint(source: str, out_dir: str, large_cfg: ml_collections.ConfigD
     it = data_lib.train_iterator(large_cfg.data, seed=large_cfg.seed,
                                  global_batch_size=large_cfg.train.global_batch_size)
     learn_batches = (jnp.concatenate([b["inputs"], b["targets"][:, -1:]], axis=1) for b in it)
-  with large.mesh:
+  with jax.set_mesh(large.mesh), nn.logical_axis_rules(large.rules):
     state = grow_state(src_state, src_model, src_tx, large, method=method,
                        width_method=width_method, layer_map=layer_map, opt_state=opt_state,
                        schedule=schedule, rng=jax.random.key(seed), learn_batches=learn_batches)

@@ -8,8 +8,9 @@ change. This module does not place data; `growjax.train` does.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import flax.linen as nn
 import jax
@@ -72,6 +73,19 @@ def make_mesh(mesh_cfg: Any, devices: Sequence[jax.Device] | None = None) -> Mes
   # Auto axes: XLA's SPMD partitioner places what the logical constraints leave open.
   return jax.make_mesh(tuple(shape[a] for a in MESH_AXES), MESH_AXES, devices=devices,
                        axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules: tuple) -> Iterator[None]:
+  """Makes the model's `nn.with_logical_constraint` calls real, inside a traced function.
+
+  Flax resolves logical constraints against the *abstract* mesh in context; the
+  legacy `with mesh:` does not set one, and `jax.set_mesh` may not be entered
+  inside `jax.jit`. Entering this inside every jitted function that runs the model
+  ties the constraints to the function itself, whatever context its caller is in.
+  """
+  with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules):
+    yield
 
 
 def rules_from_config(rules: Any) -> tuple:

@@ -46,10 +46,9 @@ def _local(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, interpret: bool):
 
 
 def _current_mesh():
-  """The mesh of the enclosing `with mesh:` block, or None."""
-  from jax._src import mesh as mesh_lib  # the legacy context growjax's trainer enters
-  env_mesh = mesh_lib.thread_resources.env.physical_mesh
-  return None if env_mesh.empty else env_mesh
+  """The mesh in context (`sharding.activation_sharding` / `jax.set_mesh`), or None."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return None if mesh.empty else mesh
 
 
 def causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, *, q_axes, kv_axes,
@@ -65,7 +64,7 @@ def causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, *, q_axes, kv_axes,
   q_spec, kv_spec = nn.logical_to_mesh_axes(q_axes), nn.logical_to_mesh_axes(kv_axes)
   if q_spec[1] is not None or kv_spec[1] is not None:
     raise ValueError("splash attention needs the sequence axis unsharded; remove the "
-                     "'activation_length' entry of config.sharding_rules or set "
+                     "'act_length' entry of config.sharding_rules or set "
                      "config.model.attention_impl='xla'.")
   q_spec, kv_spec = P(*q_spec), P(*kv_spec)
   return jax.shard_map(fn, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec), out_specs=q_spec,

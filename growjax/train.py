@@ -99,9 +99,11 @@ def _fresh_state(model_cfg: ModelConfig, tx, rng) -> TrainState:
 
 def init_state(setup: Setup, rng: jax.Array) -> TrainState:
   """Creates the state directly in its sharding: no full copy lands on one device."""
-  with setup.mesh:
-    return jax.jit(lambda r: _fresh_state(setup.model_cfg, setup.tx, r),
-                   out_shardings=setup.state_shardings)(rng)
+  def fresh(r):
+    with sharding.activation_sharding(setup.mesh, setup.rules):
+      return _fresh_state(setup.model_cfg, setup.tx, r)
+
+  return jax.jit(fresh, out_shardings=setup.state_shardings)(rng)
 
 
 def loss_fn(params, batch, model_cfg: ModelConfig, train_cfg, z_loss: float):
@@ -117,7 +119,7 @@ def make_train_step(setup: Setup) -> Callable[[TrainState, dict], tuple[TrainSta
   micro_sharding = NamedSharding(setup.mesh, P(None, *setup.batch_sharding.spec))
 
   def step_fn(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    with nn.logical_axis_rules(setup.rules):
+    with sharding.activation_sharding(setup.mesh, setup.rules):
       grad_fn = jax.value_and_grad(
           lambda p, b: loss_fn(p, b, mcfg, cfg.train, cfg.train.z_loss), has_aux=True)
       if accum == 1:
@@ -150,7 +152,7 @@ def make_eval_step(setup: Setup) -> Callable[[Any, dict], jax.Array]:
   mcfg, cfg = setup.model_cfg, setup.cfg
 
   def eval_fn(params, batch):
-    with nn.logical_axis_rules(setup.rules):
+    with sharding.activation_sharding(setup.mesh, setup.rules):
       return loss_fn(params, batch, mcfg, cfg.train, 0.0)[1]["loss"]
 
   return jax.jit(eval_fn, in_shardings=(setup.state_shardings.params, setup.batch_sharding),
@@ -293,7 +295,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, devices=None,
     writer.scalars(at_step, values)
     writer.text(metrics_lib.format_progress(at_step, tc.steps, values, eta))
 
-  with _StopFlag() as stop, setup.mesh:
+  with _StopFlag() as stop, jax.set_mesh(setup.mesh):
     while step < tc.steps:
       batch = to_global(next(data_iter), setup.batch_sharding)
       state, step_metrics = train_step(state, batch)

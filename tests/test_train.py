@@ -49,7 +49,7 @@ def _run_steps(cfg, devices, batches):
   state = train.init_state(setup, jax.random.key(0))
   step = train.make_train_step(setup)
   losses = []
-  with setup.mesh:
+  with jax.set_mesh(setup.mesh):
     for b in batches:
       state, m = step(state, train.to_global(b, setup.batch_sharding))
       losses.append(float(m["loss"]))
