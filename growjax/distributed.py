@@ -8,8 +8,11 @@ device is touched, by the `growjax` commands.
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 
 def _env_says_multiprocess() -> bool:
@@ -51,3 +54,16 @@ def maybe_initialize(coordinator_address: str = "", num_processes: int = 0,
     jax.distributed.initialize()
     return True
   return False
+
+
+def agreed(values: Sequence[int]) -> list[int]:
+  """Process 0's `values` on every process.
+
+  Decisions read off a filesystem (which stage to run, which step to resume) are
+  made once: on an eventually consistent store or per-host disks, processes can
+  see different things, and processes that act on different views deadlock.
+  """
+  if jax.process_count() == 1:
+    return [int(v) for v in values]
+  out = multihost_utils.broadcast_one_to_all(np.asarray(values, dtype=np.int64))
+  return [int(v) for v in np.asarray(out)]

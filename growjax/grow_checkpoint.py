@@ -60,6 +60,15 @@ def check_pair(src: ModelConfig, dst: ModelConfig, method: str, g: int | None,
                        f"{dst.num_layers} needs one per large layer.")
 
 
+def data_position_in_windows(data_state: dict | None, meta: dict) -> dict | None:
+  """The loader position as windows consumed, so the large stage goes on with the next
+  unseen window whatever its batch size (older checkpoints count batches of the
+  source run's `global_batch_size`)."""
+  if data_state and "next_index" in data_state and "windows_consumed" not in data_state:
+    return {"windows_consumed": int(data_state["next_index"]) * int(meta["global_batch_size"])}
+  return data_state
+
+
 def grow_state(src_state, src_model: ModelConfig, src_tx, large: train_lib.Setup, *,
                method: str, width_method: str | None, layer_map, opt_state: str,
                schedule: str, rng: jax.Array, learn_batches=None):
@@ -107,6 +116,7 @@ def grow_checkpoint(source: str, out_dir: str, large_cfg: ml_collections.ConfigD
   src_state, data_state, _ = reader.restore(step, src_abstract)
   jax.block_until_ready(src_state)
   reader.close()
+  data_state = data_position_in_windows(data_state, meta)
   t_read = time.perf_counter()
 
   learn_batches = None

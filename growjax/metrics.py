@@ -1,7 +1,11 @@
 """Throughput, MFU, the console progress line, TensorBoard and a JSON-lines log.
 
-MFU is model FLOPs per second over the chip's datasheet dense bf16 peak (the
-MaxText convention). Only process 0 writes. tensorboardX writes event files
+MFU is model FLOPs per second over the chip's datasheet dense bf16 peak. Model
+FLOPs per token are 6N + 12*L*heads*head_dim*T (full attention, the PaLM and
+TinyLlama convention; `ModelConfig.flops_per_token`), logged as `mfu`; MaxText
+halves the attention term for the causal mask, logged as `mfu_causal`. Compare
+frameworks by tokens/s. Tokens/s counts training time only: evaluation and
+checkpoint stalls are timed and logged apart (`eval_s`, `checkpoint_s`). Only process 0 writes. tensorboardX writes event files
 without TensorFlow; `metrics.jsonl` (one object per logged step, appended, so
 after a resume the last line of a step wins) is what `growjax speedup` reads.
 """
@@ -57,7 +61,8 @@ def format_progress(step: int, total: int, values: Mapping[str, float], eta_s: f
   parts = [f"step {step}/{total}"]
   for key, fmt in (("loss", "loss {:.4f}"), ("eval_loss", "eval {:.4f}"), ("lr", "lr {:.2e}"),
                    ("grad_norm", "gnorm {:.3f}"), ("tokens_per_second", "{:,.0f} tok/s"),
-                   ("mfu", "MFU {:.1%}"), ("tokens_seen", "{:.3g} tok")):
+                   ("mfu", "MFU {:.1%}"), ("mfu_causal", "(causal {:.1%})"),
+                   ("tokens_seen", "{:.3g} tok")):
     if values.get(key) is not None:
       parts.append(fmt.format(values[key]))
   parts.append(f"ETA {format_duration(eta_s)}")
@@ -102,15 +107,17 @@ class MetricWriter:
 
 
 class Throughput:
-  """Tokens/s and ETA over the window since the last report (wall clock)."""
+  """Training tokens/s and ETA over the window since the last report (wall clock,
+  less the evaluation and checkpoint time the loop reports as `stalled_s`)."""
 
   def __init__(self, start_step: int, total_steps: int):
     self.total = total_steps
     self._t, self._step = time.perf_counter(), start_step
 
-  def update(self, step: int, tokens_per_step: int) -> tuple[float, float]:
+  def update(self, step: int, tokens_per_step: int, stalled_s: float = 0.0
+             ) -> tuple[float, float]:
     now = time.perf_counter()
-    dt, ds = now - self._t, step - self._step
+    dt, ds = now - self._t - stalled_s, step - self._step
     self._t, self._step = now, step
     if ds <= 0 or dt <= 0:
       return 0.0, 0.0

@@ -121,12 +121,16 @@ class ModelConfig:
       n += head
     return n
 
-  def flops_per_token(self, seq_len: int) -> float:
-    """Training FLOPs per token: 6N (matmul weights, LM head included) plus
-    attention 12*L*heads*head_dim*T (the PaLM convention, causal mask not discounted)."""
+  def flops_per_token(self, seq_len: int, causal: bool = False) -> float:
+    """Training FLOPs per token: 6N (matmul weights, LM head included) plus attention.
+
+    growjax's convention (PaLM, TinyLlama) counts full attention, 12*L*heads*head_dim*T;
+    `causal=True` halves it for the causal mask, as MaxText now does. Both MFU
+    figures are logged (`mfu`, `mfu_causal`); compare frameworks by tokens/s.
+    """
     n = self.num_params(include_embedding=False)
     attn = 12 * self.num_layers * self.num_heads * self.head_dim * seq_len
-    return 6.0 * n + attn
+    return 6.0 * n + (attn / 2 if causal else attn)
 
 
 def _normal(std: float):

@@ -109,6 +109,21 @@ def batch_sharding(mesh: Mesh, rules: tuple) -> NamedSharding:
   return NamedSharding(mesh, spec)
 
 
+def process_rows(batch_sharding: NamedSharding, global_batch_size: int) -> np.ndarray:
+  """Global batch rows that this process's devices hold, read off the sharding.
+
+  With the batch split over `data x fsdp` and replicated over `tensor`, a process
+  whose devices sit in one tensor group with another process's devices holds the
+  same rows as that process; cutting the batch by process index instead would
+  give each replica different rows.
+  """
+  index_map = batch_sharding.addressable_devices_indices_map((global_batch_size, 1))
+  rows = set()
+  for index in index_map.values():
+    rows.update(range(*index[0].indices(global_batch_size)))
+  return np.array(sorted(rows), dtype=np.int64)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

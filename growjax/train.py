@@ -12,23 +12,24 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import signal
 import threading
+import time
 from typing import Any, Callable
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from growjax import checkpoint as ckpt_lib
 from growjax import config as config_lib
 from growjax import data as data_lib
+from growjax import distributed
 from growjax import loss as loss_lib
 from growjax import metrics as metrics_lib
 from growjax import optimizer as opt_lib
@@ -159,10 +160,46 @@ def make_eval_step(setup: Setup) -> Callable[[Any, dict], jax.Array]:
                  out_shardings=sharding.replicated(setup.mesh))
 
 
+@dataclasses.dataclass(frozen=True)
+class HostBatches:
+  """How a process's loaded rows become global batch arrays.
+
+  `rows` are the global batch rows this process's devices hold (read off the
+  batch sharding); the loader reads only those, and `to_global` hands each
+  device exactly the rows its index in the sharding names, whatever the mesh
+  and process layout.
+  """
+  sharding: NamedSharding
+  global_batch_size: int
+  rows: np.ndarray
+
+  @classmethod
+  def of(cls, batch_sharding: NamedSharding, global_batch_size: int) -> "HostBatches":
+    return cls(batch_sharding, global_batch_size,
+               sharding.process_rows(batch_sharding, global_batch_size))
+
+  def to_global(self, batch: dict) -> dict:
+    position = {int(r): i for i, r in enumerate(self.rows)}
+
+    def arrays(v):
+      v = np.asarray(v)
+      if len(v) != len(self.rows):
+        raise ValueError(f"got {len(v)} rows for the {len(self.rows)} this process holds.")
+
+      def device_rows(index):
+        wanted = range(*index[0].indices(self.global_batch_size))
+        return v[[position[r] for r in wanted]][(slice(None), *index[1:])]
+
+      return jax.make_array_from_callback((self.global_batch_size, *v.shape[1:]),
+                                          self.sharding, device_rows)
+
+    return {k: arrays(v) for k, v in batch.items()}
+
+
 def to_global(batch: dict, batch_sharding: NamedSharding) -> dict:
-  """This process's rows -> global arrays laid out over the mesh."""
-  return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v))
-          for k, v in batch.items()}
+  """A whole global batch (numpy, on every process) -> global arrays over the mesh."""
+  n = len(next(iter(batch.values())))
+  return HostBatches(batch_sharding, n, np.arange(n)).to_global(batch)
 
 
 def to_host(tree: Any) -> Any:
@@ -189,15 +226,23 @@ def json_safe(obj):
   return str(obj)
 
 
-class _StopFlag:
-  """Set by SIGTERM (preemption); the loop saves and returns at the next step."""
+class _StopSignal:
+  """SIGTERM (a preemption, `launch/tpu_vm.sh stop`) -> save and return.
+
+  One process: a Python handler sets a flag the loop reads after each step.
+  Several processes: JAX's preemption service (started by `jax.distributed`)
+  catches SIGTERM on whichever process gets it and agrees one step for all;
+  the loop asks orbax's `reached_preemption`. No Python handler is installed
+  then: it would replace the service's and leave each process on its own flag,
+  saving at different steps and deadlocking.
+  """
 
   def __init__(self):
     self.event = threading.Event()
     self._previous = None
 
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, lambda *_: self.event.set())
     return self
 
@@ -210,10 +255,11 @@ def restore_or_init(setup: Setup, checkpoints: ckpt_lib.Checkpoints, data_iter, 
                     ) -> tuple[TrainState, dict]:
   """Latest own checkpoint, else `train.init_from` (e.g. a grown model), else fresh.
 
-  Returns the state and the checkpoint's metadata ({} when fresh)."""
+  The latest step is process 0's view, agreed by all. Returns the state and the
+  checkpoint's metadata ({} when fresh)."""
   cfg = setup.cfg
-  latest = checkpoints.latest_step()
-  if latest is not None:
+  [latest] = distributed.agreed([_or_minus_one(checkpoints.latest_step())])
+  if latest >= 0:
     state, data_state, meta = checkpoints.restore(latest, setup.abstract_state)
     if data_state:
       data_iter.set_state(data_state)
@@ -221,6 +267,7 @@ def restore_or_init(setup: Setup, checkpoints: ckpt_lib.Checkpoints, data_iter, 
     return state, meta
   if cfg.train.init_from:
     directory, step = ckpt_lib.resolve(cfg.train.init_from, field="config.train.init_from")
+    [step] = distributed.agreed([step])
     meta = ckpt_lib.read_meta(directory, step)
     if meta.get("model") != dataclasses.asdict(setup.model_cfg):
       raise ValueError(
@@ -237,6 +284,32 @@ def restore_or_init(setup: Setup, checkpoints: ckpt_lib.Checkpoints, data_iter, 
   return init_state(setup, jax.random.key(cfg.seed)), {}
 
 
+def _or_minus_one(step: int | None) -> int:
+  return -1 if step is None else int(step)
+
+
+class _Stalls:
+  """Seconds spent on evaluation and checkpoints since the last report.
+
+  The device is drained first (`block_until_ready`), so queued training steps
+  are not booked as a stall."""
+
+  def __init__(self):
+    self.eval_s = self.checkpoint_s = 0.0
+
+  def timed(self, kind: str, state, fn):
+    jax.block_until_ready(state)
+    t0 = time.perf_counter()
+    out = fn()
+    setattr(self, kind, getattr(self, kind) + time.perf_counter() - t0)
+    return out
+
+  def take(self) -> tuple[float, float]:
+    out = (self.eval_s, self.checkpoint_s)
+    self.eval_s = self.checkpoint_s = 0.0
+    return out
+
+
 def train(cfg: ml_collections.ConfigDict, workdir: str, *, devices=None,
           stop_after_steps: int | None = None) -> dict[str, Any]:
   """Runs (or resumes) a training run; returns the logged train / eval losses by step
@@ -250,20 +323,21 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, devices=None,
   is_main = jax.process_index() == 0
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main,
                                     tensorboard=cfg.metrics.tensorboard)
-  checkpoints = ckpt_lib.Checkpoints(os.path.join(workdir, "checkpoints"),
+  checkpoints = ckpt_lib.Checkpoints(str(epath.Path(workdir) / "checkpoints"),
                                      save_every=tc.checkpoint_every, keep=tc.keep_checkpoints,
                                      use_async=tc.async_checkpointing)
-  data_iter = data_lib.train_iterator(
-      cfg.data, global_batch_size=tc.global_batch_size, seed=cfg.seed,
-      process_index=jax.process_index(), process_count=jax.process_count())
-  eval_data = [to_global(b, setup.batch_sharding) for b in data_lib.eval_batches(
+  host = HostBatches.of(setup.batch_sharding, tc.global_batch_size)
+  data_iter = data_lib.train_iterator(cfg.data, global_batch_size=tc.global_batch_size,
+                                      seed=cfg.seed, rows=host.rows)
+  eval_data = [host.to_global(b) for b in data_lib.eval_batches(
       cfg.data, global_batch_size=tc.global_batch_size, num_batches=tc.eval_batches,
-      process_index=jax.process_index(), process_count=jax.process_count())]
+      rows=host.rows)]
 
   state, restored_meta = restore_or_init(setup, checkpoints, data_iter, writer)
   train_step, eval_step = make_train_step(setup), make_eval_step(setup)
   meta = run_meta(setup)
   flops_per_token = setup.model_cfg.flops_per_token(cfg.data.seq_len)
+  causal_flops_per_token = setup.model_cfg.flops_per_token(cfg.data.seq_len, causal=True)
   peak = metrics_lib.peak_tflops(setup.mesh.devices.flat[0], cfg.metrics.peak_tflops_per_chip)
   step = int(to_host(state.step))
   start_step = step
@@ -278,6 +352,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, devices=None,
               f"{flops_per_token / 1e9:.3g} GFLOP/token, mesh {dict(setup.mesh.shape)}, "
               f"{setup.tokens_per_step} tokens/step, steps {step}->{tc.steps}")
   throughput = metrics_lib.Throughput(step, tc.steps)
+  stalls = _Stalls()
   pending = None
 
   def report(at_step: int, device_metrics: dict, eval_loss: float | None):
@@ -288,16 +363,23 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, devices=None,
           f"or raise warmup_steps. The last complete checkpoint is step "
           f"{checkpoints.latest_step()} in {checkpoints.directory}.")
     history["loss"][at_step] = values["loss"]
-    tps, eta = throughput.update(at_step, setup.tokens_per_step)
+    eval_s, checkpoint_s = stalls.take()
+    tps, eta = throughput.update(at_step, setup.tokens_per_step, eval_s + checkpoint_s)
     values.update(tokens_per_second=tps or None, eval_loss=eval_loss,
                   tokens_seen=at_step * setup.tokens_per_step, flops=flops_seen(at_step),
-                  mfu=metrics_lib.mfu(flops_per_token, tps, setup.mesh.size, peak))
+                  mfu=metrics_lib.mfu(flops_per_token, tps, setup.mesh.size, peak),
+                  mfu_causal=metrics_lib.mfu(causal_flops_per_token, tps, setup.mesh.size, peak),
+                  eval_s=eval_s, checkpoint_s=checkpoint_s)
     writer.scalars(at_step, values)
     writer.text(metrics_lib.format_progress(at_step, tc.steps, values, eta))
 
-  with _StopFlag() as stop, jax.set_mesh(setup.mesh):
+  def evaluate() -> float:
+    # Queue every eval batch before reading any: one host sync, not one per batch.
+    return float(np.mean(to_host([eval_step(state.params, b) for b in eval_data])))
+
+  with _StopSignal() as stop, jax.set_mesh(setup.mesh):
     while step < tc.steps:
-      batch = to_global(next(data_iter), setup.batch_sharding)
+      batch = host.to_global(next(data_iter))
       state, step_metrics = train_step(state, batch)
       step += 1
       # Read the previous step's metrics only now: the device already has this step queued.
@@ -306,16 +388,17 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, devices=None,
         pending = None
       eval_loss = None
       if (tc.eval_every and step % tc.eval_every == 0) or step == tc.steps:
-        # Queue every eval batch before reading any: one host sync, not one per batch.
-        eval_loss = float(np.mean(to_host([eval_step(state.params, b) for b in eval_data])))
+        eval_loss = stalls.timed("eval_s", state, evaluate)
         history["eval_loss"][step] = eval_loss
       if step % tc.log_every == 0 or step == tc.steps or eval_loss is not None:
         pending = (step, step_metrics, eval_loss)
       interrupted = stop.event.is_set() or checkpoints.reached_preemption(step) or (
           stop_after_steps is not None and step - start_step >= stop_after_steps)
-      checkpoints.save(step, state, data_iter.get_state(),
-                       dict(meta, flops_seen=flops_seen(step)),
-                       force=interrupted or step == tc.steps)
+      force = interrupted or step == tc.steps
+      if force or checkpoints.manager.should_save(step):
+        stalls.timed("checkpoint_s", state, lambda: checkpoints.save(
+            step, state, data_iter.get_state(), dict(meta, flops_seen=flops_seen(step)),
+            force=force))
       if interrupted:
         writer.text(f"stopping at step {step}: checkpoint saved")
         history["stopped_at"] = step if step < tc.steps else None

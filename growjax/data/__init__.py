@@ -5,7 +5,7 @@ sequence length. The first use of a split tokenizes it once into a memory-mapped
 stream (`stream`); documents are packed back to back as `BOS doc EOS`, cut into
 windows of `seq_len + 1` tokens, and served by a grain pipeline (`pipeline`)
 that shuffles deterministically by seed, reshuffles each epoch, and hands each
-process only its rows of the global batch.
+process only the rows of the global batch that its devices hold.
 """
 
 from __future__ import annotations
@@ -84,24 +84,26 @@ def token_stream(data_cfg, which: str) -> np.ndarray:
   return stream_lib.load_stream(path)
 
 
-def train_iterator(data_cfg, *, global_batch_size: int, seed: int = 0, process_index: int = 0,
-                   process_count: int = 1):
-  """Infinite, resumable (`get_state` / `set_state`) iterator of this process's rows:
-  `{'inputs', 'targets'}` int32 arrays (global_batch_size / process_count, seq_len)."""
-  rows = pipeline.RowSlice(process_index, process_count, global_batch_size)
-  return pipeline.train_iterator(token_stream(data_cfg, "train"), data_cfg.seq_len, rows,
-                                 seed=seed + data_cfg.shuffle_seed,
+def train_iterator(data_cfg, *, global_batch_size: int, seed: int = 0,
+                   rows: np.ndarray | None = None) -> pipeline.WindowIterator:
+  """Infinite, resumable (`get_state` / `set_state`) iterator of `{'inputs', 'targets'}`
+  int32 arrays (len(rows), seq_len): the rows `rows` of each global batch (all rows
+  when None). The trainer passes `sharding.process_rows(...)`."""
+  rows = np.arange(global_batch_size) if rows is None else rows
+  return pipeline.WindowIterator(token_stream(data_cfg, "train"), data_cfg.seq_len,
+                                 global_batch_size, rows, seed=seed + data_cfg.shuffle_seed,
                                  num_workers=data_cfg.num_workers)
 
 
-def eval_batches(data_cfg, *, global_batch_size: int, num_batches: int, process_index: int = 0,
-                 process_count: int = 1) -> list[dict[str, np.ndarray]]:
-  """A fixed held-out set: the validation split's first `num_batches` global batches."""
+def eval_batches(data_cfg, *, global_batch_size: int, num_batches: int,
+                 rows: np.ndarray | None = None) -> list[dict[str, np.ndarray]]:
+  """A fixed held-out set: the validation split's first `num_batches` global batches
+  (their rows `rows`; all when None)."""
   if num_batches <= 0:
     return []
-  rows = pipeline.RowSlice(process_index, process_count, global_batch_size)
-  return pipeline.eval_batches(token_stream(data_cfg, "validation"), data_cfg.seq_len, rows,
-                               num_batches)
+  rows = np.arange(global_batch_size) if rows is None else rows
+  return pipeline.eval_batches(token_stream(data_cfg, "validation"), data_cfg.seq_len,
+                               global_batch_size, rows, num_batches)
 
 
 def loader_tokens_per_second(data_cfg, global_batch_size: int, num_batches: int) -> float:
