@@ -71,30 +71,44 @@ def data_position_in_windows(data_state: dict | None, meta: dict) -> dict | None
 
 def grow_state(src_state, src_model: ModelConfig, src_tx, large: train_lib.Setup, *,
                method: str, width_method: str | None, layer_map, opt_state: str,
-               schedule: str, rng: jax.Array, learn_batches=None):
-  """Grows a restored train state into the large setup's layout (pure, sharded)."""
+               schedule: str, rng: jax.Array, learn_batches=None, lower: bool = False):
+  """Grows a restored train state into the large setup's layout (pure, sharded).
+
+  One function, jitted onto the large mesh, makes the whole large state (params,
+  optimizer state grown or fresh, step) in `large.state_shardings`; growth runs
+  under the large mesh and rules, so every intermediate leaf is sharded too and
+  per-device memory falls as devices are added. `learn` first trains its maps
+  in sharded steps on the same mesh. `lower=True` returns the jitted function
+  lowered on `src_state` (its leaves may be ShapeDtypeStructs carrying
+  shardings) instead of running it: `benchmarks/memory_plan.py` compiles it.
+  """
   dst = large.model_cfg
-  grow_fn = functools.partial(growth.grow, src=src_model, dst=dst, method=method,
-                              width_method=width_method, layer_map=layer_map)
+  grow_kw = dict(src=src_model, dst=dst, method=method, width_method=width_method,
+                 layer_map=layer_map, mesh=large.mesh, rules=large.rules)
+  learned = None
   if method == "learn" or width_method == "learn":
-    params = grow_fn(src_state.params, rng=rng, learn_batches=learn_batches,
-                     learn_steps=LEARN_STEPS)
-    params = jax.device_put(params, large.state_shardings.params)
-  else:
-    params = jax.jit(lambda p, r: grow_fn(p, rng=r),
-                     out_shardings=large.state_shardings.params)(src_state.params, rng)
-  step = src_state.step if schedule == "continue" else jnp.zeros((), jnp.int32)
-  if opt_state == "grow":
-    new_opt = jax.jit(
-        lambda o: growth.grow_opt_state(o, src_tx, src_model, dst, method=method,
+    if lower:
+      raise ValueError("grow_state(lower=True) cannot lower 'learn': it runs a training "
+                       "loop of jitted steps.")
+    learned = growth.grow(src_state.params, rng=rng, learn_batches=learn_batches,
+                          learn_steps=LEARN_STEPS, **grow_kw)
+
+  def grown(state, rng, learned):
+    with growth.placement.entered(growth.placement.Placement(large.mesh, large.rules)):
+      params = learned if learned is not None else growth.grow(state.params, rng=rng,
+                                                               **grow_kw)
+      step = state.step if schedule == "continue" else jnp.zeros((), jnp.int32)
+      if opt_state == "grow":
+        new_opt = growth.grow_opt_state(state.opt_state, src_tx, src_model, dst, method=method,
                                         width_method=width_method, layer_map=layer_map,
-                                        mode="grow"),
-        out_shardings=large.state_shardings.opt_state)(src_state.opt_state)
-  else:
-    new_opt = jax.jit(lambda p: large.tx.init(p),
-                      out_shardings=large.state_shardings.opt_state)(params)
-  new_opt = opt_lib.set_schedule_step(new_opt, step)
-  return train_lib.TrainState(step=step, params=params, opt_state=new_opt)
+                                        mode="grow")
+      else:
+        new_opt = large.tx.init(params)
+      new_opt = opt_lib.set_schedule_step(new_opt, step)
+    return train_lib.TrainState(step=step, params=params, opt_state=new_opt)
+
+  jitted = jax.jit(grown, out_shardings=large.state_shardings)
+  return jitted.lower(src_state, rng, learned) if lower else jitted(src_state, rng, learned)
 
 
 def grow_checkpoint(source: str, out_dir: str, large_cfg: ml_collections.ConfigDict, *,

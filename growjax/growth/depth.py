@@ -25,7 +25,8 @@ Presets, for `L` small and `L'` large layers:
 New layers come from a params-shaped `fill` tree of the large model (its
 initialiser's output for `random`); with `zero_writers` the leaves that write
 into the residual stream (`o`, `down`) are zero there, so a new layer is an
-exact identity of its input and the logits do not change.
+exact identity of its input and the logits do not change. Every grown leaf is
+constrained to its sharding (`growjax.growth.placement`; a no-op without a mesh).
 
 This module does not check configs (see `growjax.growth.grow`) and does not
 learn maps (see `growjax.growth.learn`).
@@ -38,7 +39,7 @@ from typing import Any, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from growjax.growth import layout
+from growjax.growth import layout, placement
 from growjax.model import ModelConfig
 
 NEW = -1
@@ -120,13 +121,14 @@ def layers_fn(layer_map: Sequence[int], *, zero_writers: bool = False):
     a = layout.layer_axis(names)
     if a is None or not hasattr(x, "ndim"):  # not per-layer / an optax.MaskedNode
       return x
-    y = jnp.take(x, src_idx, axis=a)
+    # `layers` is unsharded under the default rules: this gather stays on each device.
+    y = placement.constrain(names, jnp.take(x, src_idx, axis=a))
     if not new.any():
       return y
     if fill is None or (zero_writers and layout.role(names) == layout.WRITER):
       fill = jnp.zeros_like(y)
     mask = new.reshape((-1,) + (1,) * (y.ndim - a - 1))
-    return jnp.where(mask, fill.astype(y.dtype), y)
+    return placement.constrain(names, jnp.where(mask, fill.astype(y.dtype), y))
 
   return leaf
 

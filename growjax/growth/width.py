@@ -3,8 +3,11 @@
 Each grown logical axis gets a unit map (`AxisMap`): which small unit every
 large unit copies, whether it *is* that small unit (kept in place) or a new
 one, and how many large units copy the same small unit. A leaf is grown with
-one `jnp.take` per grown axis plus an elementwise rescale or `where`, so cost
-is one pass over memory and the whole thing runs under `jax.jit`.
+one gather per grown axis plus an elementwise rescale or `where`, so cost is
+one pass over memory and the whole thing runs under `jax.jit`. Each gathered
+leaf is constrained to its sharding (`growjax.growth.placement`), and a whole
+growth factor gathers by broadcast + reshape (`take_units`), which XLA splits
+into per-device pieces: on a mesh, per-device memory falls with the device count.
 
 Unit placement. `embed` and `mlp`: small unit `u` stays at `u`; new unit `d`
 copies `d mod S` (so a whole growth factor copies every unit equally often).
@@ -50,7 +53,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from growjax.growth import layout
+from growjax.growth import layout, placement
 from growjax.model import EMBED, HEADS, KV_HEADS, MLP, ModelConfig
 
 GROWN_AXES = {EMBED: "embed_dim", MLP: "mlp_dim", HEADS: "num_heads", KV_HEADS: "num_kv_heads"}
@@ -63,12 +66,13 @@ class AxisMap:
   old: np.ndarray    # (D,) bool: the large unit is that small unit, kept in place
   count: np.ndarray  # (D,) float32: how many large units copy src[d]
   size: int          # D_small
+  tiling: tuple[int, int, int] | None  # (A, g, B) when src is a block tiling, else None
 
   @classmethod
   def build(cls, src: np.ndarray, old: np.ndarray, size: int) -> "AxisMap":
     src = np.asarray(src, np.int32)
     count = np.bincount(src, minlength=size)[src].astype(np.float32)
-    return cls(src, np.asarray(old, bool), count, size)
+    return cls(src, np.asarray(old, bool), count, size, _tiling(src, size))
 
   def one_hot(self) -> np.ndarray:
     """(D, D_small) matrix of the copy: row d is unit src[d]."""
@@ -114,10 +118,45 @@ def _along(v: np.ndarray, axis: int, ndim: int) -> np.ndarray:
   return v.reshape((-1,) + (1,) * (ndim - axis - 1))
 
 
+def _tiling(src: np.ndarray, size: int) -> tuple[int, int, int] | None:
+  """(A, g, B) with `src` = the small axis seen as (A, B), each of A's blocks of B
+  units repeated g times in place: `[0..D-1] * g` is (1, g, D) (embed, mlp, heads
+  when kv heads grow too); heads in kv groups of r that become groups of g*r are
+  (K, g, r). None for any other map (non-integer growth factors)."""
+  if src.size % size:
+    return None
+  g = src.size // size
+  for a in range(1, size + 1):
+    if size % a:
+      continue
+    b = size // a
+    tiled = np.broadcast_to(np.arange(size).reshape(a, 1, b), (a, g, b)).reshape(-1)
+    if np.array_equal(tiled, src):
+      return a, g, b
+  return None
+
+
+def take_units(x, axis: int, m: AxisMap):
+  """`jnp.take(x, m.src, axis)`, as a broadcast and reshapes when the map is a tiling.
+
+  Same values; the point is sharding. XLA partitions a gather along a sharded
+  axis by first gathering the whole axis onto every device (per-device memory
+  that does not fall with the device count); a broadcast + reshape it
+  partitions into shard-sized pieces.
+  """
+  if m.tiling is None:
+    return jnp.take(x, m.src, axis=axis)
+  a, g, b = m.tiling
+  lead, rest = x.shape[:axis], x.shape[axis + 1:]
+  y = x.reshape(lead + (a, 1, b) + rest)
+  y = jnp.broadcast_to(y, lead + (a, g, b) + rest)
+  return y.reshape(lead + (a * g * b,) + rest)
+
+
 def _gather(x, names, maps):
   for i, n in enumerate(names):
     if n in maps:
-      x = jnp.take(x, maps[n].src, axis=i)
+      x = placement.constrain(names, take_units(x, i, maps[n]))
   return x
 
 
@@ -154,15 +193,15 @@ def grow_width(params: Any, src: ModelConfig, dst: ModelConfig, method: str,
     if method == "direct":
       for i in divided_axes(names, maps, tied):
         y = y * _along(1.0 / maps[names[i]].count, i, y.ndim).astype(y.dtype)
-      return y
+      return placement.constrain(names, y)
     comp = _norm_compensation(names, src, dst, method)
     if comp != 1.0:
       y = y * jnp.asarray(comp, y.dtype)
     if method == "zero" and layout.role(names) == layout.WRITER:
       fill = jnp.zeros_like(y)
     else:
-      fill = (f * comp).astype(y.dtype)
-    return jnp.where(_old_mask(names, maps, y.ndim), y, fill)
+      fill = placement.constrain(names, f * comp).astype(y.dtype)
+    return placement.constrain(names, jnp.where(_old_mask(names, maps, y.ndim), y, fill))
 
   if method == "direct":
     return layout.map_leaves(lambda n, x: leaf(n, x, None), src, params)
@@ -196,10 +235,11 @@ def moment_fn(src: ModelConfig, dst: ModelConfig, method: str):
       for i, n in enumerate(names):
         if n in maps and i not in divided:
           y = y * _along(maps[n].count ** -power, i, y.ndim).astype(y.dtype)
-      return y
+      return placement.constrain(names, y)
     comp = _norm_compensation(names, src, dst, method)
     if comp != 1.0:
       y = y * jnp.asarray(comp ** -power, y.dtype)
-    return jnp.where(_old_mask(names, maps, y.ndim), y, jnp.zeros_like(y))
+    return placement.constrain(names, jnp.where(_old_mask(names, maps, y.ndim), y,
+                                                jnp.zeros_like(y)))
 
   return leaf
