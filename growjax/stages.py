@@ -9,11 +9,11 @@ point and starting it again resumes at the right stage and step.
 
 from __future__ import annotations
 
-import os
-
 import ml_collections
+from etils import epath
 
 from growjax import checkpoint as ckpt_lib
+from growjax import distributed
 from growjax import grow_checkpoint
 from growjax import train as train_lib
 
@@ -45,38 +45,41 @@ def _layer_map(cfg):
   return None if m == [-1] else [int(i) for i in m]
 
 
-def _latest(path: str) -> int | None:
-  """Latest complete checkpoint step under `path`, or None."""
-  if not os.path.isdir(path):
-    return None
-  try:
-    return ckpt_lib.resolve(path)[1]
-  except ValueError:
-    return None
+def stage_view(small_dir: str, grown_dir: str, large_dir: str) -> tuple[int, int, int]:
+  """Latest complete step of each stage's checkpoints as this process sees them (-1: none)."""
+  latest = ckpt_lib.latest_complete_step
+  return tuple(-1 if s is None else s for s in (
+      latest(str(epath.Path(small_dir) / "checkpoints")), latest(grown_dir),
+      latest(str(epath.Path(large_dir) / "checkpoints"))))
 
 
 def run_grow(cfg: ml_collections.ConfigDict, workdir: str, log=print,
              stop_after_steps: int | None = None) -> dict:
   """Runs the stages still to do; returns each trained stage's history. A stage
-  stopped early (preemption, `stop_after_steps`) ends the call there."""
+  stopped early (preemption, `stop_after_steps`) ends the call there.
+
+  Which stages are done is process 0's view of the filesystem, agreed by all:
+  processes that picked stages from their own views could diverge and deadlock.
+  """
   g = cfg.growth
   if g.small_steps <= 0 or g.small_steps >= cfg.train.steps:
     raise ValueError(f"config.growth.small_steps={g.small_steps} must be in "
                      f"(0, config.train.steps={cfg.train.steps}).")
-  small_dir, grown_dir, large_dir = (os.path.join(workdir, d) for d in ("small", "grown", "large"))
+  root = epath.Path(workdir)
+  small_dir, grown_dir, large_dir = (str(root / d) for d in ("small", "grown", "large"))
   history = {}
-  small_latest = _latest(os.path.join(small_dir, "checkpoints"))
-  if small_latest is None or small_latest < g.small_steps:
+  small_latest, grown_latest, large_latest = distributed.agreed(
+      stage_view(small_dir, grown_dir, large_dir))
+  if small_latest < g.small_steps:
     log(f"== stage 1/3: small model, {g.small_steps} steps -> {small_dir}")
     history["small"] = train_lib.train(small_stage_config(cfg), small_dir,
                                        stop_after_steps=stop_after_steps)
     if history["small"]["stopped_at"] is not None:
       return history
-  large_started = _latest(os.path.join(large_dir, "checkpoints")) is not None
-  if not large_started and _latest(grown_dir) is None:
+  if large_latest < 0 and grown_latest < 0:
     log(f"== stage 2/3: grow by {g.method} -> {grown_dir}")
     grow_checkpoint.grow_checkpoint(
-        os.path.join(small_dir, "checkpoints"), grown_dir, large_stage_config(cfg, ""),
+        str(epath.Path(small_dir) / "checkpoints"), grown_dir, large_stage_config(cfg, ""),
         method=g.method, width_method=g.width_method or None, step=g.small_steps,
         layer_map=_layer_map(cfg), opt_state=g.opt_state, schedule=g.schedule,
         seed=cfg.seed, log=log)

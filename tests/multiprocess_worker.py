@@ -1,35 +1,83 @@
-"""One process of the 2-process CPU run in test_multiprocess.py (not a test itself).
+"""One process of the multi-process CPU runs in test_multiprocess.py (not a test itself).
 
-argv: coordinator_address process_id num_processes workdir out_json
+argv: coordinator_address process_id num_processes spec_json
+spec: {"scenario": "grow" | "mesh" | "train", "devices": fake CPU devices per process,
+       "workdir": ..., "out": a JSON file this process writes (suffixed .<pid>),
+       "mesh": {...} or "meshes": [...], "steps": N}
 """
 
 import json
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+address, pid, nproc, spec = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), json.loads(
+    sys.argv[4])
+os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={spec['devices']}"
 os.environ["JAX_PLATFORMS"] = "cpu"
 
 from growjax import distributed  # noqa: E402
 
-address, pid, nproc, workdir, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:]
 distributed.maybe_initialize(address, nproc, pid)
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 
+jax.config.update("jax_threefry_partitionable", True)
 sys.path.insert(0, os.path.dirname(__file__))
 from test_stages import grow_config  # noqa: E402
+from test_train import tiny_config  # noqa: E402
 
-from growjax import stages  # noqa: E402
+from growjax import data, stages, train  # noqa: E402
 
-assert jax.process_count() == nproc and jax.device_count() == 4 * nproc
-cfg = grow_config()
-cfg.mesh.fsdp = -1
-cfg.growth.small_mesh.data = 1
-cfg.growth.small_mesh.fsdp = -1
-first = stages.run(cfg, workdir, stop_after_steps=3)        # stop inside the small stage
-rest = stages.run(cfg, workdir)                              # resume, grow, large stage
-if pid == 0:
-  with open(out, "w") as f:
-    json.dump({"small": {**first["small"]["loss"], **rest["small"]["loss"]},
-               "large": rest["large"]["loss"]}, f)
+assert jax.process_count() == nproc and jax.device_count() == spec["devices"] * nproc
+out = {}
+
+
+def plain_config(mesh):
+  cfg = tiny_config(**mesh)
+  cfg.train.steps = spec.get("steps", 6)
+  cfg.train.checkpoint_every = spec.get("checkpoint_every", 4)
+  cfg.train.eval_every = 0
+  return cfg
+
+
+if spec["scenario"] == "grow":
+  # A whole grow run, stopped inside the small stage and resumed. On resume, process 1
+  # is shown a filesystem where every stage looks finished: the stage decision must be
+  # process 0's, agreed by all, or the processes would run different stages and hang.
+  cfg = grow_config()
+  cfg.mesh.fsdp = -1
+  cfg.growth.small_mesh.data = 1
+  cfg.growth.small_mesh.fsdp = -1
+  first = stages.run(cfg, spec["workdir"], stop_after_steps=3)
+  if pid == 1:
+    stages.stage_view = lambda *dirs: (cfg.growth.small_steps, 0, cfg.train.steps)
+  rest = stages.run(cfg, spec["workdir"])
+  out = {"small": {**first["small"]["loss"], **rest["small"]["loss"]},
+         "large": rest["large"]["loss"]}
+
+elif spec["scenario"] == "mesh":
+  # For each mesh: which rows this process holds of the first global batch, and a short
+  # run's losses.
+  for i, mesh in enumerate(spec["meshes"]):
+    cfg = plain_config(mesh)
+    setup = train.build(cfg)
+    host = train.HostBatches.of(setup.batch_sharding, cfg.train.global_batch_size)
+    local = next(data.train_iterator(cfg.data, global_batch_size=cfg.train.global_batch_size,
+                                     seed=cfg.seed, rows=host.rows))
+    batch = host.to_global(local)
+    out[str(i)] = {
+        "rows": host.rows.tolist(), "global_shape": list(batch["inputs"].shape),
+        "shards": [{"rows": list(range(*s.index[0].indices(cfg.train.global_batch_size))),
+                    "inputs": np.asarray(s.data).tolist()}
+                   for s in batch["inputs"].addressable_shards],
+        "loss": train.train(cfg, f"{spec['workdir']}/{i}")["loss"]}
+
+elif spec["scenario"] == "train":
+  # A plain run; the test may SIGTERM one process while it runs.
+  history = train.train(plain_config(spec["mesh"]), spec["workdir"])
+  out = {"loss": history["loss"], "stopped_at": history["stopped_at"]}
+
+with open(f"{spec['out']}.{pid}", "w") as f:
+  json.dump(out, f)
+print(f"worker {pid} done", flush=True)
