@@ -1,40 +1,60 @@
 """The `growjax` command: `growjax SUBCOMMAND [flags]`.
 
-Each subcommand parses its own absl flags (configs through ml_collections'
-`config_flags`, so `--config configs/x.py:arg --config.train.steps=10` works
-as in big_vision) and calls one library function; no logic lives here.
+Each subcommand declares its flags (absl; configs through ml_collections'
+`config_flags`, so `--config configs/x.py:arg --config.train.steps=10` works as
+in big_vision), a one-line summary and an example, and calls one library
+function; no training logic lives here. What lives here is how a person meets
+the tool:
+
+- `growjax --help` lists the commands; `growjax CMD --help` its flags, their
+  defaults and an example.
+- Flags may be spelt with dashes or underscores (`--layer-map`, `--layer_map`).
+- Every failure is one line, `growjax CMD: <what is wrong> — <the fix>`, exit 2
+  for bad input (a ValueError / FileNotFoundError from the library, a bad flag or
+  config) and 1 for a runtime failure; `--debug` (or GROWJAX_DEBUG=1) adds the
+  traceback.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import os
+import re
 import sys
+import traceback
 from typing import Callable
 
 from absl import flags
 from ml_collections import config_flags
 
-USAGE = """usage: growjax COMMAND [flags]
-
-commands:
-  train      train a model (or a whole grow run) from a config file
-  grow       grow a saved checkpoint into a larger model, offline
-  plan       the paper's growth timing d and factor g for a model size and budget
-  tokenizer  train a SentencePiece tokenizer on local text files
-  speedup    FLOPs a grown run saved against a scratch run, with a plot
-
-`growjax COMMAND --help` lists a command's flags."""
+BAD_INPUT, RUNTIME_FAILURE = 2, 1
 
 
-def _parse(fv: flags.FlagValues, argv: list[str]) -> None:
-  try:
-    fv(argv)
-  except flags.Error as e:
-    sys.exit(f"growjax {argv[0].split()[-1]}: {e}")
+class CommandError(Exception):
+  """A one-line failure with its exit code (raised anywhere below a command)."""
+
+  def __init__(self, message: str, code: int = BAD_INPUT):
+    super().__init__(message)
+    self.code = code
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+  name: str
+  summary: str
+  example: str
+  define: Callable[[flags.FlagValues], None]
+  run: Callable[[flags.FlagValues], None]
+  required: tuple[str, ...] = ()
+
+
+# ----------------------------------------------------------------------------- flags
 
 
 def _distributed_flags(fv: flags.FlagValues) -> None:
-  flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (multi-process).",
+  flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (multi-process; "
+                      "Cloud TPU, SLURM and Open MPI are detected without it).",
                       flag_values=fv)
   flags.DEFINE_integer("num_processes", 0, "number of processes (multi-process).",
                        flag_values=fv)
@@ -47,36 +67,57 @@ def _init_distributed(fv: flags.FlagValues) -> None:
   distributed.maybe_initialize(fv.coordinator_address, fv.num_processes, fv.process_id)
 
 
-def cmd_train(argv: list[str]) -> int:
-  fv = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "run config file (configs/*.py[:arg]).",
-                                  flag_values=fv, lock_config=True)
-  flags.DEFINE_string("workdir", "", "run directory: checkpoints, TensorBoard files "
+def _config_flag(fv: flags.FlagValues, help_text: str) -> None:
+  config_flags.DEFINE_config_file("config", None, help_text, flag_values=fv, lock_config=True)
+
+
+def parse_layer_map(values: list[str] | None) -> list[int] | None:
+  """`--layer_map 0,1,-1,1` -> [0, 1, -1, 1]; -1 marks a new layer."""
+  if not values:
+    return None
+  out = []
+  for v in values:
+    try:
+      out.append(int(v))
+    except ValueError:
+      raise CommandError(f"--layer_map entry {v!r} is not an integer — give one source "
+                         f"layer index per large layer, -1 for a new layer, e.g. "
+                         f"--layer_map=0,1,-1,-1") from None
+  return out
+
+
+# -------------------------------------------------------------------------- commands
+
+
+def _define_train(fv):
+  _config_flag(fv, "run config file (configs/*.py[:arg]); override any field with "
+               "--config.FIELD=VALUE.")
+  flags.DEFINE_string("workdir", "", "run directory: checkpoints, TensorBoard files, "
+                      "metrics.jsonl; a local path or gs://bucket/path "
                       "(default runs/<config name>).", flag_values=fv)
   _distributed_flags(fv)
-  _parse(fv, argv)
-  if fv.config is None:
-    sys.exit("growjax train: --config is required, e.g. --config configs/tiny.py")
-  _init_distributed(fv)
+
+
+def _run_train(fv):
+  from etils import epath
   workdir = fv.workdir or os.path.join(
       "runs", os.path.splitext(os.path.basename(fv["config"].config_filename))[0])
+  path = epath.Path(workdir)
+  if path.exists() and not path.is_dir():
+    raise CommandError(f"--workdir={workdir} is a file — give a directory (it is created "
+                       f"if missing)")
+  _init_distributed(fv)
   from growjax import stages
-  try:
-    stages.run(fv.config, workdir)
-  except (ValueError, FileNotFoundError) as e:
-    sys.exit(f"growjax train: {e}")
-  return 0
+  stages.run(fv.config, workdir)
 
 
-def cmd_grow(argv: list[str]) -> int:
-  fv = flags.FlagValues()
+def _define_grow(fv):
   flags.DEFINE_string("from", None, "source checkpoint: a workdir, its checkpoints/ dir or "
                       "one step's dir.", flag_values=fv)
   flags.DEFINE_integer("step", None, "source step (default: latest complete).", flag_values=fv)
   flags.DEFINE_string("to", None, "output directory (a growjax checkpoints dir).",
                       flag_values=fv)
-  config_flags.DEFINE_config_file("config", None, "the LARGE model's run config.",
-                                  flag_values=fv, lock_config=True)
+  _config_flag(fv, "the LARGE model's run config.")
   flags.DEFINE_string("method", "stack", "depth operator: stack, interpolate, stack_bottom, "
                       "stack_middle, stack_top, direct (with --layer_map), zero, random, learn.",
                       flag_values=fv)
@@ -84,8 +125,8 @@ def cmd_grow(argv: list[str]) -> int:
                       flag_values=fv)
   flags.DEFINE_integer("g", None, "growth factor; checked against the configs' depths.",
                        flag_values=fv)
-  flags.DEFINE_list("layer_map", None, "explicit layer map for method=direct, e.g. 0,1,0,1.",
-                    flag_values=fv)
+  flags.DEFINE_list("layer_map", None, "explicit layer map: one source layer per large "
+                    "layer, -1 for a new layer (zero / random), e.g. 0,1,0,1.", flag_values=fv)
   flags.DEFINE_enum("opt_state", "reset", ["reset", "grow"], "optimizer state at growth.",
                     flag_values=fv)
   flags.DEFINE_enum("schedule", "continue", ["continue", "restart"], "LR schedule: continue "
@@ -93,60 +134,45 @@ def cmd_grow(argv: list[str]) -> int:
                     flag_values=fv)
   flags.DEFINE_integer("seed", 0, "seed for random / learn operators.", flag_values=fv)
   _distributed_flags(fv)
-  _parse(fv, argv)
-  for name in ("from", "to", "config"):
-    if fv[name].value is None:
-      sys.exit(f"growjax grow: --{name} is required.")
+
+
+def _run_grow(fv):
+  layer_map = parse_layer_map(fv.layer_map)
   _init_distributed(fv)
   from growjax import grow_checkpoint
-  try:
-    grow_checkpoint.grow_checkpoint(
-        fv["from"].value, fv.to, fv.config, method=fv.method, width_method=fv.width_method,
-        step=fv.step, g=fv.g,
-        layer_map=[int(i) for i in fv.layer_map] if fv.layer_map else None,
-        opt_state=fv.opt_state, schedule=fv.schedule, seed=fv.seed)
-  except (ValueError, FileNotFoundError) as e:
-    sys.exit(f"growjax grow: {e}")
-  return 0
+  grow_checkpoint.grow_checkpoint(
+      fv["from"].value, fv.to, fv.config, method=fv.method, width_method=fv.width_method,
+      step=fv.step, g=fv.g, layer_map=layer_map, opt_state=fv.opt_state,
+      schedule=fv.schedule, seed=fv.seed)
 
 
-def cmd_plan(argv: list[str]) -> int:
-  fv = flags.FlagValues()
+def _define_plan(fv):
   flags.DEFINE_float("params", None, "target model parameters N (e.g. 7e9).", flag_values=fv)
   flags.DEFINE_float("flops", None, "compute budget C in FLOPs (e.g. 8.4e22).", flag_values=fv)
   flags.DEFINE_float("tokens", None, "alternatively the target's training tokens D; "
                      "C = 6 N D.", flag_values=fv)
-  config_flags.DEFINE_config_file("config", None, "optional run config: d in steps.",
-                                  flag_values=fv, lock_config=True)
-  _parse(fv, argv)
+  _config_flag(fv, "optional run config: d in steps.")
+
+
+def _run_plan(fv):
   from growjax import plan
-  try:
-    print(plan.describe(fv.params, fv.flops, fv.tokens, fv.config))
-  except ValueError as e:
-    sys.exit(f"growjax plan: {e}")
-  return 0
+  print(plan.describe(fv.params, fv.flops, fv.tokens, fv.config))
 
 
-def cmd_tokenizer(argv: list[str]) -> int:
-  fv = flags.FlagValues()
+def _define_tokenizer(fv):
   flags.DEFINE_list("input", None, "text files (globs allowed).", flag_values=fv)
   flags.DEFINE_integer("vocab_size", 32000, "vocabulary size.", flag_values=fv)
   flags.DEFINE_string("model_prefix", None, "output prefix: writes PREFIX.model.",
                       flag_values=fv)
-  _parse(fv, argv)
-  if not fv.input or not fv.model_prefix:
-    sys.exit("growjax tokenizer: --input and --model_prefix are required.")
+
+
+def _run_tokenizer(fv):
   from growjax.data import tokenizers
-  try:  # globs are expanded by train_sentencepiece
-    path = tokenizers.train_sentencepiece(",".join(fv.input), fv.vocab_size, fv.model_prefix)
-  except ValueError as e:
-    sys.exit(f"growjax tokenizer: {e}")
+  path = tokenizers.train_sentencepiece(",".join(fv.input), fv.vocab_size, fv.model_prefix)
   print(f"wrote {path}; use it with --config.data.tokenizer=spm:{path}")
-  return 0
 
 
-def cmd_speedup(argv: list[str]) -> int:
-  fv = flags.FlagValues()
+def _define_speedup(fv):
   flags.DEFINE_string("scratch", None, "the run trained from scratch (its workdir).",
                       flag_values=fv)
   flags.DEFINE_string("grown", None, "the grow run (its workdir, with small/ and large/).",
@@ -155,40 +181,176 @@ def cmd_speedup(argv: list[str]) -> int:
                      "evaluation loss).", flag_values=fv)
   flags.DEFINE_string("out", None, "plot path (default GROWN/speedup.png).", flag_values=fv)
 
-  def underscored(arg: str) -> str:
-    """--target-loss=2 -> --target_loss=2 (absl's spelling); values stay as they are."""
-    if not arg.startswith("--"):
-      return arg
-    name, eq, value = arg.partition("=")
-    return "--" + name[2:].replace("-", "_") + eq + value
 
-  argv = [underscored(a) for a in argv]
-  _parse(fv, argv)
-  if not fv.scratch or not fv.grown:
-    sys.exit("growjax speedup: --scratch and --grown are required.")
+def _run_speedup(fv):
   from growjax import speedup
+  speedup.run(fv.scratch, fv.grown, fv.target_loss, fv.out)
+
+
+COMMANDS: dict[str, Command] = {c.name: c for c in (
+    Command("train", "train a model (or a whole grow run) from a config file",
+            "growjax train --config configs/tiny.py --workdir runs/tiny "
+            "--config.train.steps=1000", _define_train, _run_train, ("config",)),
+    Command("grow", "grow a saved checkpoint into a larger model, offline",
+            "growjax grow --from runs/small --to runs/grown "
+            "--config configs/paper_target_24l.py --method stack --g 4",
+            _define_grow, _run_grow, ("from", "to", "config")),
+    Command("plan", "the paper's growth timing d and factor g for a model size and budget",
+            "growjax plan --params 7e9 --tokens 2e12", _define_plan, _run_plan, ("params",)),
+    Command("tokenizer", "train a SentencePiece tokenizer on local text files",
+            "growjax tokenizer --input 'corpus/*.txt' --vocab_size 32000 --model_prefix tok",
+            _define_tokenizer, _run_tokenizer, ("input", "model_prefix")),
+    Command("speedup", "FLOPs a grown run saved against a scratch run, with a plot",
+            "growjax speedup --scratch runs/scratch --grown runs/grow",
+            _define_speedup, _run_speedup, ("scratch", "grown")),
+)}
+
+
+def usage() -> str:
+  lines = ["usage: growjax COMMAND [flags]", "", "commands:"]
+  lines += [f"  {c.name:<10} {c.summary}" for c in COMMANDS.values()]
+  lines += ["", "`growjax COMMAND --help` lists a command's flags, defaults and an example.",
+            "Every command takes --debug to print the traceback of a failure."]
+  return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _underscored(arg: str) -> str:
+  """--layer-map=0,1 -> --layer_map=0,1 (absl's spelling); values stay as they are."""
+  if not arg.startswith("--"):
+    return arg
+  name, eq, value = arg.partition("=")
+  return "--" + name[2:].replace("-", "_") + eq + value
+
+
+def command_help(cmd: Command, fv: flags.FlagValues) -> str:
+  lines = [f"usage: growjax {cmd.name} [flags]", "", f"{cmd.summary}.", "", "flags:"]
+  for name in sorted(fv):
+    flag = fv[name]
+    if flag.name != name:   # short aliases
+      continue
+    value = ",".join(map(str, flag.default)) if isinstance(flag.default, list) else (
+        repr(flag.default) if isinstance(flag.default, str) else flag.default)
+    default = "" if flag.default is None else f" (default: {value})"
+    need = " (required)" if name in cmd.required else ""
+    lines.append(f"  --{name}{need}{default}")
+    lines.append(f"      {flag.help}")
+  lines += ["  --debug", "      print the traceback of a failure (also GROWJAX_DEBUG=1).",
+            "", "example:", f"  {cmd.example}"]
+  return "\n".join(lines)
+
+
+def _config_error(argv: list[str], exc: BaseException) -> CommandError:
+  """A config file or override that failed to load -> the flag and the fix."""
+  config_arg = next((a for a in argv if a.startswith("--config=")), None)
+  if config_arg is None and "--config" in argv[:-1]:
+    config_arg = "--config=" + argv[argv.index("--config") + 1]
+  text = str(exc).strip().strip("'\"").replace("\\n", "\n")
+  if isinstance(exc, SyntaxError):
+    return CommandError(f"{config_arg}: syntax error at line {exc.lineno}: {exc.msg} — fix "
+                        f"the config file")
+  if "No such file" in text or isinstance(exc, FileNotFoundError):
+    return CommandError(f"{config_arg}: no such file — give the path of a config file, e.g. "
+                        f"--config=configs/tiny.py")
+  if "get_config" in text:
+    return CommandError(f"{config_arg}: the file defines no get_config() — a config file "
+                        f"defines `def get_config(arg=None)` returning a ConfigDict")
+  if isinstance(exc, (AttributeError, KeyError)):
+    field = text.splitlines()[0].strip("'\"\\ ")
+    suggestion = re.search(r'Did you mean "([^"]+)"', text)
+    override = next((a.partition("=")[0] for a in argv
+                     if a.startswith("--config.") and field in a.partition("=")[0]), None)
+    hint = f" (did you mean {suggestion.group(1)!r}?)" if suggestion else ""
+    return CommandError(f"{override or config_arg}: config has no field {field!r}{hint} — "
+                        f"check the spelling against the config file")
+  last = text.splitlines()[-1] if text else type(exc).__name__
+  return CommandError(f"{config_arg}: {last} — check the config file and its overrides")
+
+
+def parse(cmd: Command, argv: list[str]) -> flags.FlagValues:
+  """Flags of `cmd` from `argv` (without the command words); raises CommandError."""
+  fv = flags.FlagValues()
+  cmd.define(fv)
+  argv = [_underscored(a) for a in argv if a not in ("--debug", "--nodebug")]
+  if any(a in ("-h", "--help", "--helpfull", "-help") for a in argv):
+    print(command_help(cmd, fv))
+    raise SystemExit(0)
+  # config_flags loads the file as module `config_config`, reusing one left in
+  # sys.modules by an earlier call in this process; start clean each time.
+  sys.modules.pop("config_config", None)
   try:
-    speedup.run(fv.scratch, fv.grown, fv.target_loss, fv.out)
-  except ValueError as e:
-    sys.exit(f"growjax speedup: {e}")
-  return 0
+    fv([f"growjax {cmd.name}"] + argv)
+  except flags.IllegalFlagValueError as e:
+    text = str(e)
+    if "--config" in text and ("Error" in text or "error" in text):
+      cause = e.__cause__ or e.__context__
+      if cause is not None:
+        raise _config_error(argv, cause) from None
+    raise CommandError(f"{text} — see `growjax {cmd.name} --help`") from None
+  except flags.Error as e:
+    raise CommandError(f"{e} — see `growjax {cmd.name} --help`") from None
+  except (Exception, SystemExit) as e:  # config_flags loads the file while parsing
+    if isinstance(e, SystemExit) and e.code in (0, None):
+      raise
+    raise _config_error(argv, e) from None
+  if "config" in fv:
+    error = getattr(fv["config"].value, "_error", None)  # config_flags defers load errors
+    if error is not None:
+      raise _config_error(argv, error) from None
+  missing = [f"--{n}" for n in cmd.required if fv[n].value is None]
+  if missing:
+    raise CommandError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+                       f"required — e.g. {cmd.example}")
+  return fv
 
 
-COMMANDS: dict[str, Callable[[list[str]], int]] = {
-    "train": cmd_train, "grow": cmd_grow, "plan": cmd_plan, "tokenizer": cmd_tokenizer,
-    "speedup": cmd_speedup}
+def _runtime_message(exc: BaseException) -> str:
+  if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+    where = exc.filename or "the output directory"
+    return (f"no space left on the device writing {where} — free space or lower "
+            f"config.train.keep_checkpoints; the last complete checkpoint is kept")
+  first = (str(exc).strip().splitlines() or [""])[0][:300]
+  return (f"{type(exc).__name__}: {first} — rerun with --debug for the traceback")
+
+
+def _classify(exc: BaseException) -> tuple[str, int]:
+  if isinstance(exc, CommandError):
+    return str(exc), exc.code
+  if isinstance(exc, (ValueError, FileNotFoundError)):
+    return str(exc), BAD_INPUT
+  if isinstance(exc, KeyboardInterrupt):
+    return "interrupted — rerun the same command to resume", RUNTIME_FAILURE
+  return _runtime_message(exc), RUNTIME_FAILURE
+
+
+def run_command(cmd: Command, argv: list[str], debug: bool) -> int:
+  try:
+    cmd.run(parse(cmd, argv))
+    return 0
+  except SystemExit:
+    raise
+  except BaseException as e:  # noqa: BLE001 - every failure becomes one line
+    message, code = _classify(e)
+    if debug:
+      traceback.print_exc()
+  print(f"growjax {cmd.name}: {message}", file=sys.stderr, flush=True)
+  return code
 
 
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv if argv is None else argv)
   if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
-    print(USAGE)
-    return 0 if len(argv) >= 2 else 2
+    print(usage())
+    return 0 if len(argv) >= 2 else BAD_INPUT
   name = argv[1]
   if name not in COMMANDS:
-    print(f"growjax: unknown command {name!r}\n\n{USAGE}", file=sys.stderr)
-    return 2
-  return COMMANDS[name]([f"growjax {name}"] + argv[2:])
+    print(f"growjax: unknown command {name!r} — choose one of {', '.join(COMMANDS)}\n\n"
+          f"{usage()}", file=sys.stderr)
+    return BAD_INPUT
+  debug = "--debug" in argv or os.environ.get("GROWJAX_DEBUG", "") not in ("", "0")
+  return run_command(COMMANDS[name], argv[2:], debug)
 
 
 if __name__ == "__main__":

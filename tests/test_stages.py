@@ -96,7 +96,7 @@ def test_offline_growth_onto_another_mesh(tmp_path, data_dir):
     (["--layer_map=0,1,2,5", "--method=direct"], "layer_map"),
     (["--g=3"], "--g=3"),
 ])
-def test_grow_command_refuses_bad_input(argv, match, tmp_path, data_dir):
+def test_grow_command_refuses_bad_input(argv, match, tmp_path, data_dir, capsys):
   cfg = grow_config()
   small_cfg = stages.small_stage_config(cfg)
   small_cfg.train.steps = 1
@@ -110,6 +110,6 @@ def test_grow_command_refuses_bad_input(argv, match, tmp_path, data_dir):
             "def get_config(arg=None):\n"
             "  c = base_config('tiny')\n  c.model.dtype = 'float32'\n  c.model.num_layers = 4\n"
             "  c.data.seq_len = 32\n  c.train.global_batch_size = 8\n  return c\n")
-  with pytest.raises(SystemExit) as e:
-    cli.main(["growjax", "grow", f"--config={config_path}"] + argv)
-  assert match in str(e.value)
+  assert cli.main(["growjax", "grow", f"--config={config_path}"] + argv) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("growjax grow: ") and match in err and len(err.splitlines()) == 1

@@ -1,14 +1,12 @@
 """Trainer: sharded == single-device steps, grad accumulation, exact resume, checkpoints
 across meshes, and early, named errors for bad configs."""
 
-import os
 
 import jax
 import numpy as np
 import pytest
 
 from growjax import checkpoint as ckpt_lib
-from growjax import cli
 from growjax import config as config_lib
 from growjax import train
 
@@ -130,14 +128,6 @@ def test_bad_config_fails_before_compute(change, match, data_dir):
   change(cfg)
   with pytest.raises(ValueError, match=match):
     config_lib.validate(cfg, 8)
-
-
-def test_misspelt_override_is_an_error(tmp_path):
-  cfg_path = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.py")
-  with pytest.raises(SystemExit) as e:
-    cli.main(["growjax", "train", f"--config={cfg_path}", "--config.train.stpes=3",
-              f"--workdir={tmp_path}"])
-  assert "stpes" in str(e.value)
 
 
 def test_splash_attention_step_equals_xla_on_a_mesh(data_dir):
