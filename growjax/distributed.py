@@ -67,3 +67,31 @@ def agreed(values: Sequence[int]) -> list[int]:
     return [int(v) for v in values]
   out = multihost_utils.broadcast_one_to_all(np.asarray(values, dtype=np.int64))
   return [int(v) for v in np.asarray(out)]
+
+
+def check_shared_workdir(workdir: str) -> None:
+  """Refuses a workdir the processes do not share.
+
+  Orbax writes each process's shards under the one workdir; on per-host local
+  disks every host would hold a part of each checkpoint that no host can restore.
+  Process 0 writes a marker, every process looks for it, and all agree.
+  """
+  if jax.process_count() == 1:
+    return
+  from etils import epath
+  root = epath.Path(workdir)
+  [token] = agreed([int.from_bytes(os.urandom(3), "little")])
+  marker = root / f".growjax-shared-{token}"
+  if jax.process_index() == 0:
+    root.mkdir(parents=True, exist_ok=True)
+    marker.write_text("growjax: checks that every process sees this workdir\n")
+  multihost_utils.sync_global_devices("growjax shared workdir: marker written")
+  seen = np.asarray(multihost_utils.process_allgather(np.int32(marker.exists())))
+  multihost_utils.sync_global_devices("growjax shared workdir: marker checked")
+  if jax.process_index() == 0:
+    marker.unlink()
+  missing = [int(p) for p in np.flatnonzero(seen == 0)]
+  if missing:
+    raise ValueError(
+        f"workdir {workdir!r} is not shared: processes {missing} do not see what process 0 "
+        f"writes there — use a gs:// path or a filesystem every host mounts.")

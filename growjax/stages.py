@@ -91,6 +91,8 @@ def run_grow(cfg: ml_collections.ConfigDict, workdir: str, log=print,
 
 def run(cfg: ml_collections.ConfigDict, workdir: str,
         stop_after_steps: int | None = None) -> dict:
+  """`growjax train`: a whole grow run when `config.growth.enabled`, else one stage."""
+  distributed.check_shared_workdir(workdir)
   if cfg.growth.enabled:
     return run_grow(cfg, workdir, stop_after_steps=stop_after_steps)
   return train_lib.train(cfg, workdir, stop_after_steps=stop_after_steps)

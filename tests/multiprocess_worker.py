@@ -73,6 +73,14 @@ elif spec["scenario"] == "mesh":
                    for s in batch["inputs"].addressable_shards],
         "loss": train.train(cfg, f"{spec['workdir']}/{i}")["loss"]}
 
+elif spec["scenario"] == "unshared":
+  # Each process is given its own directory, as on hosts with local disks.
+  try:
+    distributed.check_shared_workdir(f"{spec['workdir']}/p{pid}")
+    out = {"error": None}
+  except ValueError as e:
+    out = {"error": str(e)}
+
 elif spec["scenario"] == "train":
   # A plain run; the test may SIGTERM one process while it runs.
   history = train.train(plain_config(spec["mesh"]), spec["workdir"])

@@ -144,3 +144,12 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path, data_dir):
   assert sorted(got) == list(range(1, steps + 1))
   np.testing.assert_allclose([got[s] for s in range(1, steps + 1)],
                              [straight[s] for s in range(1, steps + 1)], rtol=1e-5)
+
+
+def test_a_workdir_the_processes_do_not_share_is_refused(tmp_path, data_dir):
+  spec = {"scenario": "unshared", "devices": 1, "workdir": str(tmp_path / "w"),
+          "out": str(tmp_path / "out")}
+  outs, _ = _run(tmp_path, data_dir, spec)
+  for out in outs:
+    assert "is not shared: processes [1]" in out["error"]
+  assert not list((tmp_path / "w" / "p0").iterdir())  # the marker is removed
