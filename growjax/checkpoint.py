@@ -7,6 +7,12 @@ so a resumed run sees the same batches) and `meta` (model and run config, so a
 checkpoint can be grown offline without its config file). Orbax writes into a
 temporary directory and renames it when complete, so a half-written checkpoint
 is never listed and never resumed from.
+
+Paths go through `etils.epath`, so a checkpoint directory may be local or on
+`gs://` (epath reaches GCS through gcsfs when TensorFlow is absent; orbax writes
+array data through tensorstore's own GCS driver). On GCS orbax writes a step in
+place and marks it finished with `commit_success.txt` instead of renaming, so a
+`gs://` step counts as complete only once that file is there.
 """
 
 from __future__ import annotations
@@ -17,8 +23,34 @@ import re
 from typing import Any
 
 import orbax.checkpoint as ocp
+from etils import epath
 
 STEP_DIR = re.compile(r"^\d+$")
+COMMIT_SUCCESS = "commit_success.txt"   # orbax's "this save finished" marker on GCS
+
+
+def is_url(path: str | os.PathLike) -> bool:
+  """Whether `path` names remote storage (`gs://bucket/...` and other `scheme://` URLs)."""
+  return "://" in os.fspath(path)
+
+
+def absolute(path: str | os.PathLike) -> str:
+  """A local path made absolute (`~` expanded); a URL such as `gs://b/run` kept as it is."""
+  path = os.fspath(path)
+  if is_url(path):
+    return str(epath.Path(path))      # only drops a trailing slash
+  return os.path.abspath(os.path.expanduser(path))
+
+
+def _is_complete(step_dir: epath.Path) -> bool:
+  if not (step_dir / "state").is_dir():
+    return False
+  return not is_url(step_dir) or (step_dir / COMMIT_SUCCESS).exists()
+
+
+def _complete_steps(directory: epath.Path) -> list[int]:
+  return sorted(int(d.name) for d in directory.iterdir()
+                if STEP_DIR.match(d.name) and _is_complete(d))
 
 
 class Checkpoints:
@@ -26,7 +58,7 @@ class Checkpoints:
 
   def __init__(self, directory: str, *, save_every: int = 1, keep: int = 3,
                use_async: bool = True):
-    self.directory = os.path.abspath(directory)
+    self.directory = absolute(directory)
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=save_every, max_to_keep=keep, create=True,
         enable_async_checkpointing=use_async)
@@ -71,20 +103,22 @@ class Checkpoints:
 def resolve(path: str, step: int | None = None, field: str = "--from") -> tuple[str, int]:
   """A checkpoint directory (or a workdir, or one step's directory) -> (checkpoints dir, step).
 
-  Fails with a message naming `field` when nothing complete is there.
+  Local or `gs://`. Fails with a message naming `field` when nothing complete is there.
   """
-  path = os.path.abspath(os.path.expanduser(path))
-  if not os.path.isdir(path):
+  path = absolute(path)
+  p = epath.Path(path)
+  if not p.is_dir():
     raise ValueError(f"{field}={path!r} does not exist or is not a directory.")
-  base = os.path.basename(path.rstrip("/"))
-  if STEP_DIR.match(base) and os.path.isdir(os.path.join(path, "state")):
-    if step is not None and step != int(base):
-      raise ValueError(f"{field}={path!r} is step {base}, but step {step} was asked for.")
-    return os.path.dirname(path), int(base)
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    path = os.path.join(path, "checkpoints")
-  steps = sorted(int(d) for d in os.listdir(path)
-                 if STEP_DIR.match(d) and os.path.isdir(os.path.join(path, d, "state")))
+  if STEP_DIR.match(p.name) and (p / "state").is_dir():
+    if not _is_complete(p):
+      raise ValueError(f"{field}={path!r} is an incomplete save (no {COMMIT_SUCCESS}).")
+    if step is not None and step != int(p.name):
+      raise ValueError(f"{field}={path!r} is step {p.name}, but step {step} was asked for.")
+    return str(p.parent), int(p.name)
+  if (p / "checkpoints").is_dir():
+    p = p / "checkpoints"
+    path = str(p)
+  steps = _complete_steps(p)
   if not steps:
     raise ValueError(f"{field}={path!r} holds no complete growjax checkpoint (no step "
                      f"directory with a 'state' item); incomplete saves are ignored.")
@@ -95,11 +129,20 @@ def resolve(path: str, step: int | None = None, field: str = "--from") -> tuple[
   return path, step
 
 
+def latest_complete_step(path: str) -> int | None:
+  """The latest complete step under a checkpoints dir or a workdir (local or `gs://`);
+  None when there is none or `path` does not exist."""
+  try:
+    return resolve(path)[1]
+  except (ValueError, FileNotFoundError):
+    return None
+
+
 def read_meta(directory: str, step: int) -> dict:
   """The `meta` item as plain JSON, without building a manager (cheap)."""
+  step_dir = epath.Path(absolute(directory)) / str(step)
   for name in ("meta/metadata", "meta"):
-    p = os.path.join(directory, str(step), name)
-    if os.path.isfile(p):
-      with open(p) as f:
-        return json.load(f)
+    p = step_dir / name
+    if p.exists() and not p.is_dir():
+      return json.loads(p.read_text())
   return Checkpoints(directory, use_async=False).meta(step)

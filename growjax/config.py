@@ -35,6 +35,14 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
                     num_kv_heads=4, head_dim=64, mlp_dim=5632),
     "24l_2048": dict(vocab_size=32000, num_layers=24, embed_dim=2048, num_heads=32,
                      num_kv_heads=4, head_dim=64, mlp_dim=5632),
+    # Llama-2-7B shapes: the paper's 7B target, its 8-layer (~1.75B) base for G_stack
+    # x4, and the 7B stacked x4 again (128 layers, ~26B).
+    "7b": dict(vocab_size=32000, num_layers=32, embed_dim=4096, num_heads=32,
+               num_kv_heads=32, head_dim=128, mlp_dim=11008),
+    "8l_4096": dict(vocab_size=32000, num_layers=8, embed_dim=4096, num_heads=32,
+                    num_kv_heads=32, head_dim=128, mlp_dim=11008),
+    "128l_4096": dict(vocab_size=32000, num_layers=128, embed_dim=4096, num_heads=32,
+                      num_kv_heads=32, head_dim=128, mlp_dim=11008),
 }
 
 
@@ -136,9 +144,11 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]
                      f"peak_lr={o.peak_lr}, end_lr={o.end_lr}.")
   if o.warmup_steps < 0:
     raise ValueError(f"config.optimizer.warmup_steps must be >= 0, got {o.warmup_steps}.")
-  if t.init_from and not os.path.exists(t.init_from):
-    raise ValueError(f"config.train.init_from={t.init_from!r} does not exist; point it at a "
-                     f"growjax checkpoint directory (e.g. the output of `growjax grow`).")
+  if t.init_from:
+    from etils import epath   # local paths and gs:// alike
+    if not epath.Path(os.path.expanduser(t.init_from)).exists():
+      raise ValueError(f"config.train.init_from={t.init_from!r} does not exist; point it at "
+                       f"a growjax checkpoint directory (e.g. the output of `growjax grow`).")
   data_lib.check_data_config(cfg.data)
   tok = data_lib.make_tokenizer(cfg.data.tokenizer)
   if tok.vocab_size > model.vocab_size:

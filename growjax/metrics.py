@@ -8,16 +8,22 @@ frameworks by tokens/s. Tokens/s counts training time only: evaluation and
 checkpoint stalls are timed and logged apart (`eval_s`, `checkpoint_s`). Only process 0 writes. tensorboardX writes event files
 without TensorFlow; `metrics.jsonl` (one object per logged step, appended, so
 after a resume the last line of a step wins) is what `growjax speedup` reads.
+
+The workdir may be local or `gs://`: every path goes through `etils.epath`, event
+files on `gs://` too. A GCS object cannot be appended to, so there `metrics.jsonl`
+and the event file are rewritten whole, at most every `flush_secs` and at close.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
 from typing import Mapping
 
 import jax
+from etils import epath
 
 # Datasheet dense bf16 peak per chip, TFLOP/s, matched against `device_kind`.
 PEAK_TFLOPS = (
@@ -69,25 +75,91 @@ def format_progress(step: int, total: int, values: Mapping[str, float], eta_s: f
   return " | ".join(parts)
 
 
+class _JsonLines:
+  """`metrics.jsonl`: appended to locally; on remote storage (no appends) the whole
+  object is rewritten, the lines of an earlier run in the same workdir kept."""
+
+  def __init__(self, path: epath.Path, flush_secs: float):
+    self._path, self._flush_secs = path, flush_secs
+    self._remote = "://" in os.fspath(path)
+    self._file = None if self._remote else path.open("a")
+    self._text = path.read_text() if self._remote and path.exists() else ""
+    self._dirty, self._flushed_at = False, time.monotonic()
+
+  def write(self, line: str) -> None:
+    if self._file is not None:
+      self._file.write(line)
+      self._file.flush()
+      return
+    self._text += line
+    self._dirty = True
+    if time.monotonic() - self._flushed_at >= self._flush_secs:
+      self.flush()
+
+  def flush(self) -> None:
+    if self._dirty:
+      self._path.write_text(self._text)
+      self._dirty, self._flushed_at = False, time.monotonic()
+
+  def close(self) -> None:
+    if self._file is not None:
+      self._file.close()
+    else:
+      self.flush()
+
+
+class _EventFile:
+  """A tensorboardX event file on `gs://` through epath, rewritten whole on each flush
+  that has something new (tensorboardX's own gs:// writer uploads again on garbage
+  collection, retrying for minutes if the bucket is gone)."""
+
+  def __init__(self, path: str):
+    self._path, self._buf, self._flushed = epath.Path(path), io.BytesIO(), -1
+
+  def write(self, data: bytes) -> None:
+    self._buf.write(data)
+
+  def flush(self) -> None:
+    if self._buf.tell() != self._flushed:
+      self._path.write_bytes(self._buf.getvalue())
+      self._flushed = self._buf.tell()
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _EventFiles:
+  """tensorboardX writer factory for `gs://` logdirs."""
+
+  def open(self, path: str) -> _EventFile:
+    return _EventFile(path)
+
+  def directory_check(self, path: str) -> None:
+    pass   # GCS has no directories to make
+
+
 class MetricWriter:
   """Console + TensorBoard (`WORKDIR/tb`) + `WORKDIR/metrics.jsonl`; a no-op writer
-  on processes other than 0."""
+  on processes other than 0. `workdir` may be local or `gs://`."""
 
-  def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True):
+  def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True,
+               flush_secs: float = 10.0):
     self.enabled = enabled
     self._tb = self._jsonl = None
     if not enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    root = epath.Path(workdir)
+    root.mkdir(parents=True, exist_ok=True)
+    self._jsonl = _JsonLines(root / "metrics.jsonl", flush_secs)
     if tensorboard:
       from tensorboardX import SummaryWriter  # light, no TensorFlow
-      self._tb = SummaryWriter(logdir=os.path.join(workdir, "tb"), flush_secs=10)
+      from tensorboardX import record_writer
+      record_writer.register_writer_factory("gs", _EventFiles())
+      self._tb = SummaryWriter(logdir=os.fspath(root / "tb"), flush_secs=flush_secs)
 
   def scalars(self, step: int, values: Mapping[str, float | None]) -> None:
     if self._jsonl is not None:
       self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
-      self._jsonl.flush()
     if self._tb is None:
       return
     for k, v in values.items():
