@@ -35,6 +35,14 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
                     num_kv_heads=4, head_dim=64, mlp_dim=5632),
     "24l_2048": dict(vocab_size=32000, num_layers=24, embed_dim=2048, num_heads=32,
                      num_kv_heads=4, head_dim=64, mlp_dim=5632),
+    # Llama-2-7B shapes: the paper's 7B target, its 8-layer (~1.75B) base for G_stack
+    # x4, and the 7B stacked x4 again (128 layers, ~26B).
+    "7b": dict(vocab_size=32000, num_layers=32, embed_dim=4096, num_heads=32,
+               num_kv_heads=32, head_dim=128, mlp_dim=11008),
+    "8l_4096": dict(vocab_size=32000, num_layers=8, embed_dim=4096, num_heads=32,
+                    num_kv_heads=32, head_dim=128, mlp_dim=11008),
+    "128l_4096": dict(vocab_size=32000, num_layers=128, embed_dim=4096, num_heads=32,
+                      num_kv_heads=32, head_dim=128, mlp_dim=11008),
 }
 
 
