@@ -28,7 +28,7 @@ def run_case(spec: str, method: str, workdir: str) -> dict:
   from growjax import checkpoint as ckpt_lib
   from growjax import config as config_lib
   from growjax import grow_checkpoint
-  from growjax import train
+  from growjax import state as state_lib
 
   src_preset, dst = spec.split(":")
   dst_preset, _, layers = dst.partition("@")
@@ -39,12 +39,12 @@ def run_case(spec: str, method: str, workdir: str) -> dict:
   if layers:
     dst_cfg.model.num_layers = int(layers)
   src_dir, dst_dir = os.path.join(workdir, "src"), os.path.join(workdir, "dst")
-  setup = train.build(src_cfg)
-  state = train.init_state(setup, jax.random.key(0))
+  setup = state_lib.build(src_cfg)
+  state = state_lib.init_state(setup, jax.random.key(0))
   jax.block_until_ready(state)
   t0 = time.perf_counter()
   ck = ckpt_lib.Checkpoints(src_dir, use_async=False)
-  ck.save(100, state, {}, train.run_meta(setup), force=True)
+  ck.save(100, state, {}, state_lib.run_meta(setup), force=True)
   ck.wait()
   ck.close()
   src_write_s = time.perf_counter() - t0

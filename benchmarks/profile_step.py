@@ -62,6 +62,7 @@ def main() -> None:
   import numpy as np
 
   from growjax import config as config_lib
+  from growjax import state as state_lib
   from growjax import train
 
   parts = a.case.split(":")
@@ -69,8 +70,8 @@ def main() -> None:
   seq = int(parts[3]) if len(parts) > 3 else 2048
   cfg = config_lib.base_config(preset)
   cfg.data.seq_len, cfg.train.global_batch_size, cfg.model.remat_policy = seq, batch, remat
-  setup = train.build(cfg)
-  state = train.init_state(setup, jax.random.key(0))
+  setup = state_lib.build(cfg)
+  state = state_lib.init_state(setup, jax.random.key(0))
   tokens = np.random.default_rng(0).integers(0, cfg.model.vocab_size, (batch, seq + 1),
                                              dtype=np.int32)
   data = train.to_global({"inputs": tokens[:, :-1], "targets": tokens[:, 1:]},

@@ -31,6 +31,7 @@ def run_case(preset: str, batch: int, remat: str, seq: int, steps: int, warmup: 
 
   from growjax import config as config_lib
   from growjax import metrics
+  from growjax import state as state_lib
   from growjax import train
 
   cfg = config_lib.base_config(preset)
@@ -40,8 +41,8 @@ def run_case(preset: str, batch: int, remat: str, seq: int, steps: int, warmup: 
   if layers:
     cfg.model.num_layers = layers
   cfg.model.scan_unroll = unroll
-  setup = train.build(cfg)
-  state = train.init_state(setup, jax.random.key(0))
+  setup = state_lib.build(cfg)
+  state = state_lib.init_state(setup, jax.random.key(0))
   rng = np.random.default_rng(0)
   tokens = rng.integers(0, cfg.model.vocab_size, (batch, seq + 1), dtype=np.int32)
   batch_arrays = train.to_global({"inputs": tokens[:, :-1], "targets": tokens[:, 1:]},
@@ -96,12 +97,12 @@ def _breakdown(setup, state, batch, steps: int) -> dict:
   """Milliseconds of the step's parts: forward, forward+backward, optimizer update."""
   import jax
   import optax
+  from growjax import sharding
   from growjax import train
   cfg, mcfg = setup.cfg, setup.model_cfg
-  import flax.linen as nn
 
   def fwd(p, b):
-    with nn.logical_axis_rules(setup.rules):
+    with sharding.activation_sharding(setup.mesh, setup.rules):
       return train.loss_fn(p, b, mcfg, cfg.train, 0.0)[0]
   fwd_j = jax.jit(fwd)
   grad_j = jax.jit(jax.grad(fwd))

@@ -10,8 +10,6 @@ reset to 0 on request.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import resource
 import time
 from typing import Sequence
@@ -24,19 +22,19 @@ import ml_collections
 from growjax import checkpoint as ckpt_lib
 from growjax import growth
 from growjax import optimizer as opt_lib
-from growjax import train as train_lib
+from growjax import state as state_lib
 from growjax.model import ModelConfig, logical_axes
 
 LEARN_STEPS = 100  # Adam steps of the `learn` operators' expansion (LiGO-style)
 
 
-def _source_setup(meta: dict, large: train_lib.Setup):
+def _source_setup(meta: dict, large: state_lib.Setup):
   """The small model's config, optimizer and state layout, placed on the large mesh."""
   src_model = ModelConfig(**meta["model"])
   src_cfg = ml_collections.ConfigDict(meta["config"])
   schedule = opt_lib.make_schedule(src_cfg.optimizer, src_cfg.train.steps)
   tx = opt_lib.make_optimizer(src_cfg.optimizer, schedule, logical_axes(src_model))
-  shardings, abstract = train_lib.state_layout(src_model, tx, large.mesh, large.rules)
+  shardings, abstract = state_lib.state_layout(src_model, tx, large.mesh, large.rules)
   return src_model, tx, abstract
 
 
@@ -69,7 +67,7 @@ def data_position_in_windows(data_state: dict | None, meta: dict) -> dict | None
   return data_state
 
 
-def grow_state(src_state, src_model: ModelConfig, src_tx, large: train_lib.Setup, *,
+def grow_state(src_state, src_model: ModelConfig, src_tx, large: state_lib.Setup, *,
                method: str, width_method: str | None, layer_map, opt_state: str,
                schedule: str, rng: jax.Array, learn_batches=None, lower: bool = False):
   """Grows a restored train state into the large setup's layout (pure, sharded).
@@ -105,7 +103,7 @@ def grow_state(src_state, src_model: ModelConfig, src_tx, large: train_lib.Setup
       else:
         new_opt = large.tx.init(params)
       new_opt = opt_lib.set_schedule_step(new_opt, step)
-    return train_lib.TrainState(step=step, params=params, opt_state=new_opt)
+    return state_lib.TrainState(step=step, params=params, opt_state=new_opt)
 
   jitted = jax.jit(grown, out_shardings=large.state_shardings)
   return jitted.lower(src_state, rng, learned) if lower else jitted(src_state, rng, learned)
@@ -120,7 +118,7 @@ def grow_checkpoint(source: str, out_dir: str, large_cfg: ml_collections.ConfigD
   t0 = time.perf_counter()
   directory, step = ckpt_lib.resolve(source, step, field="--from")
   meta = ckpt_lib.read_meta(directory, step)
-  large = train_lib.build(large_cfg)
+  large = state_lib.build(large_cfg)
   src_model, src_tx, src_abstract = _source_setup(meta, large)
   check_pair(src_model, large.model_cfg, method, g, layer_map)
   if layer_map is not None and method == "stack":
@@ -146,7 +144,7 @@ def grow_checkpoint(source: str, out_dir: str, large_cfg: ml_collections.ConfigD
     jax.block_until_ready(state)
   t_grow = time.perf_counter()
 
-  meta_out = train_lib.run_meta(large)
+  meta_out = state_lib.run_meta(large)
   meta_out["flops_seen"] = float(meta.get("flops_seen", 0.0))  # the small stage's compute
   # `learn` trains its expansion through the large model: count that compute too, so
   # loss-vs-FLOPs comparisons stay fair (each learn phase ~ LEARN_STEPS large steps).
@@ -158,7 +156,7 @@ def grow_checkpoint(source: str, out_dir: str, large_cfg: ml_collections.ConfigD
                             "layer_map": list(layer_map) if layer_map else None,
                             "opt_state": opt_state, "schedule": schedule}
   writer = ckpt_lib.Checkpoints(out_dir, use_async=False, keep=1)
-  writer.save(int(train_lib.to_host(state.step)), state, data_state, meta_out, force=True)
+  writer.save(int(state_lib.to_host(state.step)), state, data_state, meta_out, force=True)
   writer.wait()
   writer.close()
   t_end = time.perf_counter()
@@ -168,7 +166,7 @@ def grow_checkpoint(source: str, out_dir: str, large_cfg: ml_collections.ConfigD
   if "peak_bytes_in_use" in stats:
     device_peak = stats["peak_bytes_in_use"]
   report = {
-      "source": f"{directory}/{step}", "out": out_dir, "step": int(train_lib.to_host(state.step)),
+      "source": f"{directory}/{step}", "out": out_dir, "step": int(state_lib.to_host(state.step)),
       "src_params": src_model.num_params(), "dst_params": large.model_cfg.num_params(),
       "read_s": t_read - t0, "grow_s": t_grow - t_read, "write_s": t_end - t_grow,
       "total_s": t_end - t0,

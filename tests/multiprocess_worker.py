@@ -28,6 +28,7 @@ from test_stages import grow_config  # noqa: E402
 from test_train import tiny_config  # noqa: E402
 
 from growjax import data, stages, train  # noqa: E402
+from growjax import state as state_lib  # noqa: E402
 
 assert jax.process_count() == nproc and jax.device_count() == spec["devices"] * nproc
 out = {}
@@ -61,7 +62,7 @@ elif spec["scenario"] == "mesh":
   # run's losses.
   for i, mesh in enumerate(spec["meshes"]):
     cfg = plain_config(mesh)
-    setup = train.build(cfg)
+    setup = state_lib.build(cfg)
     host = train.HostBatches.of(setup.batch_sharding, cfg.train.global_batch_size)
     local = next(data.train_iterator(cfg.data, global_batch_size=cfg.train.global_batch_size,
                                      seed=cfg.seed, rows=host.rows))

@@ -13,6 +13,7 @@ from growjax import checkpoint as ckpt_lib
 from growjax import config as config_lib
 from growjax import sharding
 from growjax import stages
+from growjax import state as state_lib
 from growjax import train
 from test_stages import grow_config
 
@@ -27,7 +28,7 @@ def _config(**mesh):
 
 
 def _lowered_step(cfg, devices):
-  setup = train.build(cfg, devices)
+  setup = state_lib.build(cfg, devices)
   shape = (cfg.train.global_batch_size, cfg.data.seq_len)
   batch = {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=setup.batch_sharding)
            for k in ("inputs", "targets")}
@@ -77,7 +78,7 @@ def test_splash_attention_runs_under_shard_map_on_a_mesh(data_dir):
 
 def test_eval_step_carries_the_constraints_too(data_dir):
   cfg = _config(fsdp=8)
-  setup = train.build(cfg)
+  setup = state_lib.build(cfg)
   batch = jax.ShapeDtypeStruct((16, 128), jnp.int32, sharding=setup.batch_sharding)
   lowered = train.make_eval_step(setup).lower(setup.abstract_state.params,
                                               {"inputs": batch, "targets": batch})

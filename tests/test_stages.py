@@ -10,6 +10,7 @@ from growjax import cli
 from growjax import config as config_lib
 from growjax import grow_checkpoint
 from growjax import stages
+from growjax import state as state_lib
 from growjax import train
 
 
@@ -66,7 +67,7 @@ def test_offline_growth_onto_another_mesh(tmp_path, data_dir):
   small_cfg.mesh.data, small_cfg.mesh.fsdp, small_cfg.mesh.tensor = 2, 2, 2  # 8 devices
   small_cfg.train.steps = 2
   train.train(small_cfg, str(tmp_path / "small"))
-  src_setup = train.build(small_cfg)
+  src_setup = state_lib.build(small_cfg)
   src_state, _, _ = ckpt_lib.Checkpoints(str(tmp_path / "small/checkpoints")).restore(
       2, src_setup.abstract_state)
 
@@ -75,7 +76,7 @@ def test_offline_growth_onto_another_mesh(tmp_path, data_dir):
   report = grow_checkpoint.grow_checkpoint(str(tmp_path / "small"), str(tmp_path / "grown"),
                                            large_cfg, method="stack", g=2)
   assert report["step"] == 2
-  large = train.build(large_cfg)
+  large = state_lib.build(large_cfg)
   grown, _, meta = ckpt_lib.Checkpoints(str(tmp_path / "grown")).restore(2, large.abstract_state)
   assert meta["grown_from"]["method"] == "stack"
   assert grown.params["layers"]["attn"]["q"].sharding.mesh.shape == large.mesh.shape

@@ -8,6 +8,7 @@ import pytest
 
 from growjax import checkpoint as ckpt_lib
 from growjax import config as config_lib
+from growjax import state as state_lib
 from growjax import train
 
 
@@ -43,8 +44,8 @@ def _batches(n, b=8, t=32, vocab=259):
 
 
 def _run_steps(cfg, devices, batches):
-  setup = train.build(cfg, devices)
-  state = train.init_state(setup, jax.random.key(0))
+  setup = state_lib.build(cfg, devices)
+  state = state_lib.init_state(setup, jax.random.key(0))
   step = train.make_train_step(setup)
   losses = []
   with jax.set_mesh(setup.mesh):
@@ -91,15 +92,15 @@ def test_resume_gives_identical_losses(tmp_path, data_dir):
 
 def test_checkpoint_restores_exactly_onto_another_mesh(tmp_path, data_dir):
   cfg8 = tiny_config(data=2, fsdp=2, tensor=2)
-  setup8 = train.build(cfg8, jax.devices())
-  state = train.init_state(setup8, jax.random.key(7))
+  setup8 = state_lib.build(cfg8, jax.devices())
+  state = state_lib.init_state(setup8, jax.random.key(7))
   ck = ckpt_lib.Checkpoints(str(tmp_path / "ck"), use_async=False)
   ck.save(5, state, {"pos": 5}, {"note": "x"}, force=True)
   ck.wait()
   expected = jax.device_get(state)
   for mesh, devices in ((dict(fsdp=8), jax.devices()), (dict(tensor=2, fsdp=2), jax.devices()[:4]),
                         ({}, jax.devices()[:1])):
-    setup = train.build(tiny_config(**mesh), devices)
+    setup = state_lib.build(tiny_config(**mesh), devices)
     restored, data_state, meta = ck.restore(5, setup.abstract_state)
     assert data_state == {"pos": 5} and meta == {"note": "x"}
     leaves = jax.tree.leaves(restored.params)
