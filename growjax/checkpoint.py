@@ -45,7 +45,8 @@ def absolute(path: str | os.PathLike) -> str:
 def _is_complete(step_dir: epath.Path) -> bool:
   if not (step_dir / "state").is_dir():
     return False
-  return not is_url(step_dir) or (step_dir / COMMIT_SUCCESS).exists()
+  # Elsewhere orbax renames a finished temporary directory into place (no marker).
+  return not os.fspath(step_dir).startswith("gs://") or (step_dir / COMMIT_SUCCESS).exists()
 
 
 def _complete_steps(directory: epath.Path) -> list[int]:
