@@ -2,12 +2,13 @@
 
   python benchmarks/memory_plan.py                          # default cases, 8/64/256 devices
   python benchmarks/memory_plan.py --devices 8,32 --case 7b_width_grow
+  python benchmarks/memory_plan.py --devices 128 --case 7b_train --remat dots --per_device 2
 
 Each device count runs in its own process on the CPU with that many fake devices
 (`--xla_force_host_platform_device_count`, set before jax is imported). There
-the real config is built on an fsdp mesh of all devices, and the functions
-growjax runs are compiled ahead of time on abstract, sharded inputs (nothing is
-allocated): the train step (`train.make_train_step`, lowered on
+the real config is built (`growjax.state.build`) on an fsdp mesh of all devices,
+and the functions growjax runs are compiled ahead of time on abstract, sharded
+inputs (nothing is allocated): the train step (`train.make_train_step`, lowered on
 `setup.abstract_state` and a batch in `setup.batch_sharding`), and growth (the
 one jitted function `grow_checkpoint.grow_state` runs, via its `lower=True`,
 lowered on the small state placed on the large mesh). Reported per device:
@@ -80,15 +81,18 @@ def memory_row(compiled, state) -> dict:
                         - m.alias_size_in_bytes + m.temp_size_in_bytes) / GIB}
 
 
-def train_case(cfg, per_device: int) -> dict:
+def train_case(cfg, per_device: int, remat: str = "") -> dict:
   import jax
   import jax.numpy as jnp
 
+  from growjax import state as state_lib
   from growjax import train
   n = jax.device_count()
   cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 1, -1, 1
   cfg.train.global_batch_size = per_device * n
-  setup = train.build(cfg)
+  if remat:
+    cfg.model.remat_policy = remat
+  setup = state_lib.build(cfg)
   batch = {k: jax.ShapeDtypeStruct((cfg.train.global_batch_size, cfg.data.seq_len), jnp.int32,
                                    sharding=setup.batch_sharding)
            for k in ("inputs", "targets")}
@@ -107,8 +111,9 @@ def grow_case(cfg, name: str) -> dict:
   import jax
   from growjax import config as config_lib
   from growjax import grow_checkpoint
+  from growjax import growth
   from growjax import stages
-  from growjax import train
+  from growjax import state as state_lib
   from growjax.model import ModelConfig
 
   cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 1, -1, 1
@@ -119,7 +124,7 @@ def grow_case(cfg, name: str) -> dict:
         remat_policy=cfg.model.remat_policy)
     cfg.growth.method = "stack"  # same depth: the width operator only (direct)
   g = cfg.growth
-  large = train.build(stages.large_stage_config(cfg, ""))
+  large = state_lib.build(stages.large_stage_config(cfg, ""))
   small = stages.small_stage_config(cfg)
   meta = {"model": small.model.to_dict(), "config": small.to_dict()}
   src_model, src_tx, src_abstract = grow_checkpoint._source_setup(meta, large)
@@ -136,24 +141,28 @@ def grow_case(cfg, name: str) -> dict:
   held = per_device_bytes(src_abstract) / GIB
   row["total_gib"] += max(0.0, held - row["arg_gib"])
   row["arg_gib"] = max(held, row["arg_gib"])
-  src = ModelConfig.from_config(small.model)
-  row.update(compile_s=time.perf_counter() - t0, params=large.model_cfg.num_params(),
+  src, dst = ModelConfig.from_config(small.model), large.model_cfg
+  spec = growth.resolve(src, dst, g.method, g.width_method or None)
+  ops = ([f"depth {spec.method}"] if spec.layer_map else []) + \
+      ([f"width {spec.width_method}"] if spec.width_method else [])
+  row.update(compile_s=time.perf_counter() - t0, params=dst.num_params(),
              src_params=src.num_params(),
              what=f"grow {src.num_layers}Lx{src.embed_dim} ({src.num_params() / 1e9:.2f}B) -> "
-                  f"{large.model_cfg.num_layers}Lx{large.model_cfg.embed_dim} "
-                  f"({large.model_cfg.num_params() / 1e9:.2f}B) by {g.method}"
-                  f"{' + width' if src.embed_dim != large.model_cfg.embed_dim else ''}, "
-                  f"opt_state {g.opt_state}")
+                  f"{dst.num_layers}Lx{dst.embed_dim} ({dst.num_params() / 1e9:.2f}B) by "
+                  f"{' + '.join(ops)}, opt_state {g.opt_state}")
   return row
 
 
-def run_cases(cases: list[str]) -> None:
+def run_cases(cases: list[str], per_device: int = 0, remat: str = "") -> None:
   import jax
   for name in cases:
-    kind, path, per_device = CASES[name]
+    kind, path, default_per_device = CASES[name]
     cfg = load_config(path)
     try:
-      row = train_case(cfg, per_device) if kind == "train" else grow_case(cfg, name)
+      if kind == "train":
+        row = train_case(cfg, per_device or default_per_device, remat)
+      else:
+        row = grow_case(cfg, name)
     except Exception as e:  # noqa: BLE001  (a case that does not compile is a result too)
       row = {"error": f"{type(e).__name__}: {e}"[-2000:]}
     row.update(case=name, devices=jax.device_count())
@@ -165,18 +174,22 @@ def main() -> None:
   p.add_argument("--devices", default="8,64,256", help="comma-separated fake device counts")
   p.add_argument("--case", action="append", choices=sorted(CASES),
                  help=f"default: all of {', '.join(DEFAULT_CASES)}")
+  p.add_argument("--per_device", type=int, default=0,
+                 help="train cases: sequences per device (default: the case's)")
+  p.add_argument("--remat", default="", help="train cases: remat policy (default: the config's)")
   p.add_argument("--_one", action="store_true", help=argparse.SUPPRESS)
   a = p.parse_args()
   cases = a.case or list(DEFAULT_CASES)
   if a._one:
-    run_cases(cases)
+    run_cases(cases, a.per_device, a.remat)
     return
   rows = []
   for n in [int(x) for x in a.devices.split(",")]:
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
                           f" --xla_force_host_platform_device_count={n}").strip())
-    cmd = [sys.executable, os.path.abspath(__file__), "--_one"]
+    cmd = [sys.executable, os.path.abspath(__file__), "--_one",
+           f"--per_device={a.per_device}", f"--remat={a.remat}"]
     for c in cases:
       cmd.append(f"--case={c}")
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)

@@ -20,9 +20,9 @@ def get_config(arg=None):
   c.train.log_every = 50
   c.train.eval_every = 2000
   c.train.checkpoint_every = 1000
-  c.model.remat_policy = "full"
+  c.model.remat_policy = "dots"
   c.growth.enabled = True
-  c.growth.small_model = model_config("8l_4096", remat_policy="full")
+  c.growth.small_model = model_config("8l_4096", remat_policy="dots")
   c.growth.small_steps = 9_500      # ~20B tokens at 1024 x 2048
   c.growth.method = "stack"
   return c

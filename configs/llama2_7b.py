@@ -21,5 +21,5 @@ def get_config(arg=None):
   c.train.log_every = 50
   c.train.eval_every = 2000
   c.train.checkpoint_every = 1000
-  c.model.remat_policy = "full"
+  c.model.remat_policy = "dots"
   return c

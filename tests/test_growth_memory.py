@@ -16,7 +16,7 @@ from growjax import config as config_lib
 from growjax import grow_checkpoint
 from growjax import sharding
 from growjax import stages
-from growjax import train
+from growjax import state as state_lib
 from growjax.growth import grow, placement, width
 from growjax.model import ModelConfig, init_params, logical_axes
 
@@ -39,10 +39,10 @@ def _config(small: dict, large: dict, method: str, width_method: str = ""):
   return c
 
 
-def _grow_memory(cfg, devices: int) -> tuple[dict, object, train.Setup]:
+def _grow_memory(cfg, devices: int) -> tuple[dict, object, state_lib.Setup]:
   """Per-device bytes of the compiled growth (`grow_state`'s jitted function)."""
   devs = jax.devices()[:devices]
-  large = train.build(stages.large_stage_config(cfg, ""), devs)
+  large = state_lib.build(stages.large_stage_config(cfg, ""), devs)
   small = stages.small_stage_config(cfg)
   src_model, src_tx, src_abstract = grow_checkpoint._source_setup(
       {"model": small.model.to_dict(), "config": small.to_dict()}, large)
