@@ -104,7 +104,8 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
 
 
 def validate(cfg: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:
-  """Checks a run config before any compute; returns the resolved mesh shape."""
+  """Checks a run config's model, mesh, train and optimizer fields before any compute;
+  returns the resolved mesh shape. The data fields: `validate_data`."""
   model = ModelConfig.from_config(cfg.model)
   model.validate()
   mesh_sizes = sharding.mesh_shape(cfg.mesh, num_devices)
@@ -149,10 +150,17 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]
     if not epath.Path(os.path.expanduser(t.init_from)).exists():
       raise ValueError(f"config.train.init_from={t.init_from!r} does not exist; point it at "
                        f"a growjax checkpoint directory (e.g. the output of `growjax grow`).")
+  return mesh_sizes
+
+
+def validate_data(cfg: ml_collections.ConfigDict) -> None:
+  """Checks `config.data` against the machine (files present, tokenizer loadable, its
+  vocabulary within the model's). Apart from `validate`: growing a checkpoint reads
+  no data, so it must not need the training corpus on the machine."""
   data_lib.check_data_config(cfg.data)
   tok = data_lib.make_tokenizer(cfg.data.tokenizer)
-  if tok.vocab_size > model.vocab_size:
-    raise ValueError(f"config.model.vocab_size={model.vocab_size} is smaller than the "
+  vocab = int(cfg.model.vocab_size)
+  if tok.vocab_size > vocab:
+    raise ValueError(f"config.model.vocab_size={vocab} is smaller than the "
                      f"tokenizer's vocabulary ({tok.vocab_size}, config.data.tokenizer="
                      f"{cfg.data.tokenizer!r}); raise config.model.vocab_size.")
-  return mesh_sizes

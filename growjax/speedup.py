@@ -13,11 +13,13 @@ The target defaults to the scratch run's final evaluation loss.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 
 import numpy as np
+from etils import epath
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -28,31 +30,32 @@ def _read_points(path: str) -> dict[int, tuple[float, float]]:
   The last record of a step wins (a resumed run appends its replayed steps again).
   """
   last = {}
-  with open(path) as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{lineno} is not JSON ({e}).") from e
-      last[int(record["step"])] = record
+  for lineno, line in enumerate(epath.Path(path).read_text().splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}:{lineno} is not JSON ({e}).") from e
+    last[int(record["step"])] = record
   return {step: (float(r["flops"]), float(r["eval_loss"])) for step, r in last.items()
           if r.get("eval_loss") is not None and r.get("flops") is not None
           and math.isfinite(r["eval_loss"])}
 
 
 def metrics_files(run: str) -> list[str]:
-  """The metrics files of a run: a file itself, a run dir, or a grow run's small/ + large/."""
-  if os.path.isfile(run):
+  """The metrics files of a run (local or gs://): a file itself, a run dir, or a grow
+  run's small/ + large/."""
+  root = epath.Path(run)
+  if root.is_file():
     return [run]
-  files = [os.path.join(run, d, METRICS_FILE) for d in ("small", "large")]
-  files = [f for f in files if os.path.isfile(f)]
+  files = [root / d / METRICS_FILE for d in ("small", "large")]
+  files = [str(f) for f in files if f.is_file()]
   if files:
     return files
-  single = os.path.join(run, METRICS_FILE)
-  if os.path.isfile(single):
-    return [single]
+  single = root / METRICS_FILE
+  if single.is_file():
+    return [str(single)]
   raise ValueError(f"{run!r} holds no {METRICS_FILE} (nor small/ and large/ ones of a grow "
                    "run); point at a growjax run directory.")
 
@@ -127,9 +130,12 @@ def plot(scratch: str, grown: str, result: dict, out_png: str) -> str:
                f"{result['flops_saved']:.1%} of FLOPs saved")
   ax.legend()
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
-  fig.savefig(out_png, dpi=120)
+  png = io.BytesIO()
+  fig.savefig(png, format="png", dpi=120)
   plt.close(fig)
+  out = epath.Path(out_png)          # a local path or gs://
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_bytes(png.getvalue())
   return out_png
 
 
@@ -151,7 +157,7 @@ def run(scratch: str, grown: str, target_loss: float | None = None,
   """`growjax speedup`: compare, print the report, write the plot."""
   result = compare(scratch, grown, target_loss)
   print(report(result))
-  out_png = out_png or os.path.join(grown, "speedup.png")
+  out_png = out_png or str(epath.Path(grown) / "speedup.png")
   result["plot"] = plot(scratch, grown, result, out_png)
   print(f"plot: {out_png}")
   return result

@@ -25,6 +25,7 @@ from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from growjax import checkpoint as ckpt_lib
+from growjax import config as config_lib
 from growjax import data as data_lib
 from growjax import distributed
 from growjax import loss as loss_lib
@@ -213,102 +214,163 @@ class _Stalls:
     return out
 
 
-def train(cfg: ml_collections.ConfigDict, workdir: str, *, devices=None,
-          stop_after_steps: int | None = None) -> dict[str, Any]:
-  """Runs (or resumes) a training run; returns the logged train / eval losses by step
-  (`loss`, `eval_loss`) and `stopped_at`: the step it stopped early at, or None.
+class _Accounting:
+  """FLOPs, MFU (both conventions), tokens/s without stalls, and the progress line."""
 
-  `stop_after_steps` stops like a preemption after that many steps of this call
-  (used by tests and by multi-stage runs).
-  """
-  setup = build(cfg, devices)
-  tc = cfg.train
-  is_main = jax.process_index() == 0
-  writer = metrics_lib.MetricWriter(workdir, enabled=is_main,
-                                    tensorboard=cfg.metrics.tensorboard)
-  checkpoints = ckpt_lib.Checkpoints(str(epath.Path(workdir) / "checkpoints"),
-                                     save_every=tc.checkpoint_every, keep=tc.keep_checkpoints,
-                                     use_async=tc.async_checkpointing)
+  def __init__(self, setup: Setup, start_step: int, restored_meta: dict):
+    cfg = setup.cfg
+    self.setup, self.start_step = setup, start_step
+    self.flops_per_token = setup.model_cfg.flops_per_token(cfg.data.seq_len)
+    self.causal_flops_per_token = setup.model_cfg.flops_per_token(cfg.data.seq_len,
+                                                                  causal=True)
+    self.peak = metrics_lib.peak_tflops(setup.mesh.devices.flat[0],
+                                        cfg.metrics.peak_tflops_per_chip)
+    # Training FLOPs of the whole run so far, a grown model's small stage included
+    # (carried in checkpoint metadata), so loss-vs-compute curves compare fairly.
+    self.base_flops = float(restored_meta.get("flops_seen", 0.0))
+    self.throughput = metrics_lib.Throughput(start_step, cfg.train.steps)
+    self.stalls = _Stalls()
+
+  def flops_seen(self, step: int) -> float:
+    return self.base_flops + ((step - self.start_step) * self.setup.tokens_per_step *
+                              self.flops_per_token)
+
+  def values(self, step: int, device_metrics: dict, eval_loss: float | None
+             ) -> tuple[dict, float]:
+    values = {k: float(v) for k, v in to_host(device_metrics).items()}
+    eval_s, checkpoint_s = self.stalls.take()
+    tokens = self.setup.tokens_per_step
+    tps, eta = self.throughput.update(step, tokens, eval_s + checkpoint_s)
+    chips = self.setup.mesh.size
+    values.update(tokens_per_second=tps or None, eval_loss=eval_loss,
+                  tokens_seen=step * tokens, flops=self.flops_seen(step),
+                  mfu=metrics_lib.mfu(self.flops_per_token, tps, chips, self.peak),
+                  mfu_causal=metrics_lib.mfu(self.causal_flops_per_token, tps, chips,
+                                             self.peak),
+                  eval_s=eval_s, checkpoint_s=checkpoint_s)
+    return values, eta
+
+
+def _open_data(setup: Setup):
+  """The train iterator and the fixed eval set, each process loading the rows it holds."""
+  cfg, tc = setup.cfg, setup.cfg.train
   host = HostBatches.of(setup.batch_sharding, tc.global_batch_size)
   data_iter = data_lib.train_iterator(cfg.data, global_batch_size=tc.global_batch_size,
                                       seed=cfg.seed, rows=host.rows)
   eval_data = [host.to_global(b) for b in data_lib.eval_batches(
       cfg.data, global_batch_size=tc.global_batch_size, num_batches=tc.eval_batches,
       rows=host.rows)]
+  return host, data_iter, eval_data
 
-  state, restored_meta = restore_or_init(setup, checkpoints, data_iter, writer)
-  train_step, eval_step = make_train_step(setup), make_eval_step(setup)
-  meta = run_meta(setup)
-  flops_per_token = setup.model_cfg.flops_per_token(cfg.data.seq_len)
-  causal_flops_per_token = setup.model_cfg.flops_per_token(cfg.data.seq_len, causal=True)
-  peak = metrics_lib.peak_tflops(setup.mesh.devices.flat[0], cfg.metrics.peak_tflops_per_chip)
-  step = int(to_host(state.step))
-  start_step = step
-  # Training FLOPs of the whole run so far, a grown model's small stage included
-  # (carried in checkpoint metadata), so loss-vs-compute curves compare fairly.
-  base_flops = float(restored_meta.get("flops_seen", 0.0))
-  flops_seen = lambda at: base_flops + (at - start_step) * setup.tokens_per_step * flops_per_token
-  history: dict[str, Any] = {"loss": {}, "eval_loss": {}, "stopped_at": None}
-  if step >= tc.steps:
-    writer.text(f"nothing to do: checkpoint step {step} >= config.train.steps={tc.steps}")
-  writer.text(f"model {setup.model_cfg.num_params() / 1e6:.1f}M params, "
-              f"{flops_per_token / 1e9:.3g} GFLOP/token, mesh {dict(setup.mesh.shape)}, "
-              f"{setup.tokens_per_step} tokens/step, steps {step}->{tc.steps}")
-  throughput = metrics_lib.Throughput(step, tc.steps)
-  stalls = _Stalls()
-  pending = None
 
-  def report(at_step: int, device_metrics: dict, eval_loss: float | None):
-    values = {k: float(v) for k, v in to_host(device_metrics).items()}
+def train(cfg: ml_collections.ConfigDict, workdir: str, *, devices=None,
+          stop_after_steps: int | None = None) -> dict[str, Any]:
+  """Runs (or resumes) a training run; returns the logged train / eval losses by step
+  (`loss`, `eval_loss`) and `stopped_at`: the step it stopped early at, or None.
+
+  `stop_after_steps` stops like a preemption after that many steps of this call
+  (used by tests and by multi-stage runs). Metrics and checkpoints in flight are
+  flushed however the run ends.
+  """
+  setup = build(cfg, devices)
+  config_lib.validate_data(cfg)
+  tc = cfg.train
+  writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0,
+                                    tensorboard=cfg.metrics.tensorboard)
+  checkpoints = ckpt_lib.Checkpoints(str(epath.Path(workdir) / "checkpoints"),
+                                     save_every=tc.checkpoint_every, keep=tc.keep_checkpoints,
+                                     use_async=tc.async_checkpointing)
+  try:
+    return _Loop(setup, writer, checkpoints, stop_after_steps).run()
+  finally:
+    checkpoints.wait()
+    checkpoints.close()
+    writer.close()
+
+
+class _Loop:
+  """One call of `train`: restore, then step, report, evaluate and save until done."""
+
+  def __init__(self, setup: Setup, writer, checkpoints: ckpt_lib.Checkpoints,
+               stop_after_steps: int | None):
+    self.setup, self.writer, self.checkpoints = setup, writer, checkpoints
+    self.stop_after_steps = stop_after_steps
+    self.host, self.data_iter, self.eval_data = _open_data(setup)
+    self.state, restored_meta = restore_or_init(setup, checkpoints, self.data_iter, writer)
+    self.train_step, self.eval_step = make_train_step(setup), make_eval_step(setup)
+    self.meta = run_meta(setup)
+    self.step = int(to_host(self.state.step))
+    self.start_step = self.step
+    self.account = _Accounting(setup, self.step, restored_meta)
+    self.history: dict[str, Any] = {"loss": {}, "eval_loss": {}, "stopped_at": None}
+
+  def report(self, step: int, device_metrics: dict, eval_loss: float | None) -> None:
+    values, eta = self.account.values(step, device_metrics, eval_loss)
     if not math.isfinite(values["loss"]):
       raise FloatingPointError(
-          f"train loss is {values['loss']} at step {at_step}; lower config.optimizer.peak_lr "
+          f"train loss is {values['loss']} at step {step}; lower config.optimizer.peak_lr "
           f"or raise warmup_steps. The last complete checkpoint is step "
-          f"{checkpoints.latest_step()} in {checkpoints.directory}.")
-    history["loss"][at_step] = values["loss"]
-    eval_s, checkpoint_s = stalls.take()
-    tps, eta = throughput.update(at_step, setup.tokens_per_step, eval_s + checkpoint_s)
-    values.update(tokens_per_second=tps or None, eval_loss=eval_loss,
-                  tokens_seen=at_step * setup.tokens_per_step, flops=flops_seen(at_step),
-                  mfu=metrics_lib.mfu(flops_per_token, tps, setup.mesh.size, peak),
-                  mfu_causal=metrics_lib.mfu(causal_flops_per_token, tps, setup.mesh.size, peak),
-                  eval_s=eval_s, checkpoint_s=checkpoint_s)
-    writer.scalars(at_step, values)
-    writer.text(metrics_lib.format_progress(at_step, tc.steps, values, eta))
+          f"{self.checkpoints.latest_step()} in {self.checkpoints.directory}.")
+    self.history["loss"][step] = values["loss"]
+    self.writer.scalars(step, values)
+    self.writer.text(metrics_lib.format_progress(step, self.setup.cfg.train.steps, values,
+                                                 eta))
 
-  def evaluate() -> float:
+  def evaluate(self) -> float:
     # Queue every eval batch before reading any: one host sync, not one per batch.
-    return float(np.mean(to_host([eval_step(state.params, b) for b in eval_data])))
+    return float(np.mean(to_host([self.eval_step(self.state.params, b)
+                                  for b in self.eval_data])))
 
-  with _StopSignal() as stop, jax.set_mesh(setup.mesh):
-    while step < tc.steps:
-      batch = host.to_global(next(data_iter))
-      state, step_metrics = train_step(state, batch)
-      step += 1
-      # Read the previous step's metrics only now: the device already has this step queued.
-      if pending is not None:
-        report(*pending)
-        pending = None
-      eval_loss = None
-      if (tc.eval_every and step % tc.eval_every == 0) or step == tc.steps:
-        eval_loss = stalls.timed("eval_s", state, evaluate)
-        history["eval_loss"][step] = eval_loss
-      if step % tc.log_every == 0 or step == tc.steps or eval_loss is not None:
-        pending = (step, step_metrics, eval_loss)
-      interrupted = stop.event.is_set() or checkpoints.reached_preemption(step) or (
-          stop_after_steps is not None and step - start_step >= stop_after_steps)
-      force = interrupted or step == tc.steps
-      if force or checkpoints.manager.should_save(step):
-        stalls.timed("checkpoint_s", state, lambda: checkpoints.save(
-            step, state, data_iter.get_state(), dict(meta, flops_seen=flops_seen(step)),
-            force=force))
-      if interrupted:
-        writer.text(f"stopping at step {step}: checkpoint saved")
-        history["stopped_at"] = step if step < tc.steps else None
-        break
+  def should_stop(self) -> bool:
+    """SIGTERM / preemption (agreed by all processes), or `stop_after_steps` reached.
+    `reached_preemption` is asked at every step, as JAX's sync protocol needs."""
+    preempted = self.checkpoints.reached_preemption(self.step)
+    return self.signal.event.is_set() or preempted or (
+        self.stop_after_steps is not None and
+        self.step - self.start_step >= self.stop_after_steps)
+
+  def save(self, force: bool) -> None:
+    if force or self.checkpoints.manager.should_save(self.step):
+      meta = dict(self.meta, flops_seen=self.account.flops_seen(self.step))
+      self.account.stalls.timed("checkpoint_s", self.state, lambda: self.checkpoints.save(
+          self.step, self.state, self.data_iter.get_state(), meta, force=force))
+
+  def one_step(self, pending):
+    """Dispatches a step, then reads the previous step's metrics (the device already
+    has this one queued); returns what to report after the next step."""
+    tc = self.setup.cfg.train
+    batch = self.host.to_global(next(self.data_iter))
+    self.state, step_metrics = self.train_step(self.state, batch)
+    self.step += 1
     if pending is not None:
-      report(*pending)
-  checkpoints.wait()
-  checkpoints.close()
-  writer.close()
-  return history
+      self.report(*pending)
+    eval_loss = None
+    if (tc.eval_every and self.step % tc.eval_every == 0) or self.step == tc.steps:
+      eval_loss = self.account.stalls.timed("eval_s", self.state, self.evaluate)
+      self.history["eval_loss"][self.step] = eval_loss
+    if self.step % tc.log_every == 0 or self.step == tc.steps or eval_loss is not None:
+      return (self.step, step_metrics, eval_loss)
+    return None
+
+  def run(self) -> dict[str, Any]:
+    setup, tc = self.setup, self.setup.cfg.train
+    if self.step >= tc.steps:
+      self.writer.text(f"nothing to do: checkpoint step {self.step} >= "
+                       f"config.train.steps={tc.steps}")
+    self.writer.text(
+        f"model {setup.model_cfg.num_params() / 1e6:.1f}M params, "
+        f"{self.account.flops_per_token / 1e9:.3g} GFLOP/token, mesh {dict(setup.mesh.shape)}, "
+        f"{setup.tokens_per_step} tokens/step, steps {self.step}->{tc.steps}")
+    pending = None
+    with _StopSignal() as self.signal, jax.set_mesh(setup.mesh):
+      while self.step < tc.steps:
+        pending = self.one_step(pending)
+        interrupted = self.should_stop()
+        self.save(force=interrupted or self.step == tc.steps)
+        if interrupted:
+          self.writer.text(f"stopping at step {self.step}: checkpoint saved")
+          self.history["stopped_at"] = self.step if self.step < tc.steps else None
+          break
+      if pending is not None:
+        self.report(*pending)
+    return self.history
