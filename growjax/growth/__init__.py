@@ -73,8 +73,9 @@ def grow(params: Any, src: ModelConfig, dst: ModelConfig, method: str = "stack",
     learn_steps, learn_lr: Adam steps and learning rate of `learn` (each of
       the width and the depth phase, when both grow).
     mesh, rules: the large model's mesh and logical-axis rules; default: those
-      in context (`jax.set_mesh`, `nn.logical_axis_rules`), else none (no
-      sharding constraints). `learn` needs a concrete mesh to place its steps.
+      in context (`jax.set_mesh`, `nn.logical_axis_rules`; a given mesh with no
+      rules anywhere takes `growjax.sharding.DEFAULT_RULES`), else none: no
+      sharding constraints. `learn` needs a concrete mesh to place its steps.
   """
   spec = resolve(src, dst, method, width_method, layer_map)
   if spec.needs_rng and rng is None:

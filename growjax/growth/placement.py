@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec as P
 
+from growjax import sharding
 from growjax.growth import layout
 from growjax.model import ModelConfig
 
@@ -68,8 +69,11 @@ def resolve(mesh: Mesh | AbstractMesh | None = None, rules: Any = None) -> Place
   """The placement growth runs under: the arguments, else the context's; None without one.
 
   The context is `jax.set_mesh(mesh)` (outside jit: the concrete mesh; inside a
-  caller's jit: its abstract mesh) and `nn.logical_axis_rules(rules)`.
+  caller's jit: its abstract mesh) and `nn.logical_axis_rules(rules)`. A mesh
+  passed without rules, with none in context, takes `sharding.DEFAULT_RULES`; a
+  mesh from context without rules places nothing.
   """
+  given = mesh is not None
   if mesh is None:
     mesh = jax.sharding.get_abstract_mesh()
     if not mesh.empty:
@@ -78,9 +82,11 @@ def resolve(mesh: Mesh | AbstractMesh | None = None, rules: Any = None) -> Place
         mesh = mesh if concrete.empty else concrete
       except ValueError:  # inside a trace only the abstract mesh exists
         pass
+  if mesh is None or mesh.empty:
+    return None
   if rules is None:
-    rules = nn.get_logical_axis_rules()
-  if mesh is None or mesh.empty or not rules:
+    rules = nn.get_logical_axis_rules() or (sharding.DEFAULT_RULES if given else ())
+  if not rules:
     return None
   return Placement(mesh, _tuple_rules(rules))
 
