@@ -27,7 +27,7 @@ def run_case(spec: str, method: str, workdir: str) -> dict:
 
   from growjax import checkpoint as ckpt_lib
   from growjax import config as config_lib
-  from growjax import grow_checkpoint
+  from growjax.growth import offline
   from growjax import state as state_lib
 
   src_preset, dst = spec.split(":")
@@ -49,7 +49,7 @@ def run_case(spec: str, method: str, workdir: str) -> dict:
   ck.close()
   src_write_s = time.perf_counter() - t0
   del state
-  report = grow_checkpoint.grow_checkpoint(src_dir, dst_dir, dst_cfg, method=method,
+  report = offline.grow_checkpoint(src_dir, dst_dir, dst_cfg, method=method,
                                            log=lambda s: print(s, file=sys.stderr))
   size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(dst_dir) for f in fs)
   report.update(case=spec, method=method, src_write_s=src_write_s, dst_bytes=size,

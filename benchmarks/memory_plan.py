@@ -10,7 +10,7 @@ the real config is built (`growjax.state.build`) on an fsdp mesh of all devices,
 and the functions growjax runs are compiled ahead of time on abstract, sharded
 inputs (nothing is allocated): the train step (`train.make_train_step`, lowered on
 `setup.abstract_state` and a batch in `setup.batch_sharding`), and growth (the
-one jitted function `grow_checkpoint.grow_state` runs, via its `lower=True`,
+one jitted function `offline.grow_state` runs, via its `lower=True`,
 lowered on the small state placed on the large mesh). Reported per device:
 params and optimizer state from the shardings' per-device shapes, and from
 `compiled.memory_analysis()` the arguments, outputs, temporaries and their
@@ -110,9 +110,9 @@ def grow_case(cfg, name: str) -> dict:
   import flax.linen as nn
   import jax
   from growjax import config as config_lib
-  from growjax import grow_checkpoint
+  from growjax.growth import offline
   from growjax import growth
-  from growjax import stages
+  from growjax.growth import stages
   from growjax import state as state_lib
   from growjax.model import ModelConfig
 
@@ -127,10 +127,10 @@ def grow_case(cfg, name: str) -> dict:
   large = state_lib.build(stages.large_stage_config(cfg, ""))
   small = stages.small_stage_config(cfg)
   meta = {"model": small.model.to_dict(), "config": small.to_dict()}
-  src_model, src_tx, src_abstract = grow_checkpoint._source_setup(meta, large)
+  src_model, src_tx, src_abstract = offline._source_setup(meta, large)
   with jax.set_mesh(large.mesh), nn.logical_axis_rules(large.rules):
     t0 = time.perf_counter()
-    lowered = grow_checkpoint.grow_state(
+    lowered = offline.grow_state(
         src_abstract, src_model, src_tx, large, method=g.method,
         width_method=g.width_method or None, layer_map=None, opt_state=g.opt_state,
         schedule=g.schedule, rng=jax.random.key(0), lower=True)

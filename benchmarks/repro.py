@@ -37,7 +37,7 @@ def train(config: str, workdir: str, overrides: list[str]) -> float:
 
 
 def main_part(workdir: str, overrides: list[str]) -> dict:
-  from growjax import speedup
+  from growjax.growth import speedup
   times = {"scratch": train("configs/repro/scratch.py", os.path.join(workdir, "scratch"),
                             overrides),
            "stack": train("configs/repro/stack.py:stack", os.path.join(workdir, "stack"),
@@ -52,7 +52,7 @@ def main_part(workdir: str, overrides: list[str]) -> dict:
 
 
 def operators_part(workdir: str, overrides: list[str]) -> list[dict]:
-  from growjax import speedup
+  from growjax.growth import speedup
   rows = []
   base = os.path.join(workdir, "operators")
   for run in OPERATOR_RUNS:

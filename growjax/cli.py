@@ -107,7 +107,7 @@ def _run_train(fv):
     raise CommandError(f"--workdir={workdir} is a file — give a directory (it is created "
                        f"if missing)")
   _init_distributed(fv)
-  from growjax import stages
+  from growjax.growth import stages
   stages.run(fv.config, workdir)
 
 
@@ -139,8 +139,8 @@ def _define_grow(fv):
 def _run_grow(fv):
   layer_map = parse_layer_map(fv.layer_map)
   _init_distributed(fv)
-  from growjax import grow_checkpoint
-  grow_checkpoint.grow_checkpoint(
+  from growjax.growth import offline
+  offline.grow_checkpoint(
       fv["from"].value, fv.to, fv.config, method=fv.method, width_method=fv.width_method,
       step=fv.step, g=fv.g, layer_map=layer_map, opt_state=fv.opt_state,
       schedule=fv.schedule, seed=fv.seed)
@@ -155,8 +155,8 @@ def _define_plan(fv):
 
 
 def _run_plan(fv):
-  from growjax import plan
-  print(plan.describe(fv.params, fv.flops, fv.tokens, fv.config))
+  from growjax.growth import timing
+  print(timing.describe(fv.params, fv.flops, fv.tokens, fv.config))
 
 
 def _define_tokenizer(fv):
@@ -183,7 +183,7 @@ def _define_speedup(fv):
 
 
 def _run_speedup(fv):
-  from growjax import speedup
+  from growjax.growth import speedup
   speedup.run(fv.scratch, fv.grown, fv.target_loss, fv.out)
 
 

@@ -27,7 +27,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 from test_stages import grow_config  # noqa: E402
 from test_train import tiny_config  # noqa: E402
 
-from growjax import data, stages, train  # noqa: E402
+from growjax import data, train  # noqa: E402
+from growjax.growth import stages  # noqa: E402
 from growjax import state as state_lib  # noqa: E402
 
 assert jax.process_count() == nproc and jax.device_count() == spec["devices"] * nproc

@@ -12,7 +12,7 @@ import pytest
 from growjax import checkpoint as ckpt_lib
 from growjax import config as config_lib
 from growjax import sharding
-from growjax import stages
+from growjax.growth import stages
 from growjax import state as state_lib
 from growjax import train
 from test_stages import grow_config

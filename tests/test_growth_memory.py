@@ -2,7 +2,7 @@
 large model's sharding, and results equal growth without a mesh.
 
 Memory is read from `compiled.memory_analysis()` of the function `growjax grow`
-runs (`grow_checkpoint.grow_state(lower=True)`), compiled for the first 2 and
+runs (`offline.grow_state(lower=True)`), compiled for the first 2 and
 for all 8 fake CPU devices (tests/conftest.py)."""
 
 import functools
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from growjax import config as config_lib
-from growjax import grow_checkpoint
+from growjax.growth import offline
 from growjax import sharding
-from growjax import stages
+from growjax.growth import stages
 from growjax import state as state_lib
 from growjax.growth import grow, placement, width
 from growjax.model import ModelConfig, init_params, logical_axes
@@ -44,10 +44,10 @@ def _grow_memory(cfg, devices: int) -> tuple[dict, object, state_lib.Setup]:
   devs = jax.devices()[:devices]
   large = state_lib.build(stages.large_stage_config(cfg, ""), devs)
   small = stages.small_stage_config(cfg)
-  src_model, src_tx, src_abstract = grow_checkpoint._source_setup(
+  src_model, src_tx, src_abstract = offline._source_setup(
       {"model": small.model.to_dict(), "config": small.to_dict()}, large)
   g = cfg.growth
-  compiled = grow_checkpoint.grow_state(
+  compiled = offline.grow_state(
       src_abstract, src_model, src_tx, large, method=g.method,
       width_method=g.width_method or None, layer_map=None, opt_state="reset",
       schedule="continue", rng=jax.random.key(0), lower=True).compile()

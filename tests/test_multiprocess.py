@@ -16,7 +16,7 @@ import pytest
 
 from growjax import checkpoint as ckpt_lib
 from growjax import data
-from growjax import stages
+from growjax.growth import stages
 from growjax import train
 from test_stages import grow_config
 from test_train import tiny_config

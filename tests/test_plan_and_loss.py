@@ -6,21 +6,22 @@ import numpy as np
 import optax
 import pytest
 
-from growjax import loss, plan
+from growjax import loss
+from growjax.growth import timing
 
 
 @pytest.mark.parametrize("params,tokens,expected_d", [
     (7e9, 2e12, 11.11e9), (13e9, 2e12, 15.84e9), (70e9, 2e12, 42.48e9)])
 def test_plan_matches_paper_examples(params, tokens, expected_d):
-  d = plan.growth_tokens(params, plan.budget_flops(params, tokens))
+  d = timing.growth_tokens(params, timing.budget_flops(params, tokens))
   assert d == pytest.approx(expected_d, rel=0.02)
 
 
 def test_plan_rejects_bad_input():
   with pytest.raises(ValueError, match="--params"):
-    plan.growth_tokens(-1, 1e20)
+    timing.growth_tokens(-1, 1e20)
   with pytest.raises(ValueError, match="--flops"):
-    plan.describe(1e9, None, None)
+    timing.describe(1e9, None, None)
 
 
 @pytest.mark.parametrize("chunk", [4, 16])

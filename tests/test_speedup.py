@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from growjax import cli
-from growjax import speedup
+from growjax.growth import speedup
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -8,8 +8,8 @@ import pytest
 from growjax import checkpoint as ckpt_lib
 from growjax import cli
 from growjax import config as config_lib
-from growjax import grow_checkpoint
-from growjax import stages
+from growjax.growth import offline
+from growjax.growth import stages
 from growjax import state as state_lib
 from growjax import train
 
@@ -73,7 +73,7 @@ def test_offline_growth_onto_another_mesh(tmp_path, data_dir):
 
   large_cfg = stages.large_stage_config(cfg, "")
   large_cfg.mesh.data, large_cfg.mesh.fsdp, large_cfg.mesh.tensor = 1, 4, 2  # another shape
-  report = grow_checkpoint.grow_checkpoint(str(tmp_path / "small"), str(tmp_path / "grown"),
+  report = offline.grow_checkpoint(str(tmp_path / "small"), str(tmp_path / "grown"),
                                            large_cfg, method="stack", g=2)
   assert report["step"] == 2
   large = state_lib.build(large_cfg)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from growjax import checkpoint as ckpt_lib
-from growjax import growth
+from growjax import growth  # the operators (growjax/growth/__init__.py)
 from growjax import optimizer as opt_lib
 from growjax import state as state_lib
 from growjax.model import ModelConfig, logical_axes

@@ -14,7 +14,7 @@ from etils import epath
 
 from growjax import checkpoint as ckpt_lib
 from growjax import distributed
-from growjax import grow_checkpoint
+from growjax.growth import offline
 from growjax import train as train_lib
 
 
@@ -78,7 +78,7 @@ def run_grow(cfg: ml_collections.ConfigDict, workdir: str, log=print,
       return history
   if large_latest < 0 and grown_latest < 0:
     log(f"== stage 2/3: grow by {g.method} -> {grown_dir}")
-    grow_checkpoint.grow_checkpoint(
+    offline.grow_checkpoint(
         str(epath.Path(small_dir) / "checkpoints"), grown_dir, large_stage_config(cfg, ""),
         method=g.method, width_method=g.width_method or None, step=g.small_steps,
         layer_map=_layer_map(cfg), opt_state=g.opt_state, schedule=g.schedule,

@@ -1,0 +1,105 @@
+"""`grow`: the pure function from a small model's params to a large one's.
+
+It reads each leaf's logical axes (`layout`), resolves the method pair
+(`spec`), grows width first (at the small depth, the cheaper order), then
+depth, each jitted and placed on the caller's mesh (`placement`). The
+package docstring (`growjax.growth`) lists the operators.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Iterable, Sequence
+
+import jax
+
+from growjax.growth import depth, layout, learn, placement, width
+from growjax.growth.spec import GrowthSpec, resolve
+from growjax.model import ModelConfig, init_params
+
+def _first_layers(tree: Any, cfg: ModelConfig, n: int) -> Any:
+  def leaf(names, x):
+    a = layout.layer_axis(names)
+    return x if a is None else jax.lax.slice_in_dim(x, 0, n, axis=a)
+  return layout.map_leaves(leaf, cfg, tree)
+
+
+def grow(params: Any, src: ModelConfig, dst: ModelConfig, method: str = "stack", *,
+         width_method: str | None = None, layer_map: Sequence[int] | None = None,
+         rng: jax.Array | None = None, learn_batches: Iterable | None = None,
+         learn_steps: int = 100, learn_lr: float = 1e-3,
+         mesh: jax.sharding.Mesh | None = None, rules: Any = None) -> Any:
+  """Params of `src` -> params of `dst`.
+
+  Args:
+    params: the small model's unboxed params.
+    src, dst: the small and large configs (same vocab_size, head_dim,
+      tie_embeddings; every other size equal or larger).
+    method: depthwise operator (see the module docstring).
+    width_method: widthwise operator; default: the family of `method`.
+    layer_map: one small-layer index per large layer, -1 for a new layer
+      (`zero` / `random` only). For `direct` it is required; for `zero` /
+      `random` it places the old layers; for `learn` it is the starting map.
+    rng: key for the initialiser; needed by `zero` and `random` (new layers /
+      units take their initial values, except the zeroed ones, from
+      `init_params(dst, key)`, so they have the large model's init std).
+    learn_batches: iterable of int32 tokens (batch, seq_len + 1), for `learn`;
+      a re-iterable source (a list) is gone round until `learn_steps` steps.
+    learn_steps, learn_lr: Adam steps and learning rate of `learn` (each of
+      the width and the depth phase, when both grow).
+    mesh, rules: the large model's mesh and logical-axis rules; default: those
+      in context (`jax.set_mesh`, `nn.logical_axis_rules`; a given mesh with no
+      rules anywhere takes `growjax.sharding.DEFAULT_RULES`), else none: no
+      sharding constraints. `learn` needs a concrete mesh to place its steps.
+  """
+  spec = resolve(src, dst, method, width_method, layer_map)
+  if spec.needs_rng and rng is None:
+    raise ValueError(f"method={method!r} / width_method={spec.width_method!r} draws new "
+                     f"weights from the initialiser: pass rng=jax.random.key(seed).")
+  if rng is None:
+    rng = jax.random.key(0)  # unused: nothing random is drawn
+  width_key, depth_key = jax.random.split(rng)
+  place = placement.resolve(mesh, rules)
+  static_place = place.abstract if place is not None else None
+
+  if spec.width_method == "learn":
+    params, _ = learn.learn_width(params, src, spec.mid, learn_batches, learn_steps, learn_lr,
+                                  place=place)
+  elif spec.width_method is not None:
+    params = _widen(params, width_key, spec, static_place)
+  if spec.layer_map is None:
+    return params
+  if spec.method == "learn":
+    params, _ = learn.learn_depth(params, spec.mid, dst.num_layers, spec.layer_map,
+                                  learn_batches, learn_steps, learn_lr, place=place)
+    return params
+  return _deepen(params, depth_key, spec, static_place)
+
+
+# Jitted so each leaf's gather, rescale and select fuse into one pass; inside a
+# caller's jit they are simply inlined. The placement is a static argument (not
+# read from context while tracing): flax's rules are no part of jax's trace cache
+# key, so a trace made without them must never serve a call made with them.
+# Under a placement `init_params` unboxes into constrained leaves (flax applies
+# each parameter's logical sharding): the fresh values are made sharded.
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _widen(params: Any, key: jax.Array, spec: GrowthSpec,
+           place: placement.Placement | None) -> Any:
+  with placement.entered(place):
+    fresh = None
+    if spec.width_method in ("zero", "random"):
+      # dst's own initialiser: its output-projection std depends on dst.num_layers.
+      fresh = _first_layers(init_params(spec.dst, key), spec.dst, spec.src.num_layers)
+      fresh = placement.constrain_tree(spec.mid, fresh)
+    return width.grow_width(params, spec.src, spec.mid, spec.width_method, fresh)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _deepen(params: Any, key: jax.Array, spec: GrowthSpec,
+            place: placement.Placement | None) -> Any:
+  with placement.entered(place):
+    fill = init_params(spec.dst, key) if depth.NEW in spec.layer_map else None
+    grown = depth.expand_layers(params, spec.mid, spec.layer_map, fill,
+                                zero_writers=spec.method == "zero")
+    return placement.constrain_tree(spec.dst, grown)
