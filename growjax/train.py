@@ -184,7 +184,9 @@ def restore_or_init(setup: Setup, checkpoints: ckpt_lib.Checkpoints, data_iter, 
     if data_state:
       data_iter.set_state(data_state)
     writer.text(f"initialised from {directory}/{step} (step {int(to_host(state.step))})")
-    return state, meta
+    # The grown checkpoint's FLOPs are the small stage's: kept apart so that
+    # `growjax speedup` can check a grown run counts them.
+    return state, dict(meta, small_stage_flops=float(meta.get("flops_seen", 0.0)))
   return init_state(setup, jax.random.key(cfg.seed)), {}
 
 
@@ -298,7 +300,8 @@ class _Loop:
     self.host, self.data_iter, self.eval_data = _open_data(setup)
     self.state, restored_meta = restore_or_init(setup, checkpoints, self.data_iter, writer)
     self.train_step, self.eval_step = make_train_step(setup), make_eval_step(setup)
-    self.meta = run_meta(setup)
+    self.meta = dict(run_meta(setup),
+                     small_stage_flops=float(restored_meta.get("small_stage_flops", 0.0)))
     self.step = int(to_host(self.state.step))
     self.start_step = self.step
     self.account = _Accounting(setup, self.step, restored_meta)
@@ -306,6 +309,8 @@ class _Loop:
 
   def report(self, step: int, device_metrics: dict, eval_loss: float | None) -> None:
     values, eta = self.account.values(step, device_metrics, eval_loss)
+    if self.meta["small_stage_flops"]:
+      values["small_stage_flops"] = self.meta["small_stage_flops"]
     if not math.isfinite(values["loss"]):
       raise FloatingPointError(
           f"train loss is {values['loss']} at step {step}; lower config.optimizer.peak_lr "

@@ -89,7 +89,9 @@ def test_clear_errors(tmp_path, runs):
     speedup.load_curve(no_eval)
   with pytest.raises(ValueError, match=r"scratch run .* never reaches .* \(its best is 2.0000"):
     speedup.compare(scratch, grown, target_loss=1.0)
-  slow = write_run(tmp_path / "slow", [(1, 50.0, 3.0), (2, 200.0, 2.5)])
+  slow = tmp_path / "slow"
+  write_run(slow / "small", [(1, 50.0, 3.0)])
+  slow = write_run(slow / "large", [(2, 200.0, 2.5)]).rsplit("/", 1)[0]
   with pytest.raises(ValueError, match=r"grown run .* never reaches the target loss 2.0000 "
                      r"\(its best is 2.5000"):
     speedup.compare(scratch, slow)
@@ -123,3 +125,20 @@ def test_plot_without_matplotlib_says_what_to_install(runs, tmp_path, monkeypatc
   monkeypatch.setitem(sys.modules, "matplotlib", None)   # import matplotlib -> ImportError
   with pytest.raises(ValueError, match=r"pip install 'growjax\[plot\]'"):
     speedup.plot(scratch, grown, result, str(tmp_path / "p.png"))
+
+
+def test_a_grown_run_must_count_its_small_stage(runs, tmp_path):
+  """A large stage logged without the small stage's FLOPs would overstate the speedup."""
+  scratch, _ = runs
+  bad = tmp_path / "bad"
+  write_run(bad / "small", [(1, 10.0, 3.5), (2, 20.0, 3.2)])
+  write_run(bad / "large", [(3, 10.0, 3.0), (4, 30.0, 2.2), (5, 50.0, 1.8)])
+  with pytest.raises(ValueError, match="leave out the small stage"):
+    speedup.compare(scratch, str(bad))
+  single = write_run(tmp_path / "single", [(3, 30.0, 3.0), (4, 50.0, 1.9)])
+  with pytest.raises(ValueError, match="carry no small stage's FLOPs"):
+    speedup.compare(scratch, single)
+  with open(os.path.join(single, "metrics.jsonl"), "a") as f:
+    f.write(json.dumps({"step": 5, "loss": 1.0, "eval_loss": 1.8, "flops": 70.0,
+                        "small_stage_flops": 20.0}) + "\n")
+  assert speedup.compare(scratch, single)["grown_flops"] > 0

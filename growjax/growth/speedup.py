@@ -85,8 +85,36 @@ def flops_to_reach(flops: np.ndarray, loss: np.ndarray, target: float) -> float 
   return float(f0 + (l0 - target) / (l0 - l1) * (f1 - f0))
 
 
+def _records(path: str) -> list[dict]:
+  return [json.loads(line) for line in epath.Path(path).read_text().splitlines()
+          if line.strip()]
+
+
+def check_counts_small_stage(grown: str) -> None:
+  """Refuses a grown run whose FLOPs leave out its small stage: its speedup would be
+  overstated (the small stage's compute is part of what growth costs)."""
+  files = metrics_files(grown)
+  if len(files) == 2:                      # a grow run's small/ and large/
+    small = max(float(r["flops"]) for r in _records(files[0]) if r.get("flops") is not None)
+    large = min(float(r["flops"]) for r in _records(files[1]) if r.get("flops") is not None)
+    if large < small:
+      raise ValueError(
+          f"--grown={grown}: its large stage's FLOPs start at {large:.4g}, below its small "
+          f"stage's {small:.4g}, so they leave out the small stage — log the large stage "
+          f"with growjax train from the grown checkpoint (config.train.init_from), which "
+          f"carries the small stage's FLOPs.")
+    return
+  if not any(r.get("small_stage_flops") for r in _records(files[0])):
+    raise ValueError(
+        f"--grown={grown} is one run whose metrics carry no small stage's FLOPs "
+        f"(small_stage_flops) — point --grown at the grow run's workdir (with small/ and "
+        f"large/), or train the large model from the grown checkpoint with "
+        f"config.train.init_from.")
+
+
 def compare(scratch: str, grown: str, target_loss: float | None = None) -> dict:
   """FLOPs to reach the target for both runs, the paper's speedup and the FLOPs saved."""
+  check_counts_small_stage(grown)
   s_flops, s_loss = load_curve(scratch)
   g_flops, g_loss = load_curve(grown)
   target = float(s_loss[-1]) if target_loss is None else float(target_loss)
