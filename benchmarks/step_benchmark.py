@@ -73,6 +73,8 @@ def run_case(preset: str, batch: int, remat: str, seq: int, steps: int, warmup: 
   stats = jax.local_devices()[0].memory_stats() or {}
   result.update(step_s=dt, tokens_per_s=tps, flops_per_token=fpt,
                 mfu=metrics.mfu(fpt, tps, jax.device_count(), peak),
+                mfu_causal=metrics.mfu(setup.model_cfg.flops_per_token(seq, causal=True), tps,
+                                       jax.device_count(), peak),
                 tflops_per_chip=fpt * tps / jax.device_count() / 1e12,
                 peak_mem_gib=stats.get("peak_bytes_in_use", 0) / 2**30,
                 loss=float(m["loss"]), device=jax.devices()[0].device_kind,
@@ -173,14 +175,15 @@ def main() -> None:
     print(json.dumps(r), flush=True)
 
   print("\n| config | layers | batch x seq | remat | step (ms) | tokens/s | TFLOP/s/chip | MFU "
-        "| peak mem (GiB) | compile (s) |")
-  print("|---|---|---|---|---|---|---|---|---|---|")
+        "| MFU causal | peak mem (GiB) | compile (s) |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|")
   for r in results:
     if "step_s" in r:
       print(f"| {r['preset']} ({r['params'] / 1e6:.0f}M) | {r['layers']} | {r['batch']}x{r['seq']} "
             f"| {r['remat']}{'' if r.get('unroll', 1) == 1 else ', unroll ' + str(r['unroll'])} "
             f"| {r['step_s'] * 1e3:.1f} | {r['tokens_per_s']:,.0f} | "
             f"{r['tflops_per_chip']:.0f} | {'-' if r['mfu'] is None else format(r['mfu'], '.1%')} "
+            f"| {'-' if r['mfu'] is None else format(r['mfu_causal'], '.1%')} "
             f"| {r['peak_mem_gib']:.1f} | "
             f"{r['compile_s']:.1f} |")
   for r in results:

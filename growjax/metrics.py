@@ -5,7 +5,8 @@ FLOPs per token are 6N + 12*L*heads*head_dim*T (full attention, the PaLM and
 TinyLlama convention; `ModelConfig.flops_per_token`), logged as `mfu`; MaxText
 halves the attention term for the causal mask, logged as `mfu_causal`. Compare
 frameworks by tokens/s. Tokens/s counts training time only: evaluation and
-checkpoint stalls are timed and logged apart (`eval_s`, `checkpoint_s`). Only process 0 writes. tensorboardX writes event files
+checkpoint stalls are timed and logged apart (`eval_s`, `checkpoint_s`).
+Only process 0 writes. tensorboardX writes event files
 without TensorFlow; `metrics.jsonl` (one object per logged step, appended, so
 after a resume the last line of a step wins) is what `growjax speedup` reads.
 
@@ -67,10 +68,11 @@ def format_progress(step: int, total: int, values: Mapping[str, float], eta_s: f
   parts = [f"step {step}/{total}"]
   for key, fmt in (("loss", "loss {:.4f}"), ("eval_loss", "eval {:.4f}"), ("lr", "lr {:.2e}"),
                    ("grad_norm", "gnorm {:.3f}"), ("tokens_per_second", "{:,.0f} tok/s"),
-                   ("mfu", "MFU {:.1%}"), ("mfu_causal", "(causal {:.1%})"),
-                   ("tokens_seen", "{:.3g} tok")):
+                   ("mfu", "MFU {:.1%}"), ("tokens_seen", "{:.3g} tok")):
     if values.get(key) is not None:
       parts.append(fmt.format(values[key]))
+      if key == "mfu" and values.get("mfu_causal") is not None:
+        parts[-1] += f" (causal {values['mfu_causal']:.1%})"
   parts.append(f"ETA {format_duration(eta_s)}")
   return " | ".join(parts)
 
