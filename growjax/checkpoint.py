@@ -68,9 +68,6 @@ class Checkpoints:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def all_steps(self) -> list[int]:
-    return list(self.manager.all_steps())
-
   def save(self, step: int, state: Any, data_state: dict | None, meta: dict,
            force: bool = False) -> bool:
     """Saves if `step` is on the interval (or `force`); returns whether it saved."""

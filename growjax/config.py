@@ -20,30 +20,24 @@ from growjax import data as data_lib
 from growjax import sharding
 from growjax.model import ModelConfig, abstract_params, logical_axes
 
-# Model sizes shipped with growjax (the paper's TinyLlama-shaped family and CPU sizes).
+# Model sizes shipped with growjax: the paper's TinyLlama-shaped family, its 6 -> 24
+# layer base / target pair, Llama-2-7B shapes (the paper's 7B target, its 8-layer
+# base for G_stack x4, and the 7B stacked x4 again: 128 layers, ~26B), and CPU sizes.
+_PRESET_FIELDS = ("vocab_size", "num_layers", "embed_dim", "num_heads", "num_kv_heads",
+                  "head_dim", "mlp_dim")
+_PRESET_SIZES = (
+    ("tiny", (384, 4, 128, 4, 2, 32, 384)),
+    ("125m", (32000, 12, 768, 12, 12, 64, 2048)),
+    ("410m", (32000, 24, 1024, 16, 16, 64, 2816)),
+    ("1b", (32000, 22, 2048, 32, 4, 64, 5632)),
+    ("6l_2048", (32000, 6, 2048, 32, 4, 64, 5632)),
+    ("24l_2048", (32000, 24, 2048, 32, 4, 64, 5632)),
+    ("7b", (32000, 32, 4096, 32, 32, 128, 11008)),
+    ("8l_4096", (32000, 8, 4096, 32, 32, 128, 11008)),
+    ("128l_4096", (32000, 128, 4096, 32, 32, 128, 11008)),
+)
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(vocab_size=384, num_layers=4, embed_dim=128, num_heads=4, num_kv_heads=2,
-                 head_dim=32, mlp_dim=384),
-    "125m": dict(vocab_size=32000, num_layers=12, embed_dim=768, num_heads=12,
-                 num_kv_heads=12, head_dim=64, mlp_dim=2048),
-    "410m": dict(vocab_size=32000, num_layers=24, embed_dim=1024, num_heads=16,
-                 num_kv_heads=16, head_dim=64, mlp_dim=2816),
-    "1b": dict(vocab_size=32000, num_layers=22, embed_dim=2048, num_heads=32, num_kv_heads=4,
-               head_dim=64, mlp_dim=5632),
-    # The paper's base / target pair (TinyLlama widths, 6 -> 24 layers).
-    "6l_2048": dict(vocab_size=32000, num_layers=6, embed_dim=2048, num_heads=32,
-                    num_kv_heads=4, head_dim=64, mlp_dim=5632),
-    "24l_2048": dict(vocab_size=32000, num_layers=24, embed_dim=2048, num_heads=32,
-                     num_kv_heads=4, head_dim=64, mlp_dim=5632),
-    # Llama-2-7B shapes: the paper's 7B target, its 8-layer (~1.75B) base for G_stack
-    # x4, and the 7B stacked x4 again (128 layers, ~26B).
-    "7b": dict(vocab_size=32000, num_layers=32, embed_dim=4096, num_heads=32,
-               num_kv_heads=32, head_dim=128, mlp_dim=11008),
-    "8l_4096": dict(vocab_size=32000, num_layers=8, embed_dim=4096, num_heads=32,
-                    num_kv_heads=32, head_dim=128, mlp_dim=11008),
-    "128l_4096": dict(vocab_size=32000, num_layers=128, embed_dim=4096, num_heads=32,
-                      num_kv_heads=32, head_dim=128, mlp_dim=11008),
-}
+    name: dict(zip(_PRESET_FIELDS, sizes)) for name, sizes in _PRESET_SIZES}
 
 
 def model_config(preset: str, **overrides) -> ml_collections.ConfigDict:

@@ -196,7 +196,7 @@ def _prepare(builder: tfds.core.DatasetBuilder) -> None:
       raise
 
 
-def get_builder(data_cfg, *, prepare: bool = True) -> tfds.core.DatasetBuilder:
+def get_builder(data_cfg) -> tfds.core.DatasetBuilder:
   """The tfds builder for `data_cfg`, built first (once) for local datasets."""
   data_dir = resolve_data_dir(data_cfg.data_dir)
   if data_cfg.name == "shakespeare":
@@ -228,8 +228,7 @@ def get_builder(data_cfg, *, prepare: bool = True) -> tfds.core.DatasetBuilder:
     raise ValueError(
         f"config.data.name={data_cfg.name!r} is unknown; "
         "use 'shakespeare', 'text_files' or 'tfds'.")
-  if prepare:
-    _prepare(builder)
+  _prepare(builder)
   return builder
 
 
