@@ -22,12 +22,12 @@ schedules and fuses unlike XLA:GPU/TPU, so temporaries are indicative; the
 sharded sizes are exact.
 
 Cases (name: what, config):
-  1b_train        train step, configs/tinyllama_1b.py, 2 sequences x 2048 per device
-  7b_train        train step, configs/llama2_7b.py, 1 x 2048 per device
-  7b_stack_grow   8L x 4096 (1.9B) -> 7B by G_stack x4 (configs/grow_stack_7b.py)
+  1b_train        train step, configs/llama.py:size=1b, 2 sequences x 2048 per device
+  7b_train        train step, configs/llama.py:size=7b, 1 x 2048 per device
+  7b_stack_grow   8L x 4096 (1.9B) -> 7B by G_stack x4 (configs/grow.py:recipe=7b)
   7b_width_grow   7B at half width (embed 2048, 16 heads, mlp 5504; 1.7B) -> 7B by
-                  width x2 `direct` (configs/llama2_7b.py)
-  28b_stack_grow  7B -> 128L x 4096 (26.2B) by G_stack x4 (configs/grow_7b_to_28b.py)
+                  width x2 `direct` (configs/llama.py:size=7b)
+  28b_stack_grow  7B -> 128L x 4096 (26.2B) by G_stack x4 (configs/grow.py:recipe=28b)
   28b_train       train step of that 26.2B model, 1 x 2048 per device
 """
 
@@ -43,24 +43,26 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIB = 2 ** 30
 
-# name: (kind, config file, sequences per device for train cases)
+# name: (kind, config file[:args], sequences per device for train cases)
 CASES = {
-    "1b_train": ("train", "configs/tinyllama_1b.py", 2),
-    "7b_train": ("train", "configs/llama2_7b.py", 1),
-    "7b_stack_grow": ("grow", "configs/grow_stack_7b.py", 0),
-    "7b_width_grow": ("grow", "configs/llama2_7b.py", 0),
-    "28b_stack_grow": ("grow", "configs/grow_7b_to_28b.py", 0),
-    "28b_train": ("train", "configs/grow_7b_to_28b.py", 1),
+    "1b_train": ("train", "configs/llama.py:size=1b", 2),
+    "7b_train": ("train", "configs/llama.py:size=7b", 1),
+    "7b_stack_grow": ("grow", "configs/grow.py:recipe=7b", 0),
+    "7b_width_grow": ("grow", "configs/llama.py:size=7b", 0),
+    "28b_stack_grow": ("grow", "configs/grow.py:recipe=28b", 0),
+    "28b_train": ("train", "configs/grow.py:recipe=28b", 1),
 }
 DEFAULT_CASES = tuple(CASES)
 
 
 def load_config(path: str):
+  """`configs/x.py[:args]` -> its ConfigDict, as `--config` loads it."""
   import importlib.util
+  path, _, arg = path.partition(":")
   spec = importlib.util.spec_from_file_location("memory_plan_config", os.path.join(ROOT, path))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module.get_config(arg or None)
 
 
 def per_device_bytes(tree) -> int:

@@ -4,7 +4,7 @@ operators at equal FLOPs.
   python benchmarks/repro.py --workdir runs/repro                 # both parts
   python benchmarks/repro.py --workdir runs/repro --part main     # scratch vs G_stack only
 
-`main` trains configs/repro/scratch.py and configs/repro/stack.py (same FLOPs), then
+`main` trains configs/repro/replica.py:run=scratch and :run=stack (same FLOPs), then
 runs `growjax speedup` on them (report + loss-vs-FLOPs plot). `operators` trains the
 nine runs of configs/repro/operators.py and prints one table: final validation loss at
 equal FLOPs and the FLOPs each needs to reach the scratch run's final loss. Runs that
@@ -38,10 +38,8 @@ def train(config: str, workdir: str, overrides: list[str]) -> float:
 
 def main_part(workdir: str, overrides: list[str]) -> dict:
   from growjax.growth import speedup
-  times = {"scratch": train("configs/repro/scratch.py", os.path.join(workdir, "scratch"),
-                            overrides),
-           "stack": train("configs/repro/stack.py:stack", os.path.join(workdir, "stack"),
-                          overrides)}
+  times = {run: train(f"configs/repro/replica.py:run={run}", os.path.join(workdir, run),
+                      overrides) for run in ("scratch", "stack")}
   try:
     result = speedup.run(os.path.join(workdir, "scratch"), os.path.join(workdir, "stack"),
                          None, os.path.join(workdir, "speedup.png"))

@@ -5,7 +5,7 @@
 # and PORT free there.
 #
 #   node 0: launch/multinode_gpu.sh --coordinator 10.0.0.1:12345 --num-nodes 2 --node-rank 0 \
-#             --config configs/base.py --workdir /shared/runs/x [-- --config.FIELD=VALUE ...]
+#             --config configs/llama.py:size=1b --workdir /shared/runs/x [-- --config.FIELD=VALUE ...]
 #   node 1: the same with --node-rank 1
 #
 # It sets the XLA/NCCL environment of launch/common.sh and execs growjax train

@@ -104,7 +104,7 @@ def dry(sandbox, script, *args, **env):
 
 
 T = ("--name", "gj-test", "--zone", "us-east5-a")
-TRAIN = ("--config", "configs/base.py:size=1b", "--workdir", "gs://bucket/runs/1b")
+TRAIN = ("--config", "configs/llama.py:size=1b", "--workdir", "gs://bucket/runs/1b")
 
 
 # ------------------------------------------------------------------ tpu_vm.sh
@@ -185,7 +185,7 @@ def test_train_runs_growjax_train_on_all_workers(sandbox):
   assert ssh[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "gj-test"]
   assert "--worker=all" in ssh and "--zone=us-east5-a" in ssh
   remote = ssh_command(ssh)
-  assert ("growjax train --config configs/base.py:size=1b --workdir gs://bucket/runs/1b "
+  assert ("growjax train --config configs/llama.py:size=1b --workdir gs://bucket/runs/1b "
           "2>&1 | tee train.log") in remote
 
 
@@ -332,12 +332,12 @@ def srun_and_env(cmds):
 
 def test_slurm_one_process_per_gpu_by_default(sandbox):
   cmds = dry(sandbox, SBATCH, "--config.lr=1e-3", DRY_RUN="1", NODES="4",
-             CONFIG="configs/base.py:size=1b", WORKDIR="/shared/runs/1b")
+             CONFIG="configs/llama.py:size=1b", WORKDIR="/shared/runs/1b")
   srun, env = srun_and_env(cmds)
   growjax = srun.index("growjax")
   assert {"--nodes=4", "--ntasks-per-node=8", "--ntasks=32", "--gpu-bind=none",
           "--kill-on-bad-exit=1"} <= set(srun[:growjax])
-  assert srun[growjax:] == ["growjax", "train", "--config", "configs/base.py:size=1b",
+  assert srun[growjax:] == ["growjax", "train", "--config", "configs/llama.py:size=1b",
                             "--workdir", "/shared/runs/1b", "--config.lr=1e-3"]
   assert env["NCCL_NVLS_ENABLE"] == "0"
   assert "--xla_gpu_enable_latency_hiding_scheduler=true" in env["XLA_FLAGS"].split()

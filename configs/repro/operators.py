@@ -2,11 +2,12 @@
 shrunk): depth x4 (2L -> 8L) and width x2 (128 -> 256 hidden) with direct / zero / random /
 learn, against the 8L x 256 model from scratch.
 
-  python benchmarks/operators.py --workdir runs/operators       # all nine runs + table
+  python benchmarks/repro.py --workdir runs/repro --part operators    # all nine runs + table
   growjax train --config configs/repro/operators.py:depth,zero --workdir runs/op_depth_zero
 
-Arg: `scratch`, or `depth,METHOD` / `width,METHOD` with METHOD one of direct, zero, random,
-learn. Depth `direct` is G_stack. Every run spends the FLOPs of 600 scratch steps.
+Arg: `scratch` (the default), or `depth,METHOD` / `width,METHOD` with METHOD one of direct,
+zero, random, learn. Depth `direct` is G_stack. Every run spends the FLOPs of 600 scratch
+steps.
 """
 
 import math

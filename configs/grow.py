@@ -1,0 +1,87 @@
+"""A whole grow run (`growjax train` with growth.enabled): the small model trains
+growth.small_steps steps, is grown into the large one (G_stack x4 unless `method`
+says otherwise), and the large model continues the step count and learning-rate
+schedule with fresh optimizer state, the paper's recipe.
+
+  growjax train --config configs/grow.py:recipe=tiny --workdir runs/grow_tiny
+
+Args (comma-separated key=value after the colon):
+  recipe  (required) one of
+          tiny   on CPU: a 2-layer model stacked into 8 layers on the embedded
+                 Shakespeare plays (fp32, sequence 128, batch 16, 300 steps, 100 small).
+          paper  the paper's TinyLlama-shaped run: 6l_2048 -> 24l_2048, d = 5,000 steps
+                 (~10B tokens, as the paper's base) of 100,000.
+          7b     the paper's 7B run: 8l_4096 (~1.9B, Llama-2-7B widths) -> 7b; d = 9,500
+                 steps (~20B tokens, the Du et al. fit for N = 6.7B and 300B tokens,
+                 `growjax plan --params 6.74e9 --tokens 3e11`) of 143,000 (~300B).
+          28b    7b -> 128l_4096 (26.2B, "28B = 4 x 7B"); d = 14,000 steps (~29B tokens,
+                 the fit for N = 26.2B and 1T tokens, `growjax plan --params 2.62e10
+                 --tokens 1e12`) of 477,000 (~1T); the large model at remat "full"
+                 ("dots" needs ~96 GiB per device at 8 devices).
+          paper, 7b and 28b: sequence 2048, bf16; tokens are at the default batch.
+  batch   the global batch in sequences (default 16 for tiny, else 1024, ~2M tokens).
+  method  the depth operator (growth.method): stack (default, G_stack), interpolate,
+          stack_bottom, stack_middle, stack_top, zero, random, learn; e.g.
+          configs/grow.py:recipe=tiny,method=zero.
+
+For paper / 7b / 28b set data (your corpus and tokenizer) and batch for your cluster;
+`growjax plan --params N --tokens D --config configs/grow.py:recipe=...` gives the
+paper's d for a budget in this config's steps. Per-device memory of both stages and of
+the growth at 8-256 devices: benchmarks/RESULTS.md (`benchmarks/memory_plan.py`).
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+from growjax.config import base_config, model_config
+
+# recipe: (large preset, its remat, small preset, small steps, train steps); sequence 2048
+RECIPES = {
+    "paper": ("24l_2048", "dots", "6l_2048", 5_000, 100_000),
+    "7b": ("7b", "dots", "8l_4096", 9_500, 143_000),
+    "28b": ("128l_4096", "full", "7b", 14_000, 477_000),
+}
+
+
+def tiny(batch):
+  c = base_config("tiny")
+  c.model.update(dtype="float32", num_layers=8)
+  c.data.seq_len = 128
+  c.train.update(steps=300, global_batch_size=batch, log_every=25, eval_every=50,
+                 checkpoint_every=50)
+  c.optimizer.update(peak_lr=3e-3, end_lr=3e-4, warmup_steps=30)
+  c.growth.small_model = model_config("tiny", dtype="float32", num_layers=2)
+  c.growth.small_steps = 100
+  return c
+
+
+def paper_scale(recipe, batch):
+  large, remat, small, small_steps, steps = RECIPES[recipe]
+  c = base_config(large)
+  c.model.remat_policy = remat
+  c.data.seq_len = 2048
+  c.train.update(steps=steps, global_batch_size=batch, log_every=50, eval_every=2000,
+                 checkpoint_every=1000)
+  c.growth.small_model = model_config(small, remat_policy="dots")
+  c.growth.small_steps = small_steps
+  return c
+
+
+def get_config(arg=None):
+  args = ml_collections.ConfigDict(
+      dict(recipe="", batch=config_dict.placeholder(int), method="stack"))
+  for key, _, value in (kv.partition("=") for kv in (arg or "").split(",") if kv):
+    if key not in args:
+      raise ValueError(f"configs/grow.py: unknown arg {key!r}; the args are recipe, batch, "
+                       "method")
+    args[key] = args.get_type(key)(value)
+  if args.recipe == "tiny":
+    c = tiny(16 if args.batch is None else args.batch)
+  elif args.recipe in RECIPES:
+    c = paper_scale(args.recipe, 1024 if args.batch is None else args.batch)
+  else:
+    raise ValueError(f"configs/grow.py: recipe={args.recipe!r} is not one of tiny, "
+                     f"{', '.join(RECIPES)} (e.g. configs/grow.py:recipe=tiny)")
+  c.growth.enabled = True
+  c.growth.method = args.method
+  return c
