@@ -126,7 +126,11 @@ def _define_grow(fv):
   flags.DEFINE_integer("g", None, "growth factor; checked against the configs' depths.",
                        flag_values=fv)
   flags.DEFINE_list("layer_map", None, "explicit layer map: one source layer per large "
-                    "layer, -1 for a new layer (zero / random), e.g. 0,1,0,1.", flag_values=fv)
+                    "layer, -1 for a new layer (zero / random), e.g. 0,1,0,1 with "
+                    "--method=direct or 0,-1,1,-1 with --method=zero.", flag_values=fv)
+  flags.DEFINE_boolean("allow_inexact", False, "accept a growth whose operator cannot keep "
+                       "the function here (width direct to a non-whole embed_dim factor); "
+                       "the logit change is measured and printed.", flag_values=fv)
   flags.DEFINE_enum("opt_state", "reset", ["reset", "grow"], "optimizer state at growth.",
                     flag_values=fv)
   flags.DEFINE_enum("schedule", "continue", ["continue", "restart"], "LR schedule: continue "
@@ -143,7 +147,7 @@ def _run_grow(fv):
   offline.grow_checkpoint(
       fv["from"].value, fv.to, fv.config, method=fv.method, width_method=fv.width_method,
       step=fv.step, g=fv.g, layer_map=layer_map, opt_state=fv.opt_state,
-      schedule=fv.schedule, seed=fv.seed)
+      schedule=fv.schedule, allow_inexact=fv.allow_inexact, seed=fv.seed)
 
 
 def _define_plan(fv):

@@ -85,7 +85,9 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
       small_mesh=ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1)),
       method="stack",                # depth operator (growjax.growth)
       width_method="",               # '' (none) or direct / zero / random / learn
-      layer_map=[-1],                # [-1]: unset; else the explicit depth map
+      layer_map=(),                  # explicit depth map (-1: a new layer); () or []: none
+      allow_inexact=False,           # accept width direct to a non-whole embed factor (the
+                                     # logits move; the change is measured and printed)
       opt_state="reset",             # reset (the paper) or grow (map Adam moments)
       schedule="continue",           # continue the LR schedule (the paper) or restart
   ))

@@ -1,10 +1,14 @@
 """LLaMA-style decoder-only transformer with scanned layers and logical axis names.
 
-Every parameter is created through `nn.with_logical_partitioning`, so the same
-names drive sharding (`growjax.sharding`) and growth (`growjax.growth`). The
-blocks are applied with `nn.scan`: each per-layer parameter carries a leading
-`layers` axis and compile time does not grow with depth. `scan_unroll` unrolls
-that loop (same parameters, same outputs) when a fully unrolled graph is wanted.
+Every parameter is declared once, in `PARAMS`: its path, its logical axes, the
+role it plays for the residual stream (reads, writes or scales it) and its
+weight-decay class. The modules create their parameters from that table (shape
+from `AXIS_FIELDS`, the one axis -> config field table), and everything else
+reads it: sharding (`growjax.sharding`), growth (`growjax.growth`) and the
+weight-decay mask (`growjax.optimizer`). The blocks are applied with `nn.scan`:
+each per-layer parameter carries a leading `layers` axis and compile time does
+not grow with depth. `scan_unroll` unrolls that loop (same parameters, same
+outputs) when a fully unrolled graph is wanted.
 
 This module only computes logits or final hidden states; the loss lives in
 `growjax.loss`.
@@ -21,9 +25,11 @@ import jax.numpy as jnp
 import ml_collections
 from jax.ad_checkpoint import checkpoint_name
 
-# Logical axis names of parameters. Growth operators rely on these being exact.
+# Logical axis names of parameters, and the config field that sizes each.
 VOCAB, EMBED, MLP, HEADS, KV_HEADS, HEAD_DIM, LAYERS = (
     "vocab", "embed", "mlp", "heads", "kv_heads", "head_dim", "layers")
+AXIS_FIELDS = {VOCAB: "vocab_size", EMBED: "embed_dim", MLP: "mlp_dim", HEADS: "num_heads",
+               KV_HEADS: "num_kv_heads", HEAD_DIM: "head_dim", LAYERS: "num_layers"}
 # Logical axis names of activations (sharding constraints only).
 ACT_BATCH, ACT_LENGTH, ACT_EMBED, ACT_HEADS, ACT_KV_HEADS, ACT_MLP, ACT_VOCAB = (
     "act_batch", "act_length", "act_embed", "act_heads", "act_kv_heads", "act_mlp",
@@ -37,6 +43,92 @@ REMAT_POLICIES = {
         "q_proj", "k_proj", "v_proj", "attn_out", "mlp_in"),
 }
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash")  # auto: cudnn on GPU, splash on TPU
+
+# ------------------------------------------------------------------ the parameter table
+
+# What a parameter does to the residual stream. A weight that READS it contracts the
+# stream axis `embed` (its first axis: `x @ W`); one that WRITES it produces `embed`
+# (its last axis) from its other axes; a norm SCALES it (its only axis is `embed`).
+READS, WRITES, SCALES = "reads", "writes", "scales"
+ROLE_RULES = {
+    READS: f"a weight that reads the residual stream contracts '{EMBED}', its first axis "
+           f"(x @ W); its other axes are outputs",
+    WRITES: f"a weight that writes the residual stream produces '{EMBED}', its last axis, "
+            f"from its other axes",
+    SCALES: f"a norm scale has the one axis '{EMBED}'",
+}
+# Weight-decay classes (`growjax.optimizer.decay_mask`): matrices are always decayed;
+# vocab-sized tables and norm scales as config.optimizer.decay_embeddings / decay_norms say.
+DECAY_MATRIX, DECAY_TABLE, DECAY_NORM = "matrix", "table", "norm"
+# Initialisers: normal(init_std); normal(init_std / sqrt(2 num_layers)) for the output
+# projections of a block; ones.
+INIT_STD, INIT_OUT, INIT_ONES = "std", "out", "ones"
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+  """One parameter's declaration: `axes` (logical names, `layers` first for the
+  scanned per-layer parameters), `role` for the residual stream, weight-decay class
+  `decay`, initialiser `init`."""
+  axes: tuple[str, ...]
+  role: str
+  decay: str
+  init: str
+
+
+_LAYER_PARAMS = {
+    "attn_norm/scale": Param((EMBED,), SCALES, DECAY_NORM, INIT_ONES),
+    "attn/q": Param((EMBED, HEADS, HEAD_DIM), READS, DECAY_MATRIX, INIT_STD),
+    "attn/k": Param((EMBED, KV_HEADS, HEAD_DIM), READS, DECAY_MATRIX, INIT_STD),
+    "attn/v": Param((EMBED, KV_HEADS, HEAD_DIM), READS, DECAY_MATRIX, INIT_STD),
+    "attn/o": Param((HEADS, HEAD_DIM, EMBED), WRITES, DECAY_MATRIX, INIT_OUT),
+    "mlp_norm/scale": Param((EMBED,), SCALES, DECAY_NORM, INIT_ONES),
+    "mlp/gate": Param((EMBED, MLP), READS, DECAY_MATRIX, INIT_STD),
+    "mlp/up": Param((EMBED, MLP), READS, DECAY_MATRIX, INIT_STD),
+    "mlp/down": Param((MLP, EMBED), WRITES, DECAY_MATRIX, INIT_OUT),
+}
+# Every parameter, by its path in the params tree. `lm_head` is absent when the
+# embeddings are tied (the embedding table, transposed, is the head).
+PARAMS: dict[str, Param] = {
+    "embedding": Param((VOCAB, EMBED), WRITES, DECAY_TABLE, INIT_STD),
+    **{f"{LAYERS}/{k}": dataclasses.replace(p, axes=(LAYERS,) + p.axes)
+       for k, p in _LAYER_PARAMS.items()},
+    "final_norm/scale": Param((EMBED,), SCALES, DECAY_NORM, INIT_ONES),
+    "lm_head": Param((EMBED, VOCAB), READS, DECAY_TABLE, INIT_STD),
+}
+
+
+def check_params(table: dict[str, Param]) -> None:
+  """Refuses a declaration whose axes, role, decay class or initialiser disagree."""
+  for path, p in table.items():
+    where = f"growjax.model.PARAMS[{path!r}]"
+    unknown = [a for a in p.axes if a not in AXIS_FIELDS]
+    if unknown or len(set(p.axes)) != len(p.axes):
+      raise ValueError(f"{where} declares axes {p.axes} — use each of {tuple(AXIS_FIELDS)} "
+                       f"at most once")
+    scanned = path.startswith(LAYERS + "/")
+    if scanned != (p.axes[:1] == (LAYERS,)) or LAYERS in p.axes[1:]:
+      raise ValueError(f"{where} declares axes {p.axes} — a parameter under '{LAYERS}/' "
+                       f"(the scanned blocks) has '{LAYERS}' as its first axis, others none")
+    rest = p.axes[1:] if scanned else p.axes
+    fits = {SCALES: rest == (EMBED,),
+            READS: len(rest) >= 2 and rest[0] == EMBED and EMBED not in rest[1:],
+            WRITES: len(rest) >= 2 and rest[-1] == EMBED and EMBED not in rest[:-1]}
+    if p.role not in fits:
+      raise ValueError(f"{where} declares role {p.role!r} — choose one of {tuple(fits)}")
+    if not fits[p.role]:
+      raise ValueError(f"{where} declares role {p.role!r} with axes {p.axes}, but "
+                       f"{ROLE_RULES[p.role]} — fix the axes (and the module's einsum) or "
+                       f"the role")
+    if p.decay not in (DECAY_MATRIX, DECAY_TABLE, DECAY_NORM):
+      raise ValueError(f"{where} declares decay class {p.decay!r} — choose "
+                       f"{DECAY_MATRIX!r}, {DECAY_TABLE!r} or {DECAY_NORM!r}")
+    if p.init not in (INIT_STD, INIT_OUT, INIT_ONES):
+      raise ValueError(f"{where} declares init {p.init!r} — choose {INIT_STD!r}, "
+                       f"{INIT_OUT!r} or {INIT_ONES!r}")
+
+
+check_params(PARAMS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,8 +166,7 @@ class ModelConfig:
 
   def validate(self, where: str = "config.model") -> None:
     """Fails early with the field and the fix, before any array is made."""
-    for f in ("vocab_size", "num_layers", "embed_dim", "num_heads", "num_kv_heads",
-              "head_dim", "mlp_dim"):
+    for f in AXIS_FIELDS.values():
       v = getattr(self, f)
       if not isinstance(v, int) or v <= 0:
         raise ValueError(f"{where}.{f} must be a positive integer, got {v!r}.")
@@ -133,8 +224,25 @@ class ModelConfig:
     return 6.0 * n + (attn / 2 if causal else attn)
 
 
-def _normal(std: float):
+def _initializer(init: str, cfg: ModelConfig):
+  if init == INIT_ONES:
+    return nn.initializers.ones
+  std = cfg.init_std if init == INIT_STD else cfg.init_std / (2 * cfg.num_layers) ** 0.5
   return nn.initializers.normal(stddev=std)
+
+
+def _param(module: nn.Module, name: str) -> jax.Array:
+  """Creates `module`'s parameter `name` as `PARAMS` declares it: logical axes (the
+  scan adds `layers`), shape from `AXIS_FIELDS`, initialiser."""
+  path = "/".join(module.path + (name,))
+  if path not in PARAMS:
+    raise ValueError(f"parameter {path!r} is not declared in growjax.model.PARAMS — "
+                     f"declare its axes, role, decay class and init there")
+  p, cfg = PARAMS[path], module.cfg
+  axes = p.axes[1:] if p.axes[0] == LAYERS else p.axes
+  shape = tuple(getattr(cfg, AXIS_FIELDS[a]) for a in axes)
+  init = nn.with_logical_partitioning(_initializer(p.init, cfg), axes)
+  return module.param(name, init, shape, jnp.dtype(cfg.param_dtype))
 
 
 def _rope(x_BxTxNxH: jax.Array, positions_T: jax.Array, theta: float) -> jax.Array:
@@ -154,8 +262,7 @@ class RMSNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxTxE):
-    scale_E = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, (EMBED,)),
-                         (x_BxTxE.shape[-1],), jnp.dtype(self.cfg.param_dtype))
+    scale_E = _param(self, "scale")
     x = x_BxTxE.astype(jnp.float32)
     x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.cfg.norm_eps)
     return (x * scale_E.astype(jnp.float32)).astype(self.cfg.compute_dtype)
@@ -177,17 +284,9 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x_BxTxE, positions_T):
     c = self.cfg
-    dt, pdt = c.compute_dtype, jnp.dtype(c.param_dtype)
-    out_std = c.init_std / (2 * c.num_layers) ** 0.5
-    init = lambda names, std=c.init_std: nn.with_logical_partitioning(_normal(std), names)
-    q_ExNxH = self.param("q", init((EMBED, HEADS, HEAD_DIM)),
-                         (c.embed_dim, c.num_heads, c.head_dim), pdt)
-    k_ExKxH = self.param("k", init((EMBED, KV_HEADS, HEAD_DIM)),
-                         (c.embed_dim, c.num_kv_heads, c.head_dim), pdt)
-    v_ExKxH = self.param("v", init((EMBED, KV_HEADS, HEAD_DIM)),
-                         (c.embed_dim, c.num_kv_heads, c.head_dim), pdt)
-    o_NxHxE = self.param("o", init((HEADS, HEAD_DIM, EMBED), out_std),
-                         (c.num_heads, c.head_dim, c.embed_dim), pdt)
+    dt = c.compute_dtype
+    q_ExNxH, k_ExKxH, v_ExKxH = _param(self, "q"), _param(self, "k"), _param(self, "v")
+    o_NxHxE = _param(self, "o")
     x = x_BxTxE.astype(dt)
     q = jnp.einsum("bte,enh->btnh", x, q_ExNxH.astype(dt))
     k = jnp.einsum("bte,ekh->btkh", x, k_ExKxH.astype(dt))
@@ -219,14 +318,8 @@ class SwiGLU(nn.Module):
   @nn.compact
   def __call__(self, x_BxTxE):
     c = self.cfg
-    dt, pdt = c.compute_dtype, jnp.dtype(c.param_dtype)
-    out_std = c.init_std / (2 * c.num_layers) ** 0.5
-    gate_ExM = self.param("gate", nn.with_logical_partitioning(_normal(c.init_std), (EMBED, MLP)),
-                          (c.embed_dim, c.mlp_dim), pdt)
-    up_ExM = self.param("up", nn.with_logical_partitioning(_normal(c.init_std), (EMBED, MLP)),
-                        (c.embed_dim, c.mlp_dim), pdt)
-    down_MxE = self.param("down", nn.with_logical_partitioning(_normal(out_std), (MLP, EMBED)),
-                          (c.mlp_dim, c.embed_dim), pdt)
+    dt = c.compute_dtype
+    gate_ExM, up_ExM, down_MxE = _param(self, "gate"), _param(self, "up"), _param(self, "down")
     x = x_BxTxE.astype(dt)
     h_BxTxM = nn.silu(x @ gate_ExM.astype(dt)) * (x @ up_ExM.astype(dt))
     h_BxTxM = nn.with_logical_constraint(h_BxTxM, (ACT_BATCH, ACT_LENGTH, ACT_MLP))
@@ -254,10 +347,8 @@ class Transformer(nn.Module):
   @nn.compact
   def __call__(self, tokens_BxT, *, return_hidden: bool = False):
     c = self.cfg
-    dt, pdt = c.compute_dtype, jnp.dtype(c.param_dtype)
-    embedding_VxE = self.param(
-        "embedding", nn.with_logical_partitioning(_normal(c.init_std), (VOCAB, EMBED)),
-        (c.vocab_size, c.embed_dim), pdt)
+    dt = c.compute_dtype
+    embedding_VxE = _param(self, "embedding")
     x_BxTxE = jnp.take(embedding_VxE, tokens_BxT, axis=0).astype(dt)
     x_BxTxE = nn.with_logical_constraint(x_BxTxE, (ACT_BATCH, ACT_LENGTH, ACT_EMBED))
     positions_T = jnp.arange(tokens_BxT.shape[1], dtype=jnp.int32)
@@ -277,8 +368,7 @@ class Transformer(nn.Module):
     x_BxTxE, _ = layers(x_BxTxE, positions_T)
     x_BxTxE = RMSNorm(c, name="final_norm")(x_BxTxE)
     if not c.tie_embeddings:
-      self.param("lm_head", nn.with_logical_partitioning(_normal(c.init_std), (EMBED, VOCAB)),
-                 (c.embed_dim, c.vocab_size), pdt)
+      _param(self, "lm_head")
     if return_hidden:
       return x_BxTxE
     head_ExV = head_kernel(self.variables["params"], c)
@@ -302,10 +392,33 @@ def abstract_params(cfg: ModelConfig, seq_len: int = 8):
   return jax.eval_shape(lambda r, t: model.init(r, t)["params"], jax.random.key(0), tokens)
 
 
+def param_table(cfg: ModelConfig) -> dict:
+  """`PARAMS` as a params-shaped tree of `cfg` (no `lm_head` when tied); each leaf a
+  `Param`. Built from the table alone: nothing is traced."""
+  tree: dict = {}
+  for path, p in PARAMS.items():
+    if path == "lm_head" and cfg.tie_embeddings:
+      continue
+    *parents, name = path.split("/")
+    node = tree
+    for key in parents:
+      node = node.setdefault(key, {})
+    node[name] = p
+  return tree
+
+
+def param_at(key_path: tuple) -> Param:
+  """The declaration of the params-tree leaf at a `jax.tree_util` key path."""
+  path = "/".join(str(getattr(k, "key", k)) for k in key_path)
+  if path not in PARAMS:
+    raise ValueError(f"{path!r} is not a parameter declared in growjax.model.PARAMS — "
+                     f"pass a params-shaped tree of growjax.model.Transformer")
+  return PARAMS[path]
+
+
 def logical_axes(cfg: ModelConfig) -> Any:
   """Pytree matching the params, each leaf a tuple of logical axis names."""
-  specs = nn.get_partition_spec(abstract_params(cfg))
-  return jax.tree.map(tuple, specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  return jax.tree.map(lambda p: p.axes, param_table(cfg))
 
 
 def init_params(cfg: ModelConfig, rng: jax.Array) -> Any:

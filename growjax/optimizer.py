@@ -2,8 +2,8 @@
 
 Defaults are the paper's recipe (betas 0.9/0.95, weight decay 0.1, clip 1.0,
 peak 3e-4 cosine to 3e-5). Norm scales and embeddings are not decayed unless
-the config says so; the decision is made from logical axis names, not from
-parameter names.
+the config says so; each parameter's weight-decay class is declared in
+`growjax.model.PARAMS`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from typing import Any
 
 import jax
 import optax
+
+from growjax import model
 
 
 def make_schedule(opt_cfg: Any, total_steps: int) -> optax.Schedule:
@@ -24,15 +26,14 @@ def make_schedule(opt_cfg: Any, total_steps: int) -> optax.Schedule:
 
 
 def decay_mask(logical_axes: Any, opt_cfg: Any) -> Any:
-  """True where weight decay applies: matrices always; vocab-sized tables (embedding,
-  LM head) and norm scales by config."""
-  def decide(names):
-    if len([n for n in names if n != "layers"]) == 1:  # a norm scale
-      return bool(opt_cfg.decay_norms)
-    if "vocab" in names:
-      return bool(opt_cfg.decay_embeddings)
-    return True
-  return jax.tree.map(decide, logical_axes, is_leaf=lambda x: isinstance(x, tuple))
+  """True where weight decay applies, by each parameter's class in `model.PARAMS`:
+  matrices always; vocab-sized tables (embedding, LM head) and norm scales by config.
+  `logical_axes` (a params-shaped tree) gives the structure."""
+  decays = {model.DECAY_MATRIX: True, model.DECAY_TABLE: bool(opt_cfg.decay_embeddings),
+            model.DECAY_NORM: bool(opt_cfg.decay_norms)}
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: decays[model.param_at(path).decay], logical_axes,
+      is_leaf=lambda x: isinstance(x, tuple))
 
 
 def make_optimizer(opt_cfg: Any, schedule: optax.Schedule,

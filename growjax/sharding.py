@@ -17,6 +17,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from growjax.model import AXIS_FIELDS
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # Default rules: batch over data x fsdp, weights' embed axis over fsdp (ZeRO-3
@@ -37,11 +39,6 @@ DEFAULT_RULES = (
     ("head_dim", None),
     ("layers", None),
 )
-
-# Which config.model field sets the size of each logical parameter axis.
-AXIS_FIELDS = {"vocab": "vocab_size", "embed": "embed_dim", "mlp": "mlp_dim",
-               "heads": "num_heads", "kv_heads": "num_kv_heads", "head_dim": "head_dim",
-               "layers": "num_layers"}
 
 
 def mesh_shape(mesh_cfg: Any, num_devices: int) -> dict[str, int]:
@@ -128,15 +125,10 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def data_parallel_size(mesh: Mesh, rules: tuple) -> int:
-  spec = nn.logical_to_mesh_axes(("act_batch",), rules)[0]
-  axes = (spec,) if isinstance(spec, str) else (spec or ())
-  return int(np.prod([mesh.shape[a] for a in axes]))
-
-
 def check_divisible(logical_axes: Any, shapes: Any, mesh_sizes: dict[str, int], rules: tuple,
                     where: str = "config.model") -> None:
-  """Every sharded parameter dim must divide by its mesh axes; say which field to change."""
+  """Every sharded parameter dim must divide by its mesh axes; say which field to change
+  (`growjax.model.AXIS_FIELDS` names the config field of each logical axis)."""
   rule_map = dict(rules)
 
   def check(names, shape):

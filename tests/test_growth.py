@@ -155,9 +155,11 @@ def test_width_direct_preserves_logits(dst):
   assert _rel(_logits(dst, big), _logits(src, small)) < 1e-5
 
 
-def test_width_direct_non_integer_embed_is_close_not_exact():
+def test_width_direct_non_integer_embed_is_refused_unless_allowed():
   small = _params(S)
-  big = grow(small, S, ODD, width_method="direct")
+  with pytest.raises(ValueError, match="not a whole multiple of 32.*allow_inexact=True"):
+    grow(small, S, ODD, width_method="direct")
+  big = grow(small, S, ODD, width_method="direct", allow_inexact=True)
   _assert_shapes(big, ODD)
   err = _rel(_logits(ODD, big), _logits(S, small))
   assert 1e-5 < err < 0.15  # RMSNorm sees a weighted mean square (about 6% here)

@@ -23,13 +23,13 @@ Presets, for `L` small and `L'` large layers:
                new ones. Any other placement is an explicit map with -1 entries.
 
 New layers come from a params-shaped `fill` tree of the large model (its
-initialiser's output for `random`); with `zero_writers` the leaves that write
-into the residual stream (`o`, `down`) are zero there, so a new layer is an
+initialiser's output for `random`); with `zero_writers` the leaves declared to
+write the residual stream (`model.WRITES`: `o`, `down`) are zero there, so a new layer is an
 exact identity of its input and the logits do not change. Every grown leaf is
 constrained to its sharding (`growjax.growth.placement`; a no-op without a mesh).
 
-This module does not check configs (see `growjax.growth.grow`) and does not
-learn maps (see `growjax.growth.learn`).
+This module does not check configs or maps (`growjax.growth.spec.resolve` does,
+before any of this runs) and does not learn maps (see `growjax.growth.learn`).
 """
 
 from __future__ import annotations
@@ -40,42 +40,29 @@ import jax.numpy as jnp
 import numpy as np
 
 from growjax.growth import layout, placement
-from growjax.model import ModelConfig
+from growjax.model import WRITES, ModelConfig, Param
 
 NEW = -1
 STACK_PARTS = {"stack_bottom": 0, "stack_middle": 1, "stack_top": 2}
 PRESETS = ("stack", "interpolate") + tuple(STACK_PARTS)
 
 
+def stack_part(method: str, n_src: int) -> np.ndarray:
+  """The small layers a `stack_bottom` / `stack_middle` / `stack_top` preset repeats."""
+  return np.array_split(np.arange(n_src), 3)[STACK_PARTS[method]]
+
+
 def preset_map(method: str, n_src: int, n_dst: int) -> tuple[int, ...]:
-  """The layer map of a named preset (see the module docstring)."""
+  """The layer map of a named preset (see the module docstring); `spec.resolve` has
+  checked that the preset fits `n_src -> n_dst`."""
   if method == "stack":
-    if n_dst % n_src:
-      raise ValueError(
-          f"method='stack' needs dst.num_layers={n_dst} to be a whole multiple of "
-          f"src.num_layers={n_src} (growth factor g={n_dst / n_src:g}); use a multiple such "
-          f"as {n_src * max(2, round(n_dst / n_src))}, or method='interpolate' / an explicit "
-          f"layer_map.")
     return tuple(i % n_src for i in range(n_dst))
   if method == "interpolate":
     return tuple(i * n_src // n_dst for i in range(n_dst))
-  if method in STACK_PARTS:
-    parts = np.array_split(np.arange(n_src), 3)
-    part = parts[STACK_PARTS[method]]
-    if part.size == 0:
-      raise ValueError(f"method={method!r} needs src.num_layers >= 3 to have a "
-                       f"{method[6:]} third; src.num_layers={n_src}.")
-    extra = n_dst - n_src
-    if extra % part.size:
-      k = part.size
-      raise ValueError(
-          f"method={method!r} repeats the {k} layer(s) {part.tolist()} of the small model, so "
-          f"dst.num_layers - src.num_layers = {extra} must be a multiple of {k}; use "
-          f"dst.num_layers={n_src + k * max(1, round(extra / k))} or an explicit layer_map.")
-    lo, hi = int(part[0]), int(part[-1]) + 1
-    reps = 1 + extra // part.size
-    return tuple(range(lo)) + tuple(part.tolist()) * reps + tuple(range(hi, n_src))
-  raise ValueError(f"unknown depth preset {method!r}; choose one of {PRESETS}.")
+  part = stack_part(method, n_src)
+  lo, hi = int(part[0]), int(part[-1]) + 1
+  reps = 1 + (n_dst - n_src) // part.size
+  return tuple(range(lo)) + tuple(part.tolist()) * reps + tuple(range(hi, n_src))
 
 
 def insert_map(n_src: int, n_dst: int) -> tuple[int, ...]:
@@ -86,28 +73,9 @@ def insert_map(n_src: int, n_dst: int) -> tuple[int, ...]:
   return tuple(m)
 
 
-def check_map(layer_map: Sequence[int], n_src: int, n_dst: int, *, allow_new: bool,
-              keep_order: bool) -> tuple[int, ...]:
-  """Validates an explicit map; `keep_order`: old layers exactly once, in order (zero)."""
-  m = tuple(int(i) for i in layer_map)
-  if len(m) != n_dst:
-    raise ValueError(f"layer_map has {len(m)} entries but dst.num_layers={n_dst}; give one "
-                     f"source layer per large layer.")
-  low = NEW if allow_new else 0
-  bad = [i for i in m if not low <= i < n_src]
-  if bad:
-    allowed = f"-1 (new layer) or 0..{n_src - 1}" if allow_new else f"0..{n_src - 1}"
-    raise ValueError(f"layer_map entries {bad} point past the small model "
-                     f"(src.num_layers={n_src}); entries must be {allowed}.")
-  if keep_order and [i for i in m if i != NEW] != list(range(n_src)):
-    raise ValueError(f"layer_map {list(m)} must hold every small layer 0..{n_src - 1} once, "
-                     f"in order, with -1 for the new layers, so the grown model computes the "
-                     f"same function.")
-  return m
-
-
 def layers_fn(layer_map: Sequence[int], *, zero_writers: bool = False):
-  """`fn(names, leaf, fill_leaf)` applying `layer_map` to one leaf.
+  """`fn(param, leaf, fill_leaf)` applying `layer_map` to one leaf (`param`: its
+  `model.Param`).
 
   `fill_leaf` (large-model-shaped, or None for zeros) supplies the NEW layers;
   with `zero_writers`, writer leaves (`o`, `down`) of new layers are zero.
@@ -117,18 +85,18 @@ def layers_fn(layer_map: Sequence[int], *, zero_writers: bool = False):
   new = idx == NEW
   src_idx = np.maximum(idx, 0)
 
-  def leaf(names, x, fill):
-    a = layout.layer_axis(names)
+  def leaf(p: Param, x, fill):
+    a = layout.layer_axis(p)
     if a is None or not hasattr(x, "ndim"):  # not per-layer / an optax.MaskedNode
       return x
     # `layers` is unsharded under the default rules: this gather stays on each device.
-    y = placement.constrain(names, jnp.take(x, src_idx, axis=a))
+    y = placement.constrain(p.axes, jnp.take(x, src_idx, axis=a))
     if not new.any():
       return y
-    if fill is None or (zero_writers and layout.role(names) == layout.WRITER):
+    if fill is None or (zero_writers and p.role == WRITES):
       fill = jnp.zeros_like(y)
     mask = new.reshape((-1,) + (1,) * (y.ndim - a - 1))
-    return placement.constrain(names, jnp.where(mask, fill.astype(y.dtype), y))
+    return placement.constrain(p.axes, jnp.where(mask, fill.astype(y.dtype), y))
 
   return leaf
 

@@ -1,13 +1,12 @@
-"""What growth needs to know about a parameter, read from its logical axis names only.
+"""What growth needs to know about a parameter: its declaration in `growjax.model.PARAMS`.
 
 Every growth operator asks three questions of a leaf: which axis is `layers`,
 which axes grow, and whether the leaf reads the residual stream, writes it, or
-scales it. All three are answered from `growjax.model.logical_axes`; no tensor
-is recognised by its name. The role rule holds for every weight of a LLaMA
-block: the residual-stream axis `embed` is the first axis of a weight that
-reads the stream (q, k, v, gate, up, LM head: its other axes are outputs) and
-the last axis of a weight that writes it (o, down, embedding table: its other
-axes are inputs); a leaf whose only axis is `embed` is an RMSNorm scale.
+scales it. All three are answered by the leaf's declared `model.Param` (its
+logical axes and its role), which `map_leaves` hands to the operator with the
+leaf; no tensor is recognised by its name and no role is guessed from the
+order of its axes (the table itself is checked against the axis convention, in
+`model.check_params`).
 
 This module does not grow anything.
 """
@@ -19,50 +18,36 @@ from typing import Any, Callable
 
 import jax
 
-from growjax.model import EMBED, LAYERS, ModelConfig, logical_axes
-
-READER, WRITER, SCALE = "reader", "writer", "scale"
+from growjax.model import LAYERS, SCALES, ModelConfig, Param, param_table
 
 
 @functools.lru_cache(maxsize=64)
+def params_of(cfg: ModelConfig) -> Any:
+  """`model.param_table(cfg)`, cached (treat it as read-only)."""
+  return param_table(cfg)
+
+
 def axes_of(cfg: ModelConfig) -> Any:
-  """`logical_axes(cfg)`, cached: it traces the model once per config."""
-  return logical_axes(cfg)
+  """Params-shaped tree of `cfg`, each leaf its tuple of logical axis names."""
+  return jax.tree.map(lambda p: p.axes, params_of(cfg))
 
 
-def is_names(x: Any) -> bool:
-  """Leaf test for a logical-axes tree (its leaves are tuples of strings)."""
-  return isinstance(x, tuple) and all(isinstance(n, str) for n in x)
+def is_param(x: Any) -> bool:
+  return isinstance(x, Param)
 
 
 def map_leaves(fn: Callable[..., Any], cfg: ModelConfig, *trees: Any) -> Any:
-  """`fn(names, *leaves)` over the params-shaped `trees`, with each leaf's axis names.
+  """`fn(param, *leaves)` over the params-shaped `trees`, with each leaf's `model.Param`.
 
-  The axes tree leads so that `trees` may carry whole subtrees (or None) per leaf.
+  The declarations lead so that `trees` may carry whole subtrees (or None) per leaf.
   """
-  return jax.tree.map(fn, axes_of(cfg), *trees, is_leaf=is_names)
+  return jax.tree.map(fn, params_of(cfg), *trees, is_leaf=is_param)
 
 
-def layer_axis(names: tuple[str, ...]) -> int | None:
-  return names.index(LAYERS) if LAYERS in names else None
+def layer_axis(p: Param) -> int | None:
+  return p.axes.index(LAYERS) if LAYERS in p.axes else None
 
 
-def role(names: tuple[str, ...]) -> str:
-  """READER, WRITER or SCALE (see the module docstring)."""
-  rest = tuple(n for n in names if n != LAYERS)
-  if rest == (EMBED,):
-    return SCALE
-  if len(rest) >= 2 and rest[-1] == EMBED and EMBED not in rest[:-1]:
-    return WRITER
-  if len(rest) >= 2 and rest[0] == EMBED and EMBED not in rest[1:]:
-    return READER
-  raise ValueError(
-      f"growth cannot place a parameter with logical axes {names}: a weight must have "
-      f"'{EMBED}' as its first axis (reads the residual stream) or its last (writes it), "
-      f"or be an '{EMBED}'-only norm scale. Annotate new parameters that way in "
-      f"growjax.model.")
-
-
-def is_final_norm(names: tuple[str, ...]) -> bool:
+def is_final_norm(p: Param) -> bool:
   """The scale outside the layer stack: the only one that feeds the LM head."""
-  return names == (EMBED,)
+  return p.role == SCALES and LAYERS not in p.axes

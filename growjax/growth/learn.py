@@ -138,15 +138,15 @@ def learn_depth(params: Any, cfg: ModelConfig, num_layers: int, init_map: Sequen
   one_hot = np.eye(cfg.num_layers, dtype=np.float32)[np.asarray(init_map)]
   # One array per leaf (not one shared buffer): the sharded steps donate them.
   maps = layout.map_leaves(
-      lambda names, _: None if layout.layer_axis(names) is None else jnp.array(one_hot),
+      lambda p, _: None if layout.layer_axis(p) is None else jnp.array(one_hot),
       cfg, params)
   maps_names = jax.tree.map(lambda _: (None, None), maps)  # (L', L): tiny, replicated
 
   def materialise(maps, small):
-    def leaf(names, x, m):
+    def leaf(p, x, m):
       if m is None:
         return x
-      return placement.constrain(names, _along_layers(x, layout.layer_axis(names), m))
+      return placement.constrain(p.axes, _along_layers(x, layout.layer_axis(p), m))
     return layout.map_leaves(leaf, cfg, small, maps)
 
   big_cfg = cfg.replace(num_layers=num_layers)
@@ -186,12 +186,12 @@ def learn_width(params: Any, src: ModelConfig, dst: ModelConfig, batches: Iterab
   tied = src.tie_embeddings
 
   def materialise(coeffs, small):
-    def leaf(names, x):
-      divided = width.divided_axes(names, maps, tied)
-      for i, n in enumerate(names):
+    def leaf(p, x):
+      divided = width.divided_axes(p, maps, tied)
+      for i, n in enumerate(p.axes):
         if n in maps:
           m = coeffs[n]["in" if i in divided else "out"]
-          x = placement.constrain(names, _contract(x, i, m, layout.layer_axis(names)))
+          x = placement.constrain(p.axes, _contract(x, i, m, layout.layer_axis(p)))
       return x
     return layout.map_leaves(leaf, src, small)
 

@@ -1,31 +1,41 @@
 """Offline growth of a saved checkpoint: restore small -> grow -> save large.
 
-The source is restored straight into the target mesh's sharding (a checkpoint
-bigger than one device grows on a mesh), the growth operator runs under
-`jax.jit` with the large model's `out_shardings`, and the result is written in
-the same format `growjax train` resumes from (`config.train.init_from`). The
-step is carried over so the learning-rate schedule continues (the paper), or
-reset to 0 on request.
+Every check (`spec.resolve`: the configs, methods, layer map, growth factor,
+exactness; the optimizer-state mode and schedule) runs before the checkpoint
+is read. The source is then restored straight into the target mesh's sharding
+(a checkpoint bigger than one device grows on a mesh), the growth operator runs
+under `jax.jit` with the large model's `out_shardings`, and the result is
+written in the same format `growjax train` resumes from
+(`config.train.init_from`). The step is carried over so the learning-rate
+schedule continues (the paper), or reset to 0 on request. A growth that does
+not keep the function exactly although its operator promises to (`spec`'s
+`inexact`) is measured on a probe batch and the change printed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import resource
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from growjax import checkpoint as ckpt_lib
-from growjax import growth  # the operators (growjax/growth/__init__.py)
 from growjax import optimizer as opt_lib
 from growjax import state as state_lib
-from growjax.model import ModelConfig, logical_axes
+from growjax.growth import operators, optimizer_state, placement
+from growjax.growth import spec as spec_lib
+from growjax.model import ModelConfig, Transformer, logical_axes
 
 LEARN_STEPS = 100  # Adam steps of the `learn` operators' expansion (LiGO-style)
+SCHEDULES = ("continue", "restart")
+PROBE_ROWS, PROBE_LEN = 4, 64  # random tokens measuring an inexact growth's logit change
 
 
 def _source_setup(meta: dict, large: state_lib.Setup):
@@ -38,26 +48,6 @@ def _source_setup(meta: dict, large: state_lib.Setup):
   return src_model, tx, abstract
 
 
-def check_pair(src: ModelConfig, dst: ModelConfig, method: str, g: int | None,
-               layer_map: Sequence[int] | None) -> None:
-  """Refuses pairs no operator can bridge, naming the field to change."""
-  for f in ("vocab_size", "head_dim"):
-    if getattr(src, f) != getattr(dst, f):
-      raise ValueError(f"source model {f}={getattr(src, f)} differs from config.model.{f}="
-                       f"{getattr(dst, f)}; growth keeps {f} fixed.")
-  if g is not None and dst.num_layers != g * src.num_layers and layer_map is None:
-    raise ValueError(f"--g={g} but config.model.num_layers={dst.num_layers} is not "
-                     f"{g} x the source's {src.num_layers} layers.")
-  if layer_map is not None:
-    bad = [i for i in layer_map if not 0 <= i < src.num_layers]
-    if bad:
-      raise ValueError(f"--layer_map entries {bad} point past the source model's "
-                       f"{src.num_layers} layers (valid: 0..{src.num_layers - 1}).")
-    if len(layer_map) != dst.num_layers:
-      raise ValueError(f"--layer_map has {len(layer_map)} entries; config.model.num_layers="
-                       f"{dst.num_layers} needs one per large layer.")
-
-
 def data_position_in_windows(data_state: dict | None, meta: dict) -> dict | None:
   """The loader position as windows consumed, so the large stage goes on with the next
   unseen window whatever its batch size (older checkpoints count batches of the
@@ -68,38 +58,40 @@ def data_position_in_windows(data_state: dict | None, meta: dict) -> dict | None
 
 
 def grow_state(src_state, src_model: ModelConfig, src_tx, large: state_lib.Setup, *,
-               method: str, width_method: str | None, layer_map, opt_state: str,
-               schedule: str, rng: jax.Array, learn_batches=None, lower: bool = False):
+               opt_state: str, schedule: str, rng: jax.Array, method: str = "stack",
+               width_method: str | None = None, layer_map: Sequence[int] | None = None,
+               spec: spec_lib.GrowthSpec | None = None, learn_batches=None,
+               lower: bool = False):
   """Grows a restored train state into the large setup's layout (pure, sharded).
 
-  One function, jitted onto the large mesh, makes the whole large state (params,
-  optimizer state grown or fresh, step) in `large.state_shardings`; growth runs
-  under the large mesh and rules, so every intermediate leaf is sharded too and
-  per-device memory falls as devices are added. `learn` first trains its maps
-  in sharded steps on the same mesh. `lower=True` returns the jitted function
-  lowered on `src_state` (its leaves may be ShapeDtypeStructs carrying
-  shardings) instead of running it: `benchmarks/memory_plan.py` compiles it.
+  The growth is `spec` (from `spec.resolve`), or else resolved here from `method`,
+  `width_method` and `layer_map`. One function, jitted onto the large mesh, makes
+  the whole large state (params, optimizer state grown or fresh, step) in
+  `large.state_shardings`; growth runs under the large mesh and rules, so every
+  intermediate leaf is sharded too and per-device memory falls as devices are
+  added. `learn` first trains its maps in sharded steps on the same mesh.
+  `lower=True` returns the jitted function lowered on `src_state` (its leaves may
+  be ShapeDtypeStructs carrying shardings) instead of running it:
+  `benchmarks/memory_plan.py` compiles it.
   """
-  dst = large.model_cfg
-  grow_kw = dict(src=src_model, dst=dst, method=method, width_method=width_method,
-                 layer_map=layer_map, mesh=large.mesh, rules=large.rules)
+  spec = spec or spec_lib.resolve(src_model, large.model_cfg, method, width_method, layer_map)
+  spec.check_opt_state(opt_state)
+  on_mesh = dict(mesh=large.mesh, rules=large.rules)
   learned = None
-  if method == "learn" or width_method == "learn":
+  if spec.learns:
     if lower:
       raise ValueError("grow_state(lower=True) cannot lower 'learn': it runs a training "
-                       "loop of jitted steps.")
-    learned = growth.grow(src_state.params, rng=rng, learn_batches=learn_batches,
-                          learn_steps=LEARN_STEPS, **grow_kw)
+                       "loop of jitted steps — lower another operator")
+    learned = operators.grow_by(spec, src_state.params, rng=rng, learn_batches=learn_batches,
+                                learn_steps=LEARN_STEPS, **on_mesh)
 
   def grown(state, rng, learned):
-    with growth.placement.entered(growth.placement.Placement(large.mesh, large.rules)):
-      params = learned if learned is not None else growth.grow(state.params, rng=rng,
-                                                               **grow_kw)
+    with placement.entered(placement.Placement(large.mesh, large.rules)):
+      params = learned if learned is not None else operators.grow_by(
+          spec, state.params, rng=rng, **on_mesh)
       step = state.step if schedule == "continue" else jnp.zeros((), jnp.int32)
       if opt_state == "grow":
-        new_opt = growth.grow_opt_state(state.opt_state, src_tx, src_model, dst, method=method,
-                                        width_method=width_method, layer_map=layer_map,
-                                        mode="grow")
+        new_opt = optimizer_state.grow_moments(spec, state.opt_state, src_tx)
       else:
         new_opt = large.tx.init(params)
       new_opt = opt_lib.set_schedule_step(new_opt, step)
@@ -109,77 +101,162 @@ def grow_state(src_state, src_model: ModelConfig, src_tx, large: state_lib.Setup
   return jitted.lower(src_state, rng, learned) if lower else jitted(src_state, rng, learned)
 
 
+def logit_change(spec: spec_lib.GrowthSpec, src_params: Any, grown_params: Any,
+                 large: state_lib.Setup, rng: jax.Array) -> float:
+  """max |grown - small| / max |small| over the logits of a probe batch of random
+  tokens, in float32, for the change the width operator makes: the grown params
+  themselves when depth keeps the function (no depth growth, or `zero`), else the
+  width growth alone (other depth operators change the function by design)."""
+  if spec.layer_map is not None and spec.method != "zero":
+    width_only = dataclasses.replace(spec, dst=spec.mid, layer_map=None)
+    with jax.set_mesh(large.mesh), nn.logical_axis_rules(large.rules):
+      grown_params = operators.grow_by(width_only, src_params, rng=rng, mesh=large.mesh,
+                                       rules=large.rules)
+    spec = width_only
+  seq = min(PROBE_LEN, int(large.cfg.data.seq_len))
+  tokens = np.random.default_rng(0).integers(0, spec.src.vocab_size, (PROBE_ROWS, seq))
+  replicated = NamedSharding(large.mesh, P())
+  tokens = jax.make_array_from_callback(tokens.shape, replicated,
+                                        lambda i: tokens[i].astype(np.int32))
+
+  def logits(cfg, params, t):  # no logical-axis rules in context: no activation constraints
+    cfg = cfg.replace(dtype="float32", remat_policy="none", attention_impl="xla")
+    return Transformer(cfg).apply({"params": params}, t)
+
+  def change(small, grown, t):
+    a, b = logits(spec.src, small, t), logits(spec.dst, grown, t)
+    return jnp.max(jnp.abs(b - a)) / jnp.max(jnp.abs(a))
+
+  return float(jax.jit(change, out_shardings=replicated)(src_params, grown_params, tokens))
+
+
+def _check_run_args(spec: spec_lib.GrowthSpec, opt_state: str, schedule: str,
+                    names: spec_lib.Names) -> None:
+  spec.check_opt_state(opt_state, names)
+  if schedule not in SCHEDULES:
+    raise ValueError(f"{names.arg('schedule', schedule)} is not a schedule — choose continue "
+                     f"(the small model's step, the paper) or restart (step 0)")
+
+
+def grow_run_kwargs(cfg: ml_collections.ConfigDict) -> dict:
+  """`grow_checkpoint`'s growth arguments from a grow run's `config.growth`."""
+  g = cfg.growth
+  return dict(method=g.method, width_method=g.width_method or None,
+              layer_map=tuple(int(i) for i in g.layer_map), opt_state=g.opt_state,
+              schedule=g.schedule, allow_inexact=bool(g.allow_inexact),
+              names=spec_lib.GROW_RUN)
+
+
+def check_grow_run(cfg: ml_collections.ConfigDict) -> spec_lib.GrowthSpec:
+  """What a grow run's growth stage will check, done before its small stage trains:
+  `config.growth` against `config.growth.small_model` and `config.model`."""
+  kw = grow_run_kwargs(cfg)
+  spec = spec_lib.resolve(ModelConfig.from_config(cfg.growth.small_model),
+                          ModelConfig.from_config(cfg.model), kw["method"],
+                          kw["width_method"], kw["layer_map"],
+                          allow_inexact=kw["allow_inexact"], names=kw["names"])
+  _check_run_args(spec, kw["opt_state"], kw["schedule"], kw["names"])
+  return spec
+
+
+def _learn_batches(spec: spec_lib.GrowthSpec, large_cfg: ml_collections.ConfigDict):
+  if not spec.learns:
+    return None
+  from growjax import data as data_lib
+  it = data_lib.train_iterator(large_cfg.data, seed=large_cfg.seed,
+                               global_batch_size=large_cfg.train.global_batch_size)
+  return (jnp.concatenate([b["inputs"], b["targets"][:, -1:]], axis=1) for b in it)
+
+
+def _restore(directory: str, step: int, abstract, meta: dict):
+  reader = ckpt_lib.Checkpoints(directory, use_async=False)
+  src_state, data_state, _ = reader.restore(step, abstract)
+  jax.block_until_ready(src_state)
+  reader.close()
+  return src_state, data_position_in_windows(data_state, meta)
+
+
+def _save(out_dir: str, state, data_state, meta_out: dict) -> None:
+  writer = ckpt_lib.Checkpoints(out_dir, use_async=False, keep=1)
+  writer.save(int(state_lib.to_host(state.step)), state, data_state, meta_out, force=True)
+  writer.wait()
+  writer.close()
+
+
+def _meta_out(meta: dict, large: state_lib.Setup, spec: spec_lib.GrowthSpec, source: str,
+              **grown_from) -> dict:
+  out = state_lib.run_meta(large)
+  out["flops_seen"] = float(meta.get("flops_seen", 0.0))  # the small stage's compute
+  # `learn` trains its expansion through the large model: count that compute too, so
+  # loss-vs-FLOPs comparisons stay fair (each learn phase ~ LEARN_STEPS large steps).
+  out["flops_seen"] += spec.learn_phases * LEARN_STEPS * large.tokens_per_step * \
+      large.model_cfg.flops_per_token(large.cfg.data.seq_len)
+  out["grown_from"] = {"checkpoint": source, "model": meta["model"], "method": spec.method,
+                       "width_method": spec.width_method,
+                       "layer_map": list(spec.layer_map) if spec.layer_map else None,
+                       **grown_from}
+  return out
+
+
 def grow_checkpoint(source: str, out_dir: str, large_cfg: ml_collections.ConfigDict, *,
                     method: str = "stack", width_method: str | None = None,
                     step: int | None = None, g: int | None = None,
                     layer_map: Sequence[int] | None = None, opt_state: str = "reset",
-                    schedule: str = "continue", seed: int = 0, log=print) -> dict:
-  """`growjax grow`: returns timings and memory figures (also printed)."""
+                    schedule: str = "continue", allow_inexact: bool = False, seed: int = 0,
+                    names: spec_lib.Names = spec_lib.CLI, log=print) -> dict:
+  """`growjax grow` (and a grow run's stage 2): returns timings and memory figures
+  (also printed). `names` spells the inputs in errors: `growjax grow`'s flags by
+  default, `spec.GROW_RUN` for a grow run's config fields."""
   t0 = time.perf_counter()
   directory, step = ckpt_lib.resolve(source, step, field="--from")
   meta = ckpt_lib.read_meta(directory, step)
   large = state_lib.build(large_cfg)
   src_model, src_tx, src_abstract = _source_setup(meta, large)
-  check_pair(src_model, large.model_cfg, method, g, layer_map)
-  if layer_map is not None and method == "stack":
-    method = "direct"
+  spec = spec_lib.resolve(src_model, large.model_cfg, method, width_method, layer_map, g=g,
+                          allow_inexact=allow_inexact, names=names)
+  _check_run_args(spec, opt_state, schedule, names)
 
-  reader = ckpt_lib.Checkpoints(directory, use_async=False)
-  src_state, data_state, _ = reader.restore(step, src_abstract)
-  jax.block_until_ready(src_state)
-  reader.close()
-  data_state = data_position_in_windows(data_state, meta)
+  src_state, data_state = _restore(directory, step, src_abstract, meta)
   t_read = time.perf_counter()
-
-  learn_batches = None
-  if method == "learn" or width_method == "learn":
-    from growjax import data as data_lib
-    it = data_lib.train_iterator(large_cfg.data, seed=large_cfg.seed,
-                                 global_batch_size=large_cfg.train.global_batch_size)
-    learn_batches = (jnp.concatenate([b["inputs"], b["targets"][:, -1:]], axis=1) for b in it)
   with jax.set_mesh(large.mesh), nn.logical_axis_rules(large.rules):
-    state = grow_state(src_state, src_model, src_tx, large, method=method,
-                       width_method=width_method, layer_map=layer_map, opt_state=opt_state,
-                       schedule=schedule, rng=jax.random.key(seed), learn_batches=learn_batches)
+    state = grow_state(src_state, src_model, src_tx, large, spec=spec, opt_state=opt_state,
+                       schedule=schedule, rng=jax.random.key(seed),
+                       learn_batches=_learn_batches(spec, large_cfg))
     jax.block_until_ready(state)
   t_grow = time.perf_counter()
-
-  meta_out = state_lib.run_meta(large)
-  meta_out["flops_seen"] = float(meta.get("flops_seen", 0.0))  # the small stage's compute
-  # `learn` trains its expansion through the large model: count that compute too, so
-  # loss-vs-FLOPs comparisons stay fair (each learn phase ~ LEARN_STEPS large steps).
-  learn_phases = (method == "learn") + (width_method == "learn")
-  meta_out["flops_seen"] += learn_phases * LEARN_STEPS * large.tokens_per_step * \
-      large.model_cfg.flops_per_token(large_cfg.data.seq_len)
-  meta_out["grown_from"] = {"checkpoint": f"{directory}/{step}", "model": meta["model"],
-                            "method": method, "width_method": width_method,
-                            "layer_map": list(layer_map) if layer_map else None,
-                            "opt_state": opt_state, "schedule": schedule}
-  writer = ckpt_lib.Checkpoints(out_dir, use_async=False, keep=1)
-  writer.save(int(state_lib.to_host(state.step)), state, data_state, meta_out, force=True)
-  writer.wait()
-  writer.close()
+  change = None
+  if spec.inexact:
+    change = logit_change(spec, src_state.params, state.params, large, jax.random.key(seed))
+  _save(out_dir, state, data_state, _meta_out(
+      meta, large, spec, f"{directory}/{step}", opt_state=opt_state, schedule=schedule,
+      allow_inexact=allow_inexact, logit_change=change))
   t_end = time.perf_counter()
 
-  device_peak = None
   stats = jax.local_devices()[0].memory_stats() or {}
-  if "peak_bytes_in_use" in stats:
-    device_peak = stats["peak_bytes_in_use"]
   report = {
       "source": f"{directory}/{step}", "out": out_dir, "step": int(state_lib.to_host(state.step)),
       "src_params": src_model.num_params(), "dst_params": large.model_cfg.num_params(),
       "read_s": t_read - t0, "grow_s": t_grow - t_read, "write_s": t_end - t_grow,
       "total_s": t_end - t0,
       "peak_host_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-      "peak_device_bytes": device_peak,
+      "peak_device_bytes": stats.get("peak_bytes_in_use"), "logit_change": change,
   }
   if jax.process_index() == 0:
-    log(f"grew {report['source']} ({report['src_params'] / 1e6:.1f}M params, "
-        f"{src_model.num_layers}L x {src_model.embed_dim}) -> {out_dir} "
-        f"({report['dst_params'] / 1e6:.1f}M, {large.model_cfg.num_layers}L x "
-        f"{large.model_cfg.embed_dim}) by {method}"
-        f"{' + width ' + width_method if width_method else ''} at step {report['step']}: "
-        f"read {report['read_s']:.2f}s, grow {report['grow_s']:.2f}s, "
-        f"write {report['write_s']:.2f}s; peak host {report['peak_host_bytes'] / 2**30:.2f} GiB"
-        + (f", peak device {device_peak / 2**30:.2f} GiB" if device_peak else ""))
+    _log_report(report, spec, names, log)
   return report
+
+
+def _log_report(report: dict, spec: spec_lib.GrowthSpec, names: spec_lib.Names, log) -> None:
+  src, dst, peak = spec.src, spec.dst, report["peak_device_bytes"]
+  log(f"grew {report['source']} ({report['src_params'] / 1e6:.1f}M params, "
+      f"{src.num_layers}L x {src.embed_dim}) -> {report['out']} "
+      f"({report['dst_params'] / 1e6:.1f}M, {dst.num_layers}L x {dst.embed_dim}) by "
+      f"{spec.method}{' + width ' + spec.width_method if spec.width_method else ''} at step "
+      f"{report['step']}: read {report['read_s']:.2f}s, grow {report['grow_s']:.2f}s, "
+      f"write {report['write_s']:.2f}s; peak host {report['peak_host_bytes'] / 2**30:.2f} GiB"
+      + (f", peak device {peak / 2**30:.2f} GiB" if peak else ""))
+  if report["logit_change"] is not None:
+    what, fix = spec.inexact_message(names)
+    log(f"inexact growth: {what}; the logits moved by up to "
+        f"{report['logit_change']:.2%} (max relative change, {PROBE_ROWS} probe sequences "
+        f"of random tokens) — {fix} to grow exactly")

@@ -1,14 +1,16 @@
 """`grow`: the pure function from a small model's params to a large one's.
 
-It reads each leaf's logical axes (`layout`), resolves the method pair
-(`spec`), grows width first (at the small depth, the cheaper order), then
-depth, each jitted and placed on the caller's mesh (`placement`). The
-package docstring (`growjax.growth`) lists the operators.
+It resolves and checks the growth (`spec.resolve`), then `grow_by` grows
+width first (at the small depth, the cheaper order), then depth, each jitted
+and placed on the caller's mesh (`placement`); every leaf is handled by its
+declaration in `growjax.model.PARAMS` (`layout`). The package docstring
+(`growjax.growth`) lists the operators.
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any, Iterable, Sequence
 
 import jax
@@ -17,15 +19,20 @@ from growjax.growth import depth, layout, learn, placement, width
 from growjax.growth.spec import GrowthSpec, resolve
 from growjax.model import ModelConfig, init_params
 
+
+class InexactGrowthWarning(UserWarning):
+  """A function-preserving operator that, for these configs, moves the logits."""
+
 def _first_layers(tree: Any, cfg: ModelConfig, n: int) -> Any:
-  def leaf(names, x):
-    a = layout.layer_axis(names)
+  def leaf(p, x):
+    a = layout.layer_axis(p)
     return x if a is None else jax.lax.slice_in_dim(x, 0, n, axis=a)
   return layout.map_leaves(leaf, cfg, tree)
 
 
 def grow(params: Any, src: ModelConfig, dst: ModelConfig, method: str = "stack", *,
          width_method: str | None = None, layer_map: Sequence[int] | None = None,
+         allow_inexact: bool = False,
          rng: jax.Array | None = None, learn_batches: Iterable | None = None,
          learn_steps: int = 100, learn_lr: float = 1e-3,
          mesh: jax.sharding.Mesh | None = None, rules: Any = None) -> Any:
@@ -40,6 +47,11 @@ def grow(params: Any, src: ModelConfig, dst: ModelConfig, method: str = "stack",
     layer_map: one small-layer index per large layer, -1 for a new layer
       (`zero` / `random` only). For `direct` it is required; for `zero` /
       `random` it places the old layers; for `learn` it is the starting map.
+      None or empty: no explicit map.
+    allow_inexact: accept width `direct` to an `embed_dim` that is not a whole
+      multiple of src's (refused otherwise: the logits move by several percent)
+      and silence the warning width `zero` gives when dst.norm_eps is not
+      src.norm_eps * E / E' (see `growjax.growth.spec`).
     rng: key for the initialiser; needed by `zero` and `random` (new layers /
       units take their initial values, except the zeroed ones, from
       `init_params(dst, key)`, so they have the large model's init std).
@@ -52,10 +64,24 @@ def grow(params: Any, src: ModelConfig, dst: ModelConfig, method: str = "stack",
       rules anywhere takes `growjax.sharding.DEFAULT_RULES`), else none: no
       sharding constraints. `learn` needs a concrete mesh to place its steps.
   """
-  spec = resolve(src, dst, method, width_method, layer_map)
+  spec = resolve(src, dst, method, width_method, layer_map, allow_inexact=allow_inexact)
+  if spec.inexact and not allow_inexact:
+    what, fix = spec.inexact_message()
+    warnings.warn(f"{what} — {fix} to grow exactly, or pass allow_inexact=True",
+                  InexactGrowthWarning, stacklevel=2)
+  return grow_by(spec, params, rng=rng, learn_batches=learn_batches, learn_steps=learn_steps,
+                 learn_lr=learn_lr, mesh=mesh, rules=rules)
+
+
+def grow_by(spec: GrowthSpec, params: Any, *, rng: jax.Array | None = None,
+            learn_batches: Iterable | None = None, learn_steps: int = 100,
+            learn_lr: float = 1e-3, mesh: jax.sharding.Mesh | None = None,
+            rules: Any = None) -> Any:
+  """`grow` for a spec `resolve` returned (the arguments after it are `grow`'s)."""
+  src, dst = spec.src, spec.dst
   if spec.needs_rng and rng is None:
-    raise ValueError(f"method={method!r} / width_method={spec.width_method!r} draws new "
-                     f"weights from the initialiser: pass rng=jax.random.key(seed).")
+    raise ValueError(f"method={spec.method!r} / width_method={spec.width_method!r} draws "
+                     f"new weights from the initialiser — pass rng=jax.random.key(seed)")
   if rng is None:
     rng = jax.random.key(0)  # unused: nothing random is drawn
   width_key, depth_key = jax.random.split(rng)

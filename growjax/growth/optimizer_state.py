@@ -46,40 +46,43 @@ def _power(path) -> int:
 def grow_opt_state(opt_state: Any, tx: optax.GradientTransformation, src: ModelConfig,
                    dst: ModelConfig, method: str = "stack", *,
                    width_method: str | None = None, layer_map: Sequence[int] | None = None,
-                   mode: str = "reset", params: Any = None) -> Any:
+                   allow_inexact: bool = False, mode: str = "reset", params: Any = None) -> Any:
   """The small model's `opt_state` (of `tx`) -> a state for the grown params.
 
-  `method`, `width_method` and `layer_map` must be those given to `grow`.
-  `mode='reset'` needs `params` (the grown params) and returns `tx.init(params)`;
-  `mode='grow'` maps the moments and carries the step count.
+  `method`, `width_method`, `layer_map` and `allow_inexact` must be those given to
+  `grow`. `mode='reset'` needs `params` (the grown params) and returns
+  `tx.init(params)`; `mode='grow'` maps the moments and carries the step count.
   """
+  spec = spec_lib.resolve(src, dst, method, width_method, layer_map,
+                          allow_inexact=allow_inexact)
+  spec.check_opt_state(mode)
   if mode == "reset":
     if params is None:
-      raise ValueError("grow_opt_state(mode='reset') needs params=the grown params "
-                       "(it returns tx.init(params)).")
+      raise ValueError("grow_opt_state(mode='reset') needs params=the grown params — it "
+                       "returns tx.init(params)")
     return tx.init(params)
-  if mode != "grow":
-    raise ValueError(f"mode={mode!r}; choose 'reset' (fresh state, the paper) or 'grow'.")
-  spec = spec_lib.resolve(src, dst, method, width_method, layer_map)
-  if spec.learns:
-    raise ValueError("method/width_method 'learn' builds dense maps that have no moment "
-                     "mapping; use mode='reset'.")
+  return grow_moments(spec, opt_state, tx)
 
+
+def grow_moments(spec: spec_lib.GrowthSpec, opt_state: Any,
+                 tx: optax.GradientTransformation) -> Any:
+  """`grow_opt_state(mode='grow')` for a spec `resolve` returned (not `learn`)."""
+  src = spec.src
   widen = width.moment_fn(src, spec.mid, spec.width_method) if spec.width_method else None
   deepen = depth.layers_fn(spec.layer_map) if spec.layer_map is not None else None
 
-  def grow_leaf(tagged, names):
+  def grow_leaf(tagged, p):
     if not isinstance(tagged, _Tagged):  # optax.MaskedNode
       return tagged
     m = tagged.value
     if widen is not None:
-      m = widen(names, m, tagged.power)
+      m = widen(p, m, tagged.power)
     if deepen is not None:
-      m = deepen(names, m, None)
+      m = deepen(p, m, None)
     return m
 
   tagged = jax.tree_util.tree_map_with_path(lambda p, x: _Tagged(x, _power(p)), opt_state)
   untag = lambda t: jax.tree.map(lambda x: x.value, t, is_leaf=lambda x: isinstance(x, _Tagged))
   return optax.tree_map_params(
-      tx, grow_leaf, tagged, layout.axes_of(src), transform_non_params=untag,
+      tx, grow_leaf, tagged, layout.params_of(src), transform_non_params=untag,
       is_leaf=lambda x: isinstance(x, (_Tagged, optax.MaskedNode)))

@@ -58,7 +58,7 @@ class Placement:
 
   def shardings(self, cfg: ModelConfig) -> Any:
     """Params-shaped tree of `cfg`'s parameter shardings."""
-    return jax.tree.map(self.sharding, layout.axes_of(cfg), is_leaf=layout.is_names)
+    return jax.tree.map(lambda p: self.sharding(p.axes), layout.params_of(cfg))
 
 
 def _tuple_rules(rules: Any) -> tuple:
@@ -111,4 +111,4 @@ def constrain(names: tuple[str, ...], x: Any) -> Any:
 
 def constrain_tree(cfg: ModelConfig, tree: Any) -> Any:
   """Every leaf of a params-shaped `tree` of `cfg` constrained to its sharding."""
-  return layout.map_leaves(constrain, cfg, tree)
+  return layout.map_leaves(lambda p, x: constrain(p.axes, x), cfg, tree)

@@ -1,25 +1,78 @@
-"""What one `grow` call means, checked before any array is touched.
+"""What one growth means, checked before any array is touched.
 
-`resolve` turns (small config, large config, method, width method, layer map)
-into a `GrowthSpec`, or raises `ValueError` naming the field and the fix. Both
-`grow` and `grow_opt_state` go through it, so params and optimizer state are
-always grown by the same operator. Nothing here touches arrays.
+`resolve` turns (small config, large config, method, width method, layer map,
+growth factor `g`, `allow_inexact`) into a `GrowthSpec`, or raises a one-line
+`ValueError` `<what is wrong> — <the fix>`. It is the one place that checks such
+a combination: `grow`, `grow_opt_state`, `growjax grow` and grow runs all go
+through it, so params and optimizer state are always grown by the same
+operator. Errors spell each input as the caller wrote it (`Names`): `grow`'s
+keywords (`LIBRARY`), `growjax grow`'s flags (`CLI`) or a grow run's config
+fields (`GROW_RUN`). A layer map of None or [] means "no explicit map".
+
+Exactness. Width `direct` keeps the function exactly only when dst.embed_dim is
+a whole multiple of src.embed_dim (else every RMSNorm sees a weighted mean
+square and the logits move by several percent): `resolve` refuses it unless
+`allow_inexact`. Width `zero` is exact only when dst.norm_eps = src.norm_eps *
+E / E'; dst's norm_eps is the large config's, which the large run trains with,
+so growth cannot set it: the spec records it (`inexact`), `grow` warns and
+`growjax grow` prints the measured change with the value to set. Depth
+operators other than `zero` do not promise to keep the function at all.
+Nothing here touches arrays.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+import math
+from typing import Any, Sequence
 
-from growjax.growth import depth
-from growjax.model import ModelConfig
+from growjax.growth import depth, width
+from growjax.model import AXIS_FIELDS, HEAD_DIM, VOCAB, ModelConfig
 
 DEPTH_METHODS = depth.PRESETS + ("direct", "zero", "random", "learn")
 WIDTH_METHODS = ("direct", "zero", "random", "learn")
 # Width operator used when `width_method` is not given: the same family as `method`.
 DEFAULT_WIDTH = {**{m: "direct" for m in depth.PRESETS + ("direct",)},
                  "zero": "zero", "random": "random", "learn": "learn"}
-WIDTH_FIELDS = ("embed_dim", "mlp_dim", "num_heads", "num_kv_heads")
+WIDTH_FIELDS = tuple(AXIS_FIELDS[a] for a in width.AXES)
+KEPT_FIELDS = (AXIS_FIELDS[VOCAB], AXIS_FIELDS[HEAD_DIM], "tie_embeddings")
+OPT_STATE_MODES = ("reset", "grow")
+INEXACT_EMBED, INEXACT_NORM_EPS = "embed_factor", "norm_eps"  # GrowthSpec.inexact
+
+
+@dataclasses.dataclass(frozen=True)
+class Names:
+  """How errors spell the inputs: `src` / `dst` prefix the small and large models'
+  fields; `style` spells an argument as a keyword (`kw`), a `growjax grow` flag
+  (`flag`) or a `config.growth` field (`config`)."""
+  src: str
+  dst: str
+  style: str
+  renamed: tuple[tuple[str, str], ...] = ()
+
+  def small(self, field: str) -> str:
+    return f"{self.src}.{field}"
+
+  def large(self, field: str) -> str:
+    return f"{self.dst}.{field}"
+
+  def arg(self, key: str, value: Any) -> str:
+    key = dict(self.renamed).get(key, key)
+    if self.style == "flag":
+      if value is True:
+        return f"--{key}"
+      if isinstance(value, (list, tuple)):
+        value = ",".join(str(v) for v in value)
+      return f"--{key}={value}"
+    if self.style == "config":
+      value = list(value) if isinstance(value, tuple) else value
+      return f"config.growth.{key}={value!r}"
+    return f"{key}={value!r}"
+
+
+LIBRARY = Names("src", "dst", "kw", (("opt_state", "mode"),))
+CLI = Names("the --from checkpoint's model", "config.model", "flag")
+GROW_RUN = Names("config.growth.small_model", "config.model", "config")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +83,8 @@ class GrowthSpec:
   method: str                       # depthwise operator
   width_method: str | None          # None: no width growth
   layer_map: tuple[int, ...] | None  # None: no depth growth; the init map for 'learn'
+  inexact: str = ""                 # why a function-preserving width operator is not
+  #                                   exact here: '', INEXACT_EMBED or INEXACT_NORM_EPS
 
   @property
   def needs_rng(self) -> bool:
@@ -37,69 +92,188 @@ class GrowthSpec:
             or (self.layer_map is not None and depth.NEW in self.layer_map))
 
   @property
+  def learn_phases(self) -> int:
+    """How many `learn` phases (width, depth) this growth trains: 0, 1 or 2."""
+    return (self.width_method == "learn") + (self.layer_map is not None
+                                             and self.method == "learn")
+
+  @property
   def learns(self) -> bool:
-    return self.width_method == "learn" or (self.layer_map is not None
-                                            and self.method == "learn")
+    return self.learn_phases > 0
+
+  def check_opt_state(self, mode: str, names: Names = LIBRARY) -> None:
+    """Refuses an optimizer-state mode this growth cannot give (before any compute)."""
+    if mode not in OPT_STATE_MODES:
+      raise ValueError(f"{names.arg('opt_state', mode)} is not an optimizer-state mode — "
+                       f"choose reset (fresh state, the paper) or grow (map the moments)")
+    if mode == "grow" and self.learns:
+      raise ValueError(f"{names.arg('opt_state', mode)} cannot follow 'learn': its dense "
+                       f"maps have no moment mapping — use {names.arg('opt_state', 'reset')}")
+
+  def inexact_message(self, names: Names = LIBRARY) -> tuple[str, str]:
+    """(what is inexact, how to make it exact) for an inexact spec."""
+    n, e_src, e_dst = names, self.src.embed_dim, self.dst.embed_dim
+    if self.inexact == INEXACT_EMBED:
+      return (f"width direct from {n.small('embed_dim')}={e_src} to {n.large('embed_dim')}="
+              f"{e_dst} does not keep the function: {e_dst} is not a whole multiple of "
+              f"{e_src}, so every RMSNorm sees a weighted mean square",
+              f"set {n.large('embed_dim')} to a multiple of {e_src} (e.g. {2 * e_src})")
+    exact = self.src.norm_eps * e_src / e_dst
+    return (f"width zero keeps the function exactly only with {n.large('norm_eps')}="
+            f"{exact:g} ({n.small('norm_eps')} x {e_src}/{e_dst}); with {self.dst.norm_eps:g} "
+            f"every RMSNorm is off by about eps / mean(x^2)",
+            f"set {n.large('norm_eps')}={exact!r}")
 
 
-def check_pair(src: ModelConfig, dst: ModelConfig) -> None:
+def check_pair(src: ModelConfig, dst: ModelConfig, names: Names = LIBRARY) -> None:
   """Configs a growth operator can connect at all."""
-  src.validate("src")
-  dst.validate("dst")
-  for f in ("vocab_size", "head_dim", "tie_embeddings"):
+  n = names
+  src.validate(n.src)
+  dst.validate(n.dst)
+  fixes = {"vocab_size": "growth keeps the vocabulary",
+           "head_dim": "growth keeps head_dim (it adds heads, not head size)",
+           "tie_embeddings": "growth keeps tie_embeddings"}
+  for f in KEPT_FIELDS:
     a, b = getattr(src, f), getattr(dst, f)
     if a != b:
-      raise ValueError(f"dst.{f}={b!r} differs from src.{f}={a!r}; growth keeps {f}: set "
-                       f"dst.{f}={a!r} (grow heads with num_heads, not head_dim).")
-  for f in ("num_layers",) + WIDTH_FIELDS:
+      raise ValueError(f"{n.large(f)}={b!r} differs from {n.small(f)}={a!r} — {fixes[f]}: "
+                       f"set {n.large(f)}={a!r}")
+  for f in (AXIS_FIELDS["layers"],) + WIDTH_FIELDS:
     a, b = getattr(src, f), getattr(dst, f)
     if b < a:
-      raise ValueError(f"dst.{f}={b} is smaller than src.{f}={a}; growth only enlarges a "
-                       f"model: set dst.{f} >= {a}.")
+      raise ValueError(f"{n.large(f)}={b} is smaller than {n.small(f)}={a} — growth only "
+                       f"enlarges a model: set {n.large(f)} >= {a}")
   r_src = src.num_heads // src.num_kv_heads
   r_dst = dst.num_heads // dst.num_kv_heads
   if r_dst < r_src:
     raise ValueError(
-        f"dst.num_heads / dst.num_kv_heads = {dst.num_heads}/{dst.num_kv_heads} = {r_dst} query "
-        f"heads per kv head is below the small model's {r_src}: every small query head must "
-        f"keep its kv head. Set dst.num_heads to a multiple of dst.num_kv_heads that is >= "
-        f"{r_src * dst.num_kv_heads}, or lower dst.num_kv_heads.")
+        f"{n.large('num_heads')} / {n.large('num_kv_heads')} = {dst.num_heads}/"
+        f"{dst.num_kv_heads} = {r_dst} query heads per kv head is below the small model's "
+        f"{r_src}, so a small query head would lose its kv head — set "
+        f"{n.large('num_heads')} to a multiple of {n.large('num_kv_heads')} that is >= "
+        f"{r_src * dst.num_kv_heads}, or lower {n.large('num_kv_heads')}")
+
+
+def _check_g(src: ModelConfig, dst: ModelConfig, g: int | None, n: Names) -> None:
+  if g is None:
+    return
+  if not isinstance(g, int) or g < 1:
+    raise ValueError(f"{n.arg('g', g)} is not a growth factor — give a positive integer")
+  if dst.num_layers != g * src.num_layers:
+    raise ValueError(f"{n.arg('g', g)} but {n.large('num_layers')}={dst.num_layers} is not "
+                     f"{g} x {n.small('num_layers')}={src.num_layers} — set "
+                     f"{n.large('num_layers')}={g * src.num_layers} or drop {n.arg('g', g)}")
+
+
+def _check_preset(method: str, n_src: int, n_dst: int, n: Names) -> None:
+  """Refuses a preset that cannot map `n_src` onto `n_dst` layers."""
+  if method == "stack" and n_dst % n_src:
+    raise ValueError(
+        f"{n.arg('method', method)} needs {n.large('num_layers')}={n_dst} to be a whole "
+        f"multiple of {n.small('num_layers')}={n_src} (growth factor g={n_dst / n_src:g}) — "
+        f"use a multiple such as {n_src * max(2, round(n_dst / n_src))}, or "
+        f"{n.arg('method', 'interpolate')}, or an explicit layer map")
+  if method not in depth.STACK_PARTS:
+    return
+  part = depth.stack_part(method, n_src)
+  if part.size == 0:
+    raise ValueError(f"{n.arg('method', method)} needs {n.small('num_layers')} >= 3 to have "
+                     f"a {method[6:]} third, got {n_src} — use {n.arg('method', 'stack')} "
+                     f"or an explicit layer map")
+  extra, k = n_dst - n_src, part.size
+  if extra % k:
+    raise ValueError(
+        f"{n.arg('method', method)} repeats the {k} layer(s) {part.tolist()} of the small "
+        f"model, so {n.large('num_layers')} - {n.small('num_layers')} = {extra} must be a "
+        f"multiple of {k} — use {n.large('num_layers')}={n_src + k * max(1, round(extra / k))} "
+        f"or an explicit layer map")
+
+
+def _check_map(m: tuple[int, ...], n_src: int, n_dst: int, method: str,
+               n: Names) -> tuple[int, ...]:
+  """An explicit map for `method`: -1 (new layer) only for zero / random; for zero,
+  the old layers exactly once, in order."""
+  if len(m) != n_dst:
+    raise ValueError(f"{n.arg('layer_map', m)} has {len(m)} entries but "
+                     f"{n.large('num_layers')}={n_dst} — give one source layer per large layer")
+  allow_new = method in ("zero", "random")
+  bad = [i for i in m if not (depth.NEW if allow_new else 0) <= i < n_src]
+  if bad:
+    allowed = f"-1 (new layer) or 0..{n_src - 1}" if allow_new else (
+        f"0..{n_src - 1} (-1, a new layer, needs method zero or random)")
+    raise ValueError(f"{n.arg('layer_map', m)}: entries {bad} point past the small model "
+                     f"({n.small('num_layers')}={n_src}) — entries must be {allowed}")
+  if method == "zero" and [i for i in m if i != depth.NEW] != list(range(n_src)):
+    raise ValueError(f"{n.arg('layer_map', m)} does not keep the function — under "
+                     f"{n.arg('method', 'zero')} it must hold every small layer "
+                     f"0..{n_src - 1} once, in order, with -1 for the new layers")
+  return m
+
+
+def _depth_map(method: str, explicit: tuple[int, ...] | None, n_src: int, n_dst: int,
+               n: Names) -> tuple[int, ...] | None:
+  if explicit is not None and method in depth.PRESETS:
+    raise ValueError(f"{n.arg('layer_map', explicit)} is given but {n.arg('method', method)} "
+                     f"is a preset with its own map — use {n.arg('method', 'direct')} (or "
+                     f"zero, random, learn) with a layer map")
+  if explicit is None and n_src == n_dst:
+    return None
+  if method in depth.PRESETS:
+    _check_preset(method, n_src, n_dst, n)
+    return depth.preset_map(method, n_src, n_dst)
+  if explicit is not None:
+    return _check_map(explicit, n_src, n_dst, method, n)
+  if method == "direct":
+    example = depth.preset_map("interpolate", n_src, n_dst)
+    raise ValueError(f"{n.arg('method', 'direct')} needs a layer map, one small layer per "
+                     f"large layer — give one, e.g. {n.arg('layer_map', example)}, or use a "
+                     f"preset such as {n.arg('method', 'stack')}")
+  if method in ("zero", "random"):
+    return depth.insert_map(n_src, n_dst)
+  if n_dst % n_src:  # learn starts from G_stack
+    raise ValueError(f"{n.arg('method', 'learn')} starts from G_stack, which needs "
+                     f"{n.large('num_layers')}={n_dst} to be a multiple of "
+                     f"{n.small('num_layers')}={n_src} — give a layer map (e.g. the "
+                     f"'interpolate' one) to start from another map")
+  return depth.preset_map("stack", n_src, n_dst)
+
+
+def _inexact(src: ModelConfig, dst: ModelConfig, width_method: str | None) -> str:
+  if width_method == "direct" and dst.embed_dim % src.embed_dim:
+    return INEXACT_EMBED
+  exact_eps = src.norm_eps * src.embed_dim / dst.embed_dim
+  if width_method == "zero" and not math.isclose(dst.norm_eps, exact_eps, rel_tol=1e-6):
+    return INEXACT_NORM_EPS
+  return ""
 
 
 def resolve(src: ModelConfig, dst: ModelConfig, method: str = "stack",
-            width_method: str | None = None,
-            layer_map: Sequence[int] | None = None) -> GrowthSpec:
-  check_pair(src, dst)
-  if method not in DEPTH_METHODS:
-    raise ValueError(f"method={method!r} is not a depth operator; choose one of "
-                     f"{DEPTH_METHODS}.")
-  grows_width = any(getattr(src, f) != getattr(dst, f) for f in WIDTH_FIELDS)
-  if width_method is not None and width_method not in WIDTH_METHODS:
-    raise ValueError(f"width_method={width_method!r}; choose one of {WIDTH_METHODS}.")
-  wm = (width_method or DEFAULT_WIDTH[method]) if grows_width else None
+            width_method: str | None = None, layer_map: Sequence[int] | None = None, *,
+            g: int | None = None, allow_inexact: bool = False,
+            names: Names = LIBRARY) -> GrowthSpec:
+  """The growth `src -> dst` by `method` / `width_method` / `layer_map`, checked.
 
-  n_src, n_dst = src.num_layers, dst.num_layers
-  if layer_map is not None and method in depth.PRESETS:
-    raise ValueError(f"layer_map is given but method={method!r} is a preset with its own map; "
-                     f"use method='direct' (or 'zero', 'random', 'learn') with layer_map.")
-  if layer_map is None and n_src == n_dst:
-    lmap = None
-  elif method in depth.PRESETS:
-    lmap = depth.preset_map(method, n_src, n_dst)
-  elif method == "direct":
-    if layer_map is None:
-      raise ValueError("method='direct' needs layer_map (one small layer index per large "
-                       "layer), or use a preset such as method='stack'.")
-    lmap = depth.check_map(layer_map, n_src, n_dst, allow_new=False, keep_order=False)
-  elif method in ("zero", "random"):
-    lmap = depth.check_map(layer_map if layer_map is not None else depth.insert_map(n_src, n_dst),
-                           n_src, n_dst, allow_new=True, keep_order=method == "zero")
-  else:  # learn: the map its depth coefficients start from
-    if layer_map is None and n_dst % n_src:
-      raise ValueError(f"method='learn' starts from G_stack, which needs dst.num_layers="
-                       f"{n_dst} to be a multiple of src.num_layers={n_src}; pass layer_map "
-                       f"(e.g. the 'interpolate' map) to start from another map.")
-    lmap = (depth.check_map(layer_map, n_src, n_dst, allow_new=False, keep_order=False)
-            if layer_map is not None else depth.preset_map("stack", n_src, n_dst))
-  mid = dst.replace(num_layers=n_src)
-  return GrowthSpec(src, dst, mid, method, wm, lmap)
+  `layer_map`: None or empty for none. `g`: the depth factor, checked against the
+  configs when given. `allow_inexact`: accept a width `direct` that cannot keep the
+  function (see the module docstring).
+  """
+  n = names
+  check_pair(src, dst, n)
+  if method not in DEPTH_METHODS:
+    raise ValueError(f"{n.arg('method', method)} is not a depth operator — choose one of "
+                     f"{', '.join(DEPTH_METHODS)}")
+  if width_method is not None and width_method not in WIDTH_METHODS:
+    raise ValueError(f"{n.arg('width_method', width_method)} is not a width operator — "
+                     f"choose one of {', '.join(WIDTH_METHODS)}")
+  _check_g(src, dst, g, n)
+  explicit = tuple(int(i) for i in layer_map) if layer_map else None
+  lmap = _depth_map(method, explicit, src.num_layers, dst.num_layers, n)
+  grows_width = any(getattr(src, f) != getattr(dst, f) for f in WIDTH_FIELDS)
+  wm = (width_method or DEFAULT_WIDTH[method]) if grows_width else None
+  spec = GrowthSpec(src, dst, dst.replace(num_layers=src.num_layers), method, wm, lmap,
+                    _inexact(src, dst, wm))
+  if spec.inexact == INEXACT_EMBED and not allow_inexact:
+    what, fix = spec.inexact_message(n)
+    raise ValueError(f"{what} — {fix}, or pass {n.arg('allow_inexact', True)} to accept "
+                     f"the change")
+  return spec

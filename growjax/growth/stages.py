@@ -40,11 +40,6 @@ def large_stage_config(cfg: ml_collections.ConfigDict, grown_dir: str
   return large
 
 
-def _layer_map(cfg):
-  m = list(cfg.growth.layer_map)
-  return None if m == [-1] else [int(i) for i in m]
-
-
 def stage_view(small_dir: str, grown_dir: str, large_dir: str) -> tuple[int, int, int]:
   """Latest complete step of each stage's checkpoints as this process sees them (-1: none)."""
   latest = ckpt_lib.latest_complete_step
@@ -65,6 +60,7 @@ def run_grow(cfg: ml_collections.ConfigDict, workdir: str, log=print,
   if g.small_steps <= 0 or g.small_steps >= cfg.train.steps:
     raise ValueError(f"config.growth.small_steps={g.small_steps} must be in "
                      f"(0, config.train.steps={cfg.train.steps}).")
+  offline.check_grow_run(cfg)  # config.growth is refused here, not after the small stage
   root = epath.Path(workdir)
   small_dir, grown_dir, large_dir = (str(root / d) for d in ("small", "grown", "large"))
   history = {}
@@ -80,9 +76,7 @@ def run_grow(cfg: ml_collections.ConfigDict, workdir: str, log=print,
     log(f"== stage 2/3: grow by {g.method} -> {grown_dir}")
     offline.grow_checkpoint(
         str(epath.Path(small_dir) / "checkpoints"), grown_dir, large_stage_config(cfg, ""),
-        method=g.method, width_method=g.width_method or None, step=g.small_steps,
-        layer_map=_layer_map(cfg), opt_state=g.opt_state, schedule=g.schedule,
-        seed=cfg.seed, log=log)
+        step=g.small_steps, seed=cfg.seed, log=log, **offline.grow_run_kwargs(cfg))
   log(f"== stage 3/3: large model to step {cfg.train.steps} -> {large_dir}")
   history["large"] = train_lib.train(large_stage_config(cfg, grown_dir), large_dir,
                                      stop_after_steps=stop_after_steps)

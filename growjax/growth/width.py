@@ -17,7 +17,8 @@ in order, then copies of them cycled until the group is full; so every small
 query head keeps its kv head, and grouped-query attention needs the large
 group size `num_heads / num_kv_heads` to be at least the small one.
 
-Operators (roles come from `growjax.growth.layout`):
+Operators (each leaf's role, read / write / scale the residual stream, is the one
+declared in `growjax.model.PARAMS`):
   direct  bert2BERT-FPI / Net2Net: every large unit copies its small unit; an
           axis that is an *input* of a weight (the `embed` axis of a reader,
           the non-`embed` axes of a writer) is divided by the copy count, so
@@ -25,7 +26,8 @@ Operators (roles come from `growjax.growth.layout`):
           is exactly function preserving. `embed` growth is exact only when
           every unit is copied equally often (dst.embed_dim a multiple of
           src.embed_dim): RMSNorm then sees the same mean square; otherwise the
-          norm's mean is a weighted one and logits move slightly (tested).
+          norm's mean is a weighted one and the logits move (several percent),
+          so `spec.resolve` refuses it unless `allow_inexact` is given.
           Tied embeddings: the table writes the stream (columns copied) and is
           also the head (rows would have to be divided); the division is moved
           into the final norm scale, the head's only input, which keeps tied
@@ -39,7 +41,10 @@ Operators (roles come from `growjax.growth.layout`):
           lower the RMS by sqrt(E/E'); every norm scale is multiplied by
           sqrt(E/E') to compensate. That is exact up to the norm epsilon: it is
           exact when dst.norm_eps = src.norm_eps * E / E', and otherwise off by
-          a relative ~eps / mean(x^2) (negligible once the stream is O(1)).
+          a relative ~eps / mean(x^2). dst's norm_eps is the large config's
+          (the large run trains with it), so growth cannot change it: `grow`
+          warns and `growjax grow` prints the measured change and the exact
+          value to set.
   random  old units copied in place, every new entry from the initialiser.
 
 `learn` (LiGO) lives in `growjax.growth.learn` and starts from `direct`.
@@ -54,9 +59,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from growjax.growth import layout, placement
-from growjax.model import EMBED, HEADS, KV_HEADS, MLP, ModelConfig
+from growjax.model import (AXIS_FIELDS, EMBED, HEADS, KV_HEADS, MLP, READS, SCALES, WRITES,
+                           ModelConfig, Param)
 
-GROWN_AXES = {EMBED: "embed_dim", MLP: "mlp_dim", HEADS: "num_heads", KV_HEADS: "num_kv_heads"}
+AXES = (EMBED, MLP, HEADS, KV_HEADS)  # the logical axes width growth grows
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -82,8 +88,8 @@ class AxisMap:
 def plan(src: ModelConfig, dst: ModelConfig) -> dict[str, AxisMap]:
   """Unit maps of the axes that grow from `src` to `dst` (callers validate first)."""
   maps = {}
-  for name, n_src, n_dst in ((EMBED, src.embed_dim, dst.embed_dim),
-                             (MLP, src.mlp_dim, dst.mlp_dim)):
+  for name in (EMBED, MLP):
+    n_src, n_dst = getattr(src, AXIS_FIELDS[name]), getattr(dst, AXIS_FIELDS[name])
     if n_dst != n_src:
       d = np.arange(n_dst)
       maps[name] = AxisMap.build(d % n_src, d < n_src, n_src)
@@ -101,15 +107,15 @@ def plan(src: ModelConfig, dst: ModelConfig) -> dict[str, AxisMap]:
   return maps
 
 
-def divided_axes(names: tuple[str, ...], maps: dict[str, AxisMap], tied: bool) -> set[int]:
-  """Grown axes that are inputs of the weight: `direct` divides them by the copy count."""
-  r = layout.role(names)
-  grown = [i for i, n in enumerate(names) if n in maps]
-  if r == layout.WRITER:
-    return {i for i in grown if names[i] != EMBED}
-  if r == layout.READER:
-    return {i for i in grown if names[i] == EMBED}
-  if tied and layout.is_final_norm(names):
+def divided_axes(p: Param, maps: dict[str, AxisMap], tied: bool) -> set[int]:
+  """Grown axes that are inputs of the weight: `direct` divides them by the copy count.
+  Which ones is read from the declared role, never from the order of the axes."""
+  grown = [i for i, n in enumerate(p.axes) if n in maps]
+  if p.role == WRITES:
+    return {i for i in grown if p.axes[i] != EMBED}
+  if p.role == READS:
+    return {i for i in grown if p.axes[i] == EMBED}
+  if tied and layout.is_final_norm(p):
     return set(grown)
   return set()
 
@@ -153,23 +159,23 @@ def take_units(x, axis: int, m: AxisMap):
   return y.reshape(lead + (a * g * b,) + rest)
 
 
-def _gather(x, names, maps):
-  for i, n in enumerate(names):
+def _gather(x, p: Param, maps):
+  for i, n in enumerate(p.axes):
     if n in maps:
-      x = placement.constrain(names, take_units(x, i, maps[n]))
+      x = placement.constrain(p.axes, take_units(x, i, maps[n]))
   return x
 
 
-def _old_mask(names, maps, ndim):
+def _old_mask(p: Param, maps, ndim):
   mask = np.ones((1,) * ndim, bool)
-  for i, n in enumerate(names):
+  for i, n in enumerate(p.axes):
     if n in maps:
       mask = mask & _along(maps[n].old, i, ndim)
   return mask
 
 
-def _norm_compensation(names, src: ModelConfig, dst: ModelConfig, method: str) -> float:
-  if method == "zero" and layout.role(names) == layout.SCALE:
+def _norm_compensation(p: Param, src: ModelConfig, dst: ModelConfig, method: str) -> float:
+  if method == "zero" and p.role == SCALES:
     return float(np.sqrt(src.embed_dim / dst.embed_dim))
   return 1.0
 
@@ -188,20 +194,20 @@ def grow_width(params: Any, src: ModelConfig, dst: ModelConfig, method: str,
     raise ValueError(f"unknown width method {method!r}; choose direct, zero, random or learn.")
   tied = src.tie_embeddings
 
-  def leaf(names, x, f):
-    y = _gather(x, names, maps)
+  def leaf(p, x, f):
+    y = _gather(x, p, maps)
     if method == "direct":
-      for i in divided_axes(names, maps, tied):
-        y = y * _along(1.0 / maps[names[i]].count, i, y.ndim).astype(y.dtype)
-      return placement.constrain(names, y)
-    comp = _norm_compensation(names, src, dst, method)
+      for i in divided_axes(p, maps, tied):
+        y = y * _along(1.0 / maps[p.axes[i]].count, i, y.ndim).astype(y.dtype)
+      return placement.constrain(p.axes, y)
+    comp = _norm_compensation(p, src, dst, method)
     if comp != 1.0:
       y = y * jnp.asarray(comp, y.dtype)
-    if method == "zero" and layout.role(names) == layout.WRITER:
+    if method == "zero" and p.role == WRITES:
       fill = jnp.zeros_like(y)
     else:
-      fill = placement.constrain(names, f * comp).astype(y.dtype)
-    return placement.constrain(names, jnp.where(_old_mask(names, maps, y.ndim), y, fill))
+      fill = placement.constrain(p.axes, f * comp).astype(y.dtype)
+    return placement.constrain(p.axes, jnp.where(_old_mask(p, maps, y.ndim), y, fill))
 
   if method == "direct":
     return layout.map_leaves(lambda n, x: leaf(n, x, None), src, params)
@@ -212,7 +218,7 @@ def grow_width(params: Any, src: ModelConfig, dst: ModelConfig, method: str,
 
 
 def moment_fn(src: ModelConfig, dst: ModelConfig, method: str):
-  """`fn(names, moment_leaf, power)` mapping an optimizer moment as `grow_width` maps
+  """`fn(param, moment_leaf, power)` mapping an optimizer moment as `grow_width` maps
   the params (`power` 1: a first moment, 2: a second moment).
 
   The moment follows the gradient, not the weight. Under `direct`, a divided
@@ -226,20 +232,20 @@ def moment_fn(src: ModelConfig, dst: ModelConfig, method: str):
   maps = plan(src, dst)
   tied = src.tie_embeddings
 
-  def leaf(names, m, power):
+  def leaf(p, m, power):
     if not maps or not hasattr(m, "ndim"):  # nothing grows / an optax.MaskedNode
       return m
-    y = _gather(m, names, maps)
+    y = _gather(m, p, maps)
     if method == "direct":
-      divided = divided_axes(names, maps, tied)
-      for i, n in enumerate(names):
+      divided = divided_axes(p, maps, tied)
+      for i, n in enumerate(p.axes):
         if n in maps and i not in divided:
           y = y * _along(maps[n].count ** -power, i, y.ndim).astype(y.dtype)
-      return placement.constrain(names, y)
-    comp = _norm_compensation(names, src, dst, method)
+      return placement.constrain(p.axes, y)
+    comp = _norm_compensation(p, src, dst, method)
     if comp != 1.0:
       y = y * jnp.asarray(comp ** -power, y.dtype)
-    return placement.constrain(names, jnp.where(_old_mask(names, maps, y.ndim), y,
-                                                jnp.zeros_like(y)))
+    return placement.constrain(p.axes, jnp.where(_old_mask(p, maps, y.ndim), y,
+                                                 jnp.zeros_like(y)))
 
   return leaf
