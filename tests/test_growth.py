@@ -1,6 +1,7 @@
 """Growth operators: placement, function preservation, init statistics, LiGO, bad pairs,
 optimizer state, jit and sharding."""
 
+import dataclasses
 import functools
 
 import jax
@@ -10,8 +11,10 @@ import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from growjax import sharding
-from growjax.growth import depth, grow, grow_opt_state, learn, width
+from growjax import model, sharding
+from growjax.growth import depth, grow, grow_opt_state, layout, learn, width
+from growjax.growth import spec as spec_lib
+from growjax.growth.operators import InexactGrowthWarning
 from growjax.model import ModelConfig, Transformer, init_params, logical_axes
 
 S = ModelConfig(vocab_size=64, num_layers=2, embed_dim=32, num_heads=4, num_kv_heads=2,
@@ -297,6 +300,57 @@ def test_bad_pairs_raise(dst, kw, match):
     grow(_params(S), S, dst, **kw)
 
 
+def test_growth_reads_roles_from_the_table_not_axis_order():
+  assert layout.params_of(S)["layers"]["attn"]["q"] is model.PARAMS["layers/attn/q"]
+  maps = width.plan(S, WIDE)
+  q = model.PARAMS["layers/attn/q"]  # (layers, embed, heads, head_dim), declared to read
+  assert width.divided_axes(q, maps, tied=False) == {1}  # its input: embed
+  as_writer = dataclasses.replace(q, role=model.WRITES)  # same axes, another declared role
+  assert width.divided_axes(as_writer, maps, tied=False) == {2}  # its input: heads
+
+
+def test_layer_map_none_or_empty_is_no_map():
+  dst = S.replace(num_layers=4)
+  for method in ("stack", "zero"):
+    assert spec_lib.resolve(S, dst, method, layer_map=[]) == spec_lib.resolve(S, dst, method)
+  assert spec_lib.resolve(S, dst, "zero", layer_map=[0, -1, 1, -1]).layer_map == (0, -1, 1, -1)
+
+
+@pytest.mark.parametrize("names,dst,kw,want", [
+    (spec_lib.LIBRARY, S.replace(vocab_size=128), {},
+     "dst.vocab_size=128 differs from src.vocab_size=64 — growth keeps the vocabulary: set "
+     "dst.vocab_size=64"),
+    (spec_lib.CLI, S.replace(tie_embeddings=True), {},
+     "config.model.tie_embeddings=True differs from the --from checkpoint's "
+     "model.tie_embeddings=False — growth keeps tie_embeddings: set "
+     "config.model.tie_embeddings=False"),
+    (spec_lib.CLI, S.replace(num_layers=4), {"method": "direct", "layer_map": [0, 1, 2, 5]},
+     "--layer_map=0,1,2,5: entries [2, 5] point past the small model"),
+    (spec_lib.CLI, S.replace(num_layers=4), {"g": 3},
+     "--g=3 but config.model.num_layers=4 is not 3 x"),
+    (spec_lib.GROW_RUN, S.replace(num_layers=4), {"layer_map": [0, 1, 0, 1]},
+     "config.growth.layer_map=[0, 1, 0, 1] is given but config.growth.method='stack' is a "
+     "preset"),
+    (spec_lib.CLI, ODD, {}, "or pass --allow_inexact to accept the change"),
+], ids=["vocab", "tied", "map_range", "g", "preset_with_map", "inexact"])
+def test_errors_name_the_input_as_written_and_the_fix(names, dst, kw, want):
+  with pytest.raises(ValueError) as e:
+    spec_lib.resolve(S, dst, names=names, **kw)
+  msg = str(e.value)
+  assert want in msg and " — " in msg and "\n" not in msg and "head_dim" not in msg
+
+
+def test_refusals_that_need_no_arrays():
+  learn_spec = spec_lib.resolve(S, S.replace(num_layers=4), "learn")
+  with pytest.raises(ValueError, match="--opt_state=grow cannot follow 'learn'.*--opt_state=reset"):
+    learn_spec.check_opt_state("grow", spec_lib.CLI)
+  assert spec_lib.resolve(S, WIDE, "zero").inexact == spec_lib.INEXACT_NORM_EPS
+  assert spec_lib.resolve(S, WIDE.replace(norm_eps=S.norm_eps / 2), "zero").inexact == ""
+  assert spec_lib.resolve(S, WIDE.replace(embed_dim=32), "zero").inexact == ""  # embed kept
+  with pytest.warns(InexactGrowthWarning, match=r"dst.norm_eps=5e-06 \(src.norm_eps x 32/64\)"):
+    grow(_params(S), S, WIDE, width_method="zero", rng=KEY)
+
+
 # ----------------------------------------------------------------------------- optimizer state
 
 def _adam_step(cfg, tx):
@@ -409,3 +463,25 @@ def test_jit_and_out_shardings():
   assert q.sharding == NamedSharding(mesh, P(None, "fsdp", "tensor", None))
   want = grow(small, S, dst, "direct", layer_map=(1, 0, 1, 0))
   assert jax.tree.all(jax.tree.map(np.array_equal, placed, want))
+
+
+def test_width_direct_adam_step_moves_each_divided_copy_by_the_full_step():
+  """The grown moments are the grown model's own (above), but Adam's update is
+  scale-free: a copy holding 1/c of a weight moves by the small model's whole step,
+  so under width `direct` one step does not reproduce the small model's step."""
+  tx = optax.adam(1e-2)
+  batch = jax.random.randint(jax.random.key(3), (4, 17), 0, 64)
+  small_step = _adam_step(S, tx)
+  p, s = _params(S), tx.init(_params(S))
+  p, s = small_step(p, s, batch)
+  big = grow(p, S, WIDE_KV, width_method="direct")
+  big_s = grow_opt_state(s, tx, S, WIDE_KV, width_method="direct", mode="grow")
+  p1, _ = small_step(p, s, batch)
+  b1, _ = _adam_step(WIDE_KV, tx)(big, big_s, batch)
+  up, up1 = p["layers"]["mlp"]["up"], p1["layers"]["mlp"]["up"]  # (layers, embed, mlp)
+  big_up, big_up1 = big["layers"]["mlp"]["up"], b1["layers"]["mlp"]["up"]
+  np.testing.assert_allclose(big_up[:, :32, :48], up / 2, rtol=1e-6)  # embed divided by 2
+  step, big_step = up1 - up, big_up1[:, :32, :48] - big_up[:, :32, :48]
+  np.testing.assert_allclose(big_step, step, rtol=1e-3, atol=1e-4)  # ... moved the whole step
+  assert float(jnp.linalg.norm(big_step) / jnp.linalg.norm(step)) == pytest.approx(1, abs=1e-3)
+  assert _rel(_logits(WIDE_KV, b1), _logits(S, p1)) > 0.01

@@ -1,11 +1,18 @@
 """Model: shapes, logical axes, scanned == unrolled, remat invariance, causality, GQA."""
 
+import dataclasses
+import re
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
-from growjax.model import ModelConfig, Transformer, init_params, logical_axes
+from growjax import model, optimizer, sharding
+from growjax.model import (EMBED, MLP, PARAMS, READS, VOCAB, WRITES, ModelConfig, Transformer,
+                           check_params, init_params, logical_axes)
 
 CFG = ModelConfig(vocab_size=64, num_layers=4, embed_dim=32, num_heads=4, num_kv_heads=2,
                   head_dim=8, mlp_dim=48, dtype="float32")
@@ -91,3 +98,44 @@ def test_bad_model_config_names_the_field():
 def test_flops_per_token_counts_6n_plus_attention():
   n = CFG.num_params(include_embedding=False)
   assert CFG.flops_per_token(16) == 6 * n + 12 * 4 * 4 * 8 * 16
+
+
+# ----------------------------------------------------------------------------- PARAMS
+
+def test_params_table_is_what_the_modules_create():
+  for cfg in (CFG, CFG.replace(tie_embeddings=True)):
+    traced = jax.tree.map(tuple, nn.get_partition_spec(model.abstract_params(cfg)),
+                          is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    assert traced == logical_axes(cfg)
+
+
+def test_a_role_that_contradicts_its_axes_is_refused():
+  head = dataclasses.replace(PARAMS["lm_head"], axes=(VOCAB, EMBED))
+  with pytest.raises(ValueError, match=re.escape(
+      "PARAMS['lm_head'] declares role 'reads' with axes ('vocab', 'embed'), but a weight "
+      "that reads the residual stream contracts 'embed', its first axis")):
+    check_params({**PARAMS, "lm_head": head})
+  for path, change in [("layers/attn/o", dict(role=READS)),
+                       ("final_norm/scale", dict(role=WRITES)),
+                       ("layers/mlp/up", dict(axes=(EMBED, MLP))),  # scanned: needs layers
+                       ("embedding", dict(decay="never"))]:
+    with pytest.raises(ValueError, match=re.escape(f"PARAMS[{path!r}]") + ".* — "):
+      check_params({**PARAMS, path: dataclasses.replace(PARAMS[path], **change)})
+
+
+def test_an_undeclared_parameter_is_refused(monkeypatch):
+  monkeypatch.delitem(PARAMS, "layers/mlp/up")
+  with pytest.raises(ValueError, match="'layers/mlp/up' is not declared"):
+    jax.eval_shape(lambda: init_params(CFG, jax.random.key(0)))
+
+
+def test_decay_mask_and_sharding_fields_come_from_the_table():
+  opt = ml_collections.ConfigDict(dict(decay_embeddings=True, decay_norms=False))
+  mask = optimizer.decay_mask(logical_axes(CFG), opt)
+  assert mask["embedding"] and mask["lm_head"] and mask["layers"]["attn"]["o"]
+  assert not mask["final_norm"]["scale"] and not mask["layers"]["mlp_norm"]["scale"]
+  shapes = jax.tree.map(lambda axes: tuple(getattr(CFG, model.AXIS_FIELDS[a]) for a in axes),
+                        logical_axes(CFG), is_leaf=lambda x: isinstance(x, tuple))
+  with pytest.raises(ValueError, match=r"config.model.mlp_dim=48 does not divide"):
+    sharding.check_divisible(logical_axes(CFG), shapes, dict(data=1, fsdp=1, tensor=5),
+                             (("mlp", "tensor"),))
