@@ -27,11 +27,6 @@ def params_of(cfg: ModelConfig) -> Any:
   return param_table(cfg)
 
 
-def axes_of(cfg: ModelConfig) -> Any:
-  """Params-shaped tree of `cfg`, each leaf its tuple of logical axis names."""
-  return jax.tree.map(lambda p: p.axes, params_of(cfg))
-
-
 def is_param(x: Any) -> bool:
   return isinstance(x, Param)
 

@@ -27,7 +27,7 @@ import math
 from typing import Any, Sequence
 
 from growjax.growth import depth, width
-from growjax.model import AXIS_FIELDS, HEAD_DIM, VOCAB, ModelConfig
+from growjax.model import AXIS_FIELDS, HEAD_DIM, LAYERS, VOCAB, ModelConfig
 
 DEPTH_METHODS = depth.PRESETS + ("direct", "zero", "random", "learn")
 WIDTH_METHODS = ("direct", "zero", "random", "learn")
@@ -138,7 +138,7 @@ def check_pair(src: ModelConfig, dst: ModelConfig, names: Names = LIBRARY) -> No
     if a != b:
       raise ValueError(f"{n.large(f)}={b!r} differs from {n.small(f)}={a!r} — {fixes[f]}: "
                        f"set {n.large(f)}={a!r}")
-  for f in (AXIS_FIELDS["layers"],) + WIDTH_FIELDS:
+  for f in (AXIS_FIELDS[LAYERS],) + WIDTH_FIELDS:
     a, b = getattr(src, f), getattr(dst, f)
     if b < a:
       raise ValueError(f"{n.large(f)}={b} is smaller than {n.small(f)}={a} — growth only "
