@@ -30,10 +30,9 @@ paper's d for a budget in this config's steps. Per-device memory of both stages 
 the growth at 8-256 devices: benchmarks/RESULTS.md (`benchmarks/memory_plan.py`).
 """
 
-import ml_collections
 from ml_collections import config_dict
 
-from growjax.config import base_config, model_config
+from growjax.config import base_config, model_config, parse_arg
 
 # recipe: (large preset, its remat, small preset, small steps, train steps); sequence 2048
 RECIPES = {
@@ -68,13 +67,8 @@ def paper_scale(recipe, batch):
 
 
 def get_config(arg=None):
-  args = ml_collections.ConfigDict(
-      dict(recipe="", batch=config_dict.placeholder(int), method="stack"))
-  for key, _, value in (kv.partition("=") for kv in (arg or "").split(",") if kv):
-    if key not in args:
-      raise ValueError(f"configs/grow.py: unknown arg {key!r}; the args are recipe, batch, "
-                       "method")
-    args[key] = args.get_type(key)(value)
+  args = parse_arg(arg, "configs/grow.py", recipe="", batch=config_dict.placeholder(int),
+                   method="stack")
   if args.recipe == "tiny":
     c = tiny(16 if args.batch is None else args.batch)
   elif args.recipe in RECIPES:

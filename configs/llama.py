@@ -16,10 +16,9 @@ and the batch for your cluster. Per-device memory of 1b, 7b and 128l_4096 at 8-2
 devices is in benchmarks/RESULTS.md (`benchmarks/memory_plan.py`).
 """
 
-import ml_collections
 from ml_collections import config_dict
 
-from growjax.config import base_config
+from growjax.config import base_config, parse_arg
 
 # size: (global batch, train steps, remat policy, checkpoint every)
 SIZES = {
@@ -35,11 +34,7 @@ SIZES = {
 
 
 def get_config(arg=None):
-  args = ml_collections.ConfigDict(dict(size="", batch=config_dict.placeholder(int)))
-  for key, _, value in (kv.partition("=") for kv in (arg or "").split(",") if kv):
-    if key not in args:
-      raise ValueError(f"configs/llama.py: unknown arg {key!r}; the args are size, batch")
-    args[key] = args.get_type(key)(value)
+  args = parse_arg(arg, "configs/llama.py", size="", batch=config_dict.placeholder(int))
   if args.size not in SIZES:
     raise ValueError(f"configs/llama.py: size={args.size!r} is not one of "
                      f"{', '.join(SIZES)} (e.g. configs/llama.py:size=1b; tiny: configs/tiny.py)")

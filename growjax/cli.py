@@ -98,10 +98,18 @@ def _define_train(fv):
   _distributed_flags(fv)
 
 
+def default_workdir(config_arg: str) -> str:
+  """runs/<config name>[_<arg values>]: `configs/llama.py:size=1b,batch=24` ->
+  `runs/llama_1b_24`, so runs of one file with different args never share a workdir."""
+  path, _, arg = config_arg.partition(":")
+  parts = [os.path.splitext(os.path.basename(path))[0]]
+  parts += [kv.partition("=")[2] or kv for kv in arg.split(",") if kv]
+  return os.path.join("runs", "_".join(re.sub(r"[^\w.-]", "-", p) for p in parts))
+
+
 def _run_train(fv):
   from etils import epath
-  workdir = fv.workdir or os.path.join(
-      "runs", os.path.splitext(os.path.basename(fv["config"].config_filename))[0])
+  workdir = fv.workdir or default_workdir(fv["config"].config_filename)
   path = epath.Path(workdir)
   if path.exists() and not path.is_dir():
     raise CommandError(f"--workdir={workdir} is a file — give a directory (it is created "
@@ -197,7 +205,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             "--config.train.steps=1000", _define_train, _run_train, ("config",)),
     Command("grow", "grow a saved checkpoint into a larger model, offline",
             "growjax grow --from runs/small --to runs/grown "
-            "--config configs/paper_target_24l.py --method stack --g 4",
+            "--config configs/llama.py:size=24l_2048 --method stack --g 4",
             _define_grow, _run_grow, ("from", "to", "config")),
     Command("plan", "the paper's growth timing d and factor g for a model size and budget",
             "growjax plan --params 7e9 --tokens 2e12", _define_plan, _run_plan, ("params",)),
@@ -258,7 +266,7 @@ def _config_error(argv: list[str], exc: BaseException) -> CommandError:
   if "No such file" in text or isinstance(exc, FileNotFoundError):
     return CommandError(f"{config_arg}: no such file — give the path of a config file, e.g. "
                         f"--config=configs/tiny.py")
-  if "get_config" in text:
+  if isinstance(exc, AttributeError) and "get_config" in text:
     return CommandError(f"{config_arg}: the file defines no get_config() — a config file "
                         f"defines `def get_config(arg=None)` returning a ConfigDict")
   if isinstance(exc, (AttributeError, KeyError)):

@@ -40,6 +40,18 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     name: dict(zip(_PRESET_FIELDS, sizes)) for name, sizes in _PRESET_SIZES}
 
 
+def parse_arg(arg: str | None, where: str, **defaults) -> ml_collections.ConfigDict:
+  """A config file's arg, big_vision style: `size=1b,batch=24` -> ConfigDict, each value
+  cast to its default's type (`ml_collections.config_dict.placeholder(int)` for an
+  optional value). An unknown key is an error naming `where` and the known keys."""
+  args = ml_collections.ConfigDict(defaults)
+  for key, _, value in (kv.partition("=") for kv in (arg or "").split(",") if kv):
+    if key not in args:
+      raise ValueError(f"{where}: unknown arg {key!r}; the args are {', '.join(defaults)}")
+    args[key] = args.get_type(key)(value)
+  return args
+
+
 def model_config(preset: str, **overrides) -> ml_collections.ConfigDict:
   if preset not in MODEL_PRESETS:
     raise ValueError(f"unknown model preset {preset!r}; choose one of {sorted(MODEL_PRESETS)}.")

@@ -65,7 +65,7 @@ Options:
 
 Example:
   launch/tpu_vm.sh all --name gj-v5p --zone us-east5-a --accelerator-type v5p-32 \
-    --config configs/llama.py:size=1b --workdir gs://my-bucket/runs/1b -- --config.lr=3e-4
+    --config configs/llama.py:size=1b --workdir gs://my-bucket/runs/1b -- --config.optimizer.peak_lr=3e-4
 EOF
 }
 

@@ -1,10 +1,21 @@
-"""Test-wide setup: 8 fake CPU devices so sharding is tested without accelerators."""
+"""Test-wide setup: 8 fake CPU devices so sharding is tested without accelerators, and one
+persistent compilation cache for the session (tests and the worker processes they start
+compile the same small steps many times; the cache is removed at exit)."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _cache = tempfile.mkdtemp(prefix="growjax-test-jit-cache-")
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+  os.environ.update(JAX_COMPILATION_CACHE_DIR=_cache,
+                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 import jax  # noqa: E402  (after XLA_FLAGS)
 import pytest  # noqa: E402

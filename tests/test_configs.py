@@ -143,8 +143,8 @@ def test_new_config_reproduces_the_old_one(old, new, preset, fields):
   assert flatten(load(new).to_dict()) == expected
 
 
-# Files that still name old configs, to be updated apart (issue 11); empty it then.
-PENDING = {"README.md", "growjax/cli.py"}
+# Files that may name old configs (none: README.md and growjax/cli.py were updated).
+PENDING: set[str] = set()
 
 
 def test_old_config_files_are_gone_and_named_nowhere():
@@ -240,10 +240,6 @@ def test_a_bad_arg_is_a_value_error_naming_it(spec, message):
   assert message in str(e.value) and path in str(e.value)
 
 
-@pytest.mark.xfail(strict=True, reason="growjax.cli._config_error reports any error raised "
-                   "in get_config() as 'the file defines no get_config()' (it finds "
-                   "'get_config' in the traceback); remove this mark once it checks "
-                   "isinstance(exc, AttributeError) first")
 def test_a_bad_arg_through_the_cli_is_one_line_naming_it():
   with pytest.raises(cli.CommandError) as e:
     load("configs/llama.py:size=2b")

@@ -211,7 +211,7 @@ def worker_calls(sandbox, wait_s=0.0):
 
 def test_train_passes_args_and_env_to_workers_exactly(sandbox):
   """The ssh command, run by a shell as on a worker, gives growjax the exact words."""
-  tricky = ["--config.lr=3e-4", "--config.name=it's a \"run\"", "--config.note=$HOME;`x`"]
+  tricky = ["--config.optimizer.peak_lr=3e-4", "--config.name=it's a \"run\"", "--config.note=$HOME;`x`"]
   libtpu = ("--xla_tpu_enable_async_collective_fusion=true "
             "--xla_tpu_overlap_compute_collective_tc=true")
   (ssh,) = dry(sandbox, TPU_VM, "train", *T, *TRAIN, "--env", f"LIBTPU_INIT_ARGS={libtpu}",
@@ -331,14 +331,14 @@ def srun_and_env(cmds):
 
 
 def test_slurm_one_process_per_gpu_by_default(sandbox):
-  cmds = dry(sandbox, SBATCH, "--config.lr=1e-3", DRY_RUN="1", NODES="4",
+  cmds = dry(sandbox, SBATCH, "--config.optimizer.peak_lr=1e-3", DRY_RUN="1", NODES="4",
              CONFIG="configs/llama.py:size=1b", WORKDIR="/shared/runs/1b")
   srun, env = srun_and_env(cmds)
   growjax = srun.index("growjax")
   assert {"--nodes=4", "--ntasks-per-node=8", "--ntasks=32", "--gpu-bind=none",
           "--kill-on-bad-exit=1"} <= set(srun[:growjax])
   assert srun[growjax:] == ["growjax", "train", "--config", "configs/llama.py:size=1b",
-                            "--workdir", "/shared/runs/1b", "--config.lr=1e-3"]
+                            "--workdir", "/shared/runs/1b", "--config.optimizer.peak_lr=1e-3"]
   assert env["NCCL_NVLS_ENABLE"] == "0"
   assert "--xla_gpu_enable_latency_hiding_scheduler=true" in env["XLA_FLAGS"].split()
   assert "JAX_LOCAL_DEVICE_IDS" not in env

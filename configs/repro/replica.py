@@ -26,10 +26,9 @@ FLOPs, far outside its fitted range, so d is set by hand to a third of the token
 
 import math
 
-import ml_collections
 from ml_collections import config_dict
 
-from growjax.config import base_config, model_config
+from growjax.config import base_config, model_config, parse_arg
 from growjax.data import corpora
 from growjax.model import ModelConfig
 
@@ -46,13 +45,9 @@ def equal_flops_steps(large: ModelConfig, small: ModelConfig, seq_len: int,
 
 
 def get_config(arg=None):
-  args = ml_collections.ConfigDict(dict(run="", steps=900, method=config_dict.placeholder(str),
-                                        small_steps=config_dict.placeholder(int)))
-  for key, _, value in (kv.partition("=") for kv in (arg or "").split(",") if kv):
-    if key not in args:
-      raise ValueError(f"configs/repro/replica.py: unknown arg {key!r}; the args are run, "
-                       "steps, method, small_steps")
-    args[key] = args.get_type(key)(value)
+  args = parse_arg(arg, "configs/repro/replica.py", run="", steps=900,
+                   method=config_dict.placeholder(str),
+                   small_steps=config_dict.placeholder(int))
   if args.run not in ("scratch", "stack"):
     raise ValueError(f"configs/repro/replica.py: run={args.run!r} is not one of scratch, "
                      f"stack (e.g. configs/repro/replica.py:run=scratch)")
