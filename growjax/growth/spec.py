@@ -200,7 +200,8 @@ def _check_map(m: tuple[int, ...], n_src: int, n_dst: int, method: str,
   bad = [i for i in m if not (depth.NEW if allow_new else 0) <= i < n_src]
   if bad:
     allowed = f"-1 (new layer) or 0..{n_src - 1}" if allow_new else (
-        f"0..{n_src - 1} (-1, a new layer, needs method zero or random)")
+        f"0..{n_src - 1} (-1, a new layer, needs {n.arg('method', 'zero')} or "
+        f"{n.arg('method', 'random')})")
     raise ValueError(f"{n.arg('layer_map', m)}: entries {bad} point past the small model "
                      f"({n.small('num_layers')}={n_src}) — entries must be {allowed}")
   if method == "zero" and [i for i in m if i != depth.NEW] != list(range(n_src)):
