@@ -18,7 +18,7 @@ from growjax import sharding
 from growjax.growth import stages
 from growjax import state as state_lib
 from growjax.growth import grow, placement, width
-from growjax.model import ModelConfig, init_params, logical_axes
+from growjax.model import ModelConfig, init_params
 
 SMALL = dict(vocab_size=512, num_layers=2, embed_dim=128, num_heads=4, num_kv_heads=2,
              head_dim=32, mlp_dim=384, dtype="float32")

@@ -28,16 +28,9 @@ def get_config(arg=None):
   c.model = model_config("tiny", **LARGE)
   corpora.stdlib_and_plays(c.data)
   c.data.seq_len = 256
-  c.train.steps = SCRATCH_STEPS
-  c.train.global_batch_size = 32
-  c.train.loss_chunk_len = 256
-  c.train.log_every = 25
-  c.train.eval_every = 50
-  c.train.eval_batches = 16
-  c.train.checkpoint_every = 300
-  c.optimizer.peak_lr = 2e-3
-  c.optimizer.end_lr = 2e-4
-  c.optimizer.warmup_steps = 60
+  c.train.update(steps=SCRATCH_STEPS, global_batch_size=32, loss_chunk_len=256, log_every=25,
+                 eval_every=50, eval_batches=16, checkpoint_every=300)
+  c.optimizer.update(peak_lr=2e-3, end_lr=2e-4, warmup_steps=60)
   direction, _, method = (arg or "scratch").partition(",")
   if direction == "scratch":
     return c

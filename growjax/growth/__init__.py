@@ -2,9 +2,10 @@
 
     grown = grow(params, small_cfg, large_cfg, "stack")
 
-`grow` is a pure function on plain (unboxed) params trees; it reads
-`growjax.model.logical_axes` to find each leaf's `layers`, `embed`, `mlp`,
-`heads` and `kv_heads` axes, never a parameter's name. Width grows first (at
+`grow` is a pure function on plain (unboxed) params trees; it reads the one
+declared table `growjax.model.PARAMS` for each leaf's axes (`layers`, `embed`,
+`mlp`, `heads`, `kv_heads`) and its role (reads, writes or scales the residual
+stream), never guessing either from names or axis order. Width grows first (at
 the small depth, the cheaper order), then depth. Growing several times in a
 row (2 -> 4 -> 8 layers, gradual stacking) is calling `grow` again.
 
@@ -14,6 +15,9 @@ family `stack` (G_stack), `interpolate`, `stack_bottom`, `stack_middle`,
 exactly zero); `random` (new layers from the initialiser); `learn` (LiGO).
 Widthwise `width_method`s (see `width`): `direct`, `zero`, `random`, `learn`;
 by default the family of `method` (`zero` for zero, `direct` for the stacks).
+`spec.resolve` is the one place that checks a growth; an operator that cannot
+keep the function (width `direct` to a non-whole embed factor) is refused unless
+`allow_inexact=True`, and `offline` then measures and prints the logit change.
 
 Every operator except `learn` runs under `jax.jit` (configs, methods and a
 tuple `layer_map` static; `rng` traced), also with `out_shardings`. Given a
