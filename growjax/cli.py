@@ -282,10 +282,22 @@ def _config_error(argv: list[str], exc: BaseException) -> CommandError:
 
 
 def parse(cmd: Command, argv: list[str]) -> flags.FlagValues:
-  """Flags of `cmd` from `argv` (without the command words); raises CommandError."""
+  """Flags of `cmd` from `argv` (without the command words); raises CommandError.
+
+  config_flags finds `--config.FIELD=VALUE` overrides in `sys.argv`, so it is set to
+  these args while parsing: `main(argv)` in-process parses exactly like the console."""
+  argv = [_underscored(a) for a in argv if a not in ("--debug", "--nodebug")]
+  saved = sys.argv
+  sys.argv = [f"growjax {cmd.name}"] + argv
+  try:
+    return _parse_flags(cmd, argv)
+  finally:
+    sys.argv = saved
+
+
+def _parse_flags(cmd: Command, argv: list[str]) -> flags.FlagValues:
   fv = flags.FlagValues()
   cmd.define(fv)
-  argv = [_underscored(a) for a in argv if a not in ("--debug", "--nodebug")]
   if any(a in ("-h", "--help", "--helpfull", "-help") for a in argv):
     print(command_help(cmd, fv))
     raise SystemExit(0)

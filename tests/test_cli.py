@@ -101,3 +101,12 @@ def test_runtime_failure_is_one_line_and_debug_adds_the_traceback(monkeypatch, c
                          "--debug for the traceback")
   code, _, err = run(monkeypatch, capsys, "plan", "--params=1e9", "--debug")
   assert code == 1 and "Traceback" in err and err.strip().endswith("for the traceback")
+
+
+def test_overrides_parse_in_process_as_on_the_console(monkeypatch):
+  """config_flags reads overrides from sys.argv: `main(argv)` must not depend on it."""
+  monkeypatch.setattr(sys, "argv", ["pytest"])
+  for _ in range(2):   # twice: nothing left over from the first parse
+    fv = cli.parse(cli.COMMANDS["train"], [f"--config={TINY}", "--config.train.steps=3",
+                                           "--config.train.global-batch-size=4"])
+    assert fv.config.train.steps == 3 and fv.config.train.global_batch_size == 4
