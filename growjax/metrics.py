@@ -137,7 +137,7 @@ class _EventFiles:
     return _EventFile(path)
 
   def directory_check(self, path: str) -> None:
-    pass   # GCS has no directories to make
+    """Nothing to make: GCS has no directories."""
 
 
 class MetricWriter:
