@@ -113,7 +113,7 @@ def test_meshes_spanning_processes_get_the_rows_their_sharding_names(tmp_path, d
 def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path, data_dir):
   """SIGTERM to process 1 only: JAX's preemption service agrees one step, both
   processes save it and exit 0, and the resumed run equals an uninterrupted one."""
-  steps = 60
+  steps = 150
   spec = {"scenario": "train", "devices": 1, "mesh": {"fsdp": 2}, "steps": steps,
           "checkpoint_every": 1000, "workdir": str(tmp_path / "multi"),
           "out": str(tmp_path / "out")}
