@@ -78,6 +78,15 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
       keep_checkpoints=3,
       async_checkpointing=True,
       init_from="",                  # checkpoint dir (or step dir) whose params start the run
+      damaged_checkpoint="fallback",  # a damaged latest checkpoint on resume: 'fallback' (set
+                                     # it aside as <step>.damaged-<n>, resume the newest
+                                     # intact step) or 'refuse' (stop with an error)
+      max_bad_steps=10,              # stop after this many consecutive non-finite steps (a
+                                     # NaN/Inf loss or gradient norm: the update is skipped)
+      spike_zscore=0.0,              # loss-spike guard: a step loss this many std above the
+                                     # running window rolls back to the last checkpoint and
+                                     # skips the batches since it; 0 = off
+      spike_window=50,               # steps in the spike guard's running window
   ))
   c.optimizer = ml_collections.ConfigDict(dict(
       peak_lr=3e-4, end_lr=3e-5, warmup_steps=3000, decay_steps=0,  # 0: = train.steps
@@ -147,6 +156,14 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]
   if chunk <= 0 or seq_len % chunk:
     raise ValueError(f"config.train.loss_chunk_len={t.loss_chunk_len} must be positive and "
                      f"divide config.data.seq_len={seq_len}.")
+  if int(t.max_bad_steps) <= 0:
+    raise ValueError(f"config.train.max_bad_steps must be positive, got {t.max_bad_steps}.")
+  if float(t.spike_zscore) < 0:
+    raise ValueError(f"config.train.spike_zscore must be >= 0 (0 = off), got "
+                     f"{t.spike_zscore}.")
+  if float(t.spike_zscore) > 0 and int(t.spike_window) < 2:
+    raise ValueError(f"config.train.spike_window must be >= 2 with spike_zscore > 0, got "
+                     f"{t.spike_window}.")
   o = cfg.optimizer
   if o.peak_lr <= 0 or o.end_lr < 0 or o.end_lr > o.peak_lr:
     raise ValueError(f"config.optimizer: need 0 <= end_lr <= peak_lr and peak_lr > 0, got "

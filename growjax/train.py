@@ -10,7 +10,6 @@ evaluates, saves, and on SIGTERM saves and returns cleanly.
 from __future__ import annotations
 
 import dataclasses
-import math
 import signal
 import threading
 import time
@@ -69,7 +68,14 @@ def make_train_step(setup: Setup) -> Callable[[TrainState, dict], tuple[TrainSta
         grads, aux = jax.tree.map(lambda x: x / accum, (grads, aux))
       updates, opt_state = tx.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
-    metrics = dict(aux, grad_norm=optax.global_norm(grads), lr=setup.schedule(state.step))
+      grad_norm = optax.global_norm(grads)
+      # A NaN/Inf loss or gradient norm: keep params and optimizer state (per leaf, so the
+      # TrainState structure is unchanged); the step counter still advances.
+      ok = jnp.isfinite(aux["loss"]) & jnp.isfinite(grad_norm)
+      keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+      params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+    metrics = dict(aux, grad_norm=grad_norm, lr=setup.schedule(state.step),
+                   skipped=(~ok).astype(jnp.float32))
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return jax.jit(step_fn, in_shardings=(setup.state_shardings, setup.batch_sharding),
@@ -290,8 +296,19 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, devices=None,
     writer.close()
 
 
+class BadStepsError(FloatingPointError):
+  """`config.train.max_bad_steps` consecutive non-finite steps: the run stops (exit 1)."""
+
+
 class _Loop:
-  """One call of `train`: restore, then step, report, evaluate and save until done."""
+  """One call of `train`: restore, then step, report, evaluate and save until done.
+
+  Bad numbers: a step whose loss or gradient norm is not finite is skipped inside the
+  jitted step (params and optimizer state kept) and counted here, one step late (its
+  `skipped` flag is read after the next step is dispatched); `max_bad_steps` in a row
+  stop the run. With `spike_zscore` > 0, a step loss that far above the running window
+  rolls back to the last checkpoint and skips the batches since it.
+  """
 
   def __init__(self, setup: Setup, writer, checkpoints: ckpt_lib.Checkpoints,
                stop_after_steps: int | None):
@@ -305,17 +322,19 @@ class _Loop:
     self.step = int(to_host(self.state.step))
     self.start_step = self.step
     self.account = _Accounting(setup, self.step, restored_meta)
-    self.history: dict[str, Any] = {"loss": {}, "eval_loss": {}, "stopped_at": None}
+    self.history: dict[str, Any] = {"loss": {}, "eval_loss": {}, "stopped_at": None,
+                                    "skipped": [], "rollbacks": []}
+    self.bad_steps_total = 0
+    self.bad_in_a_row = 0
+    self.last = None                  # (step, metrics) of the last dispatched step
+    self.replay_batch = None          # a batch to feed again after a rollback
+    self.losses: list[float] = []     # the spike guard's running window
 
   def report(self, step: int, device_metrics: dict, eval_loss: float | None) -> None:
     values, eta = self.account.values(step, device_metrics, eval_loss)
     if self.meta["small_stage_flops"]:
       values["small_stage_flops"] = self.meta["small_stage_flops"]
-    if not math.isfinite(values["loss"]):
-      raise FloatingPointError(
-          f"train loss is {values['loss']} at step {step}; lower config.optimizer.peak_lr "
-          f"or raise warmup_steps. The last complete checkpoint is step "
-          f"{self.checkpoints.latest_step()} in {self.checkpoints.directory}.")
+    values["bad_steps_total"] = self.bad_steps_total
     self.history["loss"][step] = values["loss"]
     self.writer.scalars(step, values)
     self.writer.text(metrics_lib.format_progress(step, self.setup.cfg.train.steps, values,
@@ -344,9 +363,12 @@ class _Loop:
     """Dispatches a step, then reads the previous step's metrics (the device already
     has this one queued); returns what to report after the next step."""
     tc = self.setup.cfg.train
-    batch = self.host.to_global(next(self.data_iter))
-    self.state, step_metrics = self.train_step(self.state, batch)
+    host_batch, self.replay_batch = self.replay_batch or next(self.data_iter), None
+    self.state, step_metrics = self.train_step(self.state, self.host.to_global(host_batch))
     self.step += 1
+    previous, self.last = self.last, (self.step, step_metrics, host_batch)
+    if previous is not None and self.check_numbers(*previous):
+      return None                     # rolled back: the pending report is of dropped steps
     if pending is not None:
       self.report(*pending)
     eval_loss = None
@@ -356,6 +378,57 @@ class _Loop:
     if self.step % tc.log_every == 0 or self.step == tc.steps or eval_loss is not None:
       return (self.step, step_metrics, eval_loss)
     return None
+
+  def check_numbers(self, step: int, step_metrics: dict, _batch, spike_guard=True) -> bool:
+    """Counts a skipped step (stops after max_bad_steps in a row) and runs the spike
+    guard on `step`'s loss; True when it rolled back to the last checkpoint."""
+    tc = self.setup.cfg.train
+    skipped, loss = to_host((step_metrics["skipped"], step_metrics["loss"]))
+    if float(skipped):
+      self.bad_steps_total += 1
+      self.bad_in_a_row += 1
+      self.history["skipped"].append(step)
+      if self.bad_in_a_row >= tc.max_bad_steps:
+        self.checkpoints.wait()
+        raise BadStepsError(
+            f"{self.bad_in_a_row} NaN/Inf steps in a row (config.train.max_bad_steps="
+            f"{tc.max_bad_steps}), the last at step {step}: lower config.optimizer.peak_lr "
+            f"and rerun to resume from the last good checkpoint, step "
+            f"{self.checkpoints.latest_step()} in {self.checkpoints.directory}")
+      return False
+    self.bad_in_a_row = 0
+    loss = float(loss)
+    if tc.spike_zscore > 0 and spike_guard:
+      window = self.losses[-int(tc.spike_window):]
+      if len(window) >= min(int(tc.spike_window), 8):
+        std = float(np.std(window))
+        z = (loss - float(np.mean(window))) / std if std > 0 else 0.0
+        if z > tc.spike_zscore:
+          return self.roll_back(step, loss, z)
+      self.losses.append(loss)
+      del self.losses[:-int(tc.spike_window)]
+    return False
+
+  def roll_back(self, step: int, loss: float, z: float) -> bool:
+    """Restores the last checkpoint in-process; the batches after it up to and
+    including `step`'s are skipped (the one dispatched after `step` is fed again)."""
+    self.checkpoints.wait()
+    latest = self.checkpoints.latest_step()
+    if latest is None:
+      self.writer.text(f"loss spike at step {step} (loss {loss:.4g}, z-score {z:.1f} > "
+                       f"config.train.spike_zscore={self.setup.cfg.train.spike_zscore}) but "
+                       f"no checkpoint to roll back to; continuing")
+      return False
+    self.state, _, _ = self.checkpoints.restore(latest, self.setup.abstract_state)
+    self.replay_batch = self.last[2]
+    self.last = None
+    self.step = int(to_host(self.state.step))
+    self.history["rollbacks"].append((step, latest))
+    self.writer.text(f"loss spike at step {step} (loss {loss:.4g}, z-score {z:.1f} > "
+                     f"config.train.spike_zscore={self.setup.cfg.train.spike_zscore}): "
+                     f"rolled back to checkpoint step {latest}, skipping the "
+                     f"{step - latest} batches of steps {latest + 1}..{step}")
+    return True
 
   def run(self) -> dict[str, Any]:
     setup, tc = self.setup, self.setup.cfg.train
@@ -376,6 +449,8 @@ class _Loop:
           self.writer.text(f"stopping at step {self.step}: checkpoint saved")
           self.history["stopped_at"] = self.step if self.step < tc.steps else None
           break
+      if self.last is not None:
+        self.check_numbers(*self.last, spike_guard=False)
       if pending is not None:
         self.report(*pending)
     return self.history
