@@ -119,12 +119,41 @@ def test_cli_prints_report_and_writes_png(runs, tmp_path, capsys):
   assert "--scratch is required" in capsys.readouterr().err
 
 
-def test_plot_without_matplotlib_says_what_to_install(runs, tmp_path, monkeypatch):
+def test_without_matplotlib_prints_the_numbers_and_skips_the_plot(runs, tmp_path,
+                                                                   monkeypatch, capsys):
   scratch, grown = runs
-  result = speedup.compare(scratch, grown)
   monkeypatch.setitem(sys.modules, "matplotlib", None)   # import matplotlib -> ImportError
-  with pytest.raises(ValueError, match=r"pip install 'growjax\[plot\]'"):
-    speedup.plot(scratch, grown, result, str(tmp_path / "p.png"))
+  out = tmp_path / "p.png"
+  assert cli.main(["growjax", "speedup", f"--scratch={scratch}", f"--grown={grown}",
+                   f"--out={out}"]) == 0
+  printed = capsys.readouterr().out
+  assert "speedup                0.667 = 66.7%" in printed
+  assert printed.strip().splitlines()[-1] == (
+      "plot skipped: matplotlib is not installed (pip install matplotlib)")
+  assert not out.exists()
+
+
+def _checkpoint(workdir, step=6, **model):
+  from growjax import checkpoint as ckpt_lib
+  shape = dict(num_layers=4, embed_dim=128, mlp_dim=384, num_heads=4, num_kv_heads=2,
+               vocab_size=384)
+  shape.update(model)
+  ck = ckpt_lib.Checkpoints(os.path.join(workdir, "checkpoints"), use_async=False)
+  ck.save(step, {"w": np.zeros(2, np.float32)}, None, {"model": shape}, force=True)
+  ck.wait()
+  ck.close()
+
+
+def test_both_runs_must_train_the_same_final_model(runs, capsys):
+  scratch, grown = runs
+  speedup.compare(scratch, grown)                  # no checkpoints: a note, no check
+  assert "note: not checking that both runs train the same model" in capsys.readouterr().out
+  _checkpoint(scratch)
+  _checkpoint(os.path.join(grown, "large"))
+  assert speedup.compare(scratch, grown)["speedup"] == pytest.approx(100 / 60 - 1)
+  _checkpoint(os.path.join(grown, "large"), step=8, num_layers=8)     # a newer step, deeper
+  with pytest.raises(ValueError, match=r"different models: .*num_layers=4.*num_layers=8"):
+    speedup.compare(scratch, grown)
 
 
 def test_a_grown_run_must_count_its_small_stage(runs, tmp_path):

@@ -112,9 +112,49 @@ def check_counts_small_stage(grown: str) -> None:
         f"config.train.init_from.")
 
 
+SHAPE_FIELDS = ("num_layers", "embed_dim", "mlp_dim", "num_heads", "num_kv_heads",
+                "vocab_size")
+
+
+def _final_model(run: str) -> dict | None:
+  """The model sizes in a run's latest checkpoint meta (a grow run: its large stage's);
+  None when the run has no checkpoints (e.g. metrics alone)."""
+  from growjax import checkpoint as ckpt_lib
+  root = epath.Path(run)
+  if root.is_file():
+    root = root.parent
+  for d in (root / "large" / "checkpoints", root / "checkpoints"):
+    if d.is_dir():
+      try:
+        directory, step = ckpt_lib.resolve(str(d))
+      except ValueError:
+        return None
+      model = ckpt_lib.read_meta(directory, step).get("model") or {}
+      return {f: model.get(f) for f in SHAPE_FIELDS}
+  return None
+
+
+def check_same_model(scratch: str, grown: str) -> None:
+  """Refuses two runs whose final models differ (the speedup compares one model trained
+  two ways); prints a note and skips the check when a run has no checkpoints."""
+  shapes = {name: _final_model(run) for name, run in (("scratch", scratch), ("grown", grown))}
+  missing = [name for name, shape in shapes.items() if shape is None]
+  if missing:
+    print(f"note: not checking that both runs train the same model: no checkpoints in "
+          f"the {' and '.join(missing)} run")
+    return
+  if shapes["scratch"] != shapes["grown"]:
+    fmt = lambda s: ", ".join(f"{k}={v}" for k, v in s.items())
+    raise ValueError(
+        f"the runs train different models: --scratch={scratch} has ({fmt(shapes['scratch'])}), "
+        f"--grown={grown} ends with ({fmt(shapes['grown'])}) — compare a scratch run of the "
+        f"grown run's final model")
+
+
 def compare(scratch: str, grown: str, target_loss: float | None = None) -> dict:
   """FLOPs to reach the target for both runs, the paper's speedup and the FLOPs saved."""
   check_counts_small_stage(grown)
+  check_same_model(scratch, grown)
   s_flops, s_loss = load_curve(scratch)
   g_flops, g_loss = load_curve(grown)
   target = float(s_loss[-1]) if target_loss is None else float(target_loss)
@@ -133,14 +173,19 @@ def compare(scratch: str, grown: str, target_loss: float | None = None) -> dict:
           "scratch_total_flops": float(s_flops[-1]), "grown_total_flops": float(g_flops[-1])}
 
 
-def plot(scratch: str, grown: str, result: dict, out_png: str) -> str:
-  """Loss against FLOPs for both runs, the target line and the two crossings marked."""
+PLOT_SKIPPED = "plot skipped: matplotlib is not installed (pip install matplotlib)"
+
+
+def plot(scratch: str, grown: str, result: dict, out_png: str) -> str | None:
+  """Loss against FLOPs for both runs, the target line and the two crossings marked;
+  None (and one printed line) when matplotlib is not installed."""
   try:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-  except ImportError as e:
-    raise ValueError("the speedup plot needs matplotlib: pip install 'growjax[plot]'.") from e
+  except ImportError:
+    print(PLOT_SKIPPED)
+    return None
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for run, label, key, color in ((scratch, "scratch", "scratch_flops", "tab:blue"),
                                  (grown, "grown", "grown_flops", "tab:orange")):
@@ -187,5 +232,6 @@ def run(scratch: str, grown: str, target_loss: float | None = None,
   print(report(result))
   out_png = out_png or str(epath.Path(grown) / "speedup.png")
   result["plot"] = plot(scratch, grown, result, out_png)
-  print(f"plot: {out_png}")
+  if result["plot"]:
+    print(f"plot: {out_png}")
   return result
