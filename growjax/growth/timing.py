@@ -13,6 +13,26 @@ import ml_collections
 
 RECOMMENDED_G = 4
 
+# Where the fit has support: the paper's runs train targets from 410M to 7B parameters,
+# from a 400M model on 10B tokens (~2.5e19 FLOPs) up to a 7B model on 750B tokens
+# (~3.2e22 FLOPs) (../shared/PAPER.md). Outside, d is an extrapolation.
+FIT_PARAMS = (4.1e8, 7e9)
+FIT_FLOPS = (1e19, 3.2e22)
+
+
+def fit_range_warning(params: float, flops: float) -> str | None:
+  """One line when N or C lies outside the range the paper fitted; None inside it."""
+  outside = []
+  if not FIT_PARAMS[0] <= params <= FIT_PARAMS[1]:
+    outside.append(f"N = {params:.3g}")
+  if not FIT_FLOPS[0] <= flops <= FIT_FLOPS[1]:
+    outside.append(f"C = {flops:.3g}")
+  if not outside:
+    return None
+  return (f"warning: {' and '.join(outside)} {'is' if len(outside) == 1 else 'are'} outside "
+          f"the range of the paper's runs (N 410M to 7B parameters, C 1e19 to 3.2e22 "
+          f"FLOPs): d is an extrapolation of the fit")
+
 
 def growth_tokens(params: float, flops: float) -> float:
   """Tokens d to train the small (base) model before growing (the paper's fit)."""
@@ -34,6 +54,8 @@ def describe(params: float | None, flops: float | None, tokens: float | None = N
     params = float(ModelConfig.from_config(cfg.model).num_params())
   if params is None:
     raise ValueError("give --params N (or --config to take N from its model).")
+  if flops is not None and tokens is not None:
+    raise ValueError("--flops and --tokens both given — give one (C = 6 N D)")
   if flops is None:
     if tokens is None:
       raise ValueError("give --flops C or --tokens D (then C = 6 N D).")
@@ -42,6 +64,9 @@ def describe(params: float | None, flops: float | None, tokens: float | None = N
   lines = [f"target model N = {params:.4g} parameters, budget C = {flops:.4g} FLOPs",
            f"growth timing d = {d:.4g} tokens on the small model (Du et al. 2024 fit)",
            f"growth factor g = {RECOMMENDED_G} (G_stack; the paper's best)"]
+  warning = fit_range_warning(params, flops)
+  if warning:
+    lines.append(warning)
   if cfg is not None:
     tokens_per_step = cfg.train.global_batch_size * cfg.data.seq_len
     layers = cfg.model.num_layers
