@@ -18,6 +18,7 @@ from typing import Iterable
 
 import numpy as np
 
+from growjax import faults
 from growjax.data.tokenizers import Tokenizer
 
 TOKEN_DIR = "growjax_tokens"
@@ -63,6 +64,7 @@ def write_stream(path: str, texts: Iterable[str], tokenizer: Tokenizer) -> int:
       n = min(_FLUSH_TOKENS, count - start)
       out[start:start + n] = np.fromfile(raw_path, dtype=dtype, count=n,
                                          offset=start * dtype.itemsize)
+      faults.maybe_kill("mid_data")
     out.flush()
     del out
     os.replace(npy_path, path)

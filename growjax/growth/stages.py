@@ -14,6 +14,7 @@ from etils import epath
 
 from growjax import checkpoint as ckpt_lib
 from growjax import distributed
+from growjax import faults
 from growjax.growth import offline
 from growjax import train as train_lib
 
@@ -72,6 +73,7 @@ def run_grow(cfg: ml_collections.ConfigDict, workdir: str, log=print,
                                        stop_after_steps=stop_after_steps)
     if history["small"]["stopped_at"] is not None:
       return history
+  faults.maybe_kill("handoff")
   if large_latest < 0 and grown_latest < 0:
     log(f"== stage 2/3: grow by {g.method} -> {grown_dir}")
     offline.grow_checkpoint(
