@@ -1,5 +1,7 @@
 """The paper's growth-timing fit, and the chunked loss against a direct computation."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,3 +71,21 @@ def test_bf16_loss_gradients_match_float32_reference():
     assert g.dtype == jnp.float32
     err = float(jnp.linalg.norm(g - g_ref) / jnp.linalg.norm(g_ref))
     assert err < 2e-2, err
+
+
+def test_tokenizer_refuses_a_vocab_size_the_corpus_cannot_reach(tmp_path, capsys):
+  from growjax import cli
+  corpus = tmp_path / "c.txt"
+  corpus.write_text("To be, or not to be, that is the question.\n" * 50)
+  prefix = str(tmp_path / "m")
+  assert cli.main(["growjax", "tokenizer", "--input", str(corpus), "--vocab_size", "32000",
+                   "--model_prefix", prefix]) == 2
+  [line] = capsys.readouterr().err.strip().splitlines()
+  reached = int(line.split("training reached ")[1].split()[0])
+  assert line == (f"growjax tokenizer: --vocab_size 32000 is more than this corpus supports: "
+                  f"training reached {reached} pieces — give --vocab_size {reached} (or less), "
+                  f"or train on more text")
+  assert not os.path.exists(prefix + ".model")
+  assert cli.main(["growjax", "tokenizer", "--input", str(corpus), "--vocab_size",
+                   str(reached), "--model_prefix", prefix]) == 0
+  assert os.path.exists(prefix + ".model")

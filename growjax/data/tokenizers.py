@@ -129,9 +129,9 @@ def train_sentencepiece(
     text_files_or_iterator: a path or glob (comma-separated allowed), a list of
       paths, or an iterator of text strings. Files are read line by line.
     vocab_size: the requested vocabulary size (with `byte_fallback` it must
-      exceed 259: 256 byte pieces + pad/bos/eos/unk). On a corpus too small
-      for it the model may come out smaller; read `vocab_size` back from the
-      tokenizer.
+      exceed 259: 256 byte pieces + pad/bos/eos/unk). A corpus too small for it
+      is an error naming the size it reaches (no model is left behind), never
+      a quietly smaller vocabulary.
     model_prefix: writes `<model_prefix>.model` and `<model_prefix>.vocab`.
     model_type: 'unigram' or 'bpe'.
     byte_fallback: encode unknown characters as bytes instead of `unk`.
@@ -161,7 +161,16 @@ def train_sentencepiece(
         if line.strip())
   os.makedirs(os.path.dirname(os.path.abspath(model_prefix)), exist_ok=True)
   spm.SentencePieceTrainer.train(**kwargs)
-  return model_prefix + ".model"
+  path = model_prefix + ".model"
+  reached = spm.SentencePieceProcessor(model_file=path).get_piece_size()
+  if reached < vocab_size:
+    for suffix in (".model", ".vocab"):
+      if os.path.exists(model_prefix + suffix):
+        os.remove(model_prefix + suffix)
+    raise ValueError(
+        f"--vocab_size {vocab_size} is more than this corpus supports: training reached "
+        f"{reached} pieces — give --vocab_size {reached} (or less), or train on more text")
+  return path
 
 
 def expand_globs(patterns: str | Sequence[str]) -> list[str]:
