@@ -17,9 +17,11 @@ place and marks it finished with `commit_success.txt` instead of renaming, so a
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import shutil
 from typing import Any
 
 import orbax.checkpoint as ocp
@@ -27,6 +29,7 @@ from etils import epath
 
 STEP_DIR = re.compile(r"^\d+$")
 COMMIT_SUCCESS = "commit_success.txt"   # orbax's "this save finished" marker on GCS
+FILES = "growjax_files.json"            # a finished step's files and sizes (local disks)
 
 
 def is_url(path: str | os.PathLike) -> bool:
@@ -54,10 +57,113 @@ def _complete_steps(directory: epath.Path) -> list[int]:
                 if STEP_DIR.match(d.name) and _is_complete(d))
 
 
-class Checkpoints:
-  """A run's checkpoint directory (`WORKDIR/checkpoints`)."""
+class DiskFull(OSError):
+  """ENOSPC while saving a checkpoint; `str()` is the one line a person sees."""
 
-  def __init__(self, directory: str, *, save_every: int = 1, keep: int = 3,
+  def __init__(self, message: str, directory: str):
+    super().__init__(errno.ENOSPC, message, directory)
+    self.one_line = message
+
+  def __str__(self) -> str:
+    return self.one_line
+
+
+def _tree_bytes(path: epath.Path) -> int:
+  total = 0
+  for root, _, files in os.walk(os.fspath(path)):
+    for f in files:
+      try:
+        total += os.path.getsize(os.path.join(root, f))
+      except OSError:
+        pass
+  return total
+
+
+def _gib(n: float) -> str:
+  return f"{n / 2**30:.2f} GiB" if n >= 2**26 else f"{n / 2**20:.1f} MiB"
+
+
+def _check_json(path: epath.Path, root: epath.Path) -> tuple[str, str] | None:
+  if not path.exists():
+    return str(path), "missing"
+  try:
+    json.loads(path.read_text())
+  except (ValueError, OSError, UnicodeDecodeError) as e:
+    return str(path), f"unreadable ({type(e).__name__}: {str(e).splitlines()[0][:80]})"
+  return None
+
+
+def verify_step(step_dir: str | os.PathLike) -> tuple[str, str] | None:
+  """A cheap integrity check of one step: orbax's metadata files present and parseable
+  JSON, the `state` item's OCDBT manifests present, every file of `state` nonzero, and the
+  `data` and `meta` JSON items readable. Returns (file, what is wrong), or None if intact.
+  A truncated (nonzero) array file is not caught here; restoring it fails, and
+  `growjax.train.restore_or_init` treats that failure the same way."""
+  d = epath.Path(step_dir)
+  if is_url(d):   # on gs:// a listing per file is not cheap; orbax's marker suffices
+    return None
+  manifest = d / FILES
+  if manifest.exists():
+    try:
+      sizes = json.loads(manifest.read_text())
+    except (ValueError, OSError, UnicodeDecodeError):
+      sizes = None
+    for name, size in (sizes or {}).items():
+      f = d / name
+      if not f.exists():
+        return str(f), "missing"
+      now = os.path.getsize(os.fspath(f))
+      if now != size:
+        return str(f), f"{now} bytes, written as {size} (truncated)"
+  for name in ("_CHECKPOINT_METADATA", "state/_METADATA", "data/metadata", "meta/metadata"):
+    bad = _check_json(d / name, d)
+    if bad:
+      return bad
+  state = d / "state"
+  if not (state / "manifest.ocdbt").exists():
+    return str(state / "manifest.ocdbt"), "missing"
+  for pdir in state.glob("ocdbt.process_*"):
+    if not (pdir / "manifest.ocdbt").exists():
+      return str(pdir / "manifest.ocdbt"), "missing"
+    if not (pdir / "d").is_dir() or not list((pdir / "d").iterdir()):
+      return str(pdir / "d"), "no array data files"
+  for root, _, files in os.walk(os.fspath(state)):
+    for f in files:
+      full = os.path.join(root, f)
+      if os.path.getsize(full) == 0:
+        return full, "empty (0 bytes)"
+  return None
+
+
+def write_manifest(step_dir: str | os.PathLike) -> None:
+  """Records every file of a finished local step with its size (`growjax_files.json`),
+  so `verify_step` can tell a missing or truncated array file by name."""
+  d = epath.Path(step_dir)
+  if is_url(d) or (d / FILES).exists():
+    return
+  root = os.fspath(d)
+  sizes = {os.path.relpath(os.path.join(r, f), root): os.path.getsize(os.path.join(r, f))
+           for r, _, fs in os.walk(root) for f in fs}
+  tmp = d / (FILES + ".tmp")
+  tmp.write_text(json.dumps(sizes, sort_keys=True))
+  tmp.rename(d / FILES)
+
+
+def set_aside(step_dir: str | os.PathLike) -> str:
+  """Renames a damaged step dir to `<step>.damaged-<n>` (never deletes); returns the new path."""
+  d = epath.Path(step_dir)
+  n = 1
+  while (d.parent / f"{d.name}.damaged-{n}").exists():
+    n += 1
+  target = d.parent / f"{d.name}.damaged-{n}"
+  d.rename(target)
+  return str(target)
+
+
+class Checkpoints:
+  """A run's checkpoint directory (`WORKDIR/checkpoints`). `keep=None` keeps every step."""
+
+  def __init__(self, directory: str, *, save_every: int = 1, keep: int | None = 3,
                use_async: bool = True):
     self.directory = absolute(directory)
     options = ocp.CheckpointManagerOptions(
@@ -70,11 +176,64 @@ class Checkpoints:
 
   def save(self, step: int, state: Any, data_state: dict | None, meta: dict,
            force: bool = False) -> bool:
-    """Saves if `step` is on the interval (or `force`); returns whether it saved."""
-    return self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave(data_state or {}),
-        meta=ocp.args.JsonSave(meta)), force=force)
+    """Saves if `step` is on the interval (or `force`); returns whether it saved.
+    A full disk (ENOSPC) raises `DiskFull`; the last complete checkpoint is kept."""
+    try:
+      saved = self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          data=ocp.args.JsonSave(data_state or {}),
+          meta=ocp.args.JsonSave(meta)), force=force)
+      if saved:
+        self._record_finished()
+      return saved
+    except Exception as e:  # noqa: BLE001 - only a full disk is translated
+      raise self._disk_full(e, step) from e
+
+  def _record_finished(self) -> None:
+    """A file manifest for each finished step that lacks one (process 0, local disks).
+    An async save still in flight is not a complete step yet, so it is skipped."""
+    import jax   # noqa: PLC0415 - the module stays importable without initialising jax
+    if jax.process_index() != 0 or is_url(self.directory):
+      return
+    root = epath.Path(self.directory)
+    for s in (_complete_steps(root) if root.exists() else []):
+      write_manifest(root / str(s))
+
+  def _disk_full(self, e: BaseException, step: int | None) -> BaseException:
+    cause = e
+    while cause is not None and not (isinstance(cause, OSError) and
+                                     cause.errno == errno.ENOSPC):
+      cause = cause.__cause__ or cause.__context__
+    if isinstance(e, DiskFull) or (cause is None and "No space left on device" not in str(e)):
+      return e
+    root = epath.Path(self.directory)
+    steps = _complete_steps(root) if root.exists() else []
+    last = steps[-1] if steps else None
+    needed = _tree_bytes(root / str(last)) if last is not None and not is_url(root) else 0
+    try:
+      free = shutil.disk_usage(self.directory).free
+    except OSError:
+      free = None
+    what = f"step {step}" if step is not None else "a checkpoint"
+    kept = (f"the last complete checkpoint, step {last}, is kept" if last is not None
+            else "no complete checkpoint was written yet")
+    msg = (f"no space left on the device saving {what} to {self.directory}: needs about "
+           f"{_gib(needed) if needed else 'as much as one checkpoint'}, "
+           f"{_gib(free) if free is not None else 'unknown'} free — free space or lower "
+           f"config.train.keep_checkpoints; {kept}")
+    return DiskFull(msg, self.directory)
+
+  def verify(self, step: int) -> tuple[str, str] | None:
+    return verify_step(epath.Path(self.directory) / str(step))
+
+  def set_aside(self, step: int) -> str:
+    """Moves a damaged step out of the way (renamed, never deleted)."""
+    moved = set_aside(epath.Path(self.directory) / str(step))
+    self.manager.reload()
+    return moved
+
+  def complete_steps(self) -> list[int]:
+    return _complete_steps(epath.Path(self.directory))
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
     """Restores into `abstract_state`'s structure, dtypes and shardings."""
@@ -92,7 +251,11 @@ class Checkpoints:
     return self.manager.reached_preemption(step)
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    try:
+      self.manager.wait_until_finished()
+      self._record_finished()
+    except Exception as e:  # noqa: BLE001 - an async save's full disk surfaces here
+      raise self._disk_full(e, None) from e
 
   def close(self) -> None:
     self.manager.close()

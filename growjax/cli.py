@@ -331,6 +331,8 @@ def _parse_flags(cmd: Command, argv: list[str]) -> flags.FlagValues:
 
 
 def _runtime_message(exc: BaseException) -> str:
+  if getattr(exc, "one_line", None):   # checkpoint.DiskFull: directory, needed, free, fix
+    return str(exc.one_line)
   if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
     where = exc.filename or "the output directory"
     return (f"no space left on the device writing {where} — free space or lower "

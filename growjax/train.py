@@ -27,6 +27,7 @@ from growjax import checkpoint as ckpt_lib
 from growjax import config as config_lib
 from growjax import data as data_lib
 from growjax import distributed
+from growjax import faults
 from growjax import loss as loss_lib
 from growjax import metrics as metrics_lib
 from growjax import sharding
@@ -165,16 +166,57 @@ def restore_or_init(setup: Setup, checkpoints: ckpt_lib.Checkpoints, data_iter, 
                     ) -> tuple[TrainState, dict]:
   """Latest own checkpoint, else `train.init_from` (e.g. a grown model), else fresh.
 
-  The latest step is process 0's view, agreed by all. Returns the state and the
-  checkpoint's metadata ({} when fresh)."""
+  The latest step is process 0's view, agreed by all. Each step is checked cheaply
+  (`checkpoint.verify_step`) before it is restored; a damaged one is set aside
+  (`<step>.damaged-<n>`) and the newest intact step resumed, unless
+  `config.train.damaged_checkpoint='refuse'`. Existing checkpoints win over
+  `train.init_from` (said in one line). Returns the state and the checkpoint's
+  metadata ({} when fresh)."""
   cfg = setup.cfg
+  mode = cfg.train.get("damaged_checkpoint", "fallback")
+  if mode not in ("fallback", "refuse"):
+    raise ValueError(f"config.train.damaged_checkpoint={mode!r} — choose 'fallback' or "
+                     f"'refuse'")
   [latest] = distributed.agreed([_or_minus_one(checkpoints.latest_step())])
-  if latest >= 0:
-    state, data_state, meta = checkpoints.restore(latest, setup.abstract_state)
-    if data_state:
-      data_iter.set_state(data_state)
-    writer.text(f"resumed from {checkpoints.directory}/{latest}")
-    return state, meta
+  while latest >= 0:
+    step_dir = f"{checkpoints.directory}/{latest}"
+    problem = checkpoints.verify(latest)
+    if problem is None:
+      meta = ckpt_lib.read_meta(checkpoints.directory, latest)
+      _check_same_model(meta, setup, checkpoints.directory, latest)
+      try:
+        state, data_state, meta = checkpoints.restore(latest, setup.abstract_state)
+      except Exception as e:  # noqa: BLE001 - a restore failure of a checked step = damage
+        problem = (step_dir, f"restore failed ({type(e).__name__}: "
+                             f"{(str(e).strip().splitlines() or [''])[0][:160]})")
+    [damaged] = distributed.agreed([int(problem is not None)])
+    if not damaged:
+      if data_state:
+        data_iter.set_state(data_state)
+      if cfg.train.init_from:
+        writer.text(f"resuming {step_dir}; config.train.init_from={cfg.train.init_from} is "
+                    f"ignored because this workdir already has checkpoints")
+      else:
+        writer.text(f"resumed from {step_dir}")
+      return state, meta
+    where, why = problem or (step_dir, "damaged on process 0")
+    if mode == "refuse":
+      raise ValueError(f"checkpoint step {latest} is damaged: {where} is {why} — move "
+                       f"{step_dir} aside, or set config.train.damaged_checkpoint=fallback "
+                       f"to resume from the newest intact step")
+    if jax.process_index() == 0:
+      moved = checkpoints.set_aside(latest)
+    else:
+      moved = f"{step_dir}.damaged-*"
+    distributed.agreed([0])   # the rename is done before anyone lists again
+    if jax.process_index() != 0:
+      checkpoints.manager.reload()
+    earlier = [s for s in checkpoints.complete_steps() if s < latest]
+    [previous] = distributed.agreed([earlier[-1] if earlier else -1])
+    writer.text(f"WARNING: checkpoint step {latest} is damaged ({where}: {why}); moved "
+                f"aside to {moved}, resuming from "
+                + (f"step {previous}" if previous >= 0 else "scratch"))
+    latest = previous
   if cfg.train.init_from:
     directory, step = ckpt_lib.resolve(cfg.train.init_from, field="config.train.init_from")
     [step] = distributed.agreed([step])
@@ -194,6 +236,23 @@ def restore_or_init(setup: Setup, checkpoints: ckpt_lib.Checkpoints, data_iter, 
     # `growjax speedup` can check a grown run counts them.
     return state, dict(meta, small_stage_flops=float(meta.get("flops_seen", 0.0)))
   return init_state(setup, jax.random.key(cfg.seed)), {}
+
+
+def _check_same_model(meta: dict, setup: Setup, directory: str, step: int) -> None:
+  """A workdir whose checkpoints hold another model shape: one line naming both."""
+  theirs, ours = meta.get("model") or {}, dataclasses.asdict(setup.model_cfg)
+  keys = ("num_layers", "embed_dim", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
+          "vocab_size")
+  diff = [k for k in keys if k in theirs and k in ours and theirs[k] != ours[k]]
+  if not diff:
+    return
+
+  def shape(m):
+    return ", ".join(f"{k}={m[k]}" for k in diff)
+
+  raise ValueError(f"{directory}/{step} holds another model ({shape(theirs)}) than "
+                   f"config.model ({shape(ours)}) — use another --workdir, or start from it "
+                   f"with config.train.init_from after `growjax grow`")
 
 
 def _or_minus_one(step: int | None) -> int:
@@ -358,6 +417,7 @@ class _Loop:
       meta = dict(self.meta, flops_seen=self.account.flops_seen(self.step))
       self.account.stalls.timed("checkpoint_s", self.state, lambda: self.checkpoints.save(
           self.step, self.state, self.data_iter.get_state(), meta, force=force))
+      faults.maybe_kill("mid_save")
 
   def one_step(self, pending):
     """Dispatches a step, then reads the previous step's metrics (the device already
@@ -365,6 +425,7 @@ class _Loop:
     tc = self.setup.cfg.train
     host_batch, self.replay_batch = self.replay_batch or next(self.data_iter), None
     self.state, step_metrics = self.train_step(self.state, self.host.to_global(host_batch))
+    faults.maybe_kill("mid_step")
     self.step += 1
     previous, self.last = self.last, (self.step, step_metrics, host_batch)
     if previous is not None and self.check_numbers(*previous):

@@ -15,6 +15,7 @@ not keep the function exactly although its operator promises to (`spec`'s
 from __future__ import annotations
 
 import dataclasses
+import json
 import resource
 import time
 from typing import Any, Sequence
@@ -24,9 +25,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from growjax import checkpoint as ckpt_lib
+from growjax import distributed
+from growjax import faults
 from growjax import optimizer as opt_lib
 from growjax import state as state_lib
 from growjax.growth import operators, optimizer_state, placement
@@ -177,10 +181,54 @@ def _restore(directory: str, step: int, abstract, meta: dict):
 
 
 def _save(out_dir: str, state, data_state, meta_out: dict) -> None:
-  writer = ckpt_lib.Checkpoints(out_dir, use_async=False, keep=1)
+  # Keeps every step (keep=None): the writer never deletes (a keep-N manager would
+  # remove whatever else the directory holds).
+  writer = ckpt_lib.Checkpoints(out_dir, use_async=False, keep=None)
   writer.save(int(state_lib.to_host(state.step)), state, data_state, meta_out, force=True)
+  faults.maybe_kill("mid_grow")
   writer.wait()
   writer.close()
+
+
+MARKER = "growjax_grow.json"   # what a grow writes into --to: its source and growth
+
+
+def _destination(out_dir: str, marker: dict, field: str) -> bool:
+  """Checks `out_dir` before any compute. Returns True when this same grow already
+  finished there (nothing to do). An unfinished attempt of this same grow (its marker,
+  no complete step) is cleared and redone; anything else in a non-empty directory is
+  refused, and nothing in it is touched."""
+  out = epath.Path(ckpt_lib.absolute(out_dir))
+  entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+  if out.exists() and not out.is_dir():
+    raise ValueError(f"{field}={out} is a file — choose an empty or new directory")
+  if not entries:
+    return False
+  mine = None
+  if MARKER in entries:
+    try:
+      mine = json.loads((out / MARKER).read_text())
+    except (ValueError, OSError):
+      mine = None
+  if mine == marker:
+    if ckpt_lib.latest_complete_step(str(out)) is not None:
+      return True
+    if jax.process_index() == 0:
+      for name in entries:   # this grow's own unfinished attempt (orbax tmp / step dirs)
+        if name != MARKER:
+          p = out / name
+          p.rmtree() if p.is_dir() else p.unlink()
+    return False
+  if mine is not None:
+    what = (f"another grow (from {mine.get('source')} by {mine.get('method')}, "
+            f"step {mine.get('step')})")
+  else:
+    steps = [n for n in entries if ckpt_lib.STEP_DIR.match(n)]
+    what = (f"another run's checkpoints (steps {', '.join(sorted(steps, key=int))})" if steps
+            else f"{len(entries)} other entries ({', '.join(entries[:3])}"
+                 f"{', ...' if len(entries) > 3 else ''})")
+  raise ValueError(f"{field}={out} holds {what} — choose an empty or new directory; "
+                   f"nothing was written")
 
 
 def _meta_out(meta: dict, large: state_lib.Setup, spec: spec_lib.GrowthSpec, source: str,
@@ -216,6 +264,23 @@ def grow_checkpoint(source: str, out_dir: str, large_cfg: ml_collections.ConfigD
                           allow_inexact=allow_inexact, names=names)
   _check_run_args(spec, opt_state, schedule, names)
 
+  marker = {"source": f"{directory}/{step}", "method": method, "width_method": width_method,
+            "g": g, "layer_map": list(layer_map) if layer_map else None,
+            "opt_state": opt_state, "schedule": schedule, "seed": seed,
+            "allow_inexact": bool(allow_inexact),
+            "model": {k: large_cfg.model[k] for k in sorted(large_cfg.model.keys())}}
+  marker = json.loads(json.dumps(marker, default=str))
+  field = "--to" if names.style == "flag" else "the grow run's grown dir"
+  [done] = distributed.agreed([int(_destination(out_dir, marker, field))])
+  if done:
+    if jax.process_index() == 0:
+      log(f"already grown, nothing to do: {ckpt_lib.absolute(out_dir)} holds the grow of "
+          f"{directory}/{step} by {method}")
+    return {"source": f"{directory}/{step}", "out": out_dir, "nothing_to_do": True}
+  if jax.process_index() == 0:
+    epath.Path(ckpt_lib.absolute(out_dir)).mkdir(parents=True, exist_ok=True)
+    (epath.Path(ckpt_lib.absolute(out_dir)) / MARKER).write_text(json.dumps(marker, indent=1))
+  distributed.agreed([0])
   src_state, data_state = _restore(directory, step, src_abstract, meta)
   t_read = time.perf_counter()
   with jax.set_mesh(large.mesh), nn.logical_axis_rules(large.rules):
