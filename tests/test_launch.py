@@ -72,10 +72,13 @@ def sandbox(tmp_path):
                             timeout=30)
 
     def start(self, script, *args, **extra_env):
-      """Starts a launcher in its own process group, as a terminal would."""
+      """Starts a launcher in its own process group, as a terminal would, with SIGINT at
+      its default: bash cannot trap a signal ignored on entry, and a library loaded by
+      an earlier test in this process may have left SIGINT ignored."""
       return subprocess.Popen(["bash", str(script), *map(str, args)], cwd=REPO,
                               env={**env, **extra_env}, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+                              stderr=subprocess.PIPE, text=True, start_new_session=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
     def calls(self):
       if not log.exists():
