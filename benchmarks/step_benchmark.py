@@ -3,6 +3,8 @@
   python benchmarks/step_benchmark.py                      # the default table
   python benchmarks/step_benchmark.py --case 1b:8:dots     # preset:batch:remat[:seq[:unroll]]
   python benchmarks/step_benchmark.py --depths 6,24,48     # compile time against depth
+  python benchmarks/step_benchmark.py --case 1b:24:dots --doc_len 600 [--no_masking]
+      # packed documents (mean 600 tokens): attention kept inside each, or not
 
 Each case runs in its own process (so peak device memory is its own), builds
 the real config, creates the sharded state, compiles the real train step, runs
@@ -41,19 +43,25 @@ def run_case(preset: str, batch: int, remat: str, seq: int, steps: int, warmup: 
   if layers:
     cfg.model.num_layers = layers
   cfg.model.scan_unroll = unroll
+  if DOC_LEN:
+    with cfg.unlocked():
+      cfg.data.document_masking = not NO_MASKING
   setup = state_lib.build(cfg)
   state = state_lib.init_state(setup, jax.random.key(0))
   rng = np.random.default_rng(0)
   tokens = rng.integers(0, cfg.model.vocab_size, (batch, seq + 1), dtype=np.int32)
-  batch_arrays = train.to_global({"inputs": tokens[:, :-1], "targets": tokens[:, 1:]},
-                                 setup.batch_sharding)
+  host_batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
+  if DOC_LEN:
+    host_batch.update(_documents(rng, batch, seq, DOC_LEN))
+  batch_arrays = train.to_global(host_batch, setup.batch_sharding)
   step_fn = train.make_train_step(setup)
   with jax.set_mesh(setup.mesh):
     t0 = time.perf_counter()
     compiled = step_fn.lower(state, batch_arrays).compile()
     compile_s = time.perf_counter() - t0
     result = {"preset": preset, "layers": setup.model_cfg.num_layers, "batch": batch,
-              "unroll": unroll,
+              "unroll": unroll, "doc_len": DOC_LEN,
+              "document_masking": bool(DOC_LEN) and not NO_MASKING,
               "seq": seq, "remat": remat, "compile_s": compile_s,
               "params": setup.model_cfg.num_params()}
     if compile_only:
@@ -83,6 +91,28 @@ def run_case(preset: str, batch: int, remat: str, seq: int, steps: int, warmup: 
 
 
 BREAKDOWN = os.environ.get("GROWJAX_BENCH_BREAKDOWN") == "1"
+DOC_LEN = int(os.environ.get("GROWJAX_BENCH_DOC_LEN", "0"))
+NO_MASKING = os.environ.get("GROWJAX_BENCH_NO_MASKING") == "1"
+
+
+def _documents(rng, batch: int, seq: int, mean_len: int) -> dict:
+  """Packed-window keys for documents of geometric lengths (mean `mean_len`)."""
+  import numpy as np
+  from growjax.model import ModelConfig
+  segment_ids = np.zeros((batch, seq), np.int32)
+  positions = np.zeros((batch, seq), np.int32)
+  for b in range(batch):
+    t, doc = 0, 1
+    while t < seq:
+      n = min(int(rng.geometric(1.0 / mean_len)), seq - t)
+      segment_ids[b, t:t + n], positions[b, t:t + n] = doc, np.arange(n)
+      t, doc = t + n, doc + 1
+  max_docs = int(segment_ids.max())
+  if max_docs > ModelConfig.max_segments:
+    print(f"note: up to {max_docs} documents per window; attention folds those past "
+          f"config.model.max_segments={ModelConfig.max_segments}", file=sys.stderr)
+  return {"segment_ids": segment_ids, "positions": positions,
+          "loss_mask": np.ones((batch, seq), np.int32)}
 
 
 def _time(fn, *args, steps: int) -> float:
@@ -140,8 +170,14 @@ def main() -> None:
   p.add_argument("--depths", default="", help="compile time for these depths (1b widths)")
   p.add_argument("--loader", action="store_true", help="also time the data loader alone")
   p.add_argument("--out", default="", help="write all results as JSON here")
+  p.add_argument("--doc_len", type=int, default=0,
+                 help="packed documents of this mean length in tokens (0: no document keys)")
+  p.add_argument("--no_masking", action="store_true",
+                 help="with --doc_len: config.data.document_masking=False")
   p.add_argument("--_one", default="", help=argparse.SUPPRESS)
   a = p.parse_args()
+  os.environ["GROWJAX_BENCH_DOC_LEN"] = str(a.doc_len)
+  os.environ["GROWJAX_BENCH_NO_MASKING"] = "1" if a.no_masking else "0"
 
   if a._one:  # child process: one case
     kind, spec = a._one.split("=", 1)
@@ -180,7 +216,8 @@ def main() -> None:
   for r in results:
     if "step_s" in r:
       print(f"| {r['preset']} ({r['params'] / 1e6:.0f}M) | {r['layers']} | {r['batch']}x{r['seq']} "
-            f"| {r['remat']}{'' if r.get('unroll', 1) == 1 else ', unroll ' + str(r['unroll'])} "
+            f"| {r['remat']}{'' if r.get('unroll', 1) == 1 else ', unroll ' + str(r['unroll'])}"
+            f"{', docs ' + str(r['doc_len']) + (' masked' if r['document_masking'] else ' unmasked') if r.get('doc_len') else ''} "
             f"| {r['step_s'] * 1e3:.1f} | {r['tokens_per_s']:,.0f} | "
             f"{r['tflops_per_chip']:.0f} | {'-' if r['mfu'] is None else format(r['mfu'], '.1%')} "
             f"| {'-' if r['mfu'] is None else format(r['mfu_causal'], '.1%')} "

@@ -150,6 +150,9 @@ class ModelConfig:
   scan_unroll: int = 1
   attention_impl: str = "auto"
   init_std: float = 0.02
+  # Packed windows: documents per window that attention keeps apart (cuDNN takes
+  # them as a static-size list); documents past it share the last one's segment.
+  max_segments: int = 64
 
   @classmethod
   def from_config(cls, cfg: ml_collections.ConfigDict | dict) -> "ModelConfig":
@@ -190,6 +193,8 @@ class ModelConfig:
       except TypeError:
         raise ValueError(f"{where}.{f}={getattr(self, f)!r} is not a dtype name "
                          f"(e.g. 'bfloat16', 'float32').") from None
+    if self.max_segments < 1:
+      raise ValueError(f"{where}.max_segments={self.max_segments} must be >= 1.")
     if self.scan_unroll < 1 or (self.num_layers % self.scan_unroll
                                 and self.scan_unroll < self.num_layers):
       raise ValueError(f"{where}.scan_unroll={self.scan_unroll} must be >= 1 and divide "
@@ -245,16 +250,56 @@ def _param(module: nn.Module, name: str) -> jax.Array:
   return module.param(name, init, shape, jnp.dtype(cfg.param_dtype))
 
 
-def _rope(x_BxTxNxH: jax.Array, positions_T: jax.Array, theta: float) -> jax.Array:
+def rotary_tables(positions_BxT: jax.Array, head_dim: int, theta: float):
+  """`(sin, cos)`, each float32 (B, T, 1, head_dim/2): made once per forward pass and
+  shared by every layer. `positions` restart at 0 at each packed document."""
+  freq_F = theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+  angle_BxTxF = positions_BxT.astype(jnp.float32)[..., None] * freq_F
+  return jnp.sin(angle_BxTxF)[:, :, None, :], jnp.cos(angle_BxTxF)[:, :, None, :]
+
+
+def _rope(x_BxTxNxH: jax.Array, rotary) -> jax.Array:
   """Rotary position embedding (half-split layout), computed in float32."""
-  h = x_BxTxNxH.shape[-1]
-  freq_F = theta ** (-jnp.arange(0, h, 2, dtype=jnp.float32) / h)
-  angle_TxF = positions_T.astype(jnp.float32)[:, None] * freq_F[None, :]
-  sin, cos = jnp.sin(angle_TxF)[None, :, None, :], jnp.cos(angle_TxF)[None, :, None, :]
+  sin, cos = rotary
   x = x_BxTxNxH.astype(jnp.float32)
   x1, x2 = jnp.split(x, 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x_BxTxNxH.dtype)
+
+
+def document_segments(segment_ids_BxT: jax.Array, max_segments: int) -> jax.Array:
+  """Segment ids as attention uses them: 0 (padding) kept, documents past
+  `max_segments` folded into the last one, so every backend masks alike."""
+  return jnp.where(segment_ids_BxT > 0, jnp.minimum(segment_ids_BxT, max_segments), 0)
+
+
+def _cudnn_ragged(segment_ids_BxT: jax.Array, max_segments: int):
+  """cuDNN's packed layout: per row, each document's length and start offset, padded
+  with -1 (its `q_seqlen` (B, M) and `q_offsets` (B, M+1)). Segment ids must be
+  contiguous and ascending along a row, as packing makes them."""
+  ids_M = jnp.arange(1, max_segments + 1, dtype=jnp.int32)
+  lengths_BxM = jnp.sum(segment_ids_BxT[:, None, :] == ids_M[None, :, None], axis=-1,
+                        dtype=jnp.int32)
+  starts_BxM = jnp.cumsum(lengths_BxM, axis=-1) - lengths_BxM
+  present = lengths_BxM > 0
+  lengths_BxM = jnp.where(present, lengths_BxM, -1)
+  starts_BxM = jnp.where(present, starts_BxM, -1)
+  offsets = jnp.concatenate([starts_BxM, jnp.full_like(starts_BxM[:, :1], -1)], axis=-1)
+  return lengths_BxM, offsets
+
+
+def _masked_attention(q, k, v, segment_ids_BxT, impl: str | None, max_segments: int):
+  """Causal attention that does not cross documents (`segment_ids`, 0 = padding)."""
+  if impl == "cudnn":
+    from jax._src.cudnn import fused_attention_stablehlo as cudnn_attention
+    lengths, offsets = _cudnn_ragged(segment_ids_BxT, max_segments)
+    return cudnn_attention.dot_product_attention(
+        q, k, v, q_seqlen=lengths, kv_seqlen=lengths, q_offsets=offsets,
+        kv_offsets=offsets, scale=q.shape[-1] ** -0.5,
+        mask_type=cudnn_attention.MaskType.PADDING_CAUSAL, qkv_layout="BTNH")
+  same_BxTxS = segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :]
+  return jax.nn.dot_product_attention(q, k, v, mask=same_BxTxS[:, None], is_causal=True,
+                                      implementation="xla")
 
 
 class RMSNorm(nn.Module):
@@ -282,7 +327,7 @@ class Attention(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxTxE, positions_T):
+  def __call__(self, x_BxTxE, rotary, segment_ids_BxT=None):
     c = self.cfg
     dt = c.compute_dtype
     q_ExNxH, k_ExKxH, v_ExKxH = _param(self, "q"), _param(self, "k"), _param(self, "v")
@@ -294,20 +339,23 @@ class Attention(nn.Module):
     q = nn.with_logical_constraint(q, (ACT_BATCH, ACT_LENGTH, ACT_HEADS, None))
     k = nn.with_logical_constraint(k, (ACT_BATCH, ACT_LENGTH, ACT_KV_HEADS, None))
     v = nn.with_logical_constraint(v, (ACT_BATCH, ACT_LENGTH, ACT_KV_HEADS, None))
-    q = checkpoint_name(_rope(q, positions_T, c.rope_theta), "q_proj")
-    k = checkpoint_name(_rope(k, positions_T, c.rope_theta), "k_proj")
+    q = checkpoint_name(_rope(q, rotary), "q_proj")
+    k = checkpoint_name(_rope(k, rotary), "k_proj")
     v = checkpoint_name(v, "v_proj")
     impl = _attention_impl(c)
-    if impl == "splash" and not self.is_initializing():  # Pallas TPU kernel (interpreted
+    if self.is_initializing():
+      impl = "xla"  # init traces a short dummy sequence, where XLA's path serves
+    if impl == "splash":  # Pallas TPU kernel (interpreted
       # elsewhere, for tests); init traces a short dummy sequence, where XLA's path serves.
       from growjax import splash
       out_BxTxNxH = splash.causal_attention(
           q, k, v, q_axes=(ACT_BATCH, ACT_LENGTH, ACT_HEADS, None),
           kv_axes=(ACT_BATCH, ACT_LENGTH, ACT_KV_HEADS, None),
-          interpret=jax.default_backend() != "tpu")
+          segment_ids_BxT=segment_ids_BxT, interpret=jax.default_backend() != "tpu")
+    elif segment_ids_BxT is not None:
+      out_BxTxNxH = _masked_attention(q, k, v, segment_ids_BxT, impl, c.max_segments)
     else:
-      out_BxTxNxH = jax.nn.dot_product_attention(
-          q, k, v, is_causal=True, implementation=None if impl == "splash" else impl)
+      out_BxTxNxH = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
     out_BxTxNxH = checkpoint_name(out_BxTxNxH, "attn_out")
     return jnp.einsum("btnh,nhe->bte", out_BxTxNxH, o_NxHxE.astype(dt))
 
@@ -328,30 +376,40 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-norm residual block; `(x, positions) -> (x, None)` so it can be scanned."""
+  """Pre-norm residual block; `(x, rotary, segment_ids) -> (x, None)` so it can be
+  scanned."""
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxTxE, positions_T):
+  def __call__(self, x_BxTxE, rotary, segment_ids_BxT=None):
     x_BxTxE = x_BxTxE + Attention(self.cfg, name="attn")(
-        RMSNorm(self.cfg, name="attn_norm")(x_BxTxE), positions_T)
+        RMSNorm(self.cfg, name="attn_norm")(x_BxTxE), rotary, segment_ids_BxT)
     x_BxTxE = x_BxTxE + SwiGLU(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x_BxTxE))
     x_BxTxE = nn.with_logical_constraint(x_BxTxE, (ACT_BATCH, ACT_LENGTH, ACT_EMBED))
     return x_BxTxE, None
 
 
 class Transformer(nn.Module):
-  """Token ids `(batch, seq)` int32 -> logits `(batch, seq, vocab)` (or final hidden)."""
+  """Token ids `(batch, seq)` int32 -> logits `(batch, seq, vocab)` (or final hidden).
+
+  Packed windows pass `segment_ids` (1, 2, ... per document, 0 for padding; attention
+  stays inside a document) and `positions` (restarting at each document, for the
+  rotary embedding); without them the window is one causal sequence."""
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens_BxT, *, return_hidden: bool = False):
+  def __call__(self, tokens_BxT, *, segment_ids=None, positions=None,
+               return_hidden: bool = False):
     c = self.cfg
     dt = c.compute_dtype
     embedding_VxE = _param(self, "embedding")
     x_BxTxE = jnp.take(embedding_VxE, tokens_BxT, axis=0).astype(dt)
     x_BxTxE = nn.with_logical_constraint(x_BxTxE, (ACT_BATCH, ACT_LENGTH, ACT_EMBED))
-    positions_T = jnp.arange(tokens_BxT.shape[1], dtype=jnp.int32)
+    if positions is None:
+      positions = jnp.arange(tokens_BxT.shape[1], dtype=jnp.int32)[None]
+    rotary = rotary_tables(positions, c.head_dim, c.rope_theta)
+    if segment_ids is not None:
+      segment_ids = document_segments(segment_ids, c.max_segments)
 
     block = Block
     if c.remat_policy != "none":
@@ -360,12 +418,12 @@ class Transformer(nn.Module):
         block,
         variable_axes={"params": 0},
         split_rngs={"params": True},
-        in_axes=(nn.broadcast,),
+        in_axes=(nn.broadcast, nn.broadcast),
         length=c.num_layers,
         unroll=min(c.scan_unroll, c.num_layers),
         metadata_params={nn.PARTITION_NAME: LAYERS},
     )(c, name="layers")
-    x_BxTxE, _ = layers(x_BxTxE, positions_T)
+    x_BxTxE, _ = layers(x_BxTxE, rotary, segment_ids)
     x_BxTxE = RMSNorm(c, name="final_norm")(x_BxTxE)
     if not c.tie_embeddings:
       _param(self, "lm_head")

@@ -6,8 +6,9 @@ partitioned by XLA, so under a mesh it runs inside `shard_map`, each device on i
 own batch rows and heads (the activation sharding the model's logical rules give;
 a sharded sequence axis is refused, splash needs whole sequences). Grouped-query
 attention is native: each device's query heads map onto its own KV heads.
-`interpret=True` runs the same kernel through the Pallas interpreter, which is how
-CPU tests check it against the XLA path.
+Packed documents pass `segment_ids_BxT`: the kernel's own `SegmentIds` keep
+attention inside each document. `interpret=True` runs the same kernel through the
+Pallas interpreter, which is how CPU tests check it against the XLA path.
 """
 
 from __future__ import annotations
@@ -30,18 +31,29 @@ def _kernel(num_heads: int, seq_len: int, interpret: bool):
                         block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
                         block_q_dq=block, block_kv_dq=block)
   mask = sm.MultiHeadMask([sm.CausalMask((seq_len, seq_len)) for _ in range(num_heads)])
-  return sk.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
-                            interpret=interpret)
+  # The kernel is cached across traces (flax's scan traces its body more than once):
+  # its mask tables must be concrete arrays, not values of whichever trace made them.
+  with jax.ensure_compile_time_eval():
+    return sk.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
+                              interpret=interpret)
 
 
-def _local(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, interpret: bool):
+def _local(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT, interpret: bool):
   _, t, n, h = q_BxTxNxH.shape
   if t % 128:
     raise ValueError(f"splash attention needs config.data.seq_len divisible by 128, got {t}; "
                      "set config.model.attention_impl='xla'.")
   q = (q_BxTxNxH * (h ** -0.5)).swapaxes(1, 2)   # the kernel does not scale
   k, v = k_BxTxKxH.swapaxes(1, 2), v_BxTxKxH.swapaxes(1, 2)
-  out_BxNxTxH = jax.vmap(_kernel(n, t, interpret))(q, k, v)
+  if segment_ids_BxT is None:
+    kernel = _kernel(n, t, interpret)
+    out_BxNxTxH = jax.vmap(kernel)(q, k, v)
+  else:
+    # Made afresh in each trace: a cached kernel called with segment ids inside flax's
+    # scan keeps a value of the trace that first called it.
+    kernel = _kernel.__wrapped__(n, t, interpret)
+    out_BxNxTxH = jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=sk.SegmentIds(s, s)))(
+        q, k, v, segment_ids_BxT)
   return out_BxNxTxH.swapaxes(1, 2)
 
 
@@ -52,20 +64,27 @@ def _current_mesh():
 
 
 def causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, *, q_axes, kv_axes,
-                     interpret: bool = False):
-  """Causal softmax attention, `(batch, seq, heads, head_dim)` in and out.
+                     segment_ids_BxT=None, interpret: bool = False):
+  """Causal softmax attention, `(batch, seq, heads, head_dim)` in and out; with
+  `segment_ids_BxT`, also within each document only.
 
   `q_axes` / `kv_axes` are the logical axis names of q and k/v; under a mesh they
   become the `shard_map` specs."""
-  fn = functools.partial(_local, interpret=interpret)
   mesh = _current_mesh()
   if mesh is None or mesh.size == 1:
-    return fn(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH)
+    return _local(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT, interpret)
   q_spec, kv_spec = nn.logical_to_mesh_axes(q_axes), nn.logical_to_mesh_axes(kv_axes)
   if q_spec[1] is not None or kv_spec[1] is not None:
     raise ValueError("splash attention needs the sequence axis unsharded; remove the "
                      "'act_length' entry of config.sharding_rules or set "
                      "config.model.attention_impl='xla'.")
   q_spec, kv_spec = P(*q_spec), P(*kv_spec)
-  return jax.shard_map(fn, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec), out_specs=q_spec,
-                       check_vma=False)(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH)
+  if segment_ids_BxT is None:
+    fn = functools.partial(_local, segment_ids_BxT=None, interpret=interpret)
+    return jax.shard_map(fn, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec),
+                         out_specs=q_spec, check_vma=False)(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH)
+  fn = functools.partial(_local, interpret=interpret)
+  seg_spec = P(q_spec[0], None)  # the batch rows of q, whole sequences
+  return jax.shard_map(fn, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, seg_spec),
+                       out_specs=q_spec, check_vma=False)(
+                           q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT)

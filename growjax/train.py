@@ -35,11 +35,27 @@ from growjax.model import ModelConfig, Transformer, head_kernel
 from growjax.state import Setup, TrainState, build, init_state, run_meta, to_host
 
 
+DOCUMENT_KEYS = ("segment_ids", "positions")  # what document masking reads of a batch
+
+
 def loss_fn(params, batch, model_cfg: ModelConfig, train_cfg, z_loss: float):
-  hidden = Transformer(model_cfg).apply({"params": params}, batch["inputs"], return_hidden=True)
+  """Mean loss over the targets `batch['loss_mask']` counts (all when absent). With
+  `segment_ids` / `positions` in the batch, attention stays inside each packed
+  document and rotary positions restart at each one."""
+  hidden = Transformer(model_cfg).apply(
+      {"params": params}, batch["inputs"], segment_ids=batch.get("segment_ids"),
+      positions=batch.get("positions"), return_hidden=True)
   return loss_lib.cross_entropy(hidden, head_kernel(params, model_cfg), batch["targets"],
                                 z_loss=z_loss, chunk_len=train_cfg.loss_chunk_len,
-                                dtype=model_cfg.compute_dtype)
+                                dtype=model_cfg.compute_dtype, mask_BxT=batch.get("loss_mask"))
+
+
+def model_batch(batch: dict, cfg) -> dict:
+  """The batch the step computes on: without the document keys when
+  `config.data.document_masking` is off (one causal sequence per window)."""
+  if cfg.data.get("document_masking", True):
+    return batch
+  return {k: v for k, v in batch.items() if k not in DOCUMENT_KEYS}
 
 
 def make_train_step(setup: Setup) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
@@ -48,6 +64,7 @@ def make_train_step(setup: Setup) -> Callable[[TrainState, dict], tuple[TrainSta
   micro_sharding = NamedSharding(setup.mesh, P(None, *setup.batch_sharding.spec))
 
   def step_fn(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    batch = model_batch(batch, cfg)
     with sharding.activation_sharding(setup.mesh, setup.rules):
       grad_fn = jax.value_and_grad(
           lambda p, b: loss_fn(p, b, mcfg, cfg.train, cfg.train.z_loss), has_aux=True)
@@ -88,6 +105,7 @@ def make_eval_step(setup: Setup) -> Callable[[Any, dict], jax.Array]:
   mcfg, cfg = setup.model_cfg, setup.cfg
 
   def eval_fn(params, batch):
+    batch = model_batch(batch, cfg)
     with sharding.activation_sharding(setup.mesh, setup.rules):
       return loss_fn(params, batch, mcfg, cfg.train, 0.0)[1]["loss"]
 
