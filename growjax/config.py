@@ -180,12 +180,8 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]
 
 def validate_data(cfg: ml_collections.ConfigDict) -> None:
   """Checks `config.data` against the machine (files present, tokenizer loadable, its
-  vocabulary within the model's). Apart from `validate`: growing a checkpoint reads
-  no data, so it must not need the training corpus on the machine."""
+  vocabulary within the model's; a prepared dataset's index.json against config.data).
+  Apart from `validate`: growing a checkpoint reads no data, so it must not need the
+  training corpus on the machine."""
   data_lib.check_data_config(cfg.data)
-  tok = data_lib.make_tokenizer(cfg.data.tokenizer)
-  vocab = int(cfg.model.vocab_size)
-  if tok.vocab_size > vocab:
-    raise ValueError(f"config.model.vocab_size={vocab} is smaller than the "
-                     f"tokenizer's vocabulary ({tok.vocab_size}, config.data.tokenizer="
-                     f"{cfg.data.tokenizer!r}); raise config.model.vocab_size.")
+  data_lib.check_against_model(cfg.data, int(cfg.model.vocab_size))

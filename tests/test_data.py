@@ -1,15 +1,13 @@
-"""Data: the embedded corpus, local files, tokenizers, and a deterministic, resumable,
-process-sharded pipeline."""
+"""Data: the embedded corpus prepared inline into the prepared format, local files,
+tokenizers, and a deterministic, resumable, process-sharded pipeline."""
 
 import json
-import os
 
 import numpy as np
 import pytest
 
 from growjax import data
-from growjax.data import sources
-from growjax.data import stream as stream_lib
+from growjax.data import reader
 from growjax.data.tokenizers import ByteTokenizer
 
 
@@ -26,18 +24,32 @@ def take(it, n):
 def assert_batches_equal(a, b):
   assert len(a) == len(b)
   for x, y in zip(a, b):
-    np.testing.assert_array_equal(x["inputs"], y["inputs"])
-    np.testing.assert_array_equal(x["targets"], y["targets"])
+    assert set(x) == set(y) == set(data.BATCH_KEYS)
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
 
 
-def test_shakespeare_is_split_by_play(data_dir):
-  builder = sources.get_builder(shakespeare())
-  titles = {s: [r["title"].decode() for r in builder.as_data_source(split=s)]
-            for s in ("train", "validation")}
-  assert len(titles["train"]) == 34 and len(titles["validation"]) == 4
-  assert not set(titles["train"]) & set(titles["validation"])
-  val_titles = " ".join(titles["validation"]).lower()
-  assert all(w in val_titles for w in ("caesar", "much ado", "richard", "tempest"))
+def windows(cfg, split):
+  """Every window of a split of the (inline-prepared) dataset, in stored order."""
+  ds = data.open_datasets(cfg)[0]
+  src = ds.source(split)
+  return np.stack([np.frombuffer(r, dtype=ds.index["dtype"]) for r in
+                   src.__getitems__(range(len(src)))]).astype(np.int32)
+
+
+def test_shakespeare_is_prepared_inline_split_by_play(data_dir):
+  cfg = shakespeare()
+  ds = data.open_datasets(cfg)[0]
+  assert ds.path == data.inline_dir(cfg) and ds.path.startswith(data_dir)
+  splits = ds.index["splits"]
+  assert splits["train"]["documents"] == 34 and splits["validation"]["documents"] == 4
+  assert ds.index["seq_len"] == 64 and ds.index["dtype"] == "uint16"
+  assert ds.index["tokenizer"]["identity"] == "byte"
+  # Another seq_len is another preparation; the same one is found again.
+  assert data.inline_dir(shakespeare(32)) != ds.path == data.inline_dir(shakespeare())
+  # The validation plays, whole: 4 BOS (one per play) in their windows.
+  val = windows(cfg, "validation")
+  assert np.sum(val[:, :-1] == ByteTokenizer().bos_id) == 4
 
 
 def test_batches_are_shifted_packed_windows(data_dir):
@@ -45,11 +57,21 @@ def test_batches_are_shifted_packed_windows(data_dir):
   batch = next(data.train_iterator(cfg, global_batch_size=4, seed=0))
   assert batch["inputs"].shape == (4, 64) and batch["inputs"].dtype == np.int32
   np.testing.assert_array_equal(batch["inputs"][:, 1:], batch["targets"][:, :-1])
-  stream = data.token_stream(cfg, "train")
+  train = windows(cfg, "train")
   tok = ByteTokenizer()
-  # Documents are packed as BOS doc EOS, back to back.
-  assert stream[0] == tok.bos_id
-  assert np.sum(stream == tok.bos_id) == 34 == np.sum(stream == tok.eos_id)
+  # Documents are packed as BOS doc EOS, back to back; consecutive windows overlap by one.
+  assert train[0, 0] == tok.bos_id
+  np.testing.assert_array_equal(train[:-1, -1], train[1:, 0])
+  stream = np.concatenate([train[:, :-1].ravel(), train[-1:, -1]])
+  assert np.sum(stream == tok.bos_id) == 34 and np.sum(stream == tok.eos_id) in (33, 34)
+  # Every batch row is one of the windows, with the contract's document arrays.
+  as_rows = {w.tobytes(): i for i, w in enumerate(train)}
+  for r in range(4):
+    w = np.concatenate([batch["inputs"][r], batch["targets"][r, -1:]])
+    assert w.tobytes() in as_rows
+  expect = data.batch_from_windows(np.concatenate(
+      [batch["inputs"], batch["targets"][:, -1:]], axis=1), tok.bos_id, tok.pad_id, tok.eos_id)
+  assert_batches_equal([batch], [expect])
 
 
 def test_pipeline_is_deterministic_and_seed_dependent(data_dir):
@@ -67,9 +89,13 @@ def test_resume_from_state_continues_at_the_same_batch(data_dir):
   it = data.train_iterator(cfg, global_batch_size=8, seed=0)
   take(it, 4)
   state = json.loads(json.dumps(it.get_state()))  # as the checkpoint stores it
+  assert state == {"windows_consumed": 32}
   resumed = data.train_iterator(cfg, global_batch_size=8, seed=0)
   resumed.set_state(state)
   assert_batches_equal(take(resumed, 3), straight[4:])
+  legacy = data.train_iterator(cfg, global_batch_size=8, seed=0)
+  legacy.set_state({"next_index": 4})  # checkpoints from before positions were in windows
+  assert_batches_equal(take(legacy, 3), straight[4:])
 
 
 def test_row_subsets_cut_the_same_global_batch(data_dir):
@@ -78,15 +104,15 @@ def test_row_subsets_cut_the_same_global_batch(data_dir):
   for rows in ([0, 1, 2, 3], [4, 5, 6, 7], [0, 2, 4, 6], list(range(8))):
     part = take(data.train_iterator(cfg, global_batch_size=8, seed=0, rows=np.array(rows)), 3)
     for step in range(3):
-      np.testing.assert_array_equal(part[step]["inputs"], whole[step]["inputs"][rows])
+      for k in data.BATCH_KEYS:
+        np.testing.assert_array_equal(part[step][k], whole[step][k][rows])
 
 
 @pytest.mark.parametrize("small,large", [(8, 4), (4, 8), (6, 4)])
 def test_position_in_windows_survives_a_batch_size_change(data_dir, small, large):
   """A grow run's handoff: the large stage, with another batch size, goes on with the
   next unseen window, so over one epoch every window is seen exactly once."""
-  cfg = shakespeare()
-  cfg.seq_len = 512
+  cfg = shakespeare(seq_len=512)
   it = data.train_iterator(cfg, global_batch_size=small, seed=0)
   first = take(it, 5)
   state = json.loads(json.dumps(it.get_state()))
@@ -119,8 +145,9 @@ def test_eval_batches_are_fixed_validation_windows(data_dir):
   a = data.eval_batches(cfg, global_batch_size=8, num_batches=2)
   b = data.eval_batches(cfg, global_batch_size=8, num_batches=2)
   assert_batches_equal(a, b)
-  val = data.token_stream(cfg, "validation")
-  np.testing.assert_array_equal(a[0]["inputs"][0], val[:64])
+  val = windows(cfg, "validation")
+  np.testing.assert_array_equal(a[0]["inputs"], val[:8, :-1])
+  np.testing.assert_array_equal(a[1]["targets"], val[8:16, 1:])
 
 
 def test_text_files_and_jsonl(tmp_path, data_dir):
@@ -133,9 +160,10 @@ def test_text_files_and_jsonl(tmp_path, data_dir):
   cfg.train_files = f"{tmp_path}/*.txt,{tmp_path}/*.jsonl"
   cfg.validation_files = str(tmp_path / "a.txt")
   data.check_data_config(cfg)
-  stream = data.token_stream(cfg, "train")
-  assert np.sum(stream == ByteTokenizer().bos_id) == 21  # 1 text file + 20 jsonl lines
-  assert next(data.train_iterator(cfg, global_batch_size=2))["inputs"].shape == (2, 16)
+  ds = data.open_datasets(cfg)[0]
+  assert ds.index["splits"]["train"]["documents"] == 21  # 1 text file + 20 jsonl lines
+  batch = next(data.train_iterator(cfg, global_batch_size=2))
+  assert batch["inputs"].shape == (2, 16)
 
 
 @pytest.mark.parametrize("field,value,match", [
@@ -143,6 +171,10 @@ def test_text_files_and_jsonl(tmp_path, data_dir):
     ("tokenizer", "spm:/no/such.model", "does not exist"),
     ("tokenizer", "gpt2", "config.data.tokenizer='gpt2'"),
     ("seq_len", 0, "config.data.seq_len"),
+    ("mixture", "web:0.5", "config.data.mixture names 'web'.*add 'web=DIR'"),
+    ("mixture", "web", "config.data.mixture entry 'web' is not NAME:WEIGHT"),
+    ("datasets", "web", "config.data.datasets entry 'web' is not NAME=DIR"),
+    ("datasets", "web=/d", "config.data.mixture is empty"),
 ])
 def test_bad_data_config_is_named(field, value, match):
   cfg = data.default_data_config()
@@ -159,13 +191,6 @@ def test_missing_data_files_fail_before_compute(tmp_path):
     data.check_data_config(cfg)
 
 
-def test_stream_cache_is_written_atomically(tmp_path):
-  path = str(tmp_path / "s" / "x.byte.npy")
-  n = stream_lib.write_stream(path, ["ab", "c"], ByteTokenizer())
-  assert n == 7 and sorted(os.listdir(tmp_path / "s")) == ["x.byte.npy"]
-  np.testing.assert_array_equal(stream_lib.load_stream(path), [1, 100, 101, 2, 1, 102, 2])
-
-
 def test_byte_tokenizer_round_trips_unicode():
   tok = ByteTokenizer()
   text = "Shall I compare thee — to a summer's day? ☀"
@@ -176,7 +201,8 @@ def test_byte_tokenizer_round_trips_unicode():
 
 def test_sentencepiece_trains_offline_and_loads(tmp_path, data_dir):
   corpus = tmp_path / "corpus.txt"
-  corpus.write_text(ByteTokenizer().decode(data.token_stream(shakespeare(), "validation")[:200000]))
+  val = windows(shakespeare(), "validation")
+  corpus.write_text(ByteTokenizer().decode(val[:, :-1].ravel()[:200000]))
   path = data.train_sentencepiece(str(corpus), 400, str(tmp_path / "spm" / "m"))  # 259 + pieces
   tok = data.make_tokenizer(f"spm:{path}")
   assert (tok.pad_id, tok.bos_id, tok.eos_id) == (0, 1, 2) and tok.vocab_size <= 400

