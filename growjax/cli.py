@@ -47,6 +47,7 @@ class Command:
   define: Callable[[flags.FlagValues], None]
   run: Callable[[flags.FlagValues], None]
   required: tuple[str, ...] = ()
+  positional: str | None = None   # the flag that one bare argument sets (`inspect DIR`)
 
 
 # ----------------------------------------------------------------------------- flags
@@ -199,6 +200,136 @@ def _run_speedup(fv):
   speedup.run(fv.scratch, fv.grown, fv.target_loss, fv.out)
 
 
+# --- issue 13: Hugging Face in / out, eval, sample, inspect (logic in their modules) ---
+
+
+def _define_import_hf(fv):
+  flags.DEFINE_string("from", None, "a local Hugging Face LLaMA directory (config.json + "
+                      "*.safetensors).", flag_values=fv)
+  flags.DEFINE_string("to", None, "output growjax checkpoints dir (new or empty).",
+                      flag_values=fv)
+  flags.DEFINE_string("mesh", "", "mesh to restore onto, e.g. fsdp=-1,tensor=2 (default: "
+                      "all devices on fsdp).", flag_values=fv)
+  flags.DEFINE_string("dtype", "bfloat16", "compute dtype of the model config written "
+                      "(params are float32).", flag_values=fv)
+  flags.DEFINE_boolean("allow_vocab_padding", False, "accept a vocab_size larger than the "
+                       "tokenizer's (padding rows).", flag_values=fv)
+  _distributed_flags(fv)
+
+
+def _run_import_hf(fv):
+  _init_distributed(fv)
+  from growjax import hf
+  hf.import_hf(fv["from"].value, fv.to, mesh_spec=fv.mesh, dtype=fv.dtype,
+               allow_vocab_padding=fv.allow_vocab_padding)
+
+
+def _define_export_hf(fv):
+  flags.DEFINE_string("from", None, "growjax checkpoint: a workdir, checkpoints dir or step "
+                      "dir.", flag_values=fv)
+  flags.DEFINE_integer("step", None, "step (default: latest complete).", flag_values=fv)
+  flags.DEFINE_string("to", None, "output Hugging Face directory (new or empty).",
+                      flag_values=fv)
+  flags.DEFINE_string("dtype", "auto", "tensor dtype: auto (the imported model's, else "
+                      "float32), float32, bfloat16, float16.", flag_values=fv)
+  flags.DEFINE_string("max_shard_size", "5GB", "safetensors file size above which the "
+                      "weights are sharded (with model.safetensors.index.json).",
+                      flag_values=fv)
+  flags.DEFINE_string("mesh", "", "mesh to restore onto (default: all devices on fsdp).",
+                      flag_values=fv)
+  _distributed_flags(fv)
+
+
+def _run_export_hf(fv):
+  _init_distributed(fv)
+  from growjax import hf
+  hf.export_hf(fv["from"].value, fv.to, step=fv.step, dtype=fv.dtype,
+               max_shard_size=fv.max_shard_size, mesh_spec=fv.mesh)
+
+
+def _define_eval(fv):
+  _config_flag(fv, "run config (its data section: validation split and tokenizer).")
+  flags.DEFINE_string("checkpoint", None, "growjax checkpoint (workdir, checkpoints dir or "
+                      "step dir).", flag_values=fv)
+  flags.DEFINE_integer("step", None, "step (default: latest complete).", flag_values=fv)
+  flags.DEFINE_integer("batches", 0, "validation batches for perplexity (0: "
+                       "config.train.eval_batches; -1: skip perplexity).", flag_values=fv)
+  flags.DEFINE_list("tasks", [], "multiple-choice JSONL files (one object per line: context, "
+                    "choices, gold).", flag_values=fv)
+  flags.DEFINE_integer("batch_size", 16, "sequences per forward pass (tasks).",
+                       flag_values=fv)
+  flags.DEFINE_string("mesh", "", "mesh, e.g. fsdp=-1,tensor=2 (default: all devices on "
+                      "fsdp).", flag_values=fv)
+  flags.DEFINE_string("out", "", "also write the results as JSON here.", flag_values=fv)
+  _distributed_flags(fv)
+
+
+def _run_eval(fv):
+  _init_distributed(fv)
+  from growjax import evaluate
+  evaluate.run(fv.config, fv.checkpoint, step=fv.step, batches=fv.batches,
+               tasks=fv.tasks, batch_size=fv.batch_size, mesh_spec=fv.mesh, out=fv.out)
+
+
+def _define_sample(fv):
+  flags.DEFINE_string("checkpoint", None, "growjax checkpoint (workdir, checkpoints dir or "
+                      "step dir).", flag_values=fv)
+  flags.DEFINE_multi_string("prompt", None, "a prompt (repeat the flag for a batch).",
+                            flag_values=fv)
+  flags.DEFINE_string("tokenizer", "", "tokenizer spec (default: the checkpoint's own: its "
+                      "imported tokenizer, else its config.data.tokenizer).", flag_values=fv)
+  flags.DEFINE_integer("max_new_tokens", 64, "tokens to generate per prompt.",
+                       flag_values=fv)
+  flags.DEFINE_float("temperature", 0.0, "0: greedy; else sample at this temperature.",
+                     flag_values=fv)
+  flags.DEFINE_integer("top_k", 0, "keep the k most likely tokens (0: all).", flag_values=fv)
+  flags.DEFINE_float("top_p", 1.0, "keep the smallest set of tokens with this much "
+                     "probability (1: all).", flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "sampling seed.", flag_values=fv)
+  flags.DEFINE_integer("step", None, "step (default: latest complete).", flag_values=fv)
+  flags.DEFINE_string("mesh", "", "mesh (default: all devices on fsdp).", flag_values=fv)
+  _distributed_flags(fv)
+
+
+def _run_sample(fv):
+  _init_distributed(fv)
+  from growjax import sample
+  sample.run(fv.checkpoint, fv.prompt, tokenizer=fv.tokenizer,
+             max_new_tokens=fv.max_new_tokens, temperature=fv.temperature, top_k=fv.top_k,
+             top_p=fv.top_p, seed=fv.seed, step=fv.step, mesh_spec=fv.mesh)
+
+
+def _define_inspect(fv):
+  flags.DEFINE_string("checkpoint", None, "the checkpoint (also the bare argument): a "
+                      "workdir, checkpoints dir or step dir.", flag_values=fv)
+  flags.DEFINE_integer("step", None, "step (default: latest complete).", flag_values=fv)
+  flags.DEFINE_boolean("json", False, "print JSON instead of text.", flag_values=fv)
+
+
+def _run_inspect(fv):
+  from growjax import inspect_checkpoint
+  inspect_checkpoint.run(fv.checkpoint, step=fv.step, as_json=fv.json)
+
+
+ISSUE13_COMMANDS = (
+    Command("import-hf", "a local Hugging Face LLaMA directory -> a growjax checkpoint",
+            "growjax import-hf --from ~/models/TinyLlama-1.1B --to runs/tinyllama",
+            _define_import_hf, _run_import_hf, ("from", "to")),
+    Command("export-hf", "a growjax checkpoint -> a Hugging Face LlamaForCausalLM directory",
+            "growjax export-hf --from runs/tinyllama_x4 --to ~/models/tinyllama-x4",
+            _define_export_hf, _run_export_hf, ("from", "to")),
+    Command("eval", "perplexity, bits per byte and zero-shot multiple-choice accuracy",
+            "growjax eval --config configs/tiny.py --checkpoint runs/tiny "
+            "--tasks hellaswag.jsonl", _define_eval, _run_eval, ("config", "checkpoint")),
+    Command("sample", "generate text from a checkpoint (greedy, temperature, top-k, top-p)",
+            "growjax sample --checkpoint runs/tiny --prompt 'ROMEO:' --max_new_tokens 64",
+            _define_sample, _run_sample, ("checkpoint", "prompt")),
+    Command("inspect", "what a checkpoint holds, read from its metadata only",
+            "growjax inspect runs/tiny", _define_inspect, _run_inspect, ("checkpoint",),
+            positional="checkpoint"),
+)
+
+
 COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("train", "train a model (or a whole grow run) from a config file",
             "growjax train --config configs/tiny.py --workdir runs/tiny "
@@ -215,6 +346,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("speedup", "FLOPs a grown run saved against a scratch run, with a plot",
             "growjax speedup --scratch runs/scratch --grown runs/grow",
             _define_speedup, _run_speedup, ("scratch", "grown")),
+    *ISSUE13_COMMANDS,
 )}
 
 
@@ -305,7 +437,7 @@ def _parse_flags(cmd: Command, argv: list[str]) -> flags.FlagValues:
   # sys.modules by an earlier call in this process; start clean each time.
   sys.modules.pop("config_config", None)
   try:
-    fv([f"growjax {cmd.name}"] + argv)
+    rest = fv([f"growjax {cmd.name}"] + argv)[1:]
   except flags.IllegalFlagValueError as e:
     text = str(e)
     if "--config" in text and ("Error" in text or "error" in text):
@@ -323,6 +455,10 @@ def _parse_flags(cmd: Command, argv: list[str]) -> flags.FlagValues:
     error = getattr(fv["config"].value, "_error", None)  # config_flags defers load errors
     if error is not None:
       raise _config_error(argv, error) from None
+  if rest and cmd.positional:
+    if len(rest) > 1 or fv[cmd.positional].value is not None:
+      raise CommandError(f"unexpected argument(s) {' '.join(rest)} — e.g. {cmd.example}")
+    fv[cmd.positional].value = rest[0]
   missing = [f"--{n}" for n in cmd.required if fv[n].value is None]
   if missing:
     raise CommandError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
