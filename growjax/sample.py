@@ -1,0 +1,291 @@
+"""`growjax sample`: text from a checkpoint — greedy, temperature, top-k, top-p — with
+a KV cache, batched prompts, on the checkpoint's mesh; prints tokens/s.
+
+Decoding is a pure function over the model's own parameter tree (`growjax.model.PARAMS`
+layout) and its rotary helpers (`rotary_tables`, `_rope`): the prompt fills a cache
+of keys / values per layer in one pass (prefill), then each new token attends to
+the cache. Prompts of different lengths are left-padded: each row's rotary
+positions start at its first real token and padded keys are masked, so a row
+decodes as it would alone. `tests/test_sample.py` checks the prefill logits equal
+`growjax.model.Transformer`'s and cached greedy output equals greedy decoding by
+full recomputation. It does not train, and does not batch requests arriving over
+time (one batch of prompts per call).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from growjax import model as model_lib
+from growjax.model import ModelConfig
+
+
+def _rms(x, scale_E, eps, dt):
+  x = x.astype(jnp.float32)
+  x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
+  return (x * scale_E.astype(jnp.float32)).astype(dt)
+
+
+def _layer(cfg: ModelConfig, p: dict, x_BxTxE, rotary, cache_k, cache_v, start, valid_BxS):
+  """One block over the T new positions written at cache slot `start`; returns x and
+  the updated caches ((B, S, K, H) each)."""
+  dt = cfg.compute_dtype
+  h = _rms(x_BxTxE, p["attn_norm"]["scale"], cfg.norm_eps, dt)
+  a = p["attn"]
+  q = model_lib._rope(jnp.einsum("bte,enh->btnh", h, a["q"].astype(dt)), rotary)  # noqa: SLF001
+  k = model_lib._rope(jnp.einsum("bte,ekh->btkh", h, a["k"].astype(dt)), rotary)  # noqa: SLF001
+  v = jnp.einsum("bte,ekh->btkh", h, a["v"].astype(dt))
+  cache_k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), start, 1)
+  cache_v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), start, 1)
+  b, t, n, hd = q.shape
+  kv = cfg.num_kv_heads
+  q_BxTxKxGxH = q.reshape(b, t, kv, n // kv, hd)
+  s = jnp.einsum("btkgh,bskh->bkgts", q_BxTxKxGxH, cache_k.astype(dt),
+                 preferred_element_type=jnp.float32) * (hd ** -0.5)
+  slot_T = start + jnp.arange(t)
+  causal_TxS = jnp.arange(cache_k.shape[1])[None, :] <= slot_T[:, None]
+  mask = causal_TxS[None, None, None] & valid_BxS[:, None, None, None, :]
+  s = jnp.where(mask, s, jnp.finfo(jnp.float32).min)
+  w = jax.nn.softmax(s, axis=-1).astype(dt)
+  out = jnp.einsum("bkgts,bskh->btkgh", w, cache_v.astype(dt)).reshape(b, t, n, hd)
+  x_BxTxE = x_BxTxE + jnp.einsum("btnh,nhe->bte", out, a["o"].astype(dt))
+  h = _rms(x_BxTxE, p["mlp_norm"]["scale"], cfg.norm_eps, dt)
+  m = p["mlp"]
+  h = jax.nn.silu(h @ m["gate"].astype(dt)) * (h @ m["up"].astype(dt))
+  return x_BxTxE + h @ m["down"].astype(dt), cache_k, cache_v
+
+
+def forward(cfg: ModelConfig, params: Any, tokens_BxT, positions_BxT, cache, start,
+            valid_BxS):
+  """Logits (float32) of `tokens` written at cache slot `start`, and the new cache
+  (`k`, `v`: (layers, B, S, K, H))."""
+  dt = cfg.compute_dtype
+  x = jnp.take(params["embedding"], tokens_BxT, axis=0).astype(dt)
+  rotary = model_lib.rotary_tables(positions_BxT, cfg.head_dim, cfg.rope_theta)
+
+  def body(x, layer):
+    p, ck, cv = layer
+    x, ck, cv = _layer(cfg, p, x, rotary, ck, cv, start, valid_BxS)
+    return x, (ck, cv)
+
+  x, (k, v) = jax.lax.scan(body, x, (params["layers"], cache["k"], cache["v"]))
+  x = _rms(x, params["final_norm"]["scale"], cfg.norm_eps, dt)
+  head = model_lib.head_kernel(params, cfg)
+  logits = jnp.einsum("bte,ev->btv", x, head.astype(dt), preferred_element_type=jnp.float32)
+  return logits, {"k": k, "v": v}
+
+
+def pick(logits_BxV, rng, temperature: float, top_k: int, top_p: float):
+  """The next token per row: argmax at temperature 0, else a sample from the
+  temperature-scaled distribution cut to the top k and to top-p mass."""
+  if temperature <= 0:
+    return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+  logits = logits_BxV / temperature
+  if top_k and top_k < logits.shape[-1]:
+    kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  if top_p < 1.0:
+    order = jnp.argsort(-logits, axis=-1)
+    sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs   # mass of the tokens ranked above
+    sorted_logits = jnp.where(before < top_p, sorted_logits, -jnp.inf)
+    logits = jnp.full_like(logits, -jnp.inf).at[
+        jnp.arange(logits.shape[0])[:, None], order].set(sorted_logits)
+  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0):
+  """(tokens (B, P) int32, pad lengths (B,)) with each prompt right-aligned."""
+  width = max(len(p) for p in prompts)
+  tokens = np.full((len(prompts), width), max(pad_id, 0), np.int32)
+  pads = np.zeros(len(prompts), np.int32)
+  for i, p in enumerate(prompts):
+    pads[i] = width - len(p)
+    tokens[i, pads[i]:] = p
+  return tokens, pads
+
+
+def make_generate(cfg: ModelConfig, max_new_tokens: int, temperature: float = 0.0,
+                  top_k: int = 0, top_p: float = 1.0, use_cache: bool = True):
+  """A jittable `(params, tokens_BxP, pads_B, rng) -> new tokens (B, max_new_tokens)`.
+  `use_cache=False` recomputes the whole sequence for every token (the reference)."""
+
+  def generate(params, tokens_BxP, pads_B, rng):
+    b, p = tokens_BxP.shape
+    total = p + max_new_tokens
+    slots_S = jnp.arange(total)
+    valid_BxS = slots_S[None, :] >= pads_B[:, None]
+    positions_BxS = jnp.maximum(slots_S[None, :] - pads_B[:, None], 0)
+    shape = (cfg.num_layers, b, total, cfg.num_kv_heads, cfg.head_dim)
+    empty = {"k": jnp.zeros(shape, cfg.compute_dtype), "v": jnp.zeros(shape, cfg.compute_dtype)}
+    seq_BxS = jnp.zeros((b, total), jnp.int32).at[:, :p].set(tokens_BxP)
+
+    if use_cache:
+      logits, cache = forward(cfg, params, tokens_BxP, positions_BxS[:, :p], empty, 0,
+                              valid_BxS)
+      last = logits[:, -1]
+    else:
+      cache, last = None, None
+
+    def step(i, carry):
+      seq, cache, last, rng = carry
+      rng, sub = jax.random.split(rng)
+      if use_cache:
+        nxt = pick(last, sub, temperature, top_k, top_p)
+        slot = p + i
+        logits, cache = forward(cfg, params, nxt[:, None],
+                                jax.lax.dynamic_slice_in_dim(positions_BxS, slot, 1, 1),
+                                cache, slot, valid_BxS)
+        last = logits[:, 0]
+      else:   # the whole sequence so far, every time (positions past it are masked out)
+        logits, _ = forward(cfg, params, seq, positions_BxS, empty, 0,
+                            valid_BxS & (slots_S[None, :] < p + i))
+        nxt = pick(jax.lax.dynamic_index_in_dim(logits, p + i - 1, 1, keepdims=False),
+                   sub, temperature, top_k, top_p)
+      seq = jax.lax.dynamic_update_slice_in_dim(seq, nxt[:, None], p + i, 1)
+      return seq, cache, last, rng
+
+    seq, *_ = jax.lax.fori_loop(0, max_new_tokens, step, (seq_BxS, cache, last, rng))
+    return seq[:, p:]
+
+  return generate
+
+
+def make_tokenizer(spec: str):
+  """`growjax.data.make_tokenizer`, with a local `hf:` (tokenizer.json) fallback for as
+  long as the data package does not take that spec itself."""
+  from growjax.data import make_tokenizer as data_tokenizer
+  try:
+    return data_tokenizer(spec)
+  except ValueError:
+    if not spec.startswith("hf:"):
+      raise
+  return _HFTokenizer(spec[3:])
+
+
+class _HFTokenizer:
+  def __init__(self, path: str):
+    import os
+    from tokenizers import Tokenizer
+    if os.path.isdir(path):
+      path = os.path.join(path, "tokenizer.json")
+    self._tok = Tokenizer.from_file(path)
+    self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+    ids = [self._tok.token_to_id(t) for t in ("<s>", "<|begin_of_text|>")]
+    self.bos_id = next((i for i in ids if i is not None), -1)
+    eos = [self._tok.token_to_id(t) for t in ("</s>", "<|end_of_text|>", "<|endoftext|>")]
+    self.eos_id = next((i for i in eos if i is not None), -1)
+    self.pad_id = -1
+
+  def encode(self, text: str) -> np.ndarray:
+    return np.asarray(self._tok.encode(text).ids, np.int32)
+
+  def decode(self, ids) -> str:
+    return self._tok.decode([int(i) for i in np.asarray(ids).reshape(-1)])
+
+
+def checkpoint_tokenizer(directory: str, meta: dict) -> str:
+  """The checkpoint's own tokenizer spec: an imported model's tokenizer files (also
+  through a grow), else the run config's `data.tokenizer`."""
+  import os
+  from growjax import hf
+  side, _ = hf.hf_side_files(directory, meta)
+  if side is not None and (side / "tokenizer.json").exists():
+    return f"hf:{os.fspath(side / 'tokenizer.json')}"
+  if side is not None and (side / "tokenizer.model").exists():
+    return f"spm:{os.fspath(side / 'tokenizer.model')}"
+  return ((meta.get("config") or {}).get("data") or {}).get("tokenizer") or "byte"
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
+  out = []
+  for text in prompts:
+    ids = [int(i) for i in tokenizer.encode(text)]
+    bos = getattr(tokenizer, "bos_id", -1)
+    if bos is not None and bos >= 0 and (not ids or ids[0] != bos):
+      ids = [bos] + ids
+    out.append(ids)
+  return out
+
+
+def generate_text(model_cfg: ModelConfig, params: Any, tokenizer, prompts: Sequence[str], *,
+                  max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,
+                  top_p: float = 1.0, seed: int = 0) -> tuple[list[str], dict]:
+  """Continuations of `prompts` (cut at the tokenizer's eos) and timings."""
+  if max_new_tokens <= 0:
+    raise ValueError(f"--max_new_tokens={max_new_tokens} must be positive")
+  if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
+    raise ValueError(f"--temperature={temperature}, --top_k={top_k}, --top_p={top_p}: "
+                     f"temperature >= 0 (0 greedy), top_k >= 0 (0 all), 0 < top_p <= 1")
+  ids = encode_prompts(tokenizer, prompts)
+  bad = [i for p in ids for i in p if not 0 <= i < model_cfg.vocab_size]
+  if bad:
+    raise ValueError(f"the tokenizer gives id {bad[0]}, outside the model's vocab_size="
+                     f"{model_cfg.vocab_size} — sample with the model's own tokenizer "
+                     f"(--tokenizer)")
+  tokens, pads = left_pad(ids, getattr(tokenizer, "pad_id", 0))
+  cfg = model_cfg.replace(remat_policy="none")
+  fn = jax.jit(make_generate(cfg, max_new_tokens, temperature, top_k, top_p))
+  args = (params, jnp.asarray(tokens), jnp.asarray(pads), jax.random.key(seed))
+  t0 = time.perf_counter()
+  compiled = fn.lower(*args).compile()
+  t1 = time.perf_counter()
+  out = np.asarray(jax.block_until_ready(compiled(*args)))
+  t2 = time.perf_counter()
+  eos = getattr(tokenizer, "eos_id", -1)
+  texts = []
+  for row in out:
+    row = list(row)
+    if eos is not None and eos >= 0 and eos in row:
+      row = row[:row.index(eos)]
+    texts.append(tokenizer.decode(row))
+  generated = out.size
+  return texts, {"compile_s": t1 - t0, "decode_s": t2 - t1,
+                 "tokens_per_s": generated / max(t2 - t1, 1e-9), "tokens": int(generated)}
+
+
+def run(checkpoint: str, prompts: Sequence[str], *, tokenizer: str = "",
+        max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
+        top_p: float = 1.0, seed: int = 0, step: int | None = None, mesh_spec: str = "",
+        log=print) -> list[str]:
+  """`growjax sample`: prints each prompt's continuation and tokens/s."""
+  from growjax import params_io
+  loaded = params_io.load(checkpoint, step=step, mesh_spec=mesh_spec)
+  spec = tokenizer or checkpoint_tokenizer(loaded.directory, loaded.meta)
+  tok = make_tokenizer(spec)
+  with jax.set_mesh(loaded.mesh):
+    texts, t = generate_text(loaded.model_cfg, loaded.params, tok, prompts,
+                             max_new_tokens=max_new_tokens, temperature=temperature,
+                             top_k=top_k, top_p=top_p, seed=seed)
+  if jax.process_index() == 0:
+    for prompt, text in zip(prompts, texts):
+      log(f"{prompt}{text}")
+      log("---")
+    how = "greedy" if temperature <= 0 else (
+        f"temperature {temperature}, top_k {top_k or 'all'}, top_p {top_p}")
+    log(f"{t['tokens']} tokens ({len(prompts)} prompt(s) x {max_new_tokens}, {how}) in "
+        f"{t['decode_s']:.2f}s: {t['tokens_per_s']:.1f} tokens/s (compile "
+        f"{t['compile_s']:.1f}s, tokenizer {spec})")
+  return texts
+
+
+def final_sample(setup, params: Any, writer, log=None) -> str | None:
+  """The end of `growjax train`: a short greedy sample of `config.train.final_sample_prompt`
+  (`config.train.final_sample_tokens` tokens), so a run shows what its model writes."""
+  tc, cfg = setup.cfg.train, setup.cfg
+  n = int(tc.get("final_sample_tokens", 0) or 0)
+  if n <= 0:
+    return None
+  tok = make_tokenizer(cfg.data.tokenizer)
+  prompt = tc.get("final_sample_prompt", "") or ""
+  with jax.set_mesh(setup.mesh):
+    [text], t = generate_text(setup.model_cfg, params, tok, [prompt], max_new_tokens=n)
+  writer.text(f"sample ({n} tokens, greedy, {t['tokens_per_s']:.0f} tokens/s): "
+              f"{prompt!r} -> {text!r}")
+  return text
