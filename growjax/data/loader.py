@@ -21,6 +21,7 @@ import os
 import numpy as np
 from etils import epath
 
+from growjax import faults
 from growjax.data import config as config_lib
 from growjax.data import pipeline
 from growjax.data import reader
@@ -130,6 +131,7 @@ def _prepare_in_process(data_cfg, out: str) -> None:
         w.write(stream[i * seq:i * seq + seq + 1].tobytes())
       w.close()
     _write_atomic(root / name, write)
+    faults.maybe_kill("mid_data")  # a shard written, the index not yet
     splits[which] = {"windows": n, "tokens": int(len(stream)), "documents": docs,
                      "shards": [{"file": name, "windows": n, "tokens": int(len(stream)),
                                  "documents": docs}]}
@@ -164,7 +166,7 @@ def open_datasets(data_cfg) -> list[Opened]:
     if int(ds.index["seq_len"]) != int(data_cfg.seq_len):
       raise ValueError(
           f"{ds.field}={ds.path!r} was prepared with seq_len={ds.index['seq_len']}, but "
-          f"config.data.seq_len={data_cfg.seq_len}; set config.data.seq_len="
+          f"config.data.seq_len={data_cfg.seq_len} — set config.data.seq_len="
           f"{ds.index['seq_len']} or prepare the dataset again with seq_len "
           f"{data_cfg.seq_len}.")
     ident, first_ident = (ds.index["tokenizer"].get("identity"),
@@ -172,8 +174,8 @@ def open_datasets(data_cfg) -> list[Opened]:
     if ident != first_ident or ds.index["dtype"] != first.index["dtype"]:
       raise ValueError(
           f"dataset {ds.name!r} ({ds.path}) was tokenized by {ident!r} but dataset "
-          f"{first.name!r} ({first.path}) by {first_ident!r}; a mixture needs one "
-          f"tokenizer — prepare {ds.name!r} again with "
+          f"{first.name!r} ({first.path}) by {first_ident!r} — a mixture needs one "
+          f"tokenizer: prepare {ds.name!r} again with "
           f"{first.index['tokenizer'].get('spec')!r}.")
   return opened
 
@@ -191,7 +193,7 @@ def check_against_model(data_cfg, vocab_size: int) -> None:
              f"{epath.Path(opened[0].path) / reader.INDEX}")
   if size > int(vocab_size):
     raise ValueError(f"config.model.vocab_size={vocab_size} is smaller than the "
-                     f"tokenizer's vocabulary ({size}, {where}); raise "
+                     f"tokenizer's vocabulary ({size}, {where}) — raise "
                      f"config.model.vocab_size.")
 
 
@@ -230,7 +232,7 @@ def eval_batches(data_cfg, *, global_batch_size: int, num_batches: int,
     if ds.windows("validation") == 0:
       raise ValueError(
           f"{ds.field}={ds.path!r} has no validation window of seq_len "
-          f"{data_cfg.seq_len}; prepare it with validation files, name another "
+          f"{data_cfg.seq_len} — prepare it with validation files, name another "
           f"config.data.eval_dataset, or set config.train.eval_batches=0.")
   rows = np.arange(global_batch_size) if rows is None else rows
   return pipeline.eval_batches(

@@ -29,6 +29,7 @@ import time
 from typing import Any, Iterator, Sequence
 
 import grain
+from absl import flags
 import numpy as np
 
 from growjax.data import packing
@@ -135,12 +136,12 @@ class WindowIterator:
     for name, source in zip(names, sources):
       if len(source) == 0:
         raise ValueError(f"{name}: the training split holds no window of "
-                         f"config.data.seq_len={seq_len}; prepare more text.")
+                         f"config.data.seq_len={seq_len} — prepare more text.")
     if len(sources) == 1 and len(sources[0]) < global_batch_size:
       raise ValueError(
           f"{names[0]}: the training split holds {len(sources[0])} windows of "
           f"config.data.seq_len={seq_len}, fewer than config.train.global_batch_size="
-          f"{global_batch_size}; use more text or smaller sizes.")
+          f"{global_batch_size} — use more text or smaller sizes.")
     self._ids = mixed_ids([len(s) for s in sources], weights, seed)
     self._gather = _Gather(sources, rows, seq_len, dtype, special)
     self._start(0)
@@ -149,14 +150,20 @@ class WindowIterator:
     ds = self._ids[windows_consumed:].batch(self._batch, drop_remainder=True)
     ds = ds.map(self._gather).to_iter_dataset(_READ)
     if self._workers > 0:
+      if not flags.FLAGS.is_parsed():  # grain's workers read its absl flags (defaults here)
+        flags.FLAGS.mark_as_parsed()
       ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self._workers))
     self._it, self._consumed = iter(ds), windows_consumed
+    # Read the first batch now: a missing or damaged shard is an error when the data is
+    # opened (before the trainer computes anything), not at the first step.
+    self._first = next(self._it)
 
   def __iter__(self):
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    out = next(self._it)
+    out, self._first = (self._first, None) if self._first is not None else (
+        next(self._it), None)
     self._consumed += self._batch
     return out
 

@@ -28,7 +28,7 @@ INDEX = "index.json"
 _READER_OPTIONS = "readahead_buffer_size:0,max_parallelism:0"  # random access
 
 
-def _fix(directory: str) -> str:
+def _fix() -> str:
   return (f"prepare it with `growjax prepare-data` (a preparation killed before its end "
           f"writes no index.json: rerun the same command to finish it)")
 
@@ -39,27 +39,27 @@ def load_index(directory: str, field: str = "config.data.prepared_dir") -> dict:
   try:
     text = path.read_text()
   except FileNotFoundError:
-    raise ValueError(f"{field}={directory!r} has no {INDEX} ({path} is missing); "
-                     f"{_fix(directory)}.") from None
+    raise ValueError(f"{field}={directory!r} has no {INDEX} ({path} is missing) — "
+                     f"{_fix()}.") from None
   except Exception as e:  # noqa: BLE001 - gs:// errors come in several types
-    raise ValueError(f"{field}={directory!r}: {path} cannot be read ({e}); check the path "
+    raise ValueError(f"{field}={directory!r}: {path} cannot be read ({e}) — check the path "
                      f"and its permissions.") from None
   try:
     index = json.loads(text)
   except json.JSONDecodeError as e:
-    raise ValueError(f"{path} is not valid JSON ({e}); it is damaged — delete it and "
+    raise ValueError(f"{path} is not valid JSON ({e}) — it is damaged: delete it and "
                      f"rerun `growjax prepare-data`.") from None
   if not isinstance(index, dict) or index.get("format") != FORMAT:
     raise ValueError(f"{path} is not a growjax prepared-dataset index (format "
                      f"{index.get('format') if isinstance(index, dict) else None!r}, "
-                     f"expected {FORMAT!r}); point {field} at a `growjax prepare-data` "
+                     f"expected {FORMAT!r}) — point {field} at a `growjax prepare-data` "
                      f"output.")
   for key in ("seq_len", "dtype", "tokenizer", "splits"):
     if key not in index:
-      raise ValueError(f"{path} has no {key!r} field; it was not written by this version "
+      raise ValueError(f"{path} has no {key!r} field — it was not written by this version "
                        f"of `growjax prepare-data` — prepare the dataset again.")
   if index["dtype"] not in ("uint16", "int32"):
-    raise ValueError(f"{path}: dtype {index['dtype']!r} is not 'uint16' or 'int32'; "
+    raise ValueError(f"{path}: dtype {index['dtype']!r} is not 'uint16' or 'int32' — "
                      f"prepare the dataset again.")
   return index
 
@@ -98,7 +98,7 @@ class ShardSource:
 
   def _damaged(self, shard: int, what: str) -> ValueError:
     return ValueError(
-        f"prepared shard {self.path(shard)} {what}; delete it and rerun `growjax "
+        f"prepared shard {self.path(shard)} {what} — delete it and rerun `growjax "
         f"prepare-data` with the same config (only missing shards are written again).")
 
   def _reader(self, shard: int):
@@ -108,14 +108,16 @@ class ShardSource:
       path = self.path(shard)
       try:
         reader = array_record_module.ArrayRecordReader(path, _READER_OPTIONS)
+        if not reader.ok():
+          raise RuntimeError("the reader could not open it")
+        n = reader.num_records()
       except Exception as e:  # noqa: BLE001 - the C++ reader raises RuntimeError/OSError
         if not epath.Path(path).exists():
           raise ValueError(f"prepared shard {path} is missing (listed in "
-                           f"{INDEX}); rerun `growjax prepare-data` with the same config "
+                           f"{INDEX}) — rerun `growjax prepare-data` with the same config "
                            f"to write it.") from None
         raise self._damaged(shard, f"is not a readable ArrayRecord file ({e})") from None
-      if reader.num_records() != self.windows[shard]:
-        n = reader.num_records()
+      if n != self.windows[shard]:
         reader.close()
         raise self._damaged(shard, f"holds {n} records where {INDEX} lists "
                                    f"{self.windows[shard]}")
