@@ -25,6 +25,8 @@ A source is anything random-access over one split's windows (`len`, `__getitem__
 from __future__ import annotations
 
 import dataclasses
+import fractions
+import math
 import time
 from typing import Any, Iterator, Sequence
 
@@ -93,7 +95,18 @@ def mixed_ids(lengths: Sequence[int], weights: Sequence[float], seed: int | None
     parts.append(ids.repeat(None).map(_tagged(k)))
   if len(parts) == 1:
     return parts[0]
-  return grain.MapDataset.mix(parts, [float(w) for w in weights])
+  return grain.MapDataset.mix(parts, integer_proportions(weights))
+
+
+def integer_proportions(weights: Sequence[float]) -> list[int]:
+  """Weights as the smallest integers in the same ratios (0.7, 0.2, 0.1 -> 7, 2, 1), so
+  the interleave is exact: grain truncates float proportions (0.7 / 0.1 * 100 may become
+  699), skewing the realised weights."""
+  fracs = [fractions.Fraction(float(w)).limit_denominator(10**6) for w in weights]
+  denom = math.lcm(*(f.denominator for f in fracs))
+  ints = [int(f * denom) for f in fracs]
+  g = math.gcd(*ints)
+  return [i // g for i in ints]
 
 
 class _Gather:
