@@ -293,10 +293,15 @@ def _masked_attention(q, k, v, segment_ids_BxT, impl: str | None, max_segments: 
   if impl == "cudnn":
     from jax._src.cudnn import fused_attention_stablehlo as cudnn_attention
     lengths, offsets = _cudnn_ragged(segment_ids_BxT, max_segments)
-    return cudnn_attention.dot_product_attention(
+    # cuDNN leaves padding tokens (segment 0) out of every document: their outputs and
+    # their q/k/v gradients are not written. `where` gives them zeros both ways.
+    real = (segment_ids_BxT > 0)[:, :, None, None]
+    q, k, v = (jnp.where(real, x, jnp.zeros((), x.dtype)) for x in (q, k, v))
+    out = cudnn_attention.dot_product_attention(
         q, k, v, q_seqlen=lengths, kv_seqlen=lengths, q_offsets=offsets,
         kv_offsets=offsets, scale=q.shape[-1] ** -0.5,
         mask_type=cudnn_attention.MaskType.PADDING_CAUSAL, qkv_layout="BTNH")
+    return jnp.where(real, out, jnp.zeros((), out.dtype))
   same_BxTxS = segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :]
   return jax.nn.dot_product_attention(q, k, v, mask=same_BxTxS[:, None], is_causal=True,
                                       implementation="xla")
