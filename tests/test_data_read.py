@@ -1,5 +1,13 @@
 """Reading prepared datasets: batch packing (segment ids, positions, loss mask) exact on
-hand-made windows."""
+hand-made windows; start-up reading index.json only; two processes (8 fake devices)
+reading disjoint rows whose union is the global batch; resume across a process-count
+change; gs:// through the local GCS emulator; damaged shards and a missing index through
+`growjax train`."""
+
+import os
+
+# Before gcsfs is first imported (tests/test_gcs.py's emulator fixture needs it off).
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 import numpy as np
 import pytest
@@ -43,7 +51,7 @@ def test_a_pad_id_that_is_eos_or_absent_marks_no_padding(pad_id):
 # ------------------------------------------------------------------ prepared datasets
 
 import json  # noqa: E402
-import os  # noqa: E402
+import sys  # noqa: E402
 
 import jax  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
@@ -52,6 +60,7 @@ from growjax import cli  # noqa: E402
 from growjax import data  # noqa: E402
 from growjax.data import reader  # noqa: E402
 from prepared_data import all_windows, tagged_docs, write_prepared  # noqa: E402
+from test_gcs import BUCKET, gcs  # noqa: E402,F401  (the emulator fixture)
 
 SEQ = 16
 TINY = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.py")
@@ -198,8 +207,6 @@ def run_train(monkeypatch, capsys, workdir, *overrides):
   return code, capsys.readouterr().err
 
 
-import sys  # noqa: E402
-
 
 def test_missing_index_through_growjax_train(tmp_path, monkeypatch, capsys):
   empty = tmp_path / "not_prepared"
@@ -237,3 +244,25 @@ def test_damaged_shard_through_growjax_train(tmp_path, monkeypatch, capsys, dama
   assert ("is missing" if damage == "delete" else "delete it and rerun") in lines[0]
   assert not (tmp_path / "w" / "metrics.jsonl").exists() or "step" not in (
       tmp_path / "w" / "metrics.jsonl").read_text()
+
+
+def test_reads_gs_through_the_emulator(prepared, gcs, monkeypatch):
+  """The same batches from a gs:// copy as from the local dataset (ArrayRecord's own GCS
+  client reads the shards; epath reads index.json)."""
+  from etils import epath
+  monkeypatch.setenv("CLOUD_STORAGE_EMULATOR_ENDPOINT", gcs["STORAGE_EMULATOR_HOST"])
+  remote = f"gs://{BUCKET}/prepared/ds"
+  for f in os.listdir(prepared):
+    (epath.Path(remote) / f).write_bytes((epath.Path(prepared) / f).read_bytes())
+  local = take(data.train_iterator(cfg_for(prepared), global_batch_size=8, seed=0), 3)
+  rows = two_process_rows(8)[1]
+  it = data.train_iterator(cfg_for(remote), global_batch_size=8, seed=0, rows=rows)
+  for want, got in zip(local, take(it, 3)):
+    for k in data.BATCH_KEYS:
+      np.testing.assert_array_equal(got[k], want[k][rows])
+  ev = data.eval_batches(cfg_for(remote), global_batch_size=8, num_batches=1)
+  np.testing.assert_array_equal(ev[0]["inputs"], all_windows(prepared, "validation",
+                                                             SEQ)[:8, :-1])
+  with pytest.raises(ValueError, match=f"config.data.prepared_dir='gs://{BUCKET}/nothing' "
+                                       f"has no index.json"):
+    data.open_datasets(cfg_for(f"gs://{BUCKET}/nothing"))
