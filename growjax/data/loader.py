@@ -25,6 +25,7 @@ from growjax import faults
 from growjax.data import config as config_lib
 from growjax.data import pipeline
 from growjax.data import reader
+from growjax.data import shards
 from growjax.data import sources
 from growjax.data.tokenizers import expand_globs, make_tokenizer
 
@@ -154,13 +155,13 @@ def open_datasets(data_cfg) -> list[Opened]:
   plan = config_lib.reading_plan(data_cfg)
   if plan is None:
     opened = [Opened(data_cfg.name, prepare_inline(data_cfg), 1.0,
-                     reader.load_index(inline_dir(data_cfg)), "config.data.name")]
+                     shards.read_index(inline_dir(data_cfg), "config.data.name"), "config.data.name")]
   else:
     opened = []
     for name, path, weight in plan:
       field = ("config.data.prepared_dir" if data_cfg.prepared_dir
                else f"config.data.datasets[{name!r}]")
-      opened.append(Opened(name, path, weight, reader.load_index(path, field), field))
+      opened.append(Opened(name, path, weight, shards.read_index(path, field), field))
   first = opened[0]
   for ds in opened:
     if int(ds.index["seq_len"]) != int(data_cfg.seq_len):
