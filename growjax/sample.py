@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from growjax import model as model_lib
 from growjax.model import ModelConfig
@@ -216,7 +217,7 @@ def encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
 
 def generate_text(model_cfg: ModelConfig, params: Any, tokenizer, prompts: Sequence[str], *,
                   max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,
-                  top_p: float = 1.0, seed: int = 0) -> tuple[list[str], dict]:
+                  top_p: float = 1.0, seed: int = 0, mesh=None) -> tuple[list[str], dict]:
   """Continuations of `prompts` (cut at the tokenizer's eos) and timings."""
   if max_new_tokens <= 0:
     raise ValueError(f"--max_new_tokens={max_new_tokens} must be positive")
@@ -231,12 +232,16 @@ def generate_text(model_cfg: ModelConfig, params: Any, tokenizer, prompts: Seque
                      f"(--tokenizer)")
   tokens, pads = left_pad(ids, getattr(tokenizer, "pad_id", 0))
   cfg = model_cfg.replace(remat_policy="none")
-  fn = jax.jit(make_generate(cfg, max_new_tokens, temperature, top_k, top_p))
-  args = (params, jnp.asarray(tokens), jnp.asarray(pads), jax.random.key(seed))
+  # Prompts go in as numpy (replicated on every process); the output comes back
+  # replicated, so each process reads it whole.
+  out_sharding = None if mesh is None else NamedSharding(mesh, P())
+  fn = jax.jit(make_generate(cfg, max_new_tokens, temperature, top_k, top_p),
+               out_shardings=out_sharding)
+  args = (params, tokens, pads, jax.random.key(seed))
   t0 = time.perf_counter()
   compiled = fn.lower(*args).compile()
   t1 = time.perf_counter()
-  out = np.asarray(jax.block_until_ready(compiled(*args)))
+  out = np.asarray(jax.block_until_ready(compiled(*args)).addressable_data(0))
   t2 = time.perf_counter()
   eos = getattr(tokenizer, "eos_id", -1)
   texts = []
@@ -262,7 +267,7 @@ def run(checkpoint: str, prompts: Sequence[str], *, tokenizer: str = "",
   with jax.set_mesh(loaded.mesh):
     texts, t = generate_text(loaded.model_cfg, loaded.params, tok, prompts,
                              max_new_tokens=max_new_tokens, temperature=temperature,
-                             top_k=top_k, top_p=top_p, seed=seed)
+                             top_k=top_k, top_p=top_p, seed=seed, mesh=loaded.mesh)
   if jax.process_index() == 0:
     for prompt, text in zip(prompts, texts):
       log(f"{prompt}{text}")
@@ -285,7 +290,8 @@ def final_sample(setup, params: Any, writer, log=None) -> str | None:
   tok = make_tokenizer(cfg.data.tokenizer)
   prompt = tc.get("final_sample_prompt", "") or ""
   with jax.set_mesh(setup.mesh):
-    [text], t = generate_text(setup.model_cfg, params, tok, [prompt], max_new_tokens=n)
-  writer.text(f"sample ({n} tokens, greedy, {t['tokens_per_s']:.0f} tokens/s): "
-              f"{prompt!r} -> {text!r}")
+    [text], t = generate_text(setup.model_cfg, params, tok, [prompt], max_new_tokens=n,
+                              mesh=setup.mesh)
+  writer.text(f"sample of the trained model ({n} tokens, greedy, "
+              f"{t['tokens_per_s']:.0f} tokens/s):\n{prompt}{text}")
   return text

@@ -366,7 +366,14 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, devices=None,
                                      save_every=tc.checkpoint_every, keep=tc.keep_checkpoints,
                                      use_async=tc.async_checkpointing)
   try:
-    return _Loop(setup, writer, checkpoints, stop_after_steps).run()
+    loop = _Loop(setup, writer, checkpoints, stop_after_steps)
+    history = loop.run()
+    # --- issue 13: what the trained model writes (config.train.final_sample_tokens > 0)
+    if tc.get("final_sample_tokens", 0) and history.get("stopped_at") is None:
+      from growjax import sample
+      sample.final_sample(setup, loop.state.params, writer)
+    # --- end issue 13
+    return history
   finally:
     checkpoints.wait()
     checkpoints.close()
