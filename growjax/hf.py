@@ -191,6 +191,11 @@ def hf_config(model: ModelConfig, source: dict | None, dtype: str) -> dict:
       "rope_theta": model.rope_theta, "rope_scaling": None, "attention_bias": False,
       "mlp_bias": False, "tie_word_embeddings": model.tie_embeddings, "torch_dtype": dtype,
   })
+  if (source or {}).get("rope_parameters"):   # transformers >= 5 spells rope this way
+    out["rope_parameters"] = {"rope_theta": model.rope_theta, "rope_type": "default"}
+    del out["rope_theta"], out["rope_scaling"]
+  if "dtype" in (source or {}):
+    out["dtype"] = dtype
   out.setdefault("max_position_embeddings", 2048)
   out.setdefault("initializer_range", 0.02)
   out.setdefault("use_cache", True)
