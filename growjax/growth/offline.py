@@ -33,7 +33,7 @@ from growjax import distributed
 from growjax import faults
 from growjax import optimizer as opt_lib
 from growjax import state as state_lib
-from growjax.growth import operators, optimizer_state, placement
+from growjax.growth import operators, optimizer_state, placement, stream
 from growjax.growth import spec as spec_lib
 from growjax.model import ModelConfig, Transformer, logical_axes
 
@@ -59,6 +59,27 @@ def data_position_in_windows(data_state: dict | None, meta: dict) -> dict | None
   if data_state and "next_index" in data_state and "windows_consumed" not in data_state:
     return {"windows_consumed": int(data_state["next_index"]) * int(meta["global_batch_size"])}
   return data_state
+
+
+def _grow_fn(spec: spec_lib.GrowthSpec, src_tx, large: state_lib.Setup, *, opt_state: str,
+             schedule: str):
+  """The whole growth as one function `(small state, rng, learned params or None) -> large
+  state`: what `grow_state` jits, and what the streamed path cuts into pieces."""
+  on_mesh = dict(mesh=large.mesh, rules=large.rules)
+
+  def grown(state, rng, learned):
+    with placement.entered(placement.Placement(large.mesh, large.rules)):
+      params = learned if learned is not None else operators.grow_by(
+          spec, state.params, rng=rng, **on_mesh)
+      step = state.step if schedule == "continue" else jnp.zeros((), jnp.int32)
+      if opt_state == "grow":
+        new_opt = optimizer_state.grow_moments(spec, state.opt_state, src_tx)
+      else:
+        new_opt = large.tx.init(params)
+      new_opt = opt_lib.set_schedule_step(new_opt, step)
+    return state_lib.TrainState(step=step, params=params, opt_state=new_opt)
+
+  return grown
 
 
 def grow_state(src_state, src_model: ModelConfig, src_tx, large: state_lib.Setup, *,
@@ -89,18 +110,7 @@ def grow_state(src_state, src_model: ModelConfig, src_tx, large: state_lib.Setup
     learned = operators.grow_by(spec, src_state.params, rng=rng, learn_batches=learn_batches,
                                 learn_steps=LEARN_STEPS, **on_mesh)
 
-  def grown(state, rng, learned):
-    with placement.entered(placement.Placement(large.mesh, large.rules)):
-      params = learned if learned is not None else operators.grow_by(
-          spec, state.params, rng=rng, **on_mesh)
-      step = state.step if schedule == "continue" else jnp.zeros((), jnp.int32)
-      if opt_state == "grow":
-        new_opt = optimizer_state.grow_moments(spec, state.opt_state, src_tx)
-      else:
-        new_opt = large.tx.init(params)
-      new_opt = opt_lib.set_schedule_step(new_opt, step)
-    return state_lib.TrainState(step=step, params=params, opt_state=new_opt)
-
+  grown = _grow_fn(spec, src_tx, large, opt_state=opt_state, schedule=schedule)
   jitted = jax.jit(grown, out_shardings=large.state_shardings)
   return jitted.lower(src_state, rng, learned) if lower else jitted(src_state, rng, learned)
 
@@ -246,15 +256,96 @@ def _meta_out(meta: dict, large: state_lib.Setup, spec: spec_lib.GrowthSpec, sou
   return out
 
 
+def _why_not_streamed(spec: spec_lib.GrowthSpec) -> str | None:
+  """Why this growth must hold the whole state (None: it streams)."""
+  if spec.learns:
+    return "'learn' trains its maps through the whole model"
+  if spec.inexact:
+    return "an inexact growth's logit change is measured on both whole models"
+  if jax.process_count() > 1:
+    return "the piece writer is single-process"
+  return None
+
+
+def _grow_whole(directory, step, src_abstract, meta, src_tx, large, spec, large_cfg,
+                out_dir, t0, *, opt_state, schedule, seed, allow_inexact):
+  """Restore the whole small state, grow it in one jit, save the whole large state."""
+  src_state, data_state = _restore(directory, step, src_abstract, meta)
+  t_read = time.perf_counter()
+  with jax.set_mesh(large.mesh), nn.logical_axis_rules(large.rules):
+    state = grow_state(src_state, None, src_tx, large, spec=spec, opt_state=opt_state,
+                       schedule=schedule, rng=jax.random.key(seed),
+                       learn_batches=_learn_batches(spec, large_cfg))
+    jax.block_until_ready(state)
+  t_grow = time.perf_counter()
+  change = None
+  if spec.inexact:
+    change = logit_change(spec, src_state.params, state.params, large, jax.random.key(seed))
+  _save(out_dir, state, data_state, _meta_out(
+      meta, large, spec, f"{directory}/{step}", opt_state=opt_state, schedule=schedule,
+      allow_inexact=allow_inexact, logit_change=change))
+  times = {"read_s": t_read - t0, "grow_s": t_grow - t_read,
+           "write_s": time.perf_counter() - t_grow}
+  return int(state_lib.to_host(state.step)), times, change
+
+
+def _grow_streamed(directory, step, src_abstract, meta, src_tx, large, spec, out_dir, t0,
+                   *, opt_state, schedule, seed, allow_inexact):
+  """Restore, grow and write piece by piece (`growjax.growth.stream`)."""
+  reader = ckpt_lib.Checkpoints(directory, use_async=False)
+  data_state = data_position_in_windows(reader.data(step), meta)
+  reader.close()
+  times = {"read_s": time.perf_counter() - t0, "grow_s": 0.0, "write_s": 0.0}
+
+  def read(paths):   # runs inside the pieces: its time is moved from grow_s to read_s
+    t = time.perf_counter()
+    leaves = ckpt_lib.restore_leaves(directory, step, src_abstract, paths)
+    times["read_s"] += time.perf_counter() - t
+    times["grow_s"] -= time.perf_counter() - t
+    return leaves
+
+  rng = jax.random.key(seed)
+  writer = ckpt_lib.PieceWriter(out_dir)
+  out_step = None
+  with jax.set_mesh(large.mesh), nn.logical_axis_rules(large.rules):
+    grown = _grow_fn(spec, src_tx, large, opt_state=opt_state, schedule=schedule)
+    plan = stream.plan(grown, src_abstract, rng, large.abstract_state, large.state_shardings)
+    pieces = stream.run(plan, read, rng)
+    while True:
+      t = time.perf_counter()
+      pairs = next(pieces, None)
+      if pairs is None:
+        break
+      times["grow_s"] += time.perf_counter() - t
+      t = time.perf_counter()
+      for path, x in pairs:
+        if path == (jax.tree_util.GetAttrKey("step"),):
+          out_step = int(state_lib.to_host(x))
+      writer.write(pairs)
+      del pairs
+      times["write_s"] += time.perf_counter() - t
+      faults.maybe_kill("mid_grow")
+  t = time.perf_counter()
+  writer.finish(out_step, data_state, _meta_out(
+      meta, large, spec, f"{directory}/{step}", opt_state=opt_state, schedule=schedule,
+      allow_inexact=allow_inexact, logit_change=None))
+  times["write_s"] += time.perf_counter() - t
+  return out_step, times, len(plan.pieces)
+
+
 def grow_checkpoint(source: str, out_dir: str, large_cfg: ml_collections.ConfigDict, *,
                     method: str = "stack", width_method: str | None = None,
                     step: int | None = None, g: int | None = None,
                     layer_map: Sequence[int] | None = None, opt_state: str = "reset",
                     schedule: str = "continue", allow_inexact: bool = False, seed: int = 0,
-                    names: spec_lib.Names = spec_lib.CLI, log=print) -> dict:
+                    names: spec_lib.Names = spec_lib.CLI, stream: bool | None = None,
+                    log=print) -> dict:
   """`growjax grow` (and a grow run's stage 2): returns timings and memory figures
   (also printed). `names` spells the inputs in errors: `growjax grow`'s flags by
-  default, `spec.GROW_RUN` for a grow run's config fields."""
+  default, `spec.GROW_RUN` for a grow run's config fields. `stream` (default: whenever
+  it can, see `growjax.growth.stream`) grows and writes piece by piece, holding about
+  the largest array at a time instead of the whole grown state; False: the whole
+  state at once."""
   t0 = time.perf_counter()
   directory, step = ckpt_lib.resolve(source, step, field="--from")
   meta = ckpt_lib.read_meta(directory, step)
@@ -281,28 +372,27 @@ def grow_checkpoint(source: str, out_dir: str, large_cfg: ml_collections.ConfigD
     epath.Path(ckpt_lib.absolute(out_dir)).mkdir(parents=True, exist_ok=True)
     (epath.Path(ckpt_lib.absolute(out_dir)) / MARKER).write_text(json.dumps(marker, indent=1))
   distributed.agreed([0])
-  src_state, data_state = _restore(directory, step, src_abstract, meta)
-  t_read = time.perf_counter()
-  with jax.set_mesh(large.mesh), nn.logical_axis_rules(large.rules):
-    state = grow_state(src_state, src_model, src_tx, large, spec=spec, opt_state=opt_state,
-                       schedule=schedule, rng=jax.random.key(seed),
-                       learn_batches=_learn_batches(spec, large_cfg))
-    jax.block_until_ready(state)
-  t_grow = time.perf_counter()
-  change = None
-  if spec.inexact:
-    change = logit_change(spec, src_state.params, state.params, large, jax.random.key(seed))
-  _save(out_dir, state, data_state, _meta_out(
-      meta, large, spec, f"{directory}/{step}", opt_state=opt_state, schedule=schedule,
-      allow_inexact=allow_inexact, logit_change=change))
+  fallback = _why_not_streamed(spec)
+  if stream is False or (stream is None and fallback):
+    out_step, times, change = _grow_whole(
+        directory, step, src_abstract, meta, src_tx, large, spec, large_cfg, out_dir, t0,
+        opt_state=opt_state, schedule=schedule, seed=seed, allow_inexact=allow_inexact)
+    n_pieces = None
+  else:
+    if fallback:
+      raise ValueError(f"grow_checkpoint(stream=True): {fallback} — pass stream=None")
+    out_step, times, n_pieces = _grow_streamed(
+        directory, step, src_abstract, meta, src_tx, large, spec, out_dir, t0,
+        opt_state=opt_state, schedule=schedule, seed=seed, allow_inexact=allow_inexact)
+    change = None
   t_end = time.perf_counter()
 
   stats = jax.local_devices()[0].memory_stats() or {}
   report = {
-      "source": f"{directory}/{step}", "out": out_dir, "step": int(state_lib.to_host(state.step)),
+      "source": f"{directory}/{step}", "out": out_dir, "step": out_step,
       "src_params": src_model.num_params(), "dst_params": large.model_cfg.num_params(),
-      "read_s": t_read - t0, "grow_s": t_grow - t_read, "write_s": t_end - t_grow,
-      "total_s": t_end - t0,
+      **times, "total_s": t_end - t0, "streamed": n_pieces is not None, "pieces": n_pieces,
+      "not_streamed_because": None if n_pieces is not None else (fallback or "stream=False"),
       "peak_host_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
       "peak_device_bytes": stats.get("peak_bytes_in_use"), "logit_change": change,
   }
