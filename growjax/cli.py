@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import itertools
 import os
 import re
 import sys
@@ -173,16 +174,58 @@ def _run_plan(fv):
 
 
 def _define_tokenizer(fv):
-  flags.DEFINE_list("input", None, "text files (globs allowed).", flag_values=fv)
-  flags.DEFINE_integer("vocab_size", 32000, "vocabulary size.", flag_values=fv)
-  flags.DEFINE_string("model_prefix", None, "output prefix: writes PREFIX.model.",
+  flags.DEFINE_list("input", None, "text files (globs allowed): .txt/.md (one document per "
+                    "file), .jsonl/.jsonl.gz (--text_key field), .parquet (--text_key column).",
+                    flag_values=fv)
+  flags.DEFINE_string("text_key", "text", "the JSON field / parquet column holding the text.",
                       flag_values=fv)
+  flags.DEFINE_integer("vocab_size", 32000, "vocabulary size.", flag_values=fv)
+  flags.DEFINE_enum("kind", "spm", ["spm", "hf_bpe"], "spm: a SentencePiece model "
+                    "(PREFIX.model); hf_bpe: a byte-level BPE tokenizer.json (Hugging Face "
+                    "tokenizers) in the folder PREFIX.", flag_values=fv)
+  flags.DEFINE_string("model_prefix", None, "output: writes PREFIX.model (spm) or "
+                      "PREFIX/tokenizer.json (hf_bpe).", flag_values=fv)
 
 
 def _run_tokenizer(fv):
-  from growjax.data import tokenizers
-  path = tokenizers.train_sentencepiece(",".join(fv.input), fv.vocab_size, fv.model_prefix)
+  from growjax.data import formats, tokenizers
+  # Documents, not raw lines: a .jsonl's text field, a parquet's text column.
+  docs = formats.iter_documents(",".join(fv.input), fv.text_key)
+  first = next(docs, None)
+  if first is None:
+    raise CommandError(f"--input {','.join(fv.input)} holds no document — give non-empty "
+                       f"files")
+  docs = itertools.chain([first], docs)
+  if fv.kind == "hf_bpe":
+    path = tokenizers.train_hf_bpe(docs, fv.vocab_size, fv.model_prefix)
+    print(f"wrote {path}; use it with --config.data.tokenizer=hf:{path}")
+    return
+  path = tokenizers.train_sentencepiece(docs, fv.vocab_size, fv.model_prefix)
   print(f"wrote {path}; use it with --config.data.tokenizer=spm:{path}")
+
+
+def _define_prepare_data(fv):
+  _config_flag(fv, "run config file whose config.data names the sources, tokenizer and "
+               "seq_len (and config.model.vocab_size the model the data is for).")
+  flags.DEFINE_string("out", "", "output directory, local or gs:// (default: "
+                      "config.data.prepared_dir).", flag_values=fv)
+  flags.DEFINE_integer("workers", os.cpu_count() or 1, "tokenizing worker processes.",
+                       flag_values=fv)
+  flags.DEFINE_float("shard_mb", 256.0, "tokens per shard, in MB.", flag_values=fv)
+
+
+def _run_prepare_data(fv):
+  from growjax.data import prepare
+  cfg = fv.config
+  out = fv.out or cfg.data.prepared_dir
+  if not out:
+    raise CommandError("no output directory — give --out DIR (local or gs://) or set "
+                       "config.data.prepared_dir")
+  if fv.shard_mb <= 0:
+    raise CommandError(f"--shard_mb={fv.shard_mb} must be positive")
+  prepare.prepare(cfg.data, out, workers=fv.workers, vocab_size=cfg.model.vocab_size,
+                  shard_mb=fv.shard_mb)
+  print(f"prepared {out}; train on it with --config.data.prepared_dir={out}")
 
 
 def _define_speedup(fv):
@@ -340,9 +383,12 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             _define_grow, _run_grow, ("from", "to", "config")),
     Command("plan", "the paper's growth timing d and factor g for a model size and budget",
             "growjax plan --params 7e9 --tokens 2e12", _define_plan, _run_plan, ("params",)),
-    Command("tokenizer", "train a SentencePiece tokenizer on local text files",
-            "growjax tokenizer --input 'corpus/*.txt' --vocab_size 32000 --model_prefix tok",
+    Command("tokenizer", "train a SentencePiece (or HF BPE) tokenizer on local files",
+            "growjax tokenizer --input 'corpus/*.jsonl' --vocab_size 32000 --model_prefix tok",
             _define_tokenizer, _run_tokenizer, ("input", "model_prefix")),
+    Command("prepare-data", "tokenize a config's corpus into sharded ArrayRecord, in parallel",
+            "growjax prepare-data --config configs/my_corpus.py --workers 8",
+            _define_prepare_data, _run_prepare_data, ("config",)),
     Command("speedup", "FLOPs a grown run saved against a scratch run, with a plot",
             "growjax speedup --scratch runs/scratch --grown runs/grow",
             _define_speedup, _run_speedup, ("scratch", "grown")),
@@ -352,7 +398,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
 
 def usage() -> str:
   lines = ["usage: growjax COMMAND [flags]", "", "commands:"]
-  lines += [f"  {c.name:<10} {c.summary}" for c in COMMANDS.values()]
+  lines += [f"  {c.name:<12} {c.summary}" for c in COMMANDS.values()]
   lines += ["", "`growjax COMMAND --help` lists a command's flags, defaults and an example.",
             "Every command takes --debug to print the traceback of a failure."]
   return "\n".join(lines)

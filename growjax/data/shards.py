@@ -102,21 +102,28 @@ class ShardWriter:
     for w in windows_NxL1:
       self.write(w)
 
-  def commit(self) -> dict:
-    """Closes, renames/uploads into place; returns {'bytes', 'sha256'} of the shard."""
+  def close(self) -> dict:
+    """Finishes the temporary file; returns {'bytes', 'sha256'} of the shard to be."""
     self._writer.close()
     self._writer = None
-    info = {"bytes": os.path.getsize(self._tmp), "sha256": _sha256_file(self._tmp)}
+    return {"bytes": os.path.getsize(self._tmp), "sha256": _sha256_file(self._tmp)}
+
+  def publish(self) -> None:
+    """Puts the closed temporary file in place: rename (local) or upload (gs://)."""
     try:
       if is_gcs(self.path):
         with open(self._tmp, "rb") as src, self.path.open("wb") as dst:
           shutil.copyfileobj(src, dst, 1 << 24)
-        os.remove(self._tmp)
       else:
         os.replace(self._tmp, os.fspath(self.path))
     finally:
       if os.path.exists(self._tmp):
         os.remove(self._tmp)
+
+  def commit(self) -> dict:
+    """close() + publish(); returns {'bytes', 'sha256'} of the shard."""
+    info = self.close()
+    self.publish()
     return info
 
   def abort(self) -> None:
