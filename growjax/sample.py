@@ -215,15 +215,19 @@ def encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
   return out
 
 
+def check_settings(max_new_tokens: int, temperature: float, top_k: int, top_p: float) -> None:
+  if max_new_tokens <= 0:
+    raise ValueError(f"--max_new_tokens={max_new_tokens} must be positive")
+  if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
+    raise ValueError(f"--temperature={temperature}, --top_k={top_k}, --top_p={top_p}: give "
+                     f"temperature >= 0 (0: greedy), top_k >= 0 (0: all), 0 < top_p <= 1")
+
+
 def generate_text(model_cfg: ModelConfig, params: Any, tokenizer, prompts: Sequence[str], *,
                   max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,
                   top_p: float = 1.0, seed: int = 0, mesh=None) -> tuple[list[str], dict]:
   """Continuations of `prompts` (cut at the tokenizer's eos) and timings."""
-  if max_new_tokens <= 0:
-    raise ValueError(f"--max_new_tokens={max_new_tokens} must be positive")
-  if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
-    raise ValueError(f"--temperature={temperature}, --top_k={top_k}, --top_p={top_p}: "
-                     f"temperature >= 0 (0 greedy), top_k >= 0 (0 all), 0 < top_p <= 1")
+  check_settings(max_new_tokens, temperature, top_k, top_p)
   ids = encode_prompts(tokenizer, prompts)
   bad = [i for p in ids for i in p if not 0 <= i < model_cfg.vocab_size]
   if bad:
@@ -261,6 +265,7 @@ def run(checkpoint: str, prompts: Sequence[str], *, tokenizer: str = "",
         log=print) -> list[str]:
   """`growjax sample`: prints each prompt's continuation and tokens/s."""
   from growjax import params_io
+  check_settings(max_new_tokens, temperature, top_k, top_p)
   loaded = params_io.load(checkpoint, step=step, mesh_spec=mesh_spec)
   spec = tokenizer or checkpoint_tokenizer(loaded.directory, loaded.meta)
   tok = make_tokenizer(spec)
