@@ -76,10 +76,10 @@ def reference(config, data_dir, tmp_path_factory):
 
 
 @pytest.mark.parametrize("fault", ["mid_step:3", "mid_save:4", "handoff", "mid_grow",
-                                   "mid_data"])
+                                   "mid_prepare"])
 def test_kill9_then_resume_is_bit_identical(fault, config, reference, data_dir, tmp_path):
   workdir = tmp_path / "run"
-  fresh_data = str(tmp_path / "data") if fault.startswith("mid_data") else None
+  fresh_data = str(tmp_path / "data") if fault.startswith("mid_prepare") else None
   killed = _run(config, workdir, fault=fault, data_dir=fresh_data)
   assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr[-3000:])
   resumed = _run(config, workdir, data_dir=fresh_data)

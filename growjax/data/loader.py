@@ -17,11 +17,11 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 
 import numpy as np
 from etils import epath
 
-from growjax import faults
 from growjax.data import config as config_lib
 from growjax.data import pipeline
 from growjax.data import reader
@@ -87,63 +87,9 @@ def prepare_inline(data_cfg) -> str:
 
 
 def _prepare(data_cfg, out: str) -> None:
-  try:
-    from growjax.data import prepare as prepare_lib  # noqa: PLC0415 - the preparation room
-  except ImportError:
-    _prepare_in_process(data_cfg, out)
-    return
-  prepare_lib.prepare(data_cfg, out, workers=1)
-
-
-def _write_atomic(path: epath.Path, write) -> None:
-  tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-  write(str(tmp))
-  tmp.rename(path)
-
-
-def _prepare_in_process(data_cfg, out: str) -> None:
-  """Interim preparation (until `growjax.data.prepare` lands): the tfds-built source,
-  packed `BOS doc EOS`, one shard per split, in the prepared format."""
-  from array_record.python import array_record_module  # noqa: PLC0415
-  tok = make_tokenizer(data_cfg.tokenizer)
-  dtype = np.dtype(np.uint16 if tok.vocab_size <= 65536 else np.int32)
-  builder = sources.get_builder(data_cfg)
-  feature = "text" if data_cfg.name == "text_files" else data_cfg.text_key
-  root, seq = epath.Path(out), int(data_cfg.seq_len)
-  root.mkdir(parents=True, exist_ok=True)
-  splits = {}
-  for which in ("train", "validation"):
-    split = sources.split_name(data_cfg, which)
-    if split not in builder.info.splits:
-      splits[which] = {"windows": 0, "tokens": 0, "documents": 0, "shards": []}
-      continue
-    docs = 0
-    parts = []
-    for text in sources.iter_texts(builder, split, feature):
-      parts += [[tok.bos_id], tok.encode(text), [tok.eos_id]]
-      docs += 1
-    stream = np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
-    n = max(0, (len(stream) - 1) // seq)
-    name = f"{which}-00000.array_record"
-
-    def write(path, stream=stream, n=n):
-      w = array_record_module.ArrayRecordWriter(path, "group_size:1")
-      for i in range(n):
-        w.write(stream[i * seq:i * seq + seq + 1].tobytes())
-      w.close()
-    _write_atomic(root / name, write)
-    faults.maybe_kill("mid_data")  # a shard written, the index not yet
-    splits[which] = {"windows": n, "tokens": int(len(stream)), "documents": docs,
-                     "shards": [{"file": name, "windows": n, "tokens": int(len(stream)),
-                                 "documents": docs}]}
-  index = {"format": reader.FORMAT, "seq_len": seq, "dtype": dtype.name,
-           "tokenizer": {"spec": data_cfg.tokenizer, "identity": tok.identity,
-                         "vocab_size": tok.vocab_size, "bos_id": tok.bos_id,
-                         "eos_id": tok.eos_id, "pad_id": tok.pad_id},
-           "sources": [], "text_key": data_cfg.text_key, "splits": splits}
-  tmp = root / f".{reader.INDEX}.tmp-{os.getpid()}"
-  tmp.write_text(json.dumps(index, indent=1))
-  tmp.rename(root / reader.INDEX)
+  from growjax.data import prepare as prepare_lib  # noqa: PLC0415 - the preparation room
+  prepare_lib.prepare(data_cfg, out, workers=1,
+                      log=lambda line: print(f"inline {line}", file=sys.stderr, flush=True))
 
 
 # ------------------------------------------------------------------------------ open
