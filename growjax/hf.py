@@ -479,7 +479,13 @@ def _stream_params(tensors: Tensors, cfg: ModelConfig, shardings: Any) -> Any:
       if not scanned:
         return _read_block(tensors, names[0], path, cfg, index)
       layers = range(*index[0].indices(cfg.num_layers))
-      return np.stack([_read_block(tensors, names[i], path, cfg, index[1:]) for i in layers])
+      out = None
+      for k, i in enumerate(layers):   # filled in place: one layer's block in flight
+        layer = _read_block(tensors, names[i], path, cfg, index[1:])
+        if out is None:
+          out = np.empty((len(layers),) + layer.shape, layer.dtype)
+        out[k] = layer
+      return out
 
     node[leaf] = jax.make_array_from_callback(shape, sh, block)
   return out
