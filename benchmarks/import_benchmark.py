@@ -5,7 +5,9 @@
 Writes random TinyLlama-1.1B-shaped weights (22 layers x 2048, 32 heads / 4 kv, mlp
 5632, vocab 32000, untied; one model.safetensors, as TinyLlama ships) with numpy, one
 tensor at a time, then runs `growjax import-hf` in a child process and reports its
-wall time and RSS high-water mark (the child's `ru_maxrss`), and deletes everything.
+wall time and RSS high-water mark (the child's `ru_maxrss`; polled every 0.1 s, the
+peaks of its anonymous memory and of its file-backed pages, i.e. the memory-mapped
+safetensors), and deletes everything.
 On a CPU-only machine the "device" is host memory too: the imported float32 params
 (4.4 GB) are part of the peak; on an accelerator they live in device memory.
 """
@@ -79,12 +81,26 @@ def write_checkpoint(d: str, dtype: str) -> int:
   return offset
 
 
+def _status_kib(pid: int, key: str) -> int:
+  try:
+    with open(f"/proc/{pid}/status") as f:
+      for line in f:
+        if line.startswith(key + ":"):
+          return int(line.split()[1])
+  except OSError:
+    pass
+  return 0
+
+
 def main() -> int:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--dir", default="/tmp/growjax_import_bench")
   ap.add_argument("--dtype", default="bf16", choices=["bf16", "f32"])
   ap.add_argument("--keep", action="store_true", help="keep the files afterwards")
+  ap.add_argument("--layers", type=int, default=SHAPE["layers"],
+                  help="fewer layers for a quick trial (22: the 1.1B shape)")
   args = ap.parse_args()
+  SHAPE["layers"] = args.layers
   src, dst = os.path.join(args.dir, "hf"), os.path.join(args.dir, "ck")
   shutil.rmtree(args.dir, ignore_errors=True)
   os.makedirs(src)
@@ -94,10 +110,15 @@ def main() -> int:
     t_gen = time.perf_counter() - t0
     exe = [sys.executable, "-m", "growjax", "import-hf", f"--from={src}", f"--to={dst}"]
     t0 = time.perf_counter()
-    done = subprocess.run(exe, capture_output=True, text=True)
+    child = subprocess.Popen(exe, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peaks = {"RssAnon": 0, "RssFile": 0}
+    while child.poll() is None:   # anonymous memory vs pages of the mapped safetensors
+      peaks = {k: max(v, _status_kib(child.pid, k)) for k, v in peaks.items()}
+      time.sleep(0.1)
+    stdout, stderr = child.communicate()
     seconds = time.perf_counter() - t0
-    if done.returncode:
-      print(done.stdout[-2000:], done.stderr[-2000:], file=sys.stderr)
+    if child.returncode:
+      print(stdout[-2000:], stderr[-2000:], file=sys.stderr)
       return 1
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     ck_bytes = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(dst) for f in fs)
@@ -106,8 +127,10 @@ def main() -> int:
         "params": params, "source_dtype": args.dtype, "source_bytes": weight_bytes,
         "float32_params_bytes": params * 4, "import_seconds": round(seconds, 1),
         "peak_rss_bytes": peak, "peak_rss_gib": round(peak / 2**30, 2),
+        "peak_rss_anon_gib": round(peaks["RssAnon"] / 2**20, 2),
+        "peak_rss_file_gib": round(peaks["RssFile"] / 2**20, 2),
         "checkpoint_bytes": ck_bytes, "generate_seconds": round(t_gen, 1),
-        "import_log": done.stdout.strip().splitlines()[-1:]}))
+        "import_log": stdout.strip().splitlines()[-1:]}))
   finally:
     if not args.keep:
       shutil.rmtree(args.dir, ignore_errors=True)

@@ -422,18 +422,20 @@ def import_hf(hf_dir: str, to: str, *, mesh_spec: str = "", dtype: str = "bfloat
 
   tmp = _staging(out)
   try:
-    params = _stream_params(tensors, model_cfg, setup.state_shardings.params)
-    opt_state = _zeros(setup.abstract_state.opt_state)
-    state = state_lib.TrainState(step=np.zeros((), np.int32), params=params,
-                                 opt_state=opt_state)
     meta = dict(state_lib.run_meta(setup), flops_seen=0.0,
                 hf={"source": str(src), "config": hf, "tokenizer": tokenizer,
                     "torch_dtype": hf.get("torch_dtype") or hf.get("dtype") or "float32"})
-    writer = ckpt_lib.Checkpoints(os.fspath(tmp), use_async=False, keep=None)
-    writer.save(0, state, {}, meta, force=True)
-    writer.wait()
-    writer.close()
-    del state, params
+    if jax.process_count() == 1:
+      _write_in_pieces(os.fspath(tmp), setup, tensors, meta)
+    else:   # orbax's partial save is single-process: one whole save (device memory)
+      params = _stream_params(tensors, model_cfg, setup.state_shardings.params)
+      state = state_lib.TrainState(step=np.zeros((), np.int32), params=params,
+                                   opt_state=_zeros(setup.abstract_state.opt_state))
+      writer = ckpt_lib.Checkpoints(os.fspath(tmp), use_async=False, keep=None)
+      writer.save(0, state, {}, meta, force=True)
+      writer.wait()
+      writer.close()
+      del state, params
     if jax.process_index() == 0:
       (tmp / HF_DIR).mkdir()
       copied = [n for n in TOKENIZER_FILES if (src / n).exists()]
@@ -458,37 +460,72 @@ def import_hf(hf_dir: str, to: str, *, mesh_spec: str = "", dtype: str = "bfloat
   return report
 
 
+def _param_array(tensors: Tensors, cfg: ModelConfig, path: str, sh) -> jax.Array:
+  """One parameter made directly in its sharding: each device's shard is read from the
+  memory-mapped safetensors, layer by layer (one layer's block in flight)."""
+  names = _hf_names(path, cfg)
+  _, mid_shape, perm = _layout(path, cfg)
+  shape = tuple(mid_shape[p] for p in perm)
+  scanned = path.startswith(LAYERS + "/")
+  if scanned:
+    shape = (cfg.num_layers,) + shape
+
+  def block(index):
+    if not scanned:
+      return _read_block(tensors, names[0], path, cfg, index)
+    layers = range(*index[0].indices(cfg.num_layers))
+    out = None
+    for k, i in enumerate(layers):
+      layer = _read_block(tensors, names[i], path, cfg, index[1:])
+      if out is None:
+        out = np.empty((len(layers),) + layer.shape, layer.dtype)
+      out[k] = layer
+    return out
+
+  return jax.make_array_from_callback(shape, sh, block)
+
+
 def _stream_params(tensors: Tensors, cfg: ModelConfig, shardings: Any) -> Any:
-  """Each parameter made directly in its sharding: a device's shard is read from the
-  memory-mapped safetensors, layer by layer, and nothing else is held on the host."""
+  """Every parameter (`_param_array`), as the params tree."""
   out: dict = {}
   for path in _paths(cfg):
-    names = _hf_names(path, cfg)
     node_sh, node = shardings, out
     *parents, leaf = path.split("/")
     for key in parents:
       node_sh, node = node_sh[key], node.setdefault(key, {})
-    sh = node_sh[leaf]
-    hf_shape, mid_shape, perm = _layout(path, cfg)
-    shape = tuple(mid_shape[p] for p in perm)
-    scanned = path.startswith(LAYERS + "/")
-    if scanned:
-      shape = (cfg.num_layers,) + shape
-
-    def block(index, path=path, names=names, scanned=scanned):
-      if not scanned:
-        return _read_block(tensors, names[0], path, cfg, index)
-      layers = range(*index[0].indices(cfg.num_layers))
-      out = None
-      for k, i in enumerate(layers):   # filled in place: one layer's block in flight
-        layer = _read_block(tensors, names[i], path, cfg, index[1:])
-        if out is None:
-          out = np.empty((len(layers),) + layer.shape, layer.dtype)
-        out[k] = layer
-      return out
-
-    node[leaf] = jax.make_array_from_callback(shape, sh, block)
+    node[leaf] = _param_array(tensors, cfg, path, node_sh[leaf])
   return out
+
+
+PIECE_BYTES = 1 << 29   # leaves gathered into one orbax partial save up to this size
+
+
+def _write_in_pieces(directory: str, setup: state_lib.Setup, tensors: Tensors,
+                     meta: dict) -> None:
+  """Step 0 written leaf by leaf (`checkpoint.PieceWriter`): each parameter is read into
+  its sharding, written and freed before the next, and the fresh optimizer state
+  (optax's AdamW starts at all zeros) likewise, so host and device memory hold about one
+  leaf at a time, not the model."""
+  writer = ckpt_lib.PieceWriter(directory)
+  piece, size = [], 0
+  for key_path, leaf in ckpt_lib.state_leaves(setup.abstract_state):
+    keys = [str(k) for k in ckpt_lib.ocp_keys(key_path)]
+    if leaf is None:
+      value = None
+    elif keys[0] == "params":
+      value = _param_array(tensors, setup.model_cfg, "/".join(keys[1:]), leaf.sharding)
+    else:
+      value = jax.make_array_from_callback(
+          leaf.shape, leaf.sharding, lambda index, leaf=leaf: np.zeros(
+              [len(range(*s.indices(n))) for s, n in zip(index, leaf.shape)], leaf.dtype))
+    piece.append((key_path, value))
+    size += 0 if leaf is None else int(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize
+    if size >= PIECE_BYTES:
+      writer.write(piece)
+      piece, size = [], 0
+  if piece:
+    writer.write(piece)
+  writer.finish(0, {}, meta)
 
 
 def _zeros(abstract: Any) -> Any:

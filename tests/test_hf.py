@@ -215,14 +215,21 @@ def test_a_failure_while_writing_leaves_nothing_and_a_full_destination_is_refuse
   hf_dirs.write(src)
   from growjax import checkpoint as ckpt_lib
 
-  def broken_save(self, *a, **k):
-    raise OSError("disk on fire")
+  writes = []
 
+  def broken_write(self, pairs):   # the second piece fails: the first is on disk
+    writes.append(len(pairs))
+    if len(writes) == 2:
+      raise OSError("disk on fire")
+    real_write(self, pairs)
+
+  real_write = ckpt_lib.PieceWriter.write
   with monkeypatch.context() as m:
-    m.setattr(ckpt_lib.Checkpoints, "save", broken_save)
+    m.setattr(hf, "PIECE_BYTES", 1)   # one leaf per piece
+    m.setattr(ckpt_lib.PieceWriter, "write", broken_write)
     code, _, err = run(monkeypatch, capsys, "import-hf", f"--from={src}",
                        f"--to={tmp_path / 'dest'}")
-  assert code == 1 and "disk on fire" in err
+  assert code == 1 and "disk on fire" in err and writes == [1, 1]
   assert sorted(os.listdir(tmp_path)) == ["hf"]
   (tmp_path / "full").mkdir()
   (tmp_path / "full" / "keep.txt").write_text("mine")
