@@ -159,36 +159,9 @@ def make_generate(cfg: ModelConfig, max_new_tokens: int, temperature: float = 0.
 
 
 def make_tokenizer(spec: str):
-  """`growjax.data.make_tokenizer`, with a local `hf:` (tokenizer.json) fallback for as
-  long as the data package does not take that spec itself."""
+  """`growjax.data.make_tokenizer` ('byte', 'spm:', 'hf:' tokenizer.json, 'tiktoken:')."""
   from growjax.data import make_tokenizer as data_tokenizer
-  try:
-    return data_tokenizer(spec)
-  except ValueError:
-    if not spec.startswith("hf:"):
-      raise
-  return _HFTokenizer(spec[3:])
-
-
-class _HFTokenizer:
-  def __init__(self, path: str):
-    import os
-    from tokenizers import Tokenizer
-    if os.path.isdir(path):
-      path = os.path.join(path, "tokenizer.json")
-    self._tok = Tokenizer.from_file(path)
-    self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
-    ids = [self._tok.token_to_id(t) for t in ("<s>", "<|begin_of_text|>")]
-    self.bos_id = next((i for i in ids if i is not None), -1)
-    eos = [self._tok.token_to_id(t) for t in ("</s>", "<|end_of_text|>", "<|endoftext|>")]
-    self.eos_id = next((i for i in eos if i is not None), -1)
-    self.pad_id = -1
-
-  def encode(self, text: str) -> np.ndarray:
-    return np.asarray(self._tok.encode(text).ids, np.int32)
-
-  def decode(self, ids) -> str:
-    return self._tok.decode([int(i) for i in np.asarray(ids).reshape(-1)])
+  return data_tokenizer(spec)
 
 
 def checkpoint_tokenizer(directory: str, meta: dict) -> str:
