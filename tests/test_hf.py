@@ -143,6 +143,25 @@ def test_growth_recipes_on_an_imported_model(tmp_path, monkeypatch, capsys):
       assert not exported["model.layers.2.self_attn.o_proj.weight"].any()
       assert not exported["model.layers.5.mlp.down_proj.weight"].any()
 
+  # `growjax train --config configs/hf.py:checkpoint=GROWN --config.train.init_from=GROWN`
+  # accepts it: the same model as the metadata, the whole state restores, and the
+  # tokenizer is the imported model's own (found through the grow).
+  import dataclasses
+
+  from growjax import checkpoint as ckpt_lib
+  from growjax import state as state_lib
+  grown = str(tmp_path / "pro_ck")
+  cfg = cli.parse(cli.COMMANDS["train"], [f"--config={HF_CONFIG}:checkpoint={grown},seq=32",
+                                          f"--config.train.init_from={grown}"]).config
+  assert cfg.data.tokenizer == f"hf:{ck}/hf/tokenizer.json"
+  setup = state_lib.build(cfg)
+  meta = ckpt_lib.read_meta(grown, 0)
+  assert meta["model"] == dataclasses.asdict(setup.model_cfg)   # train's init_from check
+  state, data_state, _ = ckpt_lib.Checkpoints(grown, use_async=False).restore(
+      0, setup.abstract_state)
+  assert int(state.step) == 0 and not data_state
+  assert all(not np.asarray(x).any() for x in jax.tree.leaves(state.opt_state))
+
   # inspect: metadata only, with the growth history of the grown checkpoint.
   code, text, err = run(monkeypatch, capsys, "inspect", str(tmp_path / "solar_ck"))
   assert code == 0, err
