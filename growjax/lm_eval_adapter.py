@@ -44,6 +44,20 @@ class GrowjaxLM(LM):
     self.scorer = evaluate.Scorer(self.loaded.model_cfg, self.loaded.params, self.loaded.mesh,
                                   self.loaded.rules, batch_size=size, max_len=self.max_length)
 
+  @classmethod
+  def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None):
+    """lm-eval's command passes --batch_size (and device) besides --model_args: what
+    --model_args names wins instead of a duplicate-argument error."""
+    extra = {k: v for k, v in (additional_config or {}).items()
+             if v is not None and k not in arg_dict}
+    return cls(**arg_dict, **extra)
+
+  @classmethod
+  def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
+    from lm_eval import utils
+    return cls.create_from_arg_obj(utils.simple_parse_args_string(arg_string),
+                                   additional_config)
+
   # ---------------------------------------------------------------- log-likelihood
 
   def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:

@@ -186,7 +186,10 @@ metric_list:
   - metric: acc
   - metric: acc_norm
 """)
-  lm = GrowjaxLM.create_from_arg_string(f"checkpoint={tmp}/run", {"batch_size": 4})
+  # As lm-eval's command builds it: --model_args, plus its own --batch_size / device.
+  lm = GrowjaxLM.create_from_arg_string(f"checkpoint={tmp}/run,batch_size=4",
+                                        {"batch_size": 1, "device": None})
+  assert lm.scorer.batch_size == 8   # 4 rounded up to the 8 data-parallel devices
   results = lm_eval.simple_evaluate(
       model=lm, tasks=["growjax_toy"],
       task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False))
