@@ -4,12 +4,13 @@ Import reads a local directory (config.json + safetensors, one file or sharded
 with model.safetensors.index.json) of a `LlamaForCausalLM` (Llama, TinyLlama) or a
 `MistralForCausalLM` without a sliding window, checks every key and tensor
 header first, then streams tensor by tensor: each device's shard of each growjax
-parameter is read from the memory-mapped safetensors (`jax.make_array_from_callback`),
-so the host holds one layer slice at a time, never the whole model. The
-result is an ordinary growjax checkpoint (step 0, fresh optimizer state, empty
-data position, metadata with a model config derived from config.json) that
-`growjax train` (config.train.init_from, see configs/hf.py) and `growjax grow`
-accept. The tokenizer files and the source config.json travel along in `hf/`.
+parameter is read from the memory-mapped safetensors (`jax.make_array_from_callback`)
+and the step is written leaf by leaf (`checkpoint.PieceWriter`; one whole save when
+several processes import), so memory holds about one parameter at a time, never the
+whole model (benchmarks/RESULTS.md: 1.1B). The result is an ordinary growjax
+checkpoint (step 0, fresh optimizer state, empty data position, metadata with a
+model config derived from config.json) that `growjax train` (config.train.init_from,
+see configs/hf.py) and `growjax grow` accept. The tokenizer files and the source config.json travel along in `hf/`.
 
 Export writes config.json, safetensors (sharded with an index above
 --max_shard_size) and the tokenizer files, one tensor at a time gathered to the

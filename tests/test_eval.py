@@ -105,7 +105,7 @@ def test_eval_perplexity_and_multiple_choice(trained, monkeypatch, capsys):
   task = results["tasks"][f"{tmp}/task.jsonl"]
   assert task["examples"] == 4 and task["acc"] == 1.0 and task["acc_norm"] == 1.0
   assert [p["pred"] for p in task["predictions"]] == [t["gold"] for t in TASK]
-  assert f"acc 1.0000 ± 0.0000  acc_norm 1.0000" in out
+  assert "acc 1.0000 ± 0.0000  acc_norm 1.0000" in out
 
 
 def test_acc_norm_divides_by_the_choice_bytes():

@@ -2,7 +2,6 @@
 model itself (`growjax.model.Transformer`), for left-padded batches of prompts of
 different lengths on a sharded mesh; the sampling filters; the command's output."""
 
-import os
 import sys
 
 import jax
