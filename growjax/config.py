@@ -87,6 +87,8 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
                                      # running window rolls back to the last checkpoint and
                                      # skips the batches since it; 0 = off
       spike_window=50,               # steps in the spike guard's running window
+      profile_steps="",              # 'A,B': a jax.profiler trace of steps A..B into
+                                     # WORKDIR/profile (TensorBoard / XProf); '' = off
       final_sample_tokens=0,         # > 0: end the run by printing a greedy sample of this
       final_sample_prompt="",        # many tokens after this prompt (growjax.sample)
   ))
@@ -166,6 +168,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]
   if float(t.spike_zscore) > 0 and int(t.spike_window) < 2:
     raise ValueError(f"config.train.spike_window must be >= 2 with spike_zscore > 0, got "
                      f"{t.spike_window}.")
+  profile_steps(t)
   o = cfg.optimizer
   if o.peak_lr <= 0 or o.end_lr < 0 or o.end_lr > o.peak_lr:
     raise ValueError(f"config.optimizer: need 0 <= end_lr <= peak_lr and peak_lr > 0, got "
@@ -178,6 +181,22 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]
       raise ValueError(f"config.train.init_from={t.init_from!r} does not exist; point it at "
                        f"a growjax checkpoint directory (e.g. the output of `growjax grow`).")
   return mesh_sizes
+
+
+def profile_steps(train_cfg: ml_collections.ConfigDict) -> tuple[int, int] | None:
+  """`config.train.profile_steps` ('A,B', steps A..B inclusive, 1 <= A <= B) as (A, B);
+  None when off ('')."""
+  raw = str(train_cfg.get("profile_steps", "") or "").strip()
+  if not raw:
+    return None
+  try:
+    a, b = (int(x) for x in raw.split(","))
+  except ValueError:
+    a = b = 0
+  if not 1 <= a <= b:
+    raise ValueError(f"config.train.profile_steps={raw!r} is not a step range — write "
+                     f"'FIRST,LAST' with 1 <= FIRST <= LAST (e.g. '100,105'), or '' for off")
+  return a, b
 
 
 def validate_data(cfg: ml_collections.ConfigDict) -> None:

@@ -57,6 +57,19 @@ def mfu(flops_per_token: float, tokens_per_second: float, num_chips: int,
   return flops_per_token * tokens_per_second / (num_chips * peak * 1e12)
 
 
+def step_breakdown(step_s: float, device_s: float, data_s: float) -> dict[str, float]:
+  """Seconds per training step split three ways, each also as a fraction of the step:
+  `device` (the host blocked on a step's result: compute the host could not hide),
+  `data` (the host loading a batch and placing it on the devices), `host` (the rest:
+  dispatch, Python, logging). The parts add up to `step_s`."""
+  host_s = max(step_s - device_s - data_s, 0.0)
+  total = device_s + data_s + host_s or 1.0
+  return {"step_s": device_s + data_s + host_s, "step_device_s": device_s,
+          "step_data_s": data_s, "step_host_s": host_s,
+          "step_device_frac": device_s / total, "step_data_frac": data_s / total,
+          "step_host_frac": host_s / total}
+
+
 def format_duration(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   h, rem = divmod(seconds, 3600)
@@ -73,6 +86,9 @@ def format_progress(step: int, total: int, values: Mapping[str, float], eta_s: f
       parts.append(fmt.format(values[key]))
       if key == "mfu" and values.get("mfu_causal") is not None:
         parts[-1] += f" (causal {values['mfu_causal']:.1%})"
+  if values.get("step_s"):
+    parts.append(f"step {values['step_s']:.3g}s = device {values['step_device_frac']:.0%} "
+                 f"+ data {values['step_data_frac']:.0%} + host {values['step_host_frac']:.0%}")
   parts.append(f"ETA {format_duration(eta_s)}")
   return " | ".join(parts)
 
@@ -146,7 +162,7 @@ class MetricWriter:
 
   def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True,
                flush_secs: float = 10.0):
-    self.enabled = enabled
+    self.enabled, self.workdir = enabled, workdir
     self._tb = self._jsonl = None
     if not enabled:
       return

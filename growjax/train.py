@@ -278,24 +278,35 @@ def _or_minus_one(step: int | None) -> int:
 
 
 class _Stalls:
-  """Seconds spent on evaluation and checkpoints since the last report.
+  """Where the time since the last report went, apart from the steps themselves:
+  evaluation and checkpoints (`eval_s`, `checkpoint_s`: stalls, left out of tokens/s),
+  and within the training steps the host blocked on a step's result (`device_s`) and
+  the host loading a batch and placing it on the devices (`data_s`).
 
-  The device is drained first (`block_until_ready`), so queued training steps
-  are not booked as a stall."""
+  The device is drained first (`block_until_ready`) before a stall is timed, so queued
+  training steps are not booked as a stall: the drain counts as device time."""
+
+  KINDS = ("eval_s", "checkpoint_s", "device_s", "data_s")
 
   def __init__(self):
-    self.eval_s = self.checkpoint_s = 0.0
+    for k in self.KINDS:
+      setattr(self, k, 0.0)
+
+  def add(self, kind: str, seconds: float) -> None:
+    setattr(self, kind, getattr(self, kind) + seconds)
 
   def timed(self, kind: str, state, fn):
-    jax.block_until_ready(state)
     t0 = time.perf_counter()
+    jax.block_until_ready(state)
+    t1 = time.perf_counter()
     out = fn()
-    setattr(self, kind, getattr(self, kind) + time.perf_counter() - t0)
+    self.add("device_s", t1 - t0)
+    self.add(kind, time.perf_counter() - t1)
     return out
 
-  def take(self) -> tuple[float, float]:
-    out = (self.eval_s, self.checkpoint_s)
-    self.eval_s = self.checkpoint_s = 0.0
+  def take(self) -> dict[str, float]:
+    out = {k: getattr(self, k) for k in self.KINDS}
+    self.__init__()
     return out
 
 
@@ -315,6 +326,7 @@ class _Accounting:
     self.base_flops = float(restored_meta.get("flops_seen", 0.0))
     self.throughput = metrics_lib.Throughput(start_step, cfg.train.steps)
     self.stalls = _Stalls()
+    self._last_report_step = start_step
 
   def flops_seen(self, step: int) -> float:
     return self.base_flops + ((step - self.start_step) * self.setup.tokens_per_step *
@@ -322,10 +334,14 @@ class _Accounting:
 
   def values(self, step: int, device_metrics: dict, eval_loss: float | None
              ) -> tuple[dict, float]:
+    t0 = time.perf_counter()
     values = {k: float(v) for k, v in to_host(device_metrics).items()}
-    eval_s, checkpoint_s = self.stalls.take()
+    self.stalls.add("device_s", time.perf_counter() - t0)
+    spent = self.stalls.take()
+    eval_s, checkpoint_s = spent["eval_s"], spent["checkpoint_s"]
     tokens = self.setup.tokens_per_step
     tps, eta = self.throughput.update(step, tokens, eval_s + checkpoint_s)
+    steps, self._last_report_step = step - self._last_report_step, step
     chips = self.setup.mesh.size
     values.update(tokens_per_second=tps or None, eval_loss=eval_loss,
                   tokens_seen=step * tokens, flops=self.flops_seen(step),
@@ -333,6 +349,9 @@ class _Accounting:
                   mfu_causal=metrics_lib.mfu(self.causal_flops_per_token, tps, chips,
                                              self.peak),
                   eval_s=eval_s, checkpoint_s=checkpoint_s)
+    if tps and steps > 0:
+      values.update(metrics_lib.step_breakdown(tokens / tps, spent["device_s"] / steps,
+                                               spent["data_s"] / steps))
     return values, eta
 
 
@@ -378,6 +397,42 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, devices=None,
     checkpoints.wait()
     checkpoints.close()
     writer.close()
+
+
+class _Profile:
+  """`config.train.profile_steps` (A, B): a `jax.profiler` trace of steps A..B into
+  WORKDIR/profile (`plugins/profile/<run>/<host>.xplane.pb`, for TensorBoard's profile
+  plugin or XProf; jax.profiler writes `gs://` too). The trace starts before step A is
+  dispatched and stops once step B has finished on the device, so the steps are whole.
+  A run resumed past A takes no trace."""
+
+  def __init__(self, steps: tuple[int, int] | None, writer):
+    self.steps, self.writer = steps, writer
+    self.dir = str(epath.Path(writer.workdir) / "profile") if steps else None  # every process
+    self.active = False
+
+  def __enter__(self):
+    return self
+
+  def before(self, step: int) -> None:
+    if self.steps and step == self.steps[0] and not self.active:
+      jax.profiler.start_trace(self.dir)
+      self.active = True
+
+  def after(self, step: int, state) -> None:
+    if self.active and step >= self.steps[1]:
+      jax.block_until_ready(state)
+      self._stop()
+
+  def _stop(self) -> None:
+    jax.profiler.stop_trace()
+    self.active = False
+    self.writer.text(f"profile of steps {self.steps[0]}..{self.steps[1]} written to "
+                     f"{self.dir} (tensorboard --logdir {self.dir})")
+
+  def __exit__(self, *exc):
+    if self.active:   # the run stopped inside the range: keep what was traced
+      self._stop()
 
 
 class BadStepsError(FloatingPointError):
@@ -448,8 +503,11 @@ class _Loop:
     """Dispatches a step, then reads the previous step's metrics (the device already
     has this one queued); returns what to report after the next step."""
     tc = self.setup.cfg.train
+    t0 = time.perf_counter()
     host_batch, self.replay_batch = self.replay_batch or next(self.data_iter), None
-    self.state, step_metrics = self.train_step(self.state, self.host.to_global(host_batch))
+    global_batch = self.host.to_global(host_batch)
+    self.account.stalls.add("data_s", time.perf_counter() - t0)
+    self.state, step_metrics = self.train_step(self.state, global_batch)
     faults.maybe_kill("mid_step")
     self.step += 1
     previous, self.last = self.last, (self.step, step_metrics, host_batch)
@@ -469,7 +527,9 @@ class _Loop:
     """Counts a skipped step (stops after max_bad_steps in a row) and runs the spike
     guard on `step`'s loss; True when it rolled back to the last checkpoint."""
     tc = self.setup.cfg.train
+    t0 = time.perf_counter()   # the host waits here for the step's result
     skipped, loss = to_host((step_metrics["skipped"], step_metrics["loss"]))
+    self.account.stalls.add("device_s", time.perf_counter() - t0)
     if float(skipped):
       self.bad_steps_total += 1
       self.bad_in_a_row += 1
@@ -526,9 +586,12 @@ class _Loop:
         f"{self.account.flops_per_token / 1e9:.3g} GFLOP/token, mesh {dict(setup.mesh.shape)}, "
         f"{setup.tokens_per_step} tokens/step, steps {self.step}->{tc.steps}")
     pending = None
-    with _StopSignal() as self.signal, jax.set_mesh(setup.mesh):
+    profile = _Profile(config_lib.profile_steps(tc), self.writer)
+    with _StopSignal() as self.signal, jax.set_mesh(setup.mesh), profile:
       while self.step < tc.steps:
+        profile.before(self.step + 1)
         pending = self.one_step(pending)
+        profile.after(self.step, self.state)
         interrupted = self.should_stop()
         self.save(force=interrupted or self.step == tc.steps)
         if interrupted:
