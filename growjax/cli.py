@@ -212,6 +212,8 @@ def _define_prepare_data(fv):
   flags.DEFINE_integer("workers", os.cpu_count() or 1, "tokenizing worker processes.",
                        flag_values=fv)
   flags.DEFINE_float("shard_mb", 256.0, "tokens per shard, in MB.", flag_values=fv)
+  flags.DEFINE_boolean("verify", False, "when the output is already prepared, read every "
+                       "shard back and check its sha256 against index.json.", flag_values=fv)
 
 
 def _run_prepare_data(fv):
@@ -224,7 +226,7 @@ def _run_prepare_data(fv):
   if fv.shard_mb <= 0:
     raise CommandError(f"--shard_mb={fv.shard_mb} must be positive")
   prepare.prepare(cfg.data, out, workers=fv.workers, vocab_size=cfg.model.vocab_size,
-                  shard_mb=fv.shard_mb)
+                  shard_mb=fv.shard_mb, verify=fv.verify)
   print(f"prepared {out}; train on it with --config.data.prepared_dir={out}")
 
 

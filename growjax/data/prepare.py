@@ -36,9 +36,12 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from typing import Callable, Iterator, Sequence
 
@@ -172,10 +175,25 @@ def _sha256(path: str) -> str:
   return h.hexdigest()
 
 
-def _worker_init() -> None:
+def _worker_init(parent: int) -> None:
   # Each worker is one process of N: the Rust tokenizers would otherwise start its own
   # thread pool in every worker and oversubscribe the cores.
   os.environ["TOKENIZERS_PARALLELISM"] = "false"
+  # A SIGKILLed preparation must not leave its workers behind: die with the parent
+  # (Linux's PR_SET_PDEATHSIG; elsewhere a thread watching the parent id).
+  try:
+    import ctypes  # noqa: PLC0415
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+  except (OSError, AttributeError):
+    pass
+  if os.getppid() != parent:
+    os._exit(1)
+
+  def watch():
+    while os.getppid() == parent:
+      time.sleep(1.0)
+    os._exit(1)
+  threading.Thread(target=watch, daemon=True).start()
 
 
 class _InProcess:
@@ -198,7 +216,7 @@ def _executor(workers: int):
     return _InProcess()
   # spawn: the parent may hold threads (absl, grain, jax) that fork would copy half-held.
   return futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                     initializer=_worker_init)
+                                     initializer=_worker_init, initargs=(os.getpid(),))
 
 
 def _ordered(executor, tasks: Iterator[tuple], in_flight: int) -> Iterator:
@@ -272,6 +290,10 @@ def _read_json(path: epath.Path):
                      f"damaged: delete it and rerun the same command.") from None
 
 
+def _without_units(manifest: dict) -> dict:
+  return {k: v for k, v in manifest.items() if k != "unit_bytes"}
+
+
 def _claim(out: epath.Path, manifest: dict) -> str:
   """'new' | 'resume' | 'done': may this preparation write into `out`? Refuses another
   dataset's output, or a directory holding files this command did not write."""
@@ -281,7 +303,9 @@ def _claim(out: epath.Path, manifest: dict) -> str:
          f"it is no longer needed")
   if index is not None:
     prep = index.get("preparation")
-    if prep == manifest:
+    # Units only say how the work was cut (a resume needs them); the shards do not
+    # depend on them, so a finished output is the same dataset whatever unit_bytes was.
+    if prep is not None and _without_units(prep) == _without_units(manifest):
       return "done"
     old = prep or {"tokenizer": index.get("tokenizer", {}).get("identity"),
                    "seq_len": index.get("seq_len")}
@@ -303,6 +327,19 @@ def _claim(out: epath.Path, manifest: dict) -> str:
                        f"{', ...' if len(foreign) > 3 else ''}) and is not a growjax "
                        f"prepare-data output — {fix}.")
   return "new"
+
+
+_TEMPORARY = re.compile(r"\.((train|validation)-\d{5}\.array_record|[\w.-]+\.json)\.\w+\.tmp$")
+
+
+def _remove_own_temporaries(out: epath.Path) -> None:
+  """The temporary files a killed run of this preparation left (`shards.ShardWriter` and
+  `shards.write_json` names, in a directory whose manifest is ours): never a shard."""
+  for folder in (out, out / STATE_DIR):
+    if folder.exists():
+      for p in folder.iterdir():
+        if _TEMPORARY.match(p.name):
+          p.unlink()
 
 
 @dataclasses.dataclass
@@ -439,12 +476,13 @@ def shard_windows_for(shard_mb: float, seq_len: int, dtype) -> int:
 
 def prepare(data_cfg, out_dir: str, *, workers: int = 1, vocab_size: int | None = None,
             shard_mb: float = DEFAULT_SHARD_MB, shard_windows: int | None = None,
-            unit_bytes: int = DEFAULT_UNIT_BYTES,
+            unit_bytes: int = DEFAULT_UNIT_BYTES, verify: bool = False,
             log: Callable[[str], None] | None = None) -> dict:
   """Prepares `config.data`'s sources into `out_dir`; returns the index written.
 
   A finished output of the same sources, tokenizer and layout is a no-op; a partial one
-  is finished. `vocab_size` (the model's) is checked before anything is read."""
+  is finished; `verify` then reads every shard back against its sha256. `vocab_size`
+  (the model's) is checked before anything is read."""
   log = log or (lambda line: print(line, file=sys.stderr, flush=True))
   if workers < 1:
     raise ValueError(f"--workers={workers} must be at least 1.")
@@ -455,21 +493,30 @@ def prepare(data_cfg, out_dir: str, *, workers: int = 1, vocab_size: int | None 
   check_vocab(tok, spec, vocab_size)
   dtype = shards.window_dtype(tok.vocab_size)
   shard_windows = int(shard_windows or shard_windows_for(shard_mb, seq_len, dtype))
+  out = epath.Path(out_dir)
+  started = _read_json(_state_path(out, MANIFEST)) if out.exists() else None
+  if started and started.get("unit_bytes"):
+    unit_bytes = int(started["unit_bytes"])  # a resume cuts the units the start cut
   splits = {s: _split_sources(data_cfg, s, unit_bytes) for s in shards.SPLITS}
   splits = {s: v for s, v in splits.items() if v is not None}
   manifest = {"format": shards.FORMAT, "seq_len": seq_len, "tokenizer": tok.identity,
               "text_key": data_cfg.text_key, "shard_windows": shard_windows,
               "unit_bytes": int(unit_bytes),
               "sources": {s: [list(f) for f in v.fingerprint] for s, v in splits.items()}}
-  out = epath.Path(out_dir)
   state = _claim(out, manifest)
   if state == "done":
+    index = shards.read_index(out)
+    shards.check_shards(out, index)  # one listing: a missing, empty or truncated shard
+    if verify:
+      n = shards.verify_shards(out, index)
+      log(f"prepare-data: {out}: {n} shards verified against their sha256.")
     log(f"prepare-data: {out} is already prepared ({out / shards.INDEX}); nothing to do.")
-    return json.loads((out / shards.INDEX).read_text())
+    return index
   if state == "new":
     shards.write_json(_state_path(out, MANIFEST), manifest)
   else:
     log(f"prepare-data: resuming the preparation in {out}")
+    _remove_own_temporaries(out)
 
   total = sum(_unit_weight(u) for v in splits.values() for u in v.units)
   progress = _Progress(log, total)

@@ -42,7 +42,7 @@ WRITER_OPTIONS = "group_size:1"
 SPLITS = ("train", "validation")
 
 __all__ = ["FORMAT", "INDEX", "SPLITS", "window_dtype", "shard_name", "ShardWriter",
-           "write_shard", "write_json", "read_index", "check_shards", "open_shards",
+           "write_shard", "write_json", "read_index", "check_shards", "verify_shards", "open_shards",
            "is_gcs"]
 
 
@@ -213,6 +213,30 @@ def check_shards(directory, index: dict | None = None) -> None:
             f"prepared shard {p} is {what} — delete it and rerun `growjax prepare-data` "
             f"with the same config (only missing "
             f"shards are written again).")
+
+
+def verify_shards(directory, index: dict | None = None) -> int:
+  """`check_shards`, then every shard's sha256 against index.json (reads every byte: a
+  damaged copy, e.g. after a transfer, is named). Returns the number of shards read."""
+  directory = epath.Path(directory)
+  index = read_index(directory) if index is None else index
+  check_shards(directory, index)
+  n = 0
+  for info in index["splits"].values():
+    for s in info.get("shards", []):
+      if not s.get("sha256"):
+        continue
+      h = hashlib.sha256()
+      with (directory / s["file"]).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+          h.update(block)
+      if h.hexdigest() != s["sha256"]:
+        raise ValueError(
+            f"prepared shard {directory / s['file']} is damaged (its sha256 differs from "
+            f"{INDEX}'s) — delete it and rerun `growjax prepare-data` with the same config "
+            f"(only missing shards are written again).")
+      n += 1
+  return n
 
 
 def open_shards(directory, split: str, *, check: bool = False) -> reader.ShardSource:
