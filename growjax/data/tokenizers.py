@@ -237,7 +237,11 @@ def _tiktoken_definition(name: str, ranks_path: str) -> dict:
   tiktoken's own constructors (tiktoken_ext.openai_public) are called with their loader
   pointed at the local file, so patterns and special ids are exactly tiktoken's."""
   from tiktoken import load as tt_load  # noqa: PLC0415
-  ranks = tt_load.load_tiktoken_bpe(ranks_path)
+  try:
+    ranks = tt_load.load_tiktoken_bpe(ranks_path)
+  except Exception as e:  # noqa: BLE001 - a damaged file fails in base64 / int parsing
+    raise ValueError(f"{ranks_path} is not a tiktoken rank file ({type(e).__name__}: {e}) "
+                     f"— give the .tiktoken file of the encoding.") from None
   if name == "llama3":
     return {"name": name, "pat_str": _LLAMA3_PATTERN, "mergeable_ranks": ranks,
             "special_tokens": {t: len(ranks) + i for i, t in enumerate(_LLAMA3_SPECIALS)}}
@@ -273,13 +277,7 @@ class TiktokenTokenizer:
     name = name or ("llama3" if stem == "tokenizer" else stem)
     with open(path, "rb") as f:
       raw = f.read()
-    try:
-      definition = _tiktoken_definition(name, path)
-    except ValueError:
-      raise
-    except Exception as e:  # noqa: BLE001 - a damaged rank file fails in base64/int parsing
-      raise ValueError(f"{path} is not a tiktoken rank file ({type(e).__name__}: {e}) — "
-                       f"give the .tiktoken file of the encoding.") from None
+    definition = _tiktoken_definition(name, path)
     self.path, self.name = path, name
     self._enc = tiktoken.Encoding(
         name=f"growjax-{name}", pat_str=definition["pat_str"],
