@@ -248,6 +248,36 @@ def count_documents(windows: np.ndarray, bos_id: int, eos_id: int) -> int:
   return (n + 1) // 2 if bos_id == eos_id else n
 
 
+def window_pieces(start: int, tokens: np.ndarray, seq_len: int,
+                  total: int) -> Iterator[tuple[int, int, np.ndarray]]:
+  """The parts of full windows that `tokens` (stream positions [start, start + len))
+  holds: (window id, offset in the window, tokens). Window w is stream[w*T : w*T + T + 1]
+  of a stream of `total` tokens (the partial last window is dropped). The Beam builder
+  cuts windows this way, in parallel, where `prepare` cuts them in order."""
+  n = (total - 1) // seq_len if total > seq_len else 0
+  end = start + len(tokens)
+  if n == 0 or end <= start:
+    return
+  lo = max(0, (start - 1) // seq_len)
+  hi = min(n - 1, (end - 1) // seq_len)
+  for w in range(lo, hi + 1):
+    a, b = max(start, w * seq_len), min(end, w * seq_len + seq_len + 1)
+    if a < b:
+      yield w, a - w * seq_len, tokens[a - start:b - start]
+
+
+def assemble_window(pieces, seq_len: int, dtype) -> np.ndarray:
+  """One window from its `window_pieces` (offset, tokens), in any order."""
+  out = np.empty(seq_len + 1, dtype)
+  filled = 0
+  for offset, piece in pieces:
+    out[offset:offset + len(piece)] = piece
+    filled += len(piece)
+  if filled != seq_len + 1:
+    raise AssertionError(f"a window got {filled} tokens, not {seq_len + 1}")
+  return out
+
+
 class _Origins:
   """Which (unit, token offset) each position of the packing buffer came from."""
 

@@ -171,7 +171,12 @@ def write_json(path, obj) -> None:
 
 def read_index(directory, field: str = "config.data.prepared_dir") -> dict:
   """index.json of a prepared dataset, checked (reader's checks, then the shard lists:
-  no shard of 0 windows, split totals equal the sum of their shards)."""
+  no shard of 0 windows, split totals equal the sum of their shards). A tfds build
+  directory of `growjax.data.beam_prepare` (no index.json, a dataset_info.json) gets an
+  index made from its dataset_info, with `"layout": "tfds"`."""
+  if (not (epath.Path(directory) / INDEX).exists()
+      and (epath.Path(directory) / "dataset_info.json").exists()):
+    return tfds_index(directory)
   index = reader.load_index(os.fspath(directory), field)
   path = epath.Path(directory) / INDEX
   for split, info in index["splits"].items():
@@ -239,6 +244,60 @@ def verify_shards(directory, index: dict | None = None) -> int:
   return n
 
 
+def tfds_index(directory) -> dict:
+  """The index of a `beam_prepare` tfds build (its dataset_info.json; no shard read)."""
+  import tensorflow_datasets as tfds  # noqa: PLC0415
+  info = tfds.builder_from_directory(os.fspath(directory)).info
+  meta = (info.metadata or {}).get("growjax")
+  if not meta:
+    raise ValueError(f"{directory} is a tfds dataset but not a growjax prepared one (no "
+                     f"'growjax' metadata) — build it with growjax.data.beam_prepare or "
+                     f"prepare it with `growjax prepare-data`.")
+  splits = {}
+  for name, split in info.splits.items():
+    files = split.filenames
+    lengths = list(split.shard_lengths)
+    splits[name] = {"windows": int(split.num_examples),
+                    "tokens": int(split.num_examples) * int(meta["seq_len"]),
+                    "documents": None,
+                    "shards": [{"file": f, "windows": int(n),
+                                "tokens": int(n) * int(meta["seq_len"]), "documents": None}
+                               for f, n in zip(files, lengths)]}
+  return {"format": FORMAT, "layout": "tfds", "seq_len": int(meta["seq_len"]),
+          "dtype": meta["dtype"], "tokenizer": dict(meta["tokenizer"]), "sources": [],
+          "text_key": meta["text_key"], "splits": splits}
+
+
+class TfdsWindows:
+  """The windows of a `beam_prepare` tfds split as raw records (like `ShardSource`), read
+  through tfds's random-access data source (no TensorFlow)."""
+
+  def __init__(self, directory, split: str, dtype: str):
+    self.directory, self.split, self.dtype = os.fspath(directory), split, np.dtype(dtype)
+    self._source = None
+    self._len = None
+
+  def _src(self):
+    if self._source is None:
+      import tensorflow_datasets as tfds  # noqa: PLC0415
+      self._source = tfds.builder_from_directory(self.directory).as_data_source(self.split)
+    return self._source
+
+  def __len__(self) -> int:
+    return len(self._src())
+
+  def __getstate__(self):
+    return {**self.__dict__, "_source": None}
+
+  def __getitems__(self, ids) -> list[bytes]:
+    rows = self._src().__getitems__([int(g) for g in ids])
+    return [np.asarray(r["tokens"]).astype(self.dtype.newbyteorder("<")).tobytes()
+            for r in rows]
+
+  def __getitem__(self, g: int) -> bytes:
+    return self.__getitems__([g])[0]
+
+
 def open_shards(directory, split: str, *, check: bool = False) -> reader.ShardSource:
   """A grain-compatible random-access source (`len`, `[g]`, `__getitems__`) over every
   window of `split`, in stored order; records are raw bytes of the index's dtype.
@@ -247,6 +306,8 @@ def open_shards(directory, split: str, *, check: bool = False) -> reader.ShardSo
   if split not in index["splits"]:
     raise ValueError(f"{epath.Path(directory) / INDEX} has no split {split!r} (splits: "
                      f"{sorted(index['splits'])}) — prepare it with files for that split.")
+  if index.get("layout") == "tfds":
+    return TfdsWindows(directory, split, index["dtype"])
   if check:
     check_shards(directory, index)
   return reader.open_split(os.fspath(directory), index, split)
