@@ -25,7 +25,10 @@ Nothing here checks the growth (`spec.resolve` did) or chooses file names.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import dataclasses
+import gc
 import math
 from typing import Any, Callable, Iterator
 
@@ -148,3 +151,26 @@ def run(p: Plan, read: Callable[[list[tuple]], dict], rng: jax.Array
     del outs
     yield pairs + ([(e, None) for e in p.empties] if i == len(p.pieces) - 1 else [])
     del pairs            # and its outputs once the caller has written them
+    release_host_memory()
+
+
+def release_host_memory() -> None:
+  """Frees what the last piece left: reference cycles (orbax's futures) and, on glibc,
+  the freed heap pages tensorstore's and XLA's many mid-size buffers leave in malloc's
+  arenas (`malloc_trim`), so each piece starts from the same resident baseline instead
+  of the last piece's high-water mark (measured: 1.40 -> 1.07 GiB peak on 125m -> 48
+  layers, the retained baseline 1.1 -> 0.66 GiB)."""
+  gc.collect()
+  if _LIBC is not None:
+    _LIBC.malloc_trim(0)
+
+
+def _libc():
+  try:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    return libc if hasattr(libc, "malloc_trim") else None
+  except OSError:
+    return None
+
+
+_LIBC = _libc()
