@@ -1,11 +1,20 @@
-"""Throughput, MFU, the console progress line, TensorBoard and a JSON-lines log.
+"""Throughput, MFU, the step-time breakdown, the console line, TensorBoard, JSON lines.
 
-MFU is model FLOPs per second over the chip's datasheet dense bf16 peak. Model
-FLOPs per token are 6N + 12*L*heads*head_dim*T (full attention, the PaLM and
-TinyLlama convention; `ModelConfig.flops_per_token`), logged as `mfu`; MaxText
-halves the attention term for the causal mask, logged as `mfu_causal`. Compare
+MFU conventions (the one place they are stated; README, benchmarks/RESULTS.md and
+benchmarks/step_benchmark.py refer here):
+  mfu         = F_full * tokens/s / (chips * peak), F_full = 6N + 12*L*H*d_head*T per
+                token: N the non-embedding parameters (LM head included), L layers, H
+                query heads, T the sequence length; full attention counted, the PaLM
+                and TinyLlama convention (`ModelConfig.flops_per_token`).
+  mfu_causal  = the same with the attention term halved (6*L*H*d_head*T) for the causal
+                mask: MaxText's convention. Both are logged at every report.
+  peak        = the chip's datasheet dense bf16 TFLOP/s (`PEAK_TFLOPS`, e.g. 989 for an
+                H100 SXM), also for FP8 runs (`config.model.matmul_precision='fp8'`), so
+                an FP8 speedup shows as a higher MFU on the same scale.
+Remat recomputation is not counted (model FLOPs, not hardware FLOPs). Compare
 frameworks by tokens/s. Tokens/s counts training time only: evaluation and
-checkpoint stalls are timed and logged apart (`eval_s`, `checkpoint_s`).
+checkpoint stalls are timed and logged apart (`eval_s`, `checkpoint_s`); the training
+time per step is split into device wait, data and host (`step_breakdown`).
 Only process 0 writes. tensorboardX writes event files
 without TensorFlow; `metrics.jsonl` (one object per logged step, appended, so
 after a resume the last line of a step wins) is what `growjax speedup` reads.
