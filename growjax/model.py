@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import ml_collections
 from jax.ad_checkpoint import checkpoint_name
 
+from growjax import fp8
+
 # Logical axis names of parameters, and the config field that sizes each.
 VOCAB, EMBED, MLP, HEADS, KV_HEADS, HEAD_DIM, LAYERS = (
     "vocab", "embed", "mlp", "heads", "kv_heads", "head_dim", "layers")
@@ -153,6 +155,9 @@ class ModelConfig:
   # Packed windows: documents per window that attention keeps apart (cuDNN takes
   # them as a static-size list); documents past it share the last one's segment.
   max_segments: int = 64
+  # 'bf16' | 'fp8': the block projections (q, k, v, o, gate, up, down) as FP8 GEMMs with
+  # current per-tensor scaling (growjax.fp8); attention core, head and loss stay bf16.
+  matmul_precision: str = "bf16"
 
   @classmethod
   def from_config(cls, cfg: ml_collections.ConfigDict | dict) -> "ModelConfig":
@@ -193,6 +198,7 @@ class ModelConfig:
       except TypeError:
         raise ValueError(f"{where}.{f}={getattr(self, f)!r} is not a dtype name "
                          f"(e.g. 'bfloat16', 'float32').") from None
+    fp8.check_precision(self.matmul_precision, f"{where}.matmul_precision")
     if self.max_segments < 1:
       raise ValueError(f"{where}.max_segments={self.max_segments} must be >= 1.")
     if self.scan_unroll < 1 or (self.num_layers % self.scan_unroll
@@ -328,6 +334,12 @@ def _attention_impl(cfg: ModelConfig) -> str | None:
   return "xla"
 
 
+def _project(spec: str, x, w, cfg: ModelConfig):
+  """One block projection in the compute dtype, through FP8 GEMMs when
+  `matmul_precision='fp8'`."""
+  return fp8.einsum(spec, x, w, out_dtype=cfg.compute_dtype, precision=cfg.matmul_precision)
+
+
 class Attention(nn.Module):
   cfg: ModelConfig
 
@@ -338,9 +350,9 @@ class Attention(nn.Module):
     q_ExNxH, k_ExKxH, v_ExKxH = _param(self, "q"), _param(self, "k"), _param(self, "v")
     o_NxHxE = _param(self, "o")
     x = x_BxTxE.astype(dt)
-    q = jnp.einsum("bte,enh->btnh", x, q_ExNxH.astype(dt))
-    k = jnp.einsum("bte,ekh->btkh", x, k_ExKxH.astype(dt))
-    v = jnp.einsum("bte,ekh->btkh", x, v_ExKxH.astype(dt))
+    q = _project("bte,enh->btnh", x, q_ExNxH, c)
+    k = _project("bte,ekh->btkh", x, k_ExKxH, c)
+    v = _project("bte,ekh->btkh", x, v_ExKxH, c)
     q = nn.with_logical_constraint(q, (ACT_BATCH, ACT_LENGTH, ACT_HEADS, None))
     k = nn.with_logical_constraint(k, (ACT_BATCH, ACT_LENGTH, ACT_KV_HEADS, None))
     v = nn.with_logical_constraint(v, (ACT_BATCH, ACT_LENGTH, ACT_KV_HEADS, None))
@@ -362,7 +374,7 @@ class Attention(nn.Module):
     else:
       out_BxTxNxH = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
     out_BxTxNxH = checkpoint_name(out_BxTxNxH, "attn_out")
-    return jnp.einsum("btnh,nhe->bte", out_BxTxNxH, o_NxHxE.astype(dt))
+    return _project("btnh,nhe->bte", out_BxTxNxH, o_NxHxE, c)
 
 
 class SwiGLU(nn.Module):
@@ -374,10 +386,11 @@ class SwiGLU(nn.Module):
     dt = c.compute_dtype
     gate_ExM, up_ExM, down_MxE = _param(self, "gate"), _param(self, "up"), _param(self, "down")
     x = x_BxTxE.astype(dt)
-    h_BxTxM = nn.silu(x @ gate_ExM.astype(dt)) * (x @ up_ExM.astype(dt))
+    h_BxTxM = (nn.silu(_project("bte,em->btm", x, gate_ExM, c))
+               * _project("bte,em->btm", x, up_ExM, c))
     h_BxTxM = nn.with_logical_constraint(h_BxTxM, (ACT_BATCH, ACT_LENGTH, ACT_MLP))
     h_BxTxM = checkpoint_name(h_BxTxM, "mlp_in")
-    return h_BxTxM @ down_MxE.astype(dt)
+    return _project("btm,me->bte", h_BxTxM, down_MxE, c)
 
 
 class Block(nn.Module):
