@@ -141,8 +141,8 @@ def _console(*args, env=None):
                         cwd=REPO, timeout=120)
 
 
-def _config_args(root, out, *extra):
-  return ["prepare-data", "--config", TINY, "--out", str(out), "--workers", "2",
+def _config_args(root, out, *extra, workers=2):
+  return ["prepare-data", "--config", TINY, "--out", str(out), "--workers", str(workers),
           "--shard_mb", str(40 * (SEQ + 1) * 2 / 2**20),
           "--config.data.name=text_files", f"--config.data.train_files={root}/*.*",
           f"--config.data.validation_files={root}/valid/*.jsonl",
@@ -160,7 +160,7 @@ def test_killed_halfway_then_rerun_writes_only_the_missing_shards(corpus, tmp_pa
   assert [f for f in os.listdir(out) if ".tmp" in f] == [".train-00003.array_record.tmp"] or all(
       f.startswith(".train-00003.array_record.") for f in os.listdir(out) if ".tmp" in f)
   stamps = {f: os.stat(out / f).st_mtime_ns for f in kept}
-  done = _console(*_config_args(root, out))
+  done = _console(*_config_args(root, out, workers=1))  # shards do not depend on workers
   assert done.returncode == 0, done.stderr
   assert "resuming" in done.stderr
   assert {f: os.stat(out / f).st_mtime_ns for f in kept} == stamps  # not rewritten
@@ -281,3 +281,21 @@ def test_gs_output_through_the_emulator(corpus, tmp_path, gcs, monkeypatch):  # 
   src = shards.open_shards(remote, "train")
   assert len(src) == index["splits"]["train"]["windows"]
   assert src[len(src) - 1] == shards.open_shards(tmp_path / "local", "train")[len(src) - 1]
+
+
+def test_gs_sources_through_the_emulator(corpus, tmp_path, gcs):  # noqa: F811
+  """Sources on gs:// (what Beam workers on Dataflow read): the same shards as local."""
+  from etils import epath
+  root, _, _ = corpus
+  remote = epath.Path(f"gs://{BUCKET}/sources")
+  for p in sorted(root.rglob("*")):
+    if p.is_file():
+      (remote / p.relative_to(root)).write_bytes(p.read_bytes())
+  cfg = _cfg(root)
+  cfg.train_files, cfg.validation_files = f"{remote}/*.*", f"{remote}/valid/*.jsonl"
+  index = _prep(cfg, tmp_path / "from-gs")
+  local = _prep(_cfg(root), tmp_path / "local")
+  assert [s["path"] for s in index["sources"]][:2] == [f"{remote}/a.md", f"{remote}/b.txt"]
+  assert [s["sha256"] for s in index["sources"]] == [s["sha256"] for s in local["sources"]]
+  assert index["splits"] == local["splits"]
+  assert _files(tmp_path / "from-gs") == _files(tmp_path / "local")

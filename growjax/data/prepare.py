@@ -95,7 +95,8 @@ def _split_sources(data_cfg, split: str, unit_bytes: int) -> SplitSources | None
         return None
       raise ValueError("config.data.train_files is empty — give comma-separated globs of "
                        "the corpus (.txt, .md, .jsonl, .jsonl.gz, .parquet).")
-    files = [os.path.abspath(p) for p in expand_globs(patterns)]
+    files = [p if p.startswith("gs://") else os.path.abspath(p)
+             for p in expand_globs(patterns)]
     if not files:
       raise ValueError(f"config.data.{field}={patterns!r} matches no file — check the "
                        f"path (globs are expanded from {os.getcwd()!r}).")
@@ -104,7 +105,7 @@ def _split_sources(data_cfg, split: str, unit_bytes: int) -> SplitSources | None
   else:
     raise ValueError(f"config.data.name={name!r} cannot be prepared — use 'shakespeare', "
                      f"'text_files' or 'tfds'.")
-  fingerprint = tuple((f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files)
+  fingerprint = tuple((f, *formats.file_stat(f)) for f in files)
   return SplitSources(tuple(files), units, fingerprint)
 
 
@@ -115,9 +116,9 @@ def _unit_weight(unit: formats.Unit) -> float:
   if unit.kind == "tfds":
     return unit.end - unit.start
   if unit.kind == "parquet":
-    import pyarrow.parquet as pq  # noqa: PLC0415
-    return pq.ParquetFile(unit.paths[0]).metadata.row_group(unit.start).total_byte_size
-  return sum(os.stat(p).st_size for p in unit.paths)
+    return formats._parquet(unit.paths[0]).metadata.row_group(  # noqa: SLF001
+        unit.start).total_byte_size
+  return sum(formats.file_stat(p)[0] for p in unit.paths)
 
 
 # ------------------------------------------------------------------------------ workers
@@ -169,7 +170,7 @@ def _tokenize_unit(unit: formats.Unit, spec: str, dtype: str, spill_dir: str,
 
 def _sha256(path: str) -> str:
   h = hashlib.sha256()
-  with open(path, "rb") as f:
+  with formats.open_file(path, "rb") as f:
     for block in iter(lambda: f.read(1 << 22), b""):
       h.update(block)
   return h.hexdigest()
@@ -564,7 +565,7 @@ def prepare(data_cfg, out_dir: str, *, workers: int = 1, vocab_size: int | None 
     executor.shutdown(wait=True, cancel_futures=True)
     shutil.rmtree(spill_dir, ignore_errors=True)
   progress.add(0, 0, 0, "all", force=True)
-  sources = [{"path": f, "bytes": os.stat(f).st_size, "sha256": h}
+  sources = [{"path": f, "bytes": formats.file_stat(f)[0], "sha256": h}
              for f, h in zip(files, hashes)]
   for split, v in splits.items():
     if not v.files:  # a tfds split: named by its coordinates

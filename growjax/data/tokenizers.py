@@ -436,7 +436,8 @@ def expand_globs(patterns: str | Sequence[str]) -> list[str]:
   """Comma-separated globs (or a list of them) -> sorted, de-duplicated files.
 
   A pattern starting with `!` excludes the files it matches (fnmatch, where `*`
-  also crosses `/`), e.g. `corpus/**/*.txt,!corpus/heldout/*`.
+  also crosses `/`), e.g. `corpus/**/*.txt,!corpus/heldout/*`. `gs://bucket/...`
+  patterns list objects through etils.epath.
   """
   if isinstance(patterns, str):
     patterns = patterns.split(",")
@@ -445,5 +446,11 @@ def expand_globs(patterns: str | Sequence[str]) -> list[str]:
   exclude = [p[1:] for p in patterns if p.startswith("!")]
   files = set()
   for pattern in include:
+    if pattern.startswith("gs://"):  # objects in a bucket, listed through etils.epath
+      from etils import epath  # noqa: PLC0415
+      bucket, _, rest = pattern[len("gs://"):].partition("/")
+      files.update(os.fspath(p) for p in epath.Path(f"gs://{bucket}").glob(rest)
+                   if not p.is_dir())
+      continue
     files.update(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
   return sorted(f for f in files if not any(fnmatch.fnmatch(f, x) for x in exclude))
