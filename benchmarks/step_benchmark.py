@@ -43,6 +43,7 @@ def run_case(preset: str, batch: int, remat: str, seq: int, steps: int, warmup: 
   if layers:
     cfg.model.num_layers = layers
   cfg.model.scan_unroll = unroll
+  cfg.model.matmul_precision = PRECISION
   if DOC_LEN:
     with cfg.unlocked():
       cfg.data.document_masking = not NO_MASKING
@@ -60,7 +61,7 @@ def run_case(preset: str, batch: int, remat: str, seq: int, steps: int, warmup: 
     compiled = step_fn.lower(state, batch_arrays).compile()
     compile_s = time.perf_counter() - t0
     result = {"preset": preset, "layers": setup.model_cfg.num_layers, "batch": batch,
-              "unroll": unroll, "doc_len": DOC_LEN,
+              "unroll": unroll, "doc_len": DOC_LEN, "precision": PRECISION,
               "document_masking": bool(DOC_LEN) and not NO_MASKING,
               "seq": seq, "remat": remat, "compile_s": compile_s,
               "params": setup.model_cfg.num_params()}
@@ -93,6 +94,7 @@ def run_case(preset: str, batch: int, remat: str, seq: int, steps: int, warmup: 
 BREAKDOWN = os.environ.get("GROWJAX_BENCH_BREAKDOWN") == "1"
 DOC_LEN = int(os.environ.get("GROWJAX_BENCH_DOC_LEN", "0"))
 NO_MASKING = os.environ.get("GROWJAX_BENCH_NO_MASKING") == "1"
+PRECISION = os.environ.get("GROWJAX_BENCH_PRECISION", "bf16")
 
 
 def _documents(rng, batch: int, seq: int, mean_len: int) -> dict:
@@ -172,12 +174,15 @@ def main() -> None:
   p.add_argument("--out", default="", help="write all results as JSON here")
   p.add_argument("--doc_len", type=int, default=0,
                  help="packed documents of this mean length in tokens (0: no document keys)")
+  p.add_argument("--precision", default="bf16", choices=("bf16", "fp8"),
+                 help="config.model.matmul_precision of every case")
   p.add_argument("--no_masking", action="store_true",
                  help="with --doc_len: config.data.document_masking=False")
   p.add_argument("--_one", default="", help=argparse.SUPPRESS)
   a = p.parse_args()
   os.environ["GROWJAX_BENCH_DOC_LEN"] = str(a.doc_len)
   os.environ["GROWJAX_BENCH_NO_MASKING"] = "1" if a.no_masking else "0"
+  os.environ["GROWJAX_BENCH_PRECISION"] = a.precision
 
   if a._one:  # child process: one case
     kind, spec = a._one.split("=", 1)
@@ -217,6 +222,7 @@ def main() -> None:
     if "step_s" in r:
       print(f"| {r['preset']} ({r['params'] / 1e6:.0f}M) | {r['layers']} | {r['batch']}x{r['seq']} "
             f"| {r['remat']}{'' if r.get('unroll', 1) == 1 else ', unroll ' + str(r['unroll'])}"
+            f"{', fp8' if r.get('precision') == 'fp8' else ''}"
             f"{', docs ' + str(r['doc_len']) + (' masked' if r['document_masking'] else ' unmasked') if r.get('doc_len') else ''} "
             f"| {r['step_s'] * 1e3:.1f} | {r['tokens_per_s']:,.0f} | "
             f"{r['tflops_per_chip']:.0f} | {'-' if r['mfu'] is None else format(r['mfu'], '.1%')} "
