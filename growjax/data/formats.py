@@ -269,9 +269,9 @@ def read_unit(unit: Unit) -> Iterator[str]:
     for path in unit.paths:
       yield _text(path, errors="replace")
   elif unit.kind == "markdown_play":
-    from growjax.data.sources import _clean_markdown  # noqa: PLC0415 - one cleaning rule
+    from growjax.data.sources import clean_markdown  # noqa: PLC0415 - one cleaning rule
     for path in unit.paths:
-      yield _clean_markdown(_text(path))
+      yield clean_markdown(_text(path))
   elif unit.kind == "jsonl":
     yield from _jsonl_range(unit)
   elif unit.kind == "jsonl_gz":
