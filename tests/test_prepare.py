@@ -299,3 +299,49 @@ def test_gs_sources_through_the_emulator(corpus, tmp_path, gcs):  # noqa: F811
   assert [s["sha256"] for s in index["sources"]] == [s["sha256"] for s in local["sources"]]
   assert index["splits"] == local["splits"]
   assert _files(tmp_path / "from-gs") == _files(tmp_path / "local")
+
+
+def test_a_prepared_tfds_dataset_as_the_source(tmp_path):
+  """config.data.name='tfds': the text feature of a tfds dataset read by index (no
+  TensorFlow), in its stored order, split into units of examples."""
+  import inspect
+
+  import tensorflow_datasets as tfds
+  from etils import epath
+
+  class TinyCorpus(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    VERSION = tfds.core.Version("1.0.0")
+    pkg_dir_path = epath.Path(tmp_path)  # no README/CITATIONS to find
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls):
+      return epath.Path(inspect.getfile(cls))
+
+    def _info(self):
+      return self.dataset_info_from_configs(
+          features=tfds.features.FeaturesDict({"body": tfds.features.Text()}),
+          disable_shuffling=True)
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples(60), "validation": self._generate_examples(9)}
+
+    def _generate_examples(self, n):
+      for i in range(n):
+        yield i, {"body": f"tfds document {i} " * (1 + i % 4)}
+
+  TinyCorpus(data_dir=str(tmp_path / "tfds"), file_format="array_record").download_and_prepare(
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  cfg = data_config.default_data_config()
+  cfg.name, cfg.tfds_name, cfg.data_dir = "tfds", "tiny_corpus", str(tmp_path / "tfds")
+  cfg.text_key, cfg.seq_len = "body", SEQ
+  index = _prep(cfg, tmp_path / "out")
+  assert [s["path"] for s in index["sources"]] == [
+      f"tfds:tiny_corpus/{s}/{tmp_path}/tfds" for s in ("train", "validation")]
+  _check_exactly_once(_documents(tmp_path / "out", "train"),
+                      [f"tfds document {i} " * (1 + i % 4) for i in range(60)])
+  cfg.text_key = "text"
+  with pytest.raises(ValueError, match="has no field config.data.text_key='text' "
+                                       r"\(fields: \['body'\]\)"):
+    _prep(cfg, tmp_path / "out2")
+  assert not (tmp_path / "out2").exists()  # refused before anything is written

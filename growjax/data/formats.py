@@ -138,7 +138,10 @@ def plan_units(files: Sequence[str], text_key: str, unit_bytes: int) -> list[Uni
 
 def plan_tfds_units(name: str, split: str, data_dir: str, text_key: str,
                     unit_docs: int = TFDS_UNIT_DOCS) -> list[Unit]:
-  n = len(_tfds_source(name, split, data_dir))
+  source = _tfds_source(name, split, data_dir)
+  n = len(source)
+  if n and text_key not in source[0]:  # checked before anything is tokenized
+    raise _missing_key(name, f"tfds dataset {name!r}", text_key, source[0])
   return [Unit("tfds", (name, split, data_dir), s, min(s + unit_docs, n), text_key)
           for s in range(0, n, unit_docs)]
 

@@ -85,8 +85,8 @@ def _split_sources(data_cfg, split: str, unit_bytes: int) -> SplitSources | None
       return None
     units = tuple(formats.plan_tfds_units(data_cfg.tfds_name, tfds_split, data_dir,
                                           data_cfg.text_key))
-    return SplitSources((), units, ("tfds", data_cfg.tfds_name, tfds_split, data_dir,
-                                    units[-1].end if units else 0))
+    return SplitSources((), units, (("tfds", data_cfg.tfds_name, tfds_split, data_dir,
+                                     units[-1].end if units else 0),))
   elif name == "text_files":
     field = "train_files" if split == "train" else "validation_files"
     patterns = data_cfg[field]
@@ -569,7 +569,7 @@ def prepare(data_cfg, out_dir: str, *, workers: int = 1, vocab_size: int | None 
              for f, h in zip(files, hashes)]
   for split, v in splits.items():
     if not v.files:  # a tfds split: named by its coordinates
-      sources.append({"path": "tfds:" + "/".join(map(str, v.fingerprint[1:4])),
+      sources.append({"path": "tfds:" + "/".join(map(str, v.fingerprint[0][1:4])),
                       "bytes": None, "sha256": None})
   index = {"format": shards.FORMAT, "seq_len": seq_len, "dtype": dtype.name,
            "tokenizer": {"spec": spec, "identity": tok.identity,
