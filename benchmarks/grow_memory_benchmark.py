@@ -2,9 +2,12 @@
 
   python benchmarks/grow_memory_benchmark.py --case 1b:1b@88 --params_only
   python benchmarks/grow_memory_benchmark.py --case 410m:410m@96 --params_only --whole
-  python benchmarks/grow_memory_benchmark.py --plan 7b:128l_4096
+  python benchmarks/grow_memory_benchmark.py --case 7b@2:7b@8 --params_only --whole
+  python benchmarks/grow_memory_benchmark.py --plan 7b:128l_4096 --plan 1b:1b@88
 
-A case is SRC_PRESET:DST_PRESET[@LAYERS] (presets of growjax.config; G_stack). Each step
+A case is SRC_PRESET[@LAYERS]:DST_PRESET[@LAYERS] (presets of growjax.config with
+their layer count changed; G_stack), e.g. 7b@2:7b@8 is the 7B shape grown x4 in depth
+as 7b -> 128l_4096 (28B) is, at 1/16 of the layers. Each step
 runs in its own process on 8 fake CPU devices (a mesh fsdp=8), and reports that
 process's peak resident memory (ru_maxrss) and wall time:
 
@@ -40,16 +43,16 @@ GiB = 2 ** 30
 
 def _configs(case: str):
   from growjax import config as config_lib
-  src_preset, dst = case.split(":")
-  dst_preset, _, layers = dst.partition("@")
-  src_cfg = config_lib.base_config(src_preset)
-  dst_cfg = config_lib.base_config(dst_preset)
-  for c in (src_cfg, dst_cfg):
+  cfgs = []
+  for side in case.split(":"):
+    preset, _, layers = side.partition("@")
+    c = config_lib.base_config(preset)
     c.data.seq_len = 2048
     c.train.global_batch_size = 8
-  if layers:
-    dst_cfg.model.num_layers = int(layers)
-  return src_cfg, dst_cfg
+    if layers:
+      c.model.num_layers = int(layers)
+    cfgs.append(c)
+  return tuple(cfgs)
 
 
 def _params_only() -> None:

@@ -46,8 +46,11 @@ def source(tmp_path_factory):
 
 
 def _grown(src, out, large_cfg, stream_it, **kw):
-  report = offline.grow_checkpoint(src, out, large_cfg, stream=stream_it, log=lambda s: None,
+  lines = []
+  report = offline.grow_checkpoint(src, out, large_cfg, stream=stream_it, log=lines.append,
                                    **kw)
+  assert (f"; streamed in {report['pieces']} pieces" if stream_it is not False else
+          "; whole state at once (stream=False)") in lines[0]
   ck = ckpt_lib.Checkpoints(out, use_async=False)
   step = ck.latest_step()
   state, data, meta = ck.restore(step, state_lib.build(large_cfg).abstract_state)

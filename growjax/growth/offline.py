@@ -409,7 +409,9 @@ def _log_report(report: dict, spec: spec_lib.GrowthSpec, names: spec_lib.Names, 
       f"{spec.method}{' + width ' + spec.width_method if spec.width_method else ''} at step "
       f"{report['step']}: read {report['read_s']:.2f}s, grow {report['grow_s']:.2f}s, "
       f"write {report['write_s']:.2f}s; peak host {report['peak_host_bytes'] / 2**30:.2f} GiB"
-      + (f", peak device {peak / 2**30:.2f} GiB" if peak else ""))
+      + (f", peak device {peak / 2**30:.2f} GiB" if peak else "")
+      + (f"; streamed in {report['pieces']} pieces" if report["streamed"] else
+         f"; whole state at once ({report['not_streamed_because']})"))
   if report["logit_change"] is not None:
     what, fix = spec.inexact_message(names)
     log(f"inexact growth: {what}; the logits moved by up to "
