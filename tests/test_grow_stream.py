@@ -119,6 +119,8 @@ def test_growths_that_cannot_stream_fall_back_and_say_why():
   zero = spec_lib.resolve(src, dst, "zero", "zero", None)    # norm_eps not rescaled
   assert zero.inexact
   assert "logit change" in offline._why_not_streamed(zero)
-  learn = spec_lib.resolve(src, dst.replace(num_layers=4) if hasattr(dst, "replace") else
-                           ModelConfig(**{**SMALL, "num_layers": 4}), "learn", None, None)
+  learn = spec_lib.resolve(src, ModelConfig(**{**SMALL, "num_layers": 4}), "learn", None,
+                           None)
   assert "learn" in offline._why_not_streamed(learn)
+  stack = spec_lib.resolve(src, src, "stack", None, None)
+  assert "gs://" in offline._why_not_streamed(stack, "gs://bucket/grown")

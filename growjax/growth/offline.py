@@ -256,7 +256,7 @@ def _meta_out(meta: dict, large: state_lib.Setup, spec: spec_lib.GrowthSpec, sou
   return out
 
 
-def _why_not_streamed(spec: spec_lib.GrowthSpec) -> str | None:
+def _why_not_streamed(spec: spec_lib.GrowthSpec, out_dir: str = "") -> str | None:
   """Why this growth must hold the whole state (None: it streams)."""
   if spec.learns:
     return "'learn' trains its maps through the whole model"
@@ -264,6 +264,9 @@ def _why_not_streamed(spec: spec_lib.GrowthSpec) -> str | None:
     return "an inexact growth's logit change is measured on both whole models"
   if jax.process_count() > 1:
     return "the piece writer is single-process"
+  if ckpt_lib.is_url(out_dir):
+    return ("the piece writer renames directories, tested on local disks only (not yet "
+            "on gs://)")
   return None
 
 
@@ -372,7 +375,7 @@ def grow_checkpoint(source: str, out_dir: str, large_cfg: ml_collections.ConfigD
     epath.Path(ckpt_lib.absolute(out_dir)).mkdir(parents=True, exist_ok=True)
     (epath.Path(ckpt_lib.absolute(out_dir)) / MARKER).write_text(json.dumps(marker, indent=1))
   distributed.agreed([0])
-  fallback = _why_not_streamed(spec)
+  fallback = _why_not_streamed(spec, out_dir)
   if stream is False or (stream is None and fallback):
     out_step, times, change = _grow_whole(
         directory, step, src_abstract, meta, src_tx, large, spec, large_cfg, out_dir, t0,

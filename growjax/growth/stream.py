@@ -17,8 +17,9 @@ The values are those of the whole-state path bit for bit: each piece runs the sa
 operations on the same inputs (tests/test_grow_stream.py compares every leaf).
 What cannot be streamed falls back to that path (`offline.grow_checkpoint` says
 which and why): `learn` (its maps are trained through the whole model), a growth
-whose logit change must be measured (`spec.inexact`: needs both whole models), and
-several processes (the piece writer is single-process).
+whose logit change must be measured (`spec.inexact`: needs both whole models),
+several processes (the piece writer is single-process) and `gs://` destinations (the
+piece writer renames directories; not yet tested against GCS).
 
 Nothing here checks the growth (`spec.resolve` did) or chooses file names.
 """
