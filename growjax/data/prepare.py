@@ -553,6 +553,10 @@ def prepare(data_cfg, out_dir: str, *, workers: int = 1, vocab_size: int | None 
   progress = _Progress(log, total)
   executor = _executor(workers)
   spill_dir = tempfile.mkdtemp(prefix="growjax-prepare-")
+  # --workers N means N cores tokenizing: in-process too, the Rust tokenizers stay on
+  # one thread (read at each call), as they do in the worker processes.
+  parallelism = os.environ.get("TOKENIZERS_PARALLELISM")
+  os.environ["TOKENIZERS_PARALLELISM"] = "false"
   try:
     summaries = {}
     for split, src in splits.items():
@@ -564,6 +568,10 @@ def prepare(data_cfg, out_dir: str, *, workers: int = 1, vocab_size: int | None 
   finally:
     executor.shutdown(wait=True, cancel_futures=True)
     shutil.rmtree(spill_dir, ignore_errors=True)
+    if parallelism is None:
+      os.environ.pop("TOKENIZERS_PARALLELISM", None)
+    else:
+      os.environ["TOKENIZERS_PARALLELISM"] = parallelism
   progress.add(0, 0, 0, "all", force=True)
   sources = [{"path": f, "bytes": formats.file_stat(f)[0], "sha256": h}
              for f, h in zip(files, hashes)]
