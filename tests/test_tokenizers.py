@@ -6,7 +6,6 @@ preparation with an HF tokenizer round-trips the documents."""
 
 import base64
 import json
-import os
 import sys
 
 import numpy as np
