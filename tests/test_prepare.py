@@ -157,14 +157,18 @@ def test_killed_halfway_then_rerun_writes_only_the_missing_shards(corpus, tmp_pa
   assert not (out / "index.json").exists()
   kept = _files(out)
   assert sorted(kept) == [f"train-0000{i}.array_record" for i in range(3)]
-  assert [f for f in os.listdir(out) if ".tmp" in f] == [".train-00003.array_record.tmp"] or all(
-      f.startswith(".train-00003.array_record.") for f in os.listdir(out) if ".tmp" in f)
+  leftover = [f for f in os.listdir(out) if ".tmp" in f]  # the killed shard's temporary
+  assert len(leftover) == 1 and leftover[0].startswith(".train-00003.array_record.")
+  assert shards.is_stale_temporary(leftover[0])
+  (out / ".train-00003.array_record.otherhost-1.abc.tmp").write_text("")  # not ours to judge
   stamps = {f: os.stat(out / f).st_mtime_ns for f in kept}
   done = _console(*_config_args(root, out, workers=1))  # shards do not depend on workers
   assert done.returncode == 0, done.stderr
   assert "resuming" in done.stderr
   assert {f: os.stat(out / f).st_mtime_ns for f in kept} == stamps  # not rewritten
-  assert not [f for f in os.listdir(out) if ".tmp" in f]
+  assert [f for f in os.listdir(out) if ".tmp" in f] == [
+      ".train-00003.array_record.otherhost-1.abc.tmp"]
+  (out / ".train-00003.array_record.otherhost-1.abc.tmp").unlink()
   _check_exactly_once(_documents(out, "train"), docs)
   clean = _prep(_cfg(root), tmp_path / "clean")
   index = json.loads((out / "index.json").read_text())

@@ -36,7 +36,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import re
 import shutil
 import signal
 import sys
@@ -360,16 +359,14 @@ def _claim(out: epath.Path, manifest: dict) -> str:
   return "new"
 
 
-_TEMPORARY = re.compile(r"\.((train|validation)-\d{5}\.array_record|[\w.-]+\.json)\.\w+\.tmp$")
-
-
 def _remove_own_temporaries(out: epath.Path) -> None:
-  """The temporary files a killed run of this preparation left (`shards.ShardWriter` and
-  `shards.write_json` names, in a directory whose manifest is ours): never a shard."""
+  """The temporary files killed runs of this preparation left on this host
+  (`shards.temporary_prefix` names of processes that are gone, in a directory whose
+  manifest is ours): never a shard, never a running process's file."""
   for folder in (out, out / STATE_DIR):
     if folder.exists():
       for p in folder.iterdir():
-        if _TEMPORARY.match(p.name):
+        if shards.is_stale_temporary(p.name):
           p.unlink()
 
 

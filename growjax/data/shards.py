@@ -26,7 +26,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from typing import Iterable
 
@@ -61,6 +63,31 @@ def shard_name(split: str, i: int) -> str:
   return f"{split}-{i:05d}.array_record"
 
 
+def _host() -> str:
+  return socket.gethostname().replace(".", "_")
+
+
+def temporary_prefix(name: str) -> str:
+  """`.<name>.<host>-<pid>.`: whose temporary file it is, so a resumed preparation
+  removes only the leftovers of processes of this host that are gone."""
+  return f".{name}.{_host()}-{os.getpid()}."
+
+
+def is_stale_temporary(filename: str) -> bool:
+  """A temporary file (see `temporary_prefix`) of a process of this host no longer
+  running. Other hosts' files are never judged stale (their liveness is unknown)."""
+  m = re.match(r"^\..+\.(?P<host>[^.]+)-(?P<pid>\d+)\.\w+\.tmp$", filename)
+  if not m or m["host"] != _host():
+    return False
+  try:
+    os.kill(int(m["pid"]), 0)
+  except ProcessLookupError:
+    return True
+  except PermissionError:
+    return False
+  return False
+
+
 def _sha256_file(path: str) -> str:
   h = hashlib.sha256()
   with open(path, "rb") as f:
@@ -85,10 +112,10 @@ class ShardWriter:
     self.dtype, self.seq_len = np.dtype(dtype), int(seq_len)
     self.windows = 0
     if is_gcs(self.path):
-      fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp")
+      fd, self._tmp = tempfile.mkstemp(prefix=temporary_prefix(self.path.name), suffix=".tmp")
     else:
       self.path.parent.mkdir(parents=True, exist_ok=True)
-      fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
+      fd, self._tmp = tempfile.mkstemp(prefix=temporary_prefix(self.path.name), suffix=".tmp",
                                        dir=os.fspath(self.path.parent))
     os.close(fd)
     self._writer = array_record_module.ArrayRecordWriter(self._tmp, WRITER_OPTIONS)
@@ -161,7 +188,8 @@ def write_json(path, obj) -> None:
     path.write_text(text)
     return
   path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=os.fspath(path.parent))
+  fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path.name), suffix=".tmp",
+                             dir=os.fspath(path.parent))
   try:
     with os.fdopen(fd, "w") as f:
       f.write(text)
