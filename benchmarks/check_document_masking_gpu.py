@@ -50,8 +50,9 @@ def check(pad: bool) -> bool:
   print(f"--- packed windows, {'a padded tail in row 1' if pad else 'no padding'}")
   train_cfg = type("T", (), {"loss_chunk_len": 512})()
   out = {}
-  for impl in ("xla", "cudnn"):
-    c = cfg.replace(attention_impl=impl)
+  for impl in ("xla", "cudnn", "ragged"):
+    c = (cfg.replace(attention_impl="cudnn", cudnn_packing="ragged") if impl == "ragged"
+         else cfg.replace(attention_impl=impl))
     loss, grads = jax.jit(jax.value_and_grad(
         lambda p: train.loss_fn(p, batch, c, train_cfg, 0.0)[0]))(params)
     logits = jax.jit(lambda p: Transformer(c).apply(
@@ -61,6 +62,15 @@ def check(pad: bool) -> bool:
     print(f"{impl}: loss {float(loss):.6f}, finite grads "
           f"{all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))}")
   ok = True
+  for name in ("cudnn", "ragged"):
+    ok &= _compare(name, out, batch, docs, params, cfg)
+  return bool(ok)
+
+
+def _compare(name, out, batch, docs, params, cfg) -> bool:
+  ok = True
+  print(f"cuDNN, packing '{'mask' if name == 'cudnn' else 'ragged'}':")
+  out = dict(out, cudnn=out[name])
   d_logit = np.abs(out["cudnn"][2] - out["xla"][2])
   valid = batch["segment_ids"] > 0
   rel = d_logit[valid].max() / np.abs(out["xla"][2][valid]).max()
@@ -76,6 +86,8 @@ def check(pad: bool) -> bool:
   print(f"gradients cudnn vs xla: max rel diff {grel:.2e}")
   ok &= grel < 5e-2
   c = cfg.replace(attention_impl="cudnn")
+  if name == "ragged":
+    c = c.replace(cudnn_packing="ragged")
   worst = 0.0
   for b, t, n in docs[:12]:
     alone = np.asarray(Transformer(c).apply({"params": params},

@@ -7,7 +7,7 @@ each candidate attention path and prints the compiled per-device memory
 (`compiled.memory_analysis()`) and, where it fits, the step time:
   ragged   cuDNN packed layout (q_seqlen / q_offsets), padding zeroed around it;
            raggedN: with config.model.max_segments=N
-  mask     cuDNN flash attention with a (B, 1, T, T) boolean mask
+  mask     cuDNN flash attention with a (B, 1, T, T) boolean mask (the default)
   xla      XLA softmax attention with the mask (the CPU path)
   none     no document keys (reference)
 """
@@ -26,12 +26,6 @@ from growjax import config as config_lib
 from growjax import model, state as state_lib, train
 
 
-def _mask_path(q, k, v, segment_ids_BxT, impl, max_segments):
-  same = segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :]
-  return jax.nn.dot_product_attention(q, k, v, mask=same[:, None], is_causal=True,
-                                      implementation="cudnn")
-
-
 def _xla_path(q, k, v, segment_ids_BxT, impl, max_segments):
   same = segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :]
   return jax.nn.dot_product_attention(q, k, v, mask=same[:, None], is_causal=True,
@@ -40,17 +34,17 @@ def _xla_path(q, k, v, segment_ids_BxT, impl, max_segments):
 
 def run(variant: str, batch: int, steps: int) -> dict:
   original = model._masked_attention
-  if variant == "mask":
-    model._masked_attention = _mask_path
-  elif variant == "xla":
+  if variant == "xla":
     model._masked_attention = _xla_path
   try:
     cfg = config_lib.base_config("1b")
     cfg.data.seq_len = 2048
     cfg.train.global_batch_size = batch
     cfg.model.remat_policy = "dots"
-    if variant.startswith("ragged") and variant[6:]:
-      cfg.model.max_segments = int(variant[6:])
+    if variant.startswith("ragged"):
+      cfg.model.cudnn_packing = "ragged"
+      if variant[6:]:
+        cfg.model.max_segments = int(variant[6:])
     setup = state_lib.build(cfg)
     state = state_lib.init_state(setup, jax.random.key(0))
     rng = np.random.default_rng(0)

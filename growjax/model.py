@@ -152,9 +152,11 @@ class ModelConfig:
   scan_unroll: int = 1
   attention_impl: str = "auto"
   init_std: float = 0.02
-  # Packed windows: documents per window that attention keeps apart (cuDNN takes
-  # them as a static-size list); documents past it share the last one's segment.
-  max_segments: int = 64
+  # Packed documents on cuDNN: 'mask' (flash attention with a boolean document mask;
+  # no extra memory) or 'ragged' (cuDNN's packed layout: keeps softmax statistics for
+  # max_segments documents per window, and folds documents past that into the last).
+  cudnn_packing: str = "mask"
+  max_segments: int = 16
   # 'bf16' | 'fp8': the block projections (q, k, v, o, gate, up, down) as FP8 GEMMs with
   # current per-tensor scaling (growjax.fp8); attention core, head and loss stay bf16.
   matmul_precision: str = "bf16"
@@ -199,6 +201,9 @@ class ModelConfig:
         raise ValueError(f"{where}.{f}={getattr(self, f)!r} is not a dtype name "
                          f"(e.g. 'bfloat16', 'float32').") from None
     fp8.check_precision(self.matmul_precision, f"{where}.matmul_precision")
+    if self.cudnn_packing not in ("mask", "ragged"):
+      raise ValueError(f"{where}.cudnn_packing={self.cudnn_packing!r}; choose 'mask' or "
+                       f"'ragged'.")
     if self.max_segments < 1:
       raise ValueError(f"{where}.max_segments={self.max_segments} must be >= 1.")
     if self.scan_unroll < 1 or (self.num_layers % self.scan_unroll
@@ -274,8 +279,8 @@ def _rope(x_BxTxNxH: jax.Array, rotary) -> jax.Array:
 
 
 def document_segments(segment_ids_BxT: jax.Array, max_segments: int) -> jax.Array:
-  """Segment ids as attention uses them: 0 (padding) kept, documents past
-  `max_segments` folded into the last one, so every backend masks alike."""
+  """Segment ids as cuDNN's packed layout takes them: 0 (padding) kept, documents past
+  `max_segments` folded into the last one (its static-size list of documents)."""
   return jnp.where(segment_ids_BxT > 0, jnp.minimum(segment_ids_BxT, max_segments), 0)
 
 
@@ -294,9 +299,15 @@ def _cudnn_ragged(segment_ids_BxT: jax.Array, max_segments: int):
   return lengths_BxM, offsets
 
 
-def _masked_attention(q, k, v, segment_ids_BxT, impl: str | None, max_segments: int):
+def _masked_attention(q, k, v, segment_ids_BxT, impl: str | None, cfg: ModelConfig):
   """Causal attention that does not cross documents (`segment_ids`, 0 = padding)."""
+  same_BxTxS = segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :]
+  if impl == "cudnn" and cfg.cudnn_packing == "mask":
+    return jax.nn.dot_product_attention(q, k, v, mask=same_BxTxS[:, None], is_causal=True,
+                                        implementation="cudnn")
   if impl == "cudnn":
+    max_segments = cfg.max_segments
+    segment_ids_BxT = document_segments(segment_ids_BxT, max_segments)
     from jax._src.cudnn import fused_attention_stablehlo as cudnn_attention
     lengths, offsets = _cudnn_ragged(segment_ids_BxT, max_segments)
     # cuDNN leaves padding tokens (segment 0) out of every document: their outputs and
@@ -308,7 +319,6 @@ def _masked_attention(q, k, v, segment_ids_BxT, impl: str | None, max_segments: 
         kv_offsets=offsets, scale=q.shape[-1] ** -0.5,
         mask_type=cudnn_attention.MaskType.PADDING_CAUSAL, qkv_layout="BTNH")
     return jnp.where(real, out, jnp.zeros((), out.dtype))
-  same_BxTxS = segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :]
   return jax.nn.dot_product_attention(q, k, v, mask=same_BxTxS[:, None], is_causal=True,
                                       implementation="xla")
 
@@ -370,7 +380,7 @@ class Attention(nn.Module):
           kv_axes=(ACT_BATCH, ACT_LENGTH, ACT_KV_HEADS, None),
           segment_ids_BxT=segment_ids_BxT, interpret=jax.default_backend() != "tpu")
     elif segment_ids_BxT is not None:
-      out_BxTxNxH = _masked_attention(q, k, v, segment_ids_BxT, impl, c.max_segments)
+      out_BxTxNxH = _masked_attention(q, k, v, segment_ids_BxT, impl, c)
     else:
       out_BxTxNxH = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
     out_BxTxNxH = checkpoint_name(out_BxTxNxH, "attn_out")
@@ -426,8 +436,6 @@ class Transformer(nn.Module):
     if positions is None:
       positions = jnp.arange(tokens_BxT.shape[1], dtype=jnp.int32)[None]
     rotary = rotary_tables(positions, c.head_dim, c.rope_theta)
-    if segment_ids is not None:
-      segment_ids = document_segments(segment_ids, c.max_segments)
 
     block = Block
     if c.remat_policy != "none":
