@@ -34,6 +34,7 @@ def test_grow_needs_no_corpus(tmp_path, data_dir, capsys):
   assert ckpt_lib.latest_complete_step(str(out)) == 1
   assert not os.path.exists("/no/such/corpus")
   # Training from it does need the corpus, and says so in one line before any compute.
+  capsys.readouterr()  # what the small run and the grow printed
   code = cli.main(["growjax", "train", f"--config={tmp_path / 'large.py'}",
                    f"--workdir={tmp_path / 'large'}", f"--config.train.init_from={out}"])
   err = capsys.readouterr().err.strip()

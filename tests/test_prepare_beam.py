@@ -53,3 +53,15 @@ def test_beam_builder_writes_the_windows_prepare_writes(tmp_path):
     assert len(got) == len(want) > 0
     ids = list(range(len(want)))
     assert got.__getitems__(ids) == want.__getitems__(ids)
+
+  # The trainer reads the Beam build like a prepare-data output: the same batches.
+  from growjax.data import loader  # noqa: PLC0415
+  batches = []
+  for path in (tmp_path / "local", built):
+    c = data_config.default_data_config()
+    c.prepared_dir, c.seq_len = str(path), SEQ
+    it = loader.train_iterator(c, global_batch_size=4, seed=0)
+    batches.append([next(it) for _ in range(3)])
+  for a, b in zip(*batches):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])

@@ -41,7 +41,9 @@ class Opened:
   index: dict
   field: str  # the config field that named it, for messages
 
-  def source(self, split: str) -> reader.ShardSource:
+  def source(self, split: str):
+    if self.index.get("layout") == "tfds":  # a Beam build (growjax.data.beam_prepare)
+      return shards.TfdsWindows(self.path, split, self.index["dtype"])
     return reader.open_split(self.path, self.index, split)
 
   def windows(self, split: str) -> int:
