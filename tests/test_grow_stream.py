@@ -67,7 +67,7 @@ def test_streamed_growth_is_bit_identical_to_the_whole_state_path(
   large_cfg = _cfg(**large)
   kw = dict(method=method, width_method=width, opt_state=opt_state, seed=3)
   whole = _grown(source, str(tmp_path / "whole"), large_cfg, False, **kw)
-  streamed = _grown(source, str(tmp_path / "streamed"), large_cfg, None, **kw)
+  streamed = _grown(source, str(tmp_path / "streamed"), large_cfg, True, **kw)
   assert whole[0]["streamed"] is False and streamed[0]["streamed"] is True
   assert streamed[0]["pieces"] > 1
   assert whole[1] == streamed[1] == 7                       # the step carried over

@@ -256,6 +256,11 @@ def _meta_out(meta: dict, large: state_lib.Setup, spec: spec_lib.GrowthSpec, sou
   return out
 
 
+# Below this the whole grown state is held at once: streaming saves no memory that
+# matters and its per-piece saves cost time (seconds per growth of a tiny model).
+STREAM_MIN_BYTES = 1 << 30
+
+
 def _why_not_streamed(spec: spec_lib.GrowthSpec, out_dir: str = "") -> str | None:
   """Why this growth must hold the whole state (None: it streams)."""
   if spec.learns:
@@ -346,7 +351,8 @@ def grow_checkpoint(source: str, out_dir: str, large_cfg: ml_collections.ConfigD
   """`growjax grow` (and a grow run's stage 2): returns timings and memory figures
   (also printed). `names` spells the inputs in errors: `growjax grow`'s flags by
   default, `spec.GROW_RUN` for a grow run's config fields. `stream` (default: whenever
-  it can, see `growjax.growth.stream`) grows and writes piece by piece, holding about
+  it can and the grown state is at least `STREAM_MIN_BYTES`; True: whenever it can, see
+  `growjax.growth.stream`) grows and writes piece by piece, holding about
   the largest array at a time instead of the whole grown state; False: the whole
   state at once."""
   t0 = time.perf_counter()
@@ -376,6 +382,11 @@ def grow_checkpoint(source: str, out_dir: str, large_cfg: ml_collections.ConfigD
     (epath.Path(ckpt_lib.absolute(out_dir)) / MARKER).write_text(json.dumps(marker, indent=1))
   distributed.agreed([0])
   fallback = _why_not_streamed(spec, out_dir)
+  if stream is None and not fallback:
+    size = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(large.abstract_state))
+    if size < STREAM_MIN_BYTES:
+      fallback = (f"the grown state is {size / 2**20:.0f} MiB, under "
+                  f"{STREAM_MIN_BYTES >> 20} MiB: one piece costs less than many")
   if stream is False or (stream is None and fallback):
     out_step, times, change = _grow_whole(
         directory, step, src_abstract, meta, src_tx, large, spec, large_cfg, out_dir, t0,
