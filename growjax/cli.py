@@ -129,7 +129,10 @@ def _define_grow(fv):
                       flag_values=fv)
   _config_flag(fv, "the LARGE model's run config.")
   flags.DEFINE_string("method", "stack", "depth operator: stack, interpolate, stack_bottom, "
-                      "stack_middle, stack_top, direct (with --layer_map), zero, random, learn.",
+                      "stack_middle, stack_top, llama_pro (copies with zero output "
+                      "projections: function kept), solar (two copies, seam layers dropped), "
+                      "middle (MIDAS: middle layers repeated), direct (with --layer_map), "
+                      "zero, random, learn.",
                       flag_values=fv)
   flags.DEFINE_string("width_method", None, "width operator: direct, zero, random, learn.",
                       flag_values=fv)

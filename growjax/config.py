@@ -108,7 +108,7 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
       small_steps=0,                 # tokens d = small_steps x small batch x seq_len
       small_global_batch_size=0,     # 0: config.train.global_batch_size
       small_mesh=ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1)),
-      method="stack",                # depth operator (growjax.growth)
+      method="stack",                # depth operator (growjax.growth; e.g. llama_pro, solar)
       width_method="",               # '' (none) or direct / zero / random / learn
       layer_map=(),                  # explicit depth map (-1: a new layer); () or []: none
       allow_inexact=False,           # accept width direct to a non-whole embed factor (the

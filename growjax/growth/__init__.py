@@ -11,7 +11,8 @@ row (2 -> 4 -> 8 layers, gradual stacking) is calling `grow` again.
 
 Depthwise `method`s (see `depth` for exact layer placement): the `direct`
 family `stack` (G_stack), `interpolate`, `stack_bottom`, `stack_middle`,
-`stack_top`, `direct` with an explicit `layer_map`; `zero` (new layers add
+`stack_top`, `llama_pro` (copies with zero writers: function kept), `solar`,
+`middle`, `direct` with an explicit `layer_map`; `zero` (new layers add
 exactly zero); `random` (new layers from the initialiser); `learn` (LiGO).
 Widthwise `width_method`s (see `width`): `direct`, `zero`, `random`, `learn`;
 by default the family of `method` (`zero` for zero, `direct` for the stacks).

@@ -127,5 +127,5 @@ def _deepen(params: Any, key: jax.Array, spec: GrowthSpec,
   with placement.entered(place):
     fill = init_params(spec.dst, key) if depth.NEW in spec.layer_map else None
     grown = depth.expand_layers(params, spec.mid, spec.layer_map, fill,
-                                zero_writers=spec.method == "zero")
+                                zero_writers=spec.zero_writers)
     return placement.constrain_tree(spec.dst, grown)

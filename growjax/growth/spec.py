@@ -16,7 +16,8 @@ square and the logits move by several percent): `resolve` refuses it unless
 E / E'; dst's norm_eps is the large config's, which the large run trains with,
 so growth cannot set it: the spec records it (`inexact`), `grow` warns and
 `growjax grow` prints the measured change with the value to set. Depth
-operators other than `zero` do not promise to keep the function at all.
+operators other than `zero` and the `llama_pro` preset (copies with zero
+writers, `depth.zeroed_layers`) do not promise to keep the function at all.
 Nothing here touches arrays.
 """
 
@@ -90,6 +91,14 @@ class GrowthSpec:
   def needs_rng(self) -> bool:
     return (self.width_method in ("zero", "random")
             or (self.layer_map is not None and depth.NEW in self.layer_map))
+
+  @property
+  def zero_writers(self) -> bool | tuple[int, ...]:
+    """`depth.layers_fn`'s `zero_writers` for params: True for `zero` (new layers),
+    the zeroed copies for `llama_pro`, else False."""
+    if self.method == "zero":
+      return True
+    return depth.zeroed_layers(self.method, self.layer_map or ()) or False
 
   @property
   def learn_phases(self) -> int:
@@ -173,6 +182,15 @@ def _check_preset(method: str, n_src: int, n_dst: int, n: Names) -> None:
         f"multiple of {n.small('num_layers')}={n_src} (growth factor g={n_dst / n_src:g}) — "
         f"use a multiple such as {n_src * max(2, round(n_dst / n_src))}, or "
         f"{n.arg('method', 'interpolate')}, or an explicit layer map")
+  if method == "llama_pro":
+    _check_llama_pro(n_src, n_dst, n)
+  if method == "solar" and not (n_dst % 2 == 0 and n_src < n_dst <= 2 * n_src):
+    fits = [d for d in range(n_src + 1, 2 * n_src + 1) if d % 2 == 0]
+    raise ValueError(
+        f"{n.arg('method', method)} joins two copies of the {n_src} small layers with m "
+        f"dropped at the seam, so {n.large('num_layers')} = 2 x {n_src} - 2m must be even "
+        f"and in {n_src + 1}..{2 * n_src}, got {n_dst} — set {n.large('num_layers')}="
+        f"{min(fits, key=lambda d: abs(d - n_dst))} (or any even value in that range)")
   if method not in depth.STACK_PARTS:
     return
   part = depth.stack_part(method, n_src)
@@ -187,6 +205,21 @@ def _check_preset(method: str, n_src: int, n_dst: int, n: Names) -> None:
         f"model, so {n.large('num_layers')} - {n.small('num_layers')} = {extra} must be a "
         f"multiple of {k} — use {n.large('num_layers')}={n_src + k * max(1, round(extra / k))} "
         f"or an explicit layer map")
+
+
+def _check_llama_pro(n_src: int, n_dst: int, n: Names) -> None:
+  """`llama_pro` spreads its `n_dst - n_src` new layers evenly: one after every
+  `n_src / (n_dst - n_src)` small layers."""
+  extra = n_dst - n_src
+  if n_src % extra == 0:
+    return
+  fits = [n_src + d for d in range(1, n_src + 1) if n_src % d == 0]
+  raise ValueError(
+      f"{n.arg('method', 'llama_pro')} inserts {n.large('num_layers')} - "
+      f"{n.small('num_layers')} = {n_dst} - {n_src} = {extra} new layers, one after every "
+      f"{n_src}/{extra} small layers, which is not whole — set {n.large('num_layers')}="
+      f"{min(fits, key=lambda d: abs(d - n_dst))} ({n_src} + a divisor of {n_src}: "
+      f"{', '.join(map(str, fits))})")
 
 
 def _check_map(m: tuple[int, ...], n_src: int, n_dst: int, method: str,
