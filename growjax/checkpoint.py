@@ -279,12 +279,15 @@ def resolve(path: str, step: int | None = None, field: str = "--from") -> tuple[
   path = absolute(path)
   p = epath.Path(path)
   if not p.is_dir():
-    raise ValueError(f"{field}={path!r} does not exist or is not a directory.")
+    raise ValueError(f"{field}={path!r} does not exist or is not a directory — give a "
+                     f"run's workdir, its checkpoints dir or one step's dir")
   if STEP_DIR.match(p.name) and (p / "state").is_dir():
     if not _is_complete(p):
-      raise ValueError(f"{field}={path!r} is an incomplete save (no {COMMIT_SUCCESS}).")
+      raise ValueError(f"{field}={path!r} is an incomplete save (no {COMMIT_SUCCESS}) — "
+                       f"give its checkpoints dir: the newest complete step is used")
     if step is not None and step != int(p.name):
-      raise ValueError(f"{field}={path!r} is step {p.name}, but step {step} was asked for.")
+      raise ValueError(f"{field}={path!r} is step {p.name}, but step {step} was asked for — "
+                       f"give its checkpoints dir with --step {step}, or drop --step")
     return str(p.parent), int(p.name)
   if (p / "checkpoints").is_dir():
     p = p / "checkpoints"
