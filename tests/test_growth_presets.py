@@ -143,8 +143,10 @@ def test_grown_checkpoint_records_the_preset_map(source, tmp_path, capsys, metho
                                                  lmap):
   out = str(tmp_path / "grown")
   large_cfg = _cfg(num_layers=n_dst)
-  offline.grow_checkpoint(source, out, large_cfg, method=method, opt_state="grow",
-                          stream=False, log=lambda *_: None)
+  # llama_pro through the streamed path (pieces of the traced growth), the others whole.
+  report = offline.grow_checkpoint(source, out, large_cfg, method=method, opt_state="grow",
+                                   stream=method == "llama_pro", log=lambda *_: None)
+  assert report["streamed"] is (method == "llama_pro")
   ck = ckpt_lib.Checkpoints(out, use_async=False)
   state, _, meta = ck.restore(3, state_lib.build(large_cfg).abstract_state)
   g = meta["grown_from"]

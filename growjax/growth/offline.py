@@ -119,9 +119,10 @@ def logit_change(spec: spec_lib.GrowthSpec, src_params: Any, grown_params: Any,
                  large: state_lib.Setup, rng: jax.Array) -> float:
   """max |grown - small| / max |small| over the logits of a probe batch of random
   tokens, in float32, for the change the width operator makes: the grown params
-  themselves when depth keeps the function (no depth growth, or `zero`), else the
-  width growth alone (other depth operators change the function by design)."""
-  if spec.layer_map is not None and spec.method != "zero":
+  themselves when depth keeps the function (no depth growth, `zero` or `llama_pro`:
+  `spec.zero_writers`), else the width growth alone (other depth operators change
+  the function by design)."""
+  if spec.layer_map is not None and not spec.zero_writers:
     width_only = dataclasses.replace(spec, dst=spec.mid, layer_map=None)
     with jax.set_mesh(large.mesh), nn.logical_axis_rules(large.rules):
       grown_params = operators.grow_by(width_only, src_params, rng=rng, mesh=large.mesh,
