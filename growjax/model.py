@@ -301,11 +301,7 @@ def _cudnn_ragged(segment_ids_BxT: jax.Array, max_segments: int):
 
 def _masked_attention(q, k, v, segment_ids_BxT, impl: str | None, cfg: ModelConfig):
   """Causal attention that does not cross documents (`segment_ids`, 0 = padding)."""
-  same_BxTxS = segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :]
-  if impl == "cudnn" and cfg.cudnn_packing == "mask":
-    return jax.nn.dot_product_attention(q, k, v, mask=same_BxTxS[:, None], is_causal=True,
-                                        implementation="cudnn")
-  if impl == "cudnn":
+  if impl == "cudnn" and cfg.cudnn_packing == "ragged":
     max_segments = cfg.max_segments
     segment_ids_BxT = document_segments(segment_ids_BxT, max_segments)
     from jax._src.cudnn import fused_attention_stablehlo as cudnn_attention
@@ -319,8 +315,9 @@ def _masked_attention(q, k, v, segment_ids_BxT, impl: str | None, cfg: ModelConf
         kv_offsets=offsets, scale=q.shape[-1] ** -0.5,
         mask_type=cudnn_attention.MaskType.PADDING_CAUSAL, qkv_layout="BTNH")
     return jnp.where(real, out, jnp.zeros((), out.dtype))
-  return jax.nn.dot_product_attention(q, k, v, mask=same_BxTxS[:, None], is_causal=True,
-                                      implementation="xla")
+  same_Bx1xTxS = (segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :])[:, None]
+  return jax.nn.dot_product_attention(q, k, v, mask=same_Bx1xTxS, is_causal=True,
+                                      implementation="cudnn" if impl == "cudnn" else "xla")
 
 
 class RMSNorm(nn.Module):
