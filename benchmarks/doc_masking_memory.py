@@ -25,6 +25,8 @@ import numpy as np
 from growjax import config as config_lib
 from growjax import model, state as state_lib, train
 
+import step_benchmark  # benchmarks/, beside this script
+
 
 def _xla_path(q, k, v, segment_ids_BxT, impl, max_segments):
   same = segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :]
@@ -51,15 +53,7 @@ def run(variant: str, batch: int, steps: int) -> dict:
     tokens = rng.integers(0, 32000, (batch, 2049), dtype=np.int32)
     host = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
     if variant != "none":
-      seg = np.zeros((batch, 2048), np.int32)
-      pos = np.zeros((batch, 2048), np.int32)
-      for b in range(batch):
-        t, d = 0, 1
-        while t < 2048:
-          n = min(int(rng.geometric(1 / 600)), 2048 - t)
-          seg[b, t:t + n], pos[b, t:t + n] = d, np.arange(n)
-          t, d = t + n, d + 1
-      host.update(segment_ids=seg, positions=pos, loss_mask=np.ones_like(seg))
+      host.update(step_benchmark.documents(rng, batch, 2048, 600))
     arrays = train.to_global(host, setup.batch_sharding)
     step = train.make_train_step(setup)
     with jax.set_mesh(setup.mesh):

@@ -27,7 +27,8 @@ DEFAULT_CASES = ("tiny:32:none", "125m:32:none", "410m:32:dots", "1b:16:dots", "
 
 
 def run_case(preset: str, batch: int, remat: str, seq: int, steps: int, warmup: int,
-             layers: int | None = None, compile_only: bool = False, unroll: int = 1) -> dict:
+             layers: int | None = None, compile_only: bool = False, unroll: int = 1,
+             doc_len: int = 0, masking: bool = True, precision: str = "bf16") -> dict:
   import jax
   import numpy as np
 
@@ -43,17 +44,17 @@ def run_case(preset: str, batch: int, remat: str, seq: int, steps: int, warmup: 
   if layers:
     cfg.model.num_layers = layers
   cfg.model.scan_unroll = unroll
-  cfg.model.matmul_precision = PRECISION
-  if DOC_LEN:
+  cfg.model.matmul_precision = precision
+  if doc_len:
     with cfg.unlocked():
-      cfg.data.document_masking = not NO_MASKING
+      cfg.data.document_masking = masking
   setup = state_lib.build(cfg)
   state = state_lib.init_state(setup, jax.random.key(0))
   rng = np.random.default_rng(0)
   tokens = rng.integers(0, cfg.model.vocab_size, (batch, seq + 1), dtype=np.int32)
   host_batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
-  if DOC_LEN:
-    host_batch.update(_documents(rng, batch, seq, DOC_LEN))
+  if doc_len:
+    host_batch.update(documents(rng, batch, seq, doc_len))
   batch_arrays = train.to_global(host_batch, setup.batch_sharding)
   step_fn = train.make_train_step(setup)
   with jax.set_mesh(setup.mesh):
@@ -61,8 +62,8 @@ def run_case(preset: str, batch: int, remat: str, seq: int, steps: int, warmup: 
     compiled = step_fn.lower(state, batch_arrays).compile()
     compile_s = time.perf_counter() - t0
     result = {"preset": preset, "layers": setup.model_cfg.num_layers, "batch": batch,
-              "unroll": unroll, "doc_len": DOC_LEN, "precision": PRECISION,
-              "document_masking": bool(DOC_LEN) and not NO_MASKING,
+              "unroll": unroll, "doc_len": doc_len, "precision": precision,
+              "document_masking": bool(doc_len) and masking,
               "seq": seq, "remat": remat, "compile_s": compile_s,
               "params": setup.model_cfg.num_params()}
     if compile_only:
@@ -92,12 +93,9 @@ def run_case(preset: str, batch: int, remat: str, seq: int, steps: int, warmup: 
 
 
 BREAKDOWN = os.environ.get("GROWJAX_BENCH_BREAKDOWN") == "1"
-DOC_LEN = int(os.environ.get("GROWJAX_BENCH_DOC_LEN", "0"))
-NO_MASKING = os.environ.get("GROWJAX_BENCH_NO_MASKING") == "1"
-PRECISION = os.environ.get("GROWJAX_BENCH_PRECISION", "bf16")
 
 
-def _documents(rng, batch: int, seq: int, mean_len: int) -> dict:
+def documents(rng, batch: int, seq: int, mean_len: int) -> dict:
   """Packed-window keys for documents of geometric lengths (mean `mean_len`)."""
   import numpy as np
   from growjax.model import ModelConfig
@@ -111,8 +109,9 @@ def _documents(rng, batch: int, seq: int, mean_len: int) -> dict:
       t, doc = t + n, doc + 1
   max_docs = int(segment_ids.max())
   if max_docs > ModelConfig.max_segments:
-    print(f"note: up to {max_docs} documents per window; attention folds those past "
-          f"config.model.max_segments={ModelConfig.max_segments}", file=sys.stderr)
+    print(f"note: up to {max_docs} documents per window; cudnn_packing='ragged' folds "
+          f"those past config.model.max_segments={ModelConfig.max_segments}",
+          file=sys.stderr)
   return {"segment_ids": segment_ids, "positions": positions,
           "loss_mask": np.ones((batch, seq), np.int32)}
 
@@ -180,9 +179,8 @@ def main() -> None:
                  help="with --doc_len: config.data.document_masking=False")
   p.add_argument("--_one", default="", help=argparse.SUPPRESS)
   a = p.parse_args()
-  os.environ["GROWJAX_BENCH_DOC_LEN"] = str(a.doc_len)
-  os.environ["GROWJAX_BENCH_NO_MASKING"] = "1" if a.no_masking else "0"
-  os.environ["GROWJAX_BENCH_PRECISION"] = a.precision
+  case_flags = [f"--doc_len={a.doc_len}", f"--precision={a.precision}"] + (
+      ["--no_masking"] if a.no_masking else [])
 
   if a._one:  # child process: one case
     kind, spec = a._one.split("=", 1)
@@ -192,7 +190,8 @@ def main() -> None:
     else:
       preset, batch, remat, seq, layers, unroll = spec.split(":")
       res = run_case(preset, int(batch), remat, int(seq), a.steps, a.warmup,
-                     int(layers) or None, compile_only=(kind == "compile"), unroll=int(unroll))
+                     int(layers) or None, compile_only=(kind == "compile"), unroll=int(unroll),
+                     doc_len=a.doc_len, masking=not a.no_masking, precision=a.precision)
     print("RESULT " + json.dumps(res), flush=True)
     return
 
@@ -202,7 +201,8 @@ def main() -> None:
     preset, batch, remat = parts[:3]
     seq = parts[3] if len(parts) > 3 else "2048"
     unroll = parts[4] if len(parts) > 4 else "1"
-    r = _subprocess([f"--_one=step={preset}:{batch}:{remat}:{seq}:0:{unroll}", f"--steps={a.steps}",
+    r = _subprocess([f"--_one=step={preset}:{batch}:{remat}:{seq}:0:{unroll}", *case_flags,
+                     f"--steps={a.steps}",
                      f"--warmup={a.warmup}"])
     results.append(r)
     print(json.dumps(r), flush=True)
