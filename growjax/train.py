@@ -280,8 +280,9 @@ def _or_minus_one(step: int | None) -> int:
 class _Stalls:
   """Where the time since the last report went, apart from the steps themselves:
   evaluation and checkpoints (`eval_s`, `checkpoint_s`: stalls, left out of tokens/s),
-  and within the training steps the host blocked on a step's result (`device_s`) and
-  the host loading a batch and placing it on the devices (`data_s`).
+  and within the training steps the host blocked on the device (`device_s`: waiting for
+  a step's result, or in a step's dispatch held back until the previous step frees the
+  donated state) and the host loading a batch and placing it on the devices (`data_s`).
 
   The device is drained first (`block_until_ready`) before a stall is timed, so queued
   training steps are not booked as a stall: the drain counts as device time."""
@@ -506,8 +507,14 @@ class _Loop:
     t0 = time.perf_counter()
     host_batch, self.replay_batch = self.replay_batch or next(self.data_iter), None
     global_batch = self.host.to_global(host_batch)
-    self.account.stalls.add("data_s", time.perf_counter() - t0)
+    t1 = time.perf_counter()
     self.state, step_metrics = self.train_step(self.state, global_batch)
+    # After the first (compiling) call, a dispatch returns at once unless the runtime
+    # holds it back for the device (on GPU, donating a state the previous step still
+    # uses): that wait is device time.
+    self.account.stalls.add("data_s", t1 - t0)
+    if self.step > self.start_step:
+      self.account.stalls.add("device_s", time.perf_counter() - t1)
     faults.maybe_kill("mid_step")
     self.step += 1
     previous, self.last = self.last, (self.step, step_metrics, host_batch)
