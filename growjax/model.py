@@ -16,6 +16,7 @@ This module only computes logits or final hidden states; the loss lives in
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any
 
@@ -316,18 +317,45 @@ def _masked_attention(q, k, v, segment_ids_BxT, impl: str | None, cfg: ModelConf
         mask_type=cudnn_attention.MaskType.PADDING_CAUSAL, qkv_layout="BTNH")
     return jnp.where(real, out, jnp.zeros((), out.dtype))
   same_Bx1xTxS = (segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :])[:, None]
+  if impl == "cudnn":
+    from jax._src.cudnn import fused_attention_stablehlo as cudnn_attention
+    with _cudnn_mask_without_bias_gradient(cudnn_attention):
+      return cudnn_attention.dot_product_attention(
+          q, k, v, mask=same_Bx1xTxS, scale=q.shape[-1] ** -0.5,
+          mask_type=cudnn_attention.MaskType.CAUSAL, qkv_layout="BTNH")
   return jax.nn.dot_product_attention(q, k, v, mask=same_Bx1xTxS, is_causal=True,
-                                      implementation="cudnn" if impl == "cudnn" else "xla")
+                                      implementation="xla")
+
+
+@contextlib.contextmanager
+def _cudnn_mask_without_bias_gradient(cudnn_attention):
+  """cuDNN takes a mask as an additive bias and, as JAX sets it up, always computes
+  the bias gradient: a (B, 1, T, T) tensor written by every layer's backward and then
+  thrown away (a mask has no gradient). JAX decides this once, when the forward is
+  traced (`should_export_dbias`); saying no for the duration of our call leaves the
+  backward kernel without it."""
+  export = cudnn_attention.should_export_dbias
+  cudnn_attention.should_export_dbias = lambda *_: False
+  try:
+    yield
+  finally:
+    cudnn_attention.should_export_dbias = export
 
 
 class RMSNorm(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxTxE):
+  def __call__(self, x_BxTxE, count=None):
+    """`count`: how many stream components the mean square is taken over (MSG growth's
+    masked embed: `masked_units`); None: all of them."""
     scale_E = _param(self, "scale")
     x = x_BxTxE.astype(jnp.float32)
-    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.cfg.norm_eps)
+    if count is None:
+      mean_sq = jnp.mean(x * x, axis=-1, keepdims=True)
+    else:
+      mean_sq = jnp.sum(x * x, axis=-1, keepdims=True) / count
+    x = x * jax.lax.rsqrt(mean_sq + self.cfg.norm_eps)
     return (x * scale_E.astype(jnp.float32)).astype(self.cfg.compute_dtype)
 
 
@@ -351,7 +379,7 @@ class Attention(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxTxE, rotary, segment_ids_BxT=None):
+  def __call__(self, x_BxTxE, rotary, segment_ids_BxT=None, heads_mask_Nx1=None):
     c = self.cfg
     dt = c.compute_dtype
     q_ExNxH, k_ExKxH, v_ExKxH = _param(self, "q"), _param(self, "k"), _param(self, "v")
@@ -381,6 +409,8 @@ class Attention(nn.Module):
     else:
       out_BxTxNxH = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
     out_BxTxNxH = checkpoint_name(out_BxTxNxH, "attn_out")
+    if heads_mask_Nx1 is not None:   # MSG growth: new heads enter through their mask
+      out_BxTxNxH = out_BxTxNxH * heads_mask_Nx1
     return _project("btnh,nhe->bte", out_BxTxNxH, o_NxHxE, c)
 
 
@@ -388,7 +418,7 @@ class SwiGLU(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxTxE):
+  def __call__(self, x_BxTxE, mlp_mask_M=None):
     c = self.cfg
     dt = c.compute_dtype
     gate_ExM, up_ExM, down_MxE = _param(self, "gate"), _param(self, "up"), _param(self, "down")
@@ -397,19 +427,33 @@ class SwiGLU(nn.Module):
                * _project("bte,em->btm", x, up_ExM, c))
     h_BxTxM = nn.with_logical_constraint(h_BxTxM, (ACT_BATCH, ACT_LENGTH, ACT_MLP))
     h_BxTxM = checkpoint_name(h_BxTxM, "mlp_in")
+    if mlp_mask_M is not None:       # MSG growth: new neurons enter through their mask
+      h_BxTxM = h_BxTxM * mlp_mask_M
     return _project("btm,me->bte", h_BxTxM, down_MxE, c)
 
 
 class Block(nn.Module):
   """Pre-norm residual block; `(x, rotary, segment_ids) -> (x, None)` so it can be
-  scanned."""
+  scanned. MSG growth adds this layer's mask (a scalar) and the unit masks
+  (`masked_units`); without them nothing of the masks is traced."""
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxTxE, rotary, segment_ids_BxT=None):
-    x_BxTxE = x_BxTxE + Attention(self.cfg, name="attn")(
-        RMSNorm(self.cfg, name="attn_norm")(x_BxTxE), rotary, segment_ids_BxT)
-    x_BxTxE = x_BxTxE + SwiGLU(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x_BxTxE))
+  def __call__(self, x_BxTxE, rotary, segment_ids_BxT=None, layer_mask=None, units=None):
+    if layer_mask is None:
+      x_BxTxE = x_BxTxE + Attention(self.cfg, name="attn")(
+          RMSNorm(self.cfg, name="attn_norm")(x_BxTxE), rotary, segment_ids_BxT)
+      x_BxTxE = x_BxTxE + SwiGLU(self.cfg, name="mlp")(
+          RMSNorm(self.cfg, name="mlp_norm")(x_BxTxE))
+    else:
+      # Both residual writes pass through the layer's mask and the new embed components'.
+      write_E = layer_mask.astype(self.cfg.compute_dtype) * units.get(EMBED, 1)
+      count = units.get("count")
+      x_BxTxE = x_BxTxE + write_E * Attention(self.cfg, name="attn")(
+          RMSNorm(self.cfg, name="attn_norm")(x_BxTxE, count), rotary, segment_ids_BxT,
+          units.get(HEADS))
+      x_BxTxE = x_BxTxE + write_E * SwiGLU(self.cfg, name="mlp")(
+          RMSNorm(self.cfg, name="mlp_norm")(x_BxTxE, count), units.get(MLP))
     x_BxTxE = nn.with_logical_constraint(x_BxTxE, (ACT_BATCH, ACT_LENGTH, ACT_EMBED))
     return x_BxTxE, None
 
@@ -424,11 +468,18 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BxT, *, segment_ids=None, positions=None,
-               return_hidden: bool = False):
+               return_hidden: bool = False, masks=None):
     c = self.cfg
     dt = c.compute_dtype
     embedding_VxE = _param(self, "embedding")
     x_BxTxE = jnp.take(embedding_VxE, tokens_BxT, axis=0).astype(dt)
+    units, extra, extra_axes = None, (), ()
+    if masks is not None:   # MSG growth's ramp (growjax.mask_ramp); see `masked_units`
+      units = masked_units(masks, c)
+      extra = (masks.get(LAYERS, jnp.ones((c.num_layers,), jnp.float32)), units)
+      extra_axes = (0, nn.broadcast)   # one layer mask per scanned layer
+      if EMBED in units:
+        x_BxTxE = x_BxTxE * units[EMBED]
     x_BxTxE = nn.with_logical_constraint(x_BxTxE, (ACT_BATCH, ACT_LENGTH, ACT_EMBED))
     if positions is None:
       positions = jnp.arange(tokens_BxT.shape[1], dtype=jnp.int32)[None]
@@ -441,13 +492,14 @@ class Transformer(nn.Module):
         block,
         variable_axes={"params": 0},
         split_rngs={"params": True},
-        in_axes=(nn.broadcast, nn.broadcast),
+        in_axes=(nn.broadcast, nn.broadcast) + extra_axes,
         length=c.num_layers,
         unroll=min(c.scan_unroll, c.num_layers),
         metadata_params={nn.PARTITION_NAME: LAYERS},
     )(c, name="layers")
-    x_BxTxE, _ = layers(x_BxTxE, rotary, segment_ids)
-    x_BxTxE = RMSNorm(c, name="final_norm")(x_BxTxE)
+    x_BxTxE, _ = layers(x_BxTxE, rotary, segment_ids, *extra)
+    x_BxTxE = RMSNorm(c, name="final_norm")(
+        x_BxTxE, None if units is None else units.get("count"))
     if not c.tie_embeddings:
       _param(self, "lm_head")
     if return_hidden:
@@ -456,6 +508,27 @@ class Transformer(nn.Module):
     logits = jnp.einsum("bte,ev->btv", x_BxTxE, head_ExV.astype(dt),
                         preferred_element_type=jnp.float32)
     return nn.with_logical_constraint(logits, (ACT_BATCH, ACT_LENGTH, ACT_VOCAB))
+
+
+def masked_units(masks: dict, cfg: ModelConfig) -> dict:
+  """MSG growth's mask values (`growjax.mask_ramp`: per large layer `layers` (L,), per
+  unit `mlp` (M,), `heads` (N,), `embed` (E,), any of them absent) as the blocks apply
+  them, in the compute dtype: new neurons' and heads' outputs and new stream components
+  of every residual write and of the embedding are multiplied by their mask. With an
+  embed mask every RMSNorm takes its mean square over `count` = sum(mask^2) components:
+  at mask 0 the new components are zero and the statistics are the small model's; at 1
+  it is the plain mean."""
+  dt = cfg.compute_dtype
+  units = {}
+  if MLP in masks:
+    units[MLP] = masks[MLP].astype(dt)
+  if HEADS in masks:
+    units[HEADS] = masks[HEADS].astype(dt)[:, None]
+  if EMBED in masks:
+    embed_E = masks[EMBED].astype(jnp.float32)
+    units[EMBED] = embed_E.astype(dt)
+    units["count"] = jnp.sum(embed_E * embed_E)
+  return units
 
 
 def head_kernel(params: Any, cfg: ModelConfig) -> jax.Array:
