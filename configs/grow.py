@@ -4,6 +4,12 @@ says otherwise), and the large model continues the step count and learning-rate
 schedule with fresh optimizer state, the paper's recipe.
 
   growjax train --config configs/grow.py:recipe=tiny --workdir runs/grow_tiny
+  growjax train --config configs/grow.py:recipe=gradual --workdir runs/grow_gradual
+
+recipe=gradual grows several times in one run (config.growth.events, see
+growjax/growth/stages.py): each growth continues the step count, the LR schedule,
+the data stream and the FLOPs count, and hands over the Adam state by its event's
+OPT_STATE (default growth.opt_state).
 
 Args (comma-separated key=value after the colon):
   recipe  (required) one of
@@ -18,11 +24,16 @@ Args (comma-separated key=value after the colon):
                  the fit for N = 26.2B and 1T tokens, `growjax plan --params 2.62e10
                  --tokens 1e12`) of 477,000 (~1T); the large model at remat "full"
                  ("dots" needs ~96 GiB per device at 8 devices).
+          gradual  on CPU: gradual stacking in one run, the tiny recipe's 2-layer
+                 model grown to 4 layers at step 75 and to 8 at step 150
+                 (config.growth.events='4@75,8@150'; stages stage_0/ grown_1/
+                 stage_1/ grown_2/ stage_2/ in the workdir), 300 steps in all.
           paper, 7b and 28b: sequence 2048, bf16; tokens are at the default batch.
   batch   the global batch in sequences (default 16 for tiny, else 1024, ~2M tokens).
   method  the depth operator (growth.method): stack (default, G_stack), interpolate,
           stack_bottom, stack_middle, stack_top, zero, random, learn; e.g.
-          configs/grow.py:recipe=tiny,method=zero.
+          configs/grow.py:recipe=tiny,method=zero. For gradual: every event's default
+          (one event's own: --config.growth.events='4@75:zero,8@150:stack:grow').
 
 For paper / 7b / 28b set data (your corpus and tokenizer) and batch for your cluster;
 `growjax plan --params N --tokens D --config configs/grow.py:recipe=...` gives the
@@ -54,6 +65,13 @@ def tiny(batch):
   return c
 
 
+def gradual(batch):
+  c = tiny(batch)
+  c.growth.small_steps = 0          # the events decide
+  c.growth.events = "4@75,8@150"
+  return c
+
+
 def paper_scale(recipe, batch):
   large, remat, small, small_steps, steps = RECIPES[recipe]
   c = base_config(large)
@@ -71,10 +89,12 @@ def get_config(arg=None):
                    method="stack")
   if args.recipe == "tiny":
     c = tiny(16 if args.batch is None else args.batch)
+  elif args.recipe == "gradual":
+    c = gradual(16 if args.batch is None else args.batch)
   elif args.recipe in RECIPES:
     c = paper_scale(args.recipe, 1024 if args.batch is None else args.batch)
   else:
-    raise ValueError(f"configs/grow.py: recipe={args.recipe!r} is not one of tiny, "
+    raise ValueError(f"configs/grow.py: recipe={args.recipe!r} is not one of tiny, gradual, "
                      f"{', '.join(RECIPES)} (e.g. configs/grow.py:recipe=tiny)")
   c.growth.enabled = True
   c.growth.method = args.method

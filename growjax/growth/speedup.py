@@ -43,13 +43,21 @@ def _read_points(path: str) -> dict[int, tuple[float, float]]:
           and math.isfinite(r["eval_loss"])}
 
 
+def stage_dirs(root: epath.Path) -> list[str]:
+  """A grow run's stage dirs in order: small/ large/ (one growth) or stage_0/ stage_1/ ...
+  (several, `growth.stages`)."""
+  numbered = sorted((int(p.name[6:]), p.name) for p in (root.glob("stage_*") if
+                    root.is_dir() else []) if p.name[6:].isdigit())
+  return ["small"] + [name for _, name in numbered] + ["large"]
+
+
 def metrics_files(run: str) -> list[str]:
   """The metrics files of a run (local or gs://): a file itself, a run dir, or a grow
-  run's small/ + large/."""
+  run's stages (small/ + large/, or stage_0/ stage_1/ ...)."""
   root = epath.Path(run)
   if root.is_file():
     return [run]
-  files = [root / d / METRICS_FILE for d in ("small", "large")]
+  files = [root / d / METRICS_FILE for d in stage_dirs(root)]
   files = [str(f) for f in files if f.is_file()]
   if files:
     return files
@@ -94,15 +102,16 @@ def check_counts_small_stage(grown: str) -> None:
   """Refuses a grown run whose FLOPs leave out its small stage: its speedup would be
   overstated (the small stage's compute is part of what growth costs)."""
   files = metrics_files(grown)
-  if len(files) == 2:                      # a grow run's small/ and large/
-    small = max(float(r["flops"]) for r in _records(files[0]) if r.get("flops") is not None)
-    large = min(float(r["flops"]) for r in _records(files[1]) if r.get("flops") is not None)
+  for before, after in zip(files, files[1:]):   # a grow run's stages, in order
+    small = max(float(r["flops"]) for r in _records(before) if r.get("flops") is not None)
+    large = min(float(r["flops"]) for r in _records(after) if r.get("flops") is not None)
     if large < small:
       raise ValueError(
           f"--grown={grown}: its large stage's FLOPs start at {large:.4g}, below its small "
           f"stage's {small:.4g}, so they leave out the small stage — log the large stage "
           f"with growjax train from the grown checkpoint (config.train.init_from), which "
           f"carries the small stage's FLOPs.")
+  if len(files) > 1:
     return
   if not any(r.get("small_stage_flops") for r in _records(files[0])):
     raise ValueError(
@@ -123,7 +132,8 @@ def _final_model(run: str) -> dict | None:
   root = epath.Path(run)
   if root.is_file():
     root = root.parent
-  for d in (root / "large" / "checkpoints", root / "checkpoints"):
+  for d in [root / d / "checkpoints" for d in reversed(stage_dirs(root))] + [
+      root / "checkpoints"]:
     if d.is_dir():
       try:
         directory, step = ckpt_lib.resolve(str(d))
