@@ -115,6 +115,11 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
                                      # logits move; the change is measured and printed)
       opt_state="reset",             # reset (the paper) or grow (map Adam moments)
       schedule="continue",           # continue the LR schedule (the paper) or restart
+      events="",                     # several growths in one run (gradual stacking):
+                                     # 'LAYERS@STEP[:METHOD[:OPT_STATE]],...', e.g.
+                                     # '4@100,8@200' = small_model grows to 4 layers at
+                                     # step 100, to 8 (= config.model) at 200; '' = one
+                                     # growth at small_steps (growjax.growth.stages)
   ))
   c.metrics = ml_collections.ConfigDict(dict(
       peak_tflops_per_chip=0.0,      # 0: look up the chip in growjax.metrics.PEAK_TFLOPS
