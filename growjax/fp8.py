@@ -8,15 +8,17 @@ history to carry, nothing added to the train state). Master weights stay float32
 the optimizer, operands arrive in the compute dtype (bf16) and the output is bf16.
 
 How XLA turns this into FP8 GEMMs. The dot itself takes the float8 operands
-(`einsum(x_f8, w_f8, preferred_element_type=bf16)`) and the product of the two
-scales multiplies its output; XLA's GPU compiler lowers a dot of float8 operands to
+(`einsum(x_f8, w_f8, preferred_element_type=bf16)`: the GEMM accumulates in float32
+and writes bf16) and the product of the two scales multiplies its output; XLA's GPU compiler lowers a dot of float8 operands to
 a cuBLASLt FP8 GEMM. (A quantize-dequantize round trip in front of a bf16 dot, the
 other published form, is not kept: with XLA's default `xla_allow_excess_precision`
 the simplifier folds `convert(convert(x, f8), bf16)` away before the GEMM rewriter
 sees it: measured on an H100, no float8 tensor was left in the optimized HLO.) The
 backward is two more float8 dots, dx = g . w (e5m2 x e4m3) and dw = x . g
 (e4m3 x e5m2), from the transposed einsum specs. On CPU (tests) the same graph runs
-as float math on float8 values.
+as float math on float8 values. The GEMM writes the compute dtype, not float32: a
+float32 output doubles the bytes every projection writes and reads back for the
+scaling (1.1B on an H100: benchmarks/RESULTS.md).
 
 Gradients are straight-through: the rounding is not differentiated (`custom_vjp`), as in
 every recipe. Where to use it: the projections (q, k, v, o, gate, up, down). The
@@ -96,17 +98,17 @@ def _fp8_einsum(spec, x, w, dt):
 def _fp8_einsum_fwd(spec, x, w, dt):
   xq, sx = _quantized(x, E4M3)
   wq, sw = _quantized(w, E4M3)
-  y = jnp.einsum(spec, xq, wq, preferred_element_type=jnp.float32)
-  return (y * (sx * sw)).astype(dt), (xq, sx, wq, sw)
+  y = jnp.einsum(spec, xq, wq, preferred_element_type=dt)
+  return y * (sx * sw).astype(dt), (xq, sx, wq, sw)
 
 
 def _fp8_einsum_bwd(spec, dt, res, g):
   xq, sx, wq, sw = res
   gq, sg = _quantized(g, E5M2)
   dx_spec, dw_spec = _transposed_specs(spec)
-  dx = jnp.einsum(dx_spec, gq, wq, preferred_element_type=jnp.float32) * (sg * sw)
-  dw = jnp.einsum(dw_spec, xq, gq, preferred_element_type=jnp.float32) * (sx * sg)
-  return dx.astype(dt), dw.astype(dt)
+  dx = jnp.einsum(dx_spec, gq, wq, preferred_element_type=dt) * (sg * sw).astype(dt)
+  dw = jnp.einsum(dw_spec, xq, gq, preferred_element_type=dt) * (sx * sg).astype(dt)
+  return dx, dw
 
 
 _fp8_einsum.defvjp(_fp8_einsum_fwd, _fp8_einsum_bwd)
