@@ -17,6 +17,7 @@ import jax
 import ml_collections
 
 from growjax import data as data_lib
+from growjax import mask_ramp
 from growjax import sharding
 from growjax.model import ModelConfig, abstract_params, logical_axes
 
@@ -115,6 +116,9 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
                                      # logits move; the change is measured and printed)
       opt_state="reset",             # reset (the paper) or grow (map Adam moments)
       schedule="continue",           # continue the LR schedule (the paper) or restart
+      mask_ramp_steps=0,             # MSG growth: new layers / units enter through a mask
+                                     # ramped 0 -> 1 over this many steps of the run started
+                                     # from the grown checkpoint (growjax.mask_ramp); 0 = off
       events="",                     # several growths in one run (gradual stacking):
                                      # 'LAYERS@STEP[:METHOD[:OPT_STATE]],...', e.g.
                                      # '4@100,8@200' = small_model grows to 4 layers at
@@ -174,6 +178,8 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]
     raise ValueError(f"config.train.spike_window must be >= 2 with spike_zscore > 0, got "
                      f"{t.spike_window}.")
   profile_steps(t)
+  if "growth" in cfg:
+    mask_ramp.check_steps(cfg.growth.get("mask_ramp_steps", 0))
   o = cfg.optimizer
   if o.peak_lr <= 0 or o.end_lr < 0 or o.end_lr > o.peak_lr:
     raise ValueError(f"config.optimizer: need 0 <= end_lr <= peak_lr and peak_lr > 0, got "

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -25,11 +24,30 @@ from growjax import sharding
 from growjax.model import ModelConfig, init_params, logical_axes
 
 
-@flax.struct.dataclass
+@dataclasses.dataclass(frozen=True)
 class TrainState:
+  """`masks`: the MSG mask values of a grown run's ramp (`growjax.growth.masks`), None
+  otherwise. A None `masks` is no part of the pytree (not even an empty node), so a
+  mask-free state has exactly the leaves, key paths and checkpoint tree it always had."""
   step: jax.Array
   params: Any
   opt_state: Any
+  masks: Any = None
+
+  def replace(self, **kw) -> "TrainState":
+    return dataclasses.replace(self, **kw)
+
+
+def _state_children(s: TrainState) -> tuple:
+  return ("step", "params", "opt_state") + (() if s.masks is None else ("masks",))
+
+
+jax.tree_util.register_pytree_with_keys(
+    TrainState,
+    lambda s: ([(jax.tree_util.GetAttrKey(k), getattr(s, k)) for k in _state_children(s)],
+               None),
+    lambda _, children: TrainState(*children),
+    flatten_func=lambda s: ([getattr(s, k) for k in _state_children(s)], None))
 
 
 @dataclasses.dataclass

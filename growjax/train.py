@@ -29,6 +29,7 @@ from growjax import data as data_lib
 from growjax import distributed
 from growjax import faults
 from growjax import loss as loss_lib
+from growjax import mask_ramp
 from growjax import metrics as metrics_lib
 from growjax import sharding
 from growjax.model import ModelConfig, Transformer, head_kernel
@@ -38,13 +39,14 @@ from growjax.state import Setup, TrainState, build, init_state, run_meta, to_hos
 DOCUMENT_KEYS = ("segment_ids", "positions")  # what document masking reads of a batch
 
 
-def loss_fn(params, batch, model_cfg: ModelConfig, train_cfg, z_loss: float):
+def loss_fn(params, batch, model_cfg: ModelConfig, train_cfg, z_loss: float, masks=None):
   """Mean loss over the targets `batch['loss_mask']` counts (all when absent). With
   `segment_ids` / `positions` in the batch, attention stays inside each packed
-  document and rotary positions restart at each one."""
+  document and rotary positions restart at each one. `masks`: MSG growth's mask values
+  during a ramp (`growjax.mask_ramp`), else None."""
   hidden = Transformer(model_cfg).apply(
       {"params": params}, batch["inputs"], segment_ids=batch.get("segment_ids"),
-      positions=batch.get("positions"), return_hidden=True)
+      positions=batch.get("positions"), return_hidden=True, masks=masks)
   return loss_lib.cross_entropy(hidden, head_kernel(params, model_cfg), batch["targets"],
                                 z_loss=z_loss, chunk_len=train_cfg.loss_chunk_len,
                                 dtype=model_cfg.compute_dtype, mask_BxT=batch.get("loss_mask"))
@@ -58,7 +60,10 @@ def model_batch(batch: dict, cfg) -> dict:
   return {k: v for k, v in batch.items() if k not in DOCUMENT_KEYS}
 
 
-def make_train_step(setup: Setup) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+def make_train_step(setup: Setup, ramp: mask_ramp.Plan | None = None
+                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """The jitted train step; with `ramp`, the step of a grown run's MSG mask ramp: the
+  state carries the masks, the step computes with them and writes the next step's."""
   cfg, mcfg, tx = setup.cfg, setup.model_cfg, setup.tx
   accum = int(cfg.train.grad_accum_steps)
   micro_sharding = NamedSharding(setup.mesh, P(None, *setup.batch_sharding.spec))
@@ -67,7 +72,8 @@ def make_train_step(setup: Setup) -> Callable[[TrainState, dict], tuple[TrainSta
     batch = model_batch(batch, cfg)
     with sharding.activation_sharding(setup.mesh, setup.rules):
       grad_fn = jax.value_and_grad(
-          lambda p, b: loss_fn(p, b, mcfg, cfg.train, cfg.train.z_loss), has_aux=True)
+          lambda p, b: loss_fn(p, b, mcfg, cfg.train, cfg.train.z_loss, state.masks),
+          has_aux=True)
       if accum == 1:
         (_, aux), grads = grad_fn(state.params, batch)
       else:
@@ -94,22 +100,46 @@ def make_train_step(setup: Setup) -> Callable[[TrainState, dict], tuple[TrainSta
       params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
     metrics = dict(aux, grad_norm=grad_norm, lr=setup.schedule(state.step),
                    skipped=(~ok).astype(jnp.float32))
-    return TrainState(state.step + 1, params, opt_state), metrics
+    if ramp is None:
+      return TrainState(state.step + 1, params, opt_state), metrics
+    metrics["mask_ramp"] = jnp.clip((state.step - ramp.start) / ramp.ramp, 0.0, 1.0)
+    return TrainState(state.step + 1, params, opt_state, ramp.values(state.step + 1)), metrics
 
-  return jax.jit(step_fn, in_shardings=(setup.state_shardings, setup.batch_sharding),
-                 out_shardings=(setup.state_shardings, sharding.replicated(setup.mesh)),
+  shardings = state_shardings(setup, ramp)
+  return jax.jit(step_fn, in_shardings=(shardings, setup.batch_sharding),
+                 out_shardings=(shardings, sharding.replicated(setup.mesh)),
                  donate_argnums=0)
 
 
-def make_eval_step(setup: Setup) -> Callable[[Any, dict], jax.Array]:
+def state_shardings(setup: Setup, ramp: mask_ramp.Plan | None) -> TrainState:
+  """The state's shardings, with the ramp's masks (replicated) when there is one."""
+  if ramp is None:
+    return setup.state_shardings
+  return setup.state_shardings.replace(masks=ramp.shardings(setup.mesh))
+
+
+def abstract_state(setup: Setup, ramp: mask_ramp.Plan | None, step: int) -> TrainState:
+  """The abstract state a checkpoint of this run at `step` holds: with the masks when
+  `step` is inside the ramp."""
+  if ramp is None or not ramp.active(step):
+    return setup.abstract_state
+  return setup.abstract_state.replace(masks=ramp.abstract(setup.mesh))
+
+
+def make_eval_step(setup: Setup, ramp: mask_ramp.Plan | None = None
+                   ) -> Callable[..., jax.Array]:
+  """`(params, batch) -> loss`; with `ramp`, `(params, batch, masks) -> loss`."""
   mcfg, cfg = setup.model_cfg, setup.cfg
 
-  def eval_fn(params, batch):
+  def eval_fn(params, batch, masks=None):
     batch = model_batch(batch, cfg)
     with sharding.activation_sharding(setup.mesh, setup.rules):
-      return loss_fn(params, batch, mcfg, cfg.train, 0.0)[1]["loss"]
+      return loss_fn(params, batch, mcfg, cfg.train, 0.0, masks)[1]["loss"]
 
-  return jax.jit(eval_fn, in_shardings=(setup.state_shardings.params, setup.batch_sharding),
+  in_shardings = (setup.state_shardings.params, setup.batch_sharding)
+  if ramp is not None:
+    in_shardings += (ramp.shardings(setup.mesh),)
+  return jax.jit(eval_fn, in_shardings=in_shardings,
                  out_shardings=sharding.replicated(setup.mesh))
 
 
@@ -203,7 +233,8 @@ def restore_or_init(setup: Setup, checkpoints: ckpt_lib.Checkpoints, data_iter, 
       meta = ckpt_lib.read_meta(checkpoints.directory, latest)
       _check_same_model(meta, setup, checkpoints.directory, latest)
       try:
-        state, data_state, meta = checkpoints.restore(latest, setup.abstract_state)
+        state, data_state, meta = checkpoints.restore(
+            latest, abstract_state(setup, mask_ramp.restored(meta), latest))
       except Exception as e:  # noqa: BLE001 - a restore failure of a checked step = damage
         problem = (step_dir, f"restore failed ({type(e).__name__}: "
                              f"{(str(e).strip().splitlines() or [''])[0][:160]})")
@@ -244,6 +275,8 @@ def restore_or_init(setup: Setup, checkpoints: ckpt_lib.Checkpoints, data_iter, 
           f"config.train.init_from={cfg.train.init_from!r} holds model {meta.get('model')}, "
           f"which differs from config.model {dataclasses.asdict(setup.model_cfg)}; grow it "
           f"with `growjax grow` to this config first.")
+    ramp = mask_ramp.from_grown(meta, step, cfg.growth.get("mask_ramp_steps", 0),
+                                f"config.train.init_from={cfg.train.init_from!r}")
     source = ckpt_lib.Checkpoints(directory, use_async=False)
     state, data_state, _ = source.restore(step, setup.abstract_state)
     source.close()
@@ -252,7 +285,13 @@ def restore_or_init(setup: Setup, checkpoints: ckpt_lib.Checkpoints, data_iter, 
     writer.text(f"initialised from {directory}/{step} (step {int(to_host(state.step))})")
     # The grown checkpoint's FLOPs are the small stage's: kept apart so that
     # `growjax speedup` can check a grown run counts them.
-    return state, dict(meta, small_stage_flops=float(meta.get("flops_seen", 0.0)))
+    meta = dict(meta, small_stage_flops=float(meta.get("flops_seen", 0.0)))
+    if ramp is not None:
+      state = state.replace(masks=ramp.initial(setup.mesh, step))
+      meta[mask_ramp.META_KEY] = ramp.to_meta()
+      writer.text(f"MSG masks: new layers and units ramp in from 0 to 1 over steps "
+                  f"{ramp.start}..{ramp.end} (config.growth.mask_ramp_steps={ramp.ramp})")
+    return state, meta
   return init_state(setup, jax.random.key(cfg.seed)), {}
 
 
@@ -459,6 +498,13 @@ class _Loop:
     self.train_step, self.eval_step = make_train_step(setup), make_eval_step(setup)
     self.meta = dict(run_meta(setup),
                      small_stage_flops=float(restored_meta.get("small_stage_flops", 0.0)))
+    # MSG growth: while the state holds masks, the ramp's steps; then the plain ones.
+    self.ramp = mask_ramp.restored(restored_meta)
+    if self.ramp is not None:
+      self.masked_train_step = make_train_step(setup, self.ramp)
+      self.masked_eval_step = make_eval_step(setup, self.ramp)
+      self.meta[mask_ramp.META_KEY] = self.ramp.to_meta()
+    self.compiled: set = set()        # the step functions called once (compiled) so far
     self.step = int(to_host(self.state.step))
     self.start_step = self.step
     self.account = _Accounting(setup, self.step, restored_meta)
@@ -482,6 +528,10 @@ class _Loop:
 
   def evaluate(self) -> float:
     # Queue every eval batch before reading any: one host sync, not one per batch.
+    if self.state.masks is not None:
+      return float(np.mean(to_host([self.masked_eval_step(self.state.params, b,
+                                                          self.state.masks)
+                                    for b in self.eval_data])))
     return float(np.mean(to_host([self.eval_step(self.state.params, b)
                                   for b in self.eval_data])))
 
@@ -508,15 +558,20 @@ class _Loop:
     host_batch, self.replay_batch = self.replay_batch or next(self.data_iter), None
     global_batch = self.host.to_global(host_batch)
     t1 = time.perf_counter()
-    self.state, step_metrics = self.train_step(self.state, global_batch)
+    step_fn = self.train_step if self.state.masks is None else self.masked_train_step
+    self.state, step_metrics = step_fn(self.state, global_batch)
     # After the first (compiling) call, a dispatch returns at once unless the runtime
     # holds it back for the device (on GPU, donating a state the previous step still
     # uses): that wait is device time.
     self.account.stalls.add("data_s", t1 - t0)
-    if self.step > self.start_step:
+    if step_fn in self.compiled:
       self.account.stalls.add("device_s", time.perf_counter() - t1)
+    self.compiled.add(step_fn)
     faults.maybe_kill("mid_step")
     self.step += 1
+    if self.state.masks is not None and not self.ramp.active(self.step):
+      # The masks are all 1: they leave the state, and the plain step takes over.
+      self.state = self.state.replace(masks=None)
     previous, self.last = self.last, (self.step, step_metrics, host_batch)
     if previous is not None and self.check_numbers(*previous):
       return None                     # rolled back: the pending report is of dropped steps
@@ -572,7 +627,8 @@ class _Loop:
                        f"config.train.spike_zscore={self.setup.cfg.train.spike_zscore}) but "
                        f"no checkpoint to roll back to; continuing")
       return False
-    self.state, _, _ = self.checkpoints.restore(latest, self.setup.abstract_state)
+    self.state, _, _ = self.checkpoints.restore(
+        latest, abstract_state(self.setup, self.ramp, latest))
     self.replay_batch = self.last[2]
     self.last = None
     self.step = int(to_host(self.state.step))

@@ -33,7 +33,8 @@ from growjax import distributed
 from growjax import faults
 from growjax import optimizer as opt_lib
 from growjax import state as state_lib
-from growjax.growth import operators, optimizer_state, placement, stream
+from growjax import mask_ramp
+from growjax.growth import masks, operators, optimizer_state, placement, stream
 from growjax.growth import spec as spec_lib
 from growjax.model import ModelConfig, Transformer, logical_axes
 
@@ -171,6 +172,7 @@ def check_grow_run(cfg: ml_collections.ConfigDict) -> spec_lib.GrowthSpec:
                           kw["width_method"], kw["layer_map"],
                           allow_inexact=kw["allow_inexact"], names=kw["names"])
   _check_run_args(spec, kw["opt_state"], kw["schedule"], kw["names"])
+  masks.check(spec, cfg.growth.get("mask_ramp_steps", 0))
   return spec
 
 
@@ -254,6 +256,10 @@ def _meta_out(meta: dict, large: state_lib.Setup, spec: spec_lib.GrowthSpec, sou
                        "width_method": spec.width_method,
                        "layer_map": list(spec.layer_map) if spec.layer_map else None,
                        **grown_from}
+  # Which layers / units are new, for a large run with config.growth.mask_ramp_steps.
+  out["grown_from"][mask_ramp.GROWN_KEY] = masks.record(spec)
+  if masks.why_not(spec):
+    out["grown_from"]["masks_unavailable"] = masks.why_not(spec)
   return out
 
 
@@ -359,6 +365,12 @@ def grow_checkpoint(source: str, out_dir: str, large_cfg: ml_collections.ConfigD
   t0 = time.perf_counter()
   directory, step = ckpt_lib.resolve(source, step, field="--from")
   meta = ckpt_lib.read_meta(directory, step)
+  ramp = mask_ramp.restored(meta)
+  if ramp and ramp.active(step):
+    raise ValueError(f"{names.arg('from', directory)} step {step} is inside its MSG mask "
+                     f"ramp (steps {ramp.start}..{ramp.end}): its masks are not all 1 yet "
+                     f"— grow a step >= {ramp.end}, or train with a shorter "
+                     f"config.growth.mask_ramp_steps")
   large = state_lib.build(large_cfg)
   src_model, src_tx, src_abstract = _source_setup(meta, large)
   spec = spec_lib.resolve(src_model, large.model_cfg, method, width_method, layer_map, g=g,
