@@ -22,6 +22,7 @@ from growjax import checkpoint as ckpt_lib
 from growjax import cli
 from growjax import config as config_lib
 from growjax import faults
+from growjax import optimizer as opt_lib
 from growjax import state as state_lib
 from growjax.growth import offline, speedup, stages
 from growjax.model import ModelConfig
@@ -133,6 +134,7 @@ def test_interrupted_everywhere_equals_uninterrupted(straight, tmp_path, monkeyp
     with pytest.raises(Killed):
       stages.run(cfg, b)
   assert sorted(os.listdir(f"{b}/grown_2")) == [offline.MARKER]
+  os.makedirs(f"{b}/grown_2/4.orbax-checkpoint-tmp-0/state")   # a write cut short
   assert ckpt_lib.latest_complete_step(f"{b}/stage_1/checkpoints") == 4
 
   h = run(stop=2)                                   # grows again, stopped inside stage 2
@@ -171,31 +173,43 @@ def test_every_layer_trains_after_its_growth(straight):
     for layer in range(4):
       assert np.any(g[layer] != t[layer]), (jax.tree_util.keystr(path), layer)
   # Every Adam moment of every layer is live (nothing left out of the optimizer).
-  adam = [s for s in jax.tree.leaves(trained.opt_state, is_leaf=lambda x: hasattr(x, "mu"))
-          if hasattr(s, "mu")]
-  assert adam
-  for s in adam:
+  assert _adam(trained)
+  for s in _adam(trained):
     for moment in (s.mu, s.nu):
       for path, x in jax.tree_util.tree_leaves_with_path(moment["layers"]):
         assert all(np.any(x[i] != 0) for i in range(4)), jax.tree_util.keystr(path)
-  # Growth 1 reset the moments, growth 2 grew them: its new layers start from copies.
-  assert _state(stages.stage_config(cfg, events, 1), f"{ref_dir}/grown_1",
-                2)[1]["grown_from"]["opt_state"] == "reset"
+  # Each growth handed the Adam state over by its own event's rule: growth 1 (reset)
+  # zero moments, growth 2 (grow) G_stack's copies of stage 1's (layer i from i % 2).
+  grown_1, meta_1 = _state(stages.stage_config(cfg, events, 1), f"{ref_dir}/grown_1", 2)
+  assert meta_1["grown_from"]["opt_state"] == "reset"
+  assert all(not np.any(x) for s in _adam(grown_1) for x in jax.tree.leaves((s.mu, s.nu)))
+  stage_1, _ = _state(stages.stage_config(cfg, events, 1), f"{ref_dir}/stage_1/checkpoints",
+                      4)
+  for src, dst in zip(_adam(stage_1), _adam(grown)):
+    for a, b in zip(jax.tree.leaves((src.mu["layers"], src.nu["layers"])),
+                    jax.tree.leaves((dst.mu["layers"], dst.nu["layers"]))):
+      assert np.any(a) and all(np.array_equal(b[i], a[i % 2]) for i in range(4))
 
 
-def test_flops_run_on_across_stages(straight):
+def _adam(state):
+  """The Adam states (mu, nu) in a train state's optimizer state."""
+  return [s for s in jax.tree.leaves(state.opt_state, is_leaf=lambda x: hasattr(x, "mu"))
+          if hasattr(s, "mu")]
+
+
+def test_flops_and_lr_run_on_across_stages(straight):
   ref_dir, _ = straight
   cfg = gradual_config()
   events = stages.schedule(cfg)
   files = speedup.metrics_files(ref_dir)
   assert [os.path.basename(os.path.dirname(f)) for f in files] == list(STAGES)
-  flops, expected, total = {}, {}, 0.0
+  flops, lr, expected, total = {}, {}, {}, 0.0
   for i, path in enumerate(files):
     model = ModelConfig.from_config(stages.stage_model(cfg, events, i))
     per_step = 8 * 32 * model.flops_per_token(32)
     with open(path) as f:
       for record in map(json.loads, f):
-        flops[record["step"]] = record["flops"]
+        flops[record["step"]], lr[record["step"]] = record["flops"], record["lr"]
     for step in range(events[i - 1].step + 1 if i else 1,
                       events[i].step + 1 if i < 2 else 11):
       total += per_step
@@ -203,6 +217,10 @@ def test_flops_run_on_across_stages(straight):
   assert flops.keys() == expected.keys()
   np.testing.assert_allclose([flops[s] for s in sorted(flops)],
                              [expected[s] for s in sorted(expected)], rtol=1e-12)
+  # One LR schedule over the whole run (warmup 2, cosine to step 10), whatever the stage.
+  schedule = opt_lib.make_schedule(cfg.optimizer, cfg.train.steps)
+  np.testing.assert_allclose([lr[s] for s in range(1, 11)],
+                             [float(schedule(s - 1)) for s in range(1, 11)], rtol=1e-6)
   speedup.check_counts_small_stage(ref_dir)           # growjax speedup accepts the run
   assert speedup._final_model(ref_dir)["num_layers"] == 4
 
