@@ -187,6 +187,14 @@ def check_schedule(cfg: ml_collections.ConfigDict) -> list[Event]:
     raise ValueError(f"config.growth.schedule={g.schedule!r} restarts the step count at "
                      f"each growth, which the steps of {where} cannot follow — use "
                      f"schedule='continue'")
+  ramp = int(g.get("mask_ramp_steps", 0) or 0)
+  short = [(a, b) for a, b in zip(at, at[1:]) if b - a < ramp]
+  if short:
+    a, b = short[0]
+    raise ValueError(f"config.growth.mask_ramp_steps={ramp} is longer than the stage from "
+                     f"step {a} to {b} of {where}, and a model cannot grow inside its mask "
+                     f"ramp — ramp over at most {min(y - x for x, y in zip(at, at[1:]))} "
+                     f"steps, or space the events further apart")
   for i, event in enumerate(events, 1):
     try:
       offline.check_grow_run(growth_config(cfg, events, i))
