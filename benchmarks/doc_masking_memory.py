@@ -7,10 +7,8 @@ each candidate attention path and prints the compiled per-device memory
 (`compiled.memory_analysis()`) and, where it fits, the step time:
   ragged   cuDNN packed layout (q_seqlen / q_offsets), padding zeroed around it;
            raggedN: with config.model.max_segments=N
-  mask     cuDNN flash attention with a (B, 1, T, T) boolean mask, no bias gradient
-           (the default)
-  maskdbias  the same through `jax.nn.dot_product_attention`, which has cuDNN compute
-           the (B, 1, T, T) bias gradient in every backward (the path before)
+  mask     cuDNN flash attention with a (B, 1, T, T) boolean mask (the default; JAX
+           >= 0.11.2 no longer has cuDNN compute the mask's bias gradient, jax#39512)
   xla      XLA softmax attention with the mask (the CPU path)
   none     no document keys (reference)
 """
@@ -37,18 +35,10 @@ def _xla_path(q, k, v, segment_ids_BxT, impl, max_segments):
                                       implementation="xla")
 
 
-def _jax_nn_cudnn_path(q, k, v, segment_ids_BxT, impl, max_segments):
-  same = segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :]
-  return jax.nn.dot_product_attention(q, k, v, mask=same[:, None], is_causal=True,
-                                      implementation="cudnn")
-
-
 def run(variant: str, batch: int, steps: int) -> dict:
   original = model._masked_attention
   if variant == "xla":
     model._masked_attention = _xla_path
-  elif variant == "maskdbias":
-    model._masked_attention = _jax_nn_cudnn_path
   try:
     cfg = config_lib.base_config("1b")
     cfg.data.seq_len = 2048
@@ -94,7 +84,7 @@ def main():
   p = argparse.ArgumentParser()
   p.add_argument("--batch", type=int, default=24)
   p.add_argument("--steps", type=int, default=5)
-  p.add_argument("--variants", default="ragged,mask,maskdbias,xla,none")
+  p.add_argument("--variants", default="ragged,mask,xla,none")
   a = p.parse_args()
   for v in a.variants.split(","):
     try:

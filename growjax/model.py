@@ -16,7 +16,6 @@ This module only computes logits or final hidden states; the loss lives in
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from typing import Any
 
@@ -317,29 +316,8 @@ def _masked_attention(q, k, v, segment_ids_BxT, impl: str | None, cfg: ModelConf
         mask_type=cudnn_attention.MaskType.PADDING_CAUSAL, qkv_layout="BTNH")
     return jnp.where(real, out, jnp.zeros((), out.dtype))
   same_Bx1xTxS = (segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :])[:, None]
-  if impl == "cudnn":
-    from jax._src.cudnn import fused_attention_stablehlo as cudnn_attention
-    with _cudnn_mask_without_bias_gradient(cudnn_attention):
-      return cudnn_attention.dot_product_attention(
-          q, k, v, mask=same_Bx1xTxS, scale=q.shape[-1] ** -0.5,
-          mask_type=cudnn_attention.MaskType.CAUSAL, qkv_layout="BTNH")
   return jax.nn.dot_product_attention(q, k, v, mask=same_Bx1xTxS, is_causal=True,
-                                      implementation="xla")
-
-
-@contextlib.contextmanager
-def _cudnn_mask_without_bias_gradient(cudnn_attention):
-  """cuDNN takes a mask as an additive bias and, as JAX sets it up, always computes
-  the bias gradient: a (B, 1, T, T) tensor written by every layer's backward and then
-  thrown away (a mask has no gradient). JAX decides this once, when the forward is
-  traced (`should_export_dbias`); saying no for the duration of our call leaves the
-  backward kernel without it."""
-  export = cudnn_attention.should_export_dbias
-  cudnn_attention.should_export_dbias = lambda *_: False
-  try:
-    yield
-  finally:
-    cudnn_attention.should_export_dbias = export
+                                      implementation="cudnn" if impl == "cudnn" else "xla")
 
 
 class RMSNorm(nn.Module):
