@@ -34,6 +34,10 @@ Args (comma-separated key=value after the colon):
           stack_bottom, stack_middle, stack_top, zero, random, learn; e.g.
           configs/grow.py:recipe=tiny,method=zero. For gradual: every event's default
           (one event's own: --config.growth.events='4@75:zero,8@150:stack:grow').
+  mask_ramp  MSG masked growth (growth.mask_ramp_steps): the new layers / units enter
+          through a mask ramped 0 -> 1 over this many steps after the growth, so any
+          operator starts function-preserving (default 0: off); e.g.
+          configs/grow.py:recipe=tiny,method=random,mask_ramp=50.
 
 For paper / 7b / 28b set data (your corpus and tokenizer) and batch for your cluster;
 `growjax plan --params N --tokens D --config configs/grow.py:recipe=...` gives the
@@ -86,7 +90,7 @@ def paper_scale(recipe, batch):
 
 def get_config(arg=None):
   args = parse_arg(arg, "configs/grow.py", recipe="", batch=config_dict.placeholder(int),
-                   method="stack")
+                   method="stack", mask_ramp=0)
   if args.recipe == "tiny":
     c = tiny(16 if args.batch is None else args.batch)
   elif args.recipe == "gradual":
@@ -98,4 +102,5 @@ def get_config(arg=None):
                      f"{', '.join(RECIPES)} (e.g. configs/grow.py:recipe=tiny)")
   c.growth.enabled = True
   c.growth.method = args.method
+  c.growth.mask_ramp_steps = args.mask_ramp
   return c
