@@ -248,6 +248,42 @@ def _run_speedup(fv):
   speedup.run(fv.scratch, fv.grown, fv.target_loss, fv.out)
 
 
+# --- issue 16: growjax sweep (logic in growjax/growth/sweep.py) ---
+
+
+def _define_sweep(fv):
+  _config_flag(fv, "the TARGET model's run config (its model, train.steps, batch, data); "
+               "override fields with --config.FIELD=VALUE.")
+  flags.DEFINE_string("workdir", "", "sweep directory: WORKDIR/scratch, "
+                      "WORKDIR/d{D}_g{G}_{METHOD}, sweep_summary.json and the plots "
+                      "(default runs/<config name>_sweep).", flag_values=fv)
+  flags.DEFINE_list("d", None, "growth timings d: small-stage steps (or tokens, --d_unit); "
+                    "default 10%,25%,50% of config.train.steps.", flag_values=fv)
+  flags.DEFINE_enum("d_unit", "steps", ["steps", "tokens"], "unit of --d.", flag_values=fv)
+  flags.DEFINE_list("g", None, "growth factors; each divides config.model.num_layers "
+                    "(default: 2 and 4 where they divide it).", flag_values=fv)
+  flags.DEFINE_list("methods", None, "depth operators to sweep (config.growth.method; "
+                    "default: the config's).", flag_values=fv)
+  flags.DEFINE_float("budget_flops", None, "budget C for the recommended d and g (default: "
+                     "the sweep's own, the scratch run's FLOPs).", flag_values=fv)
+  flags.DEFINE_float("target_loss", None, "loss to reach (default: the scratch run's final "
+                     "evaluation loss).", flag_values=fv)
+  flags.DEFINE_list("also", [], "workdirs of other finished sweeps (other N or C) whose "
+                    "best d joins the law fit.", flag_values=fv)
+  flags.DEFINE_boolean("dry_run", False, "print the grid, every run's steps and FLOPs, and "
+                       "stop before any compute.", flag_values=fv)
+  _distributed_flags(fv)
+
+
+def _run_sweep(fv):
+  workdir = fv.workdir or default_workdir(fv["config"].config_filename) + "_sweep"
+  _init_distributed(fv)
+  from growjax.growth import sweep
+  sweep.run(fv.config, workdir, d=fv.d, g=fv.g, methods=fv.methods, d_unit=fv.d_unit,
+            budget_flops=fv.budget_flops, target_loss=fv.target_loss, also=fv.also,
+            dry_run=fv.dry_run)
+
+
 # --- issue 13: Hugging Face in / out, eval, sample, inspect (logic in their modules) ---
 
 
@@ -397,6 +433,9 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("speedup", "FLOPs a grown run saved against a scratch run, with a plot",
             "growjax speedup --scratch runs/scratch --grown runs/grow",
             _define_speedup, _run_speedup, ("scratch", "grown")),
+    Command("sweep", "grid of growth timings d and factors g at equal FLOPs; fits the d law",
+            "growjax sweep --config configs/repro/sweep.py --workdir runs/sweep "
+            "--d 50,150,300 --g 2,4", _define_sweep, _run_sweep, ("config",)),
     *ISSUE13_COMMANDS,
 )}
 

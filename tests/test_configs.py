@@ -177,6 +177,8 @@ RUNS = [
     ("configs/grow.py:recipe=7b,batch=256,method=zero", 64),
     ("configs/repro/replica.py:run=scratch", 8),
     ("configs/repro/replica.py:run=stack,method=zero,small_steps=200,steps=600", 8),
+    ("configs/repro/sweep.py", 8),
+    ("configs/repro/sweep.py:method=zero,steps=300", 8),
     *[(f"configs/repro/operators.py:{run}", 8) for run in
       ["scratch"] + [f"{d},{m}" for d in ("depth", "width")
                      for m in ("direct", "zero", "random", "learn")]],

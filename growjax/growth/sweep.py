@@ -1,0 +1,604 @@
+"""`growjax sweep`: when to grow and by how much, measured on the user's own data.
+
+For one target model (a run config's model, steps, batch and data) the sweep runs one
+scratch run and a grid of grow runs over the growth timing d (small-stage steps, or
+tokens), the growth factor g (the small model is the target with num_layers / g
+layers) and optionally the depth operator (config.growth.method). Every grow run
+spends the scratch run's FLOPs: its large stage gets the steps that the small stage
+left of the budget (as configs/repro/operators.py computes them). Then it reports the
+FLOPs each grow run saved to reach the scratch run's final loss (growth.speedup), the
+best d for each g and the best g, fits the paper's law for d to the measured optimum
+(growth.law), recommends d and g for a budget, and writes `sweep_summary.json` and
+three PNG plots into the sweep's workdir.
+
+Layout: WORKDIR/scratch, WORKDIR/d{D}_g{G}_{METHOD} (D in small-stage steps), each a
+normal run of `growth.stages.run`, so each resumes as every run does; a rerun of the
+sweep skips finished runs, continues an unfinished one, and analyses again.
+`sweep_plan.json` records the target so that a rerun with another config is refused.
+
+This module orchestrates and analyses; training is `stages.run`'s, the speedup
+arithmetic `speedup`'s and the fit `law`'s. It adds no new training behaviour.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import time
+from typing import Callable, Sequence
+
+import ml_collections
+import numpy as np
+from etils import epath
+
+from growjax.growth import law as law_lib
+from growjax.growth import speedup
+from growjax.growth import timing
+
+PLAN_FILE = "sweep_plan.json"
+SUMMARY_FILE = "sweep_summary.json"
+PLOTS = ("loss_vs_flops.png", "saving_vs_d.png", "saving_vs_g.png")
+D_UNITS = ("steps", "tokens")
+DEFAULT_G = (2, 4)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepRun:
+  """One run of the grid: the scratch run (g = None) or a grow run."""
+  name: str
+  g: int | None
+  method: str | None
+  d_steps: int              # small-stage steps (0 for scratch)
+  d_tokens: int             # tokens on the small model
+  small_layers: int | None
+  steps: int                # config.train.steps: small + large stage for a grow run
+  large_steps: int          # steps of the target model
+  flops: float              # total training FLOPs, small stage included
+  small_flops: float
+
+  @property
+  def is_scratch(self) -> bool:
+    return self.g is None
+
+
+# ------------------------------------------------------------------------------- plan
+
+
+def _model(cfg_model: ml_collections.ConfigDict):
+  from growjax.model import ModelConfig
+  return ModelConfig.from_config(cfg_model)
+
+
+def _tokens_per_step(cfg, small: bool = False) -> int:
+  batch = cfg.train.global_batch_size
+  if small and cfg.growth.small_global_batch_size:
+    batch = cfg.growth.small_global_batch_size
+  return int(batch) * int(cfg.data.seq_len)
+
+
+def target_params(cfg: ml_collections.ConfigDict) -> float:
+  """N of the law: the target model's parameters (as `growjax plan` counts them)."""
+  return float(_model(cfg.model).num_params())
+
+
+def scratch_flops(cfg: ml_collections.ConfigDict) -> float:
+  return (cfg.train.steps * _tokens_per_step(cfg) *
+          _model(cfg.model).flops_per_token(cfg.data.seq_len))
+
+
+def parse_d(values: Sequence[str], unit: str, cfg: ml_collections.ConfigDict
+            ) -> list[int]:
+  """--d values -> small-stage steps (sorted, unique). Tokens round to whole steps of
+  the small stage's batch."""
+  if unit not in D_UNITS:
+    raise ValueError(f"--d_unit={unit!r} is not one of {', '.join(D_UNITS)} — give "
+                     f"--d_unit=steps or --d_unit=tokens")
+  per_step = _tokens_per_step(cfg, small=True)
+  out = set()
+  for v in values:
+    try:
+      x = float(v)
+    except ValueError:
+      raise ValueError(f"--d entry {v!r} is not a number — give small-stage {unit}, e.g. "
+                       f"--d=50,150,300") from None
+    steps = x if unit == "steps" else x / per_step
+    if unit == "steps" and x != int(x):
+      raise ValueError(f"--d entry {v!r} is not a whole number of steps — give whole "
+                       f"steps, or --d_unit=tokens")
+    if round(steps) < 1:
+      raise ValueError(f"--d entry {v!r} ({unit}) is below one small-stage step "
+                       f"({per_step} tokens) — give d >= 1 step")
+    out.add(int(round(steps)))
+  if not out:
+    raise ValueError("--d is empty — give growth timings, e.g. --d=50,150,300")
+  return sorted(out)
+
+
+def parse_g(values: Sequence[str] | None, num_layers: int) -> list[int]:
+  """--g values (default: those of 2 and 4 that divide num_layers), each dividing it."""
+  divisors = [k for k in range(2, num_layers + 1) if num_layers % k == 0]
+  if not values:
+    out = [g for g in DEFAULT_G if num_layers % g == 0]
+    if not out:
+      raise ValueError(f"config.model.num_layers={num_layers} is divisible by neither 2 nor "
+                       f"4 — give --g with factors that divide it"
+                       f"{' (' + ', '.join(map(str, divisors)) + ')' if divisors else ''}")
+    return out
+  out = set()
+  for v in values:
+    try:
+      g = int(v)
+    except ValueError:
+      raise ValueError(f"--g entry {v!r} is not an integer — give growth factors, e.g. "
+                       f"--g=2,4") from None
+    if g < 2 or num_layers % g:
+      raise ValueError(f"--g={g} does not divide config.model.num_layers={num_layers} into a "
+                       f"smaller model — give factors >= 2 that divide it: "
+                       f"{', '.join(map(str, divisors)) or 'none (num_layers is 1)'}")
+    out.add(g)
+  return sorted(out)
+
+
+def run_config(cfg: ml_collections.ConfigDict, run: SweepRun) -> ml_collections.ConfigDict:
+  """The run config of one run of the grid (a whole grow run for a grow run)."""
+  c = cfg.copy_and_resolve_references()
+  c.growth.enabled = not run.is_scratch
+  c.train.steps = run.steps
+  if run.is_scratch:
+    return c
+  small = cfg.model.copy_and_resolve_references()
+  small.num_layers = run.small_layers
+  c.growth.small_model = small
+  c.growth.small_steps = run.d_steps
+  c.growth.method = run.method
+  return c
+
+
+def plan(cfg: ml_collections.ConfigDict, d_steps: Sequence[int], gs: Sequence[int],
+         methods: Sequence[str]) -> list[SweepRun]:
+  """The scratch run and every grow run at equal FLOPs; refuses, before any compute, a d
+  whose small stage alone spends the scratch run's budget."""
+  if not cfg.train.eval_every or cfg.train.eval_every <= 0:
+    raise ValueError(f"config.train.eval_every={cfg.train.eval_every}: the sweep compares "
+                     f"evaluation losses — set config.train.eval_every > 0")
+  large = _model(cfg.model)
+  seq = int(cfg.data.seq_len)
+  tps_large, tps_small = _tokens_per_step(cfg), _tokens_per_step(cfg, small=True)
+  step_flops = tps_large * large.flops_per_token(seq)
+  budget = cfg.train.steps * step_flops
+  runs = [SweepRun("scratch", None, None, 0, 0, None, int(cfg.train.steps),
+                   int(cfg.train.steps), budget, 0.0)]
+  for method in methods:
+    for g in gs:
+      small_layers = large.num_layers // g
+      small = dataclasses.replace(large, num_layers=small_layers)
+      small_step_flops = tps_small * small.flops_per_token(seq)
+      for d in d_steps:
+        small_flops = d * small_step_flops
+        large_steps = math.floor((budget - small_flops) / step_flops)
+        if large_steps < 1:
+          max_d = math.ceil((budget - step_flops) / small_step_flops) - 1
+          raise ValueError(
+              f"--d={d} steps at g={g}: the small stage ({small_layers} layers, "
+              f"{small_flops:.4g} FLOPs) leaves no step of the scratch run's budget "
+              f"({budget:.4g} FLOPs, config.train.steps={cfg.train.steps}) for the target "
+              f"model — give d <= {max_d} steps at g={g}")
+        runs.append(SweepRun(
+            f"d{d}_g{g}_{method}", g, method, d, d * tps_small, small_layers, d + large_steps,
+            large_steps, small_flops + large_steps * step_flops, small_flops))
+  return runs
+
+
+def check(cfg: ml_collections.ConfigDict, runs: Sequence[SweepRun], num_devices: int) -> None:
+  """Every run's config as its stages will check it (model, mesh, growth), before any
+  compute; an error names the run."""
+  from growjax import config as config_lib
+  from growjax.growth import offline, stages
+  for run in runs:
+    c = run_config(cfg, run)
+    try:
+      if run.is_scratch:
+        config_lib.validate(c, num_devices)
+        continue
+      config_lib.validate(c, num_devices)
+      config_lib.validate(stages.small_stage_config(c), num_devices)
+      offline.check_grow_run(c)
+    except ValueError as e:
+      raise ValueError(f"sweep run {run.name}: {e}") from None
+
+
+def describe_plan(cfg: ml_collections.ConfigDict, runs: Sequence[SweepRun]) -> str:
+  """The grid, each run's step counts and FLOPs (the `--dry_run` output)."""
+  large = _model(cfg.model)
+  budget = runs[0].flops
+  lines = [f"sweep: target {large.num_layers} layers x {large.embed_dim} "
+           f"(N = {target_params(cfg):.4g} params), {cfg.train.steps} steps of "
+           f"{_tokens_per_step(cfg)} tokens, budget C = {budget:.4g} FLOPs; "
+           f"{len(runs)} runs",
+           f"  {'run':<22}{'g':>3}{'small':>7}{'d steps':>9}{'d tokens':>11}"
+           f"{'large steps':>13}{'steps':>8}{'FLOPs':>11}{'/ scratch':>11}"]
+  for r in runs:
+    lines.append(
+        f"  {r.name:<22}{r.g or '-':>3}{r.small_layers or '-':>7}{r.d_steps or '-':>9}"
+        f"{r.d_tokens or '-':>11}{r.large_steps:>13}{r.steps:>8}{r.flops:>11.4g}"
+        f"{r.flops / budget:>11.4f}")
+  total_flops = sum(r.flops for r in runs)
+  total_steps = sum(r.steps for r in runs)
+  lines.append(f"  total: {total_steps} steps ({sum(r.d_steps for r in runs)} small-stage, "
+               f"{sum(r.large_steps for r in runs)} target-model), {total_flops:.4g} FLOPs "
+               f"({total_flops / budget:.3g} x the scratch run)")
+  return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _signature(cfg: ml_collections.ConfigDict) -> dict:
+  """What makes two sweeps comparable: the target model, steps, batch and data."""
+  return {"model": dataclasses.asdict(_model(cfg.model)), "steps": int(cfg.train.steps),
+          "global_batch_size": int(cfg.train.global_batch_size),
+          "seq_len": int(cfg.data.seq_len), "seed": int(cfg.seed),
+          "data": json.loads(cfg.data.to_json_best_effort())}
+
+
+def _record_plan(workdir: str, cfg: ml_collections.ConfigDict, runs: Sequence[SweepRun]
+                 ) -> None:
+  """Writes sweep_plan.json; refuses a workdir that holds a sweep of another target."""
+  path = epath.Path(workdir) / PLAN_FILE
+  sig = _signature(cfg)
+  known = {}
+  if path.exists():
+    old = json.loads(path.read_text())
+    if old.get("target") != sig:
+      diff = sorted(k for k in sig if old.get("target", {}).get(k) != sig[k])
+      raise ValueError(
+          f"--workdir={workdir} holds a sweep of another target ({', '.join(diff)} differ "
+          f"from {PLAN_FILE}) — give a new --workdir, or the config that sweep ran")
+    known = {r["name"]: r for r in old.get("runs", [])}
+  known.update({r.name: dataclasses.asdict(r) for r in runs})
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps({"target": sig, "runs": list(known.values())}, indent=1))
+
+
+def run_dir(workdir: str, run: SweepRun) -> str:
+  return str(epath.Path(workdir) / run.name)
+
+
+def is_done(workdir: str, run: SweepRun) -> bool:
+  """A run is done when its (target-model) checkpoints hold its last step."""
+  from growjax import checkpoint as ckpt_lib
+  sub = "checkpoints" if run.is_scratch else "large/checkpoints"
+  return ckpt_lib.latest_complete_step(str(epath.Path(run_dir(workdir, run)) / sub)) == run.steps
+
+
+def _stopped(history: dict) -> bool:
+  parts = [history] if "stopped_at" in history else list(history.values())
+  return not parts or any(p.get("stopped_at") is not None for p in parts)
+
+
+def _what(run: SweepRun, cfg) -> str:
+  if run.is_scratch:
+    return f"from scratch, {run.steps} steps"
+  return (f"{run.method} x{run.g}: {run.small_layers} layers for {run.d_steps} steps, then "
+          f"{cfg.model.num_layers} layers to step {run.steps}")
+
+
+def execute(cfg: ml_collections.ConfigDict, workdir: str, runs: Sequence[SweepRun],
+            log: Callable[[str], None] = print,
+            train_fn: Callable | None = None) -> bool:
+  """Runs every unfinished run in order (each resumes where it stopped); True when the
+  whole grid is done, False when a run stopped early (preemption): rerun to resume."""
+  from growjax import distributed
+  from growjax.growth import stages
+  train_fn = train_fn or stages.run
+  done = [bool(v) for v in distributed.agreed([int(is_done(workdir, r)) for r in runs])]
+  left = sum(r.flops for r, d in zip(runs, done) if not d)
+  log(f"== sweep: {len(runs)} runs, {sum(done)} done; {left:.4g} FLOPs to go -> {workdir}")
+  spent_s, spent_flops = 0.0, 0.0
+  for i, (run, finished) in enumerate(zip(runs, done), 1):
+    head = f"== sweep run {i}/{len(runs)}: {run.name}"
+    if finished:
+      log(f"{head}: done, skipped")
+      continue
+    log(f"{head}: {_what(run, cfg)} ({run.flops:.4g} FLOPs) -> {run_dir(workdir, run)}")
+    t0 = time.perf_counter()
+    history = train_fn(run_config(cfg, run), run_dir(workdir, run))
+    if _stopped(history):
+      log(f"== sweep stopped in run {i}/{len(runs)} ({run.name}): rerun the same command "
+          f"to resume it")
+      return False
+    spent_s += time.perf_counter() - t0
+    spent_flops += run.flops
+    left -= run.flops
+    eta = f"sweep ETA {_duration(left * spent_s / spent_flops)}" if left > 0 else "grid done"
+    log(f"== sweep run {i}/{len(runs)} done in {_duration(time.perf_counter() - t0)}; "
+        f"{eta} ({left:.4g} FLOPs left)")
+  return True
+
+
+def _duration(seconds: float) -> str:
+  from growjax.metrics import format_duration
+  return format_duration(seconds)
+
+
+# -------------------------------------------------------------------------- analysis
+
+
+def best_d(d_tokens: Sequence[float], savings: Sequence[float | None]
+           ) -> dict | None:
+  """The growth timing with the largest saving. With the best inside the grid and its two
+  neighbours measured, the vertex of the parabola through the three (saving against
+  log10 d) refines it; `at_edge` says the best is the grid's smallest or largest d (the
+  optimum may lie beyond). None when no d reached the target."""
+  pairs = sorted((float(d), s) for d, s in zip(d_tokens, savings))
+  measured = [(d, s) for d, s in pairs if s is not None]
+  if not measured:
+    return None
+  i = max(range(len(pairs)), key=lambda k: -math.inf if pairs[k][1] is None else pairs[k][1])
+  d, s = pairs[i]
+  out = {"d_tokens": d, "grid_d_tokens": d, "flops_saved": s, "how": "grid",
+         "at_edge": len(pairs) > 1 and i in (0, len(pairs) - 1)}
+  if 0 < i < len(pairs) - 1 and pairs[i - 1][1] is not None and pairs[i + 1][1] is not None:
+    x = np.log10([pairs[i - 1][0], d, pairs[i + 1][0]])
+    y = np.array([pairs[i - 1][1], s, pairs[i + 1][1]])
+    curve, slope, _ = np.polyfit(x, y, 2)
+    if curve < 0:
+      vertex = float(np.clip(-slope / (2 * curve), x[0], x[2]))
+      out.update(d_tokens=float(10 ** vertex), how="parabola")
+  return out
+
+
+def _saving(scratch_curve, target: float, run_path: str) -> dict:
+  s_flops, _ = scratch_curve
+  s_reach = speedup.flops_to_reach(*scratch_curve, target)
+  flops, loss = speedup.load_curve(run_path)
+  reach = speedup.flops_to_reach(flops, loss, target)
+  out = {"final_loss": float(loss[-1]), "best_loss": float(loss.min()),
+         "total_flops": float(flops[-1]), "reached": reach is not None,
+         "flops_to_target": reach, "flops_saved": None, "speedup": None}
+  if reach is not None:
+    out.update(flops_saved=1.0 - reach / s_reach, speedup=s_reach / reach - 1.0)
+  return out
+
+
+def _law_points(also: Sequence[str]) -> list[law_lib.Point]:
+  points = []
+  for other in also:
+    path = epath.Path(other)
+    path = path if path.name == SUMMARY_FILE else path / SUMMARY_FILE
+    if not path.exists():
+      raise ValueError(f"--also={other}: no {SUMMARY_FILE} there — give the workdir of a "
+                       f"finished growjax sweep")
+    p = json.loads(path.read_text()).get("law_point")
+    if p:
+      points.append(law_lib.Point(p["params"], p["flops"], p["d_tokens"]))
+  return points
+
+
+def analyse(cfg: ml_collections.ConfigDict, workdir: str, runs: Sequence[SweepRun],
+            budget_flops: float | None = None, target_loss: float | None = None,
+            also: Sequence[str] = ()) -> dict:
+  """FLOPs saved by every grow run, the best d per g and the best g, the law fitted to
+  the measured optimum (plus the --also sweeps' optima), and the recommendation."""
+  scratch, grown = runs[0], [r for r in runs if not r.is_scratch]
+  curve = speedup.load_curve(run_dir(workdir, scratch))
+  target = float(curve[1][-1]) if target_loss is None else float(target_loss)
+  s_reach = speedup.flops_to_reach(*curve, target)
+  if s_reach is None:
+    raise ValueError(f"the scratch run never reaches --target_loss={target:.4f} (its best is "
+                     f"{curve[1].min():.4f}) — give a higher --target_loss")
+  rows = []
+  for r in runs:
+    row = dataclasses.asdict(r)
+    row.update(_saving(curve, target, run_dir(workdir, r)))
+    rows.append(row)
+  by_g: dict[str, dict[str, dict]] = {}
+  for method in dict.fromkeys(r.method for r in grown):
+    by_g[method] = {}
+    for g in sorted({r.g for r in grown if r.method == method}):
+      mine = [row for row in rows if row["g"] == g and row["method"] == method]
+      best = best_d([row["d_tokens"] for row in mine], [row["flops_saved"] for row in mine])
+      if best is not None:
+        best["d_steps"] = next(row["d_steps"] for row in mine
+                               if row["d_tokens"] == best["grid_d_tokens"])
+      by_g[method][str(g)] = best
+  ranked = [(b["flops_saved"], m, int(g)) for m, per_g in by_g.items()
+            for g, b in per_g.items() if b is not None]
+  params, budget = target_params(cfg), scratch.flops
+  summary = {
+      "target": {"params": params, "budget_flops": budget, "num_layers": cfg.model.num_layers,
+                 "embed_dim": cfg.model.embed_dim, "steps": cfg.train.steps,
+                 "tokens_per_step": _tokens_per_step(cfg), "seq_len": cfg.data.seq_len},
+      "target_loss": target, "target_is_scratch_final": target_loss is None,
+      "scratch_flops_to_target": s_reach, "runs": rows,
+      "best_d_per_g": by_g, "best": None, "law_point": None, "law": None,
+      "paper_law": dict(law_lib.PAPER), "recommendation": None}
+  points = list(_law_points(also))
+  if ranked:
+    saved, method, g = max(ranked)
+    best = by_g[method][str(g)]
+    summary["best"] = {"method": method, "g": g, **best}
+    summary["law_point"] = {"params": params, "flops": budget, "d_tokens": best["d_tokens"],
+                            "g": g, "method": method}
+    points.insert(0, law_lib.Point(params, budget, best["d_tokens"]))
+  if points:
+    fit = law_lib.fit(points)
+    summary["law"] = fit.as_dict()
+    if ranked:
+      summary["recommendation"] = recommend(cfg, fit, summary["best"]["g"],
+                                            budget_flops or budget)
+  return summary
+
+
+def recommend(cfg: ml_collections.ConfigDict, fit: law_lib.Fit, g: int,
+              budget_flops: float) -> dict:
+  """d (tokens and this config's small-stage steps) from the fitted law at the budget,
+  g the sweep's best; the paper's d at the same point beside it."""
+  params = target_params(cfg)
+  d = law_lib.predict_d(fit.coefficients, params, budget_flops)
+  return {"budget_flops": budget_flops, "g": g, "d_tokens": d,
+          "d_steps": max(1, round(d / _tokens_per_step(cfg, small=True))),
+          "paper_d_tokens": law_lib.predict_d(law_lib.PAPER, params, budget_flops),
+          "paper_range_warning": timing.fit_range_warning(params, budget_flops)}
+
+
+def report(summary: dict) -> str:
+  """The printed analysis."""
+  t = summary["target"]
+  whose = "the scratch run's final" if summary["target_is_scratch_final"] else "--target_loss"
+  lines = [f"target loss {summary['target_loss']:.4f} ({whose}; scratch reaches it at "
+           f"{summary['scratch_flops_to_target']:.4g} FLOPs)",
+           f"  {'run':<22}{'d tokens':>11}{'final loss':>12}{'FLOPs to target':>17}"
+           f"{'saved':>9}"]
+  for r in summary["runs"]:
+    saved = "-" if r["g"] is None else (
+        f"{r['flops_saved']:.1%}" if r["flops_saved"] is not None else "never")
+    reach = f"{r['flops_to_target']:.4g}" if r["flops_to_target"] is not None else "-"
+    lines.append(f"  {r['name']:<22}{r['d_tokens'] or '-':>11}{r['final_loss']:>12.4f}"
+                 f"{reach:>17}{saved:>9}")
+  for method, per_g in summary["best_d_per_g"].items():
+    for g, b in per_g.items():
+      if b is None:
+        lines.append(f"best d for g={g} ({method}): none reached the target loss")
+        continue
+      edge = " — at the edge of the grid: the optimum may lie beyond, widen --d" \
+          if b["at_edge"] else ""
+      refined = (f" (parabola through the grid: {b['d_tokens']:.4g} tokens)"
+                 if b["how"] == "parabola" else "")
+      lines.append(f"best d for g={g} ({method}): {b['d_steps']} steps = "
+                   f"{b['grid_d_tokens']:.4g} tokens, {b['flops_saved']:.1%} saved"
+                   f"{refined}{edge}")
+  best = summary["best"]
+  if best is None:
+    lines.append("no grow run reached the scratch run's loss: no best g, no law fit — train "
+                 "longer (config.train.steps) or try other --d / --g")
+    return "\n".join(lines)
+  lines.append(f"best g: {best['g']} ({best['method']}), {best['flops_saved']:.1%} of FLOPs "
+               f"saved at d = {best['d_steps']} steps")
+  fit = law_lib.Fit(**{**summary["law"], "fitted": tuple(summary["law"]["fitted"])})
+  lines.append(law_lib.describe(fit))
+  rec = summary["recommendation"]
+  own = abs(rec["budget_flops"] / t["budget_flops"] - 1) < 1e-9
+  lines.append(f"recommendation at C = {rec['budget_flops']:.4g} FLOPs"
+               f"{' (this sweep' + chr(39) + 's budget)' if own else ''}: g = {rec['g']}, "
+               f"d = {rec['d_tokens']:.4g} tokens = {rec['d_steps']} small-stage steps of "
+               f"this config (the paper's law: d = {rec['paper_d_tokens']:.4g} tokens)")
+  if rec["paper_range_warning"]:
+    lines.append(f"  paper's law {rec['paper_range_warning']}")
+  return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ plots
+
+
+def plot(summary: dict, workdir: str) -> list[str]:
+  """Loss against FLOPs for every run, the saving against d and against g (PNG in the
+  sweep's workdir); [] (and one printed line) without matplotlib."""
+  try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError:
+    print(speedup.PLOT_SKIPPED)
+    return []
+  root = epath.Path(workdir)
+  written = []
+
+  def save(fig, name):
+    fig.tight_layout()
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
+    plt.close(fig)
+    (root / name).write_bytes(png.getvalue())
+    written.append(str(root / name))
+
+  rows = summary["runs"]
+  fig, ax = plt.subplots(figsize=(8, 5))
+  for r in rows:
+    flops, loss = speedup.load_curve(str(root / r["name"]))
+    style = dict(color="black", linewidth=2.2) if r["g"] is None else dict(linewidth=1)
+    ax.plot(flops, loss, label=r["name"], **style)
+  ax.axhline(summary["target_loss"], linestyle="--", color="gray", linewidth=1,
+             label=f"target {summary['target_loss']:.4f}")
+  ax.set_xscale("log")
+  ax.set_xlabel("training FLOPs (grow runs include their small stage)")
+  ax.set_ylabel("validation loss")
+  ax.set_title("every run of the sweep at equal FLOPs")
+  ax.legend(fontsize=7, ncol=2)
+  save(fig, PLOTS[0])
+
+  grown = [r for r in rows if not r["g"] is None]
+  groups = sorted({(r["method"], r["g"]) for r in grown})
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for method, g in groups:
+    mine = sorted((r["d_tokens"], r["flops_saved"]) for r in grown
+                  if (r["method"], r["g"]) == (method, g))
+    ax.plot([d for d, _ in mine], [np.nan if s is None else 100 * s for _, s in mine], "o-",
+            label=f"g={g} {method}")
+  ax.axhline(0, color="gray", linewidth=1)
+  ax.set_xscale("log")
+  ax.set_xlabel("growth timing d (tokens on the small model)")
+  ax.set_ylabel("FLOPs saved to reach scratch's loss (%)")
+  ax.set_title("saving against d (missing: never reached the target)")
+  ax.legend()
+  save(fig, PLOTS[1])
+
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for method in dict.fromkeys(m for m, _ in groups):
+    gs = sorted({r["g"] for r in grown if r["method"] == method})
+    for r in grown:
+      if r["method"] == method and r["flops_saved"] is not None:
+        ax.plot(r["g"], 100 * r["flops_saved"], ".", color="gray")
+    best = summary["best_d_per_g"][method]
+    ax.plot(gs, [np.nan if best[str(g)] is None else 100 * best[str(g)]["flops_saved"]
+                 for g in gs], "o-", label=f"{method}: best d per g")
+  ax.axhline(0, color="gray", linewidth=1)
+  ax.set_xlabel("growth factor g")
+  ax.set_ylabel("FLOPs saved to reach scratch's loss (%)")
+  ax.set_title("saving against g (dots: every d)")
+  ax.legend()
+  save(fig, PLOTS[2])
+  return written
+
+
+# ------------------------------------------------------------------------------- main
+
+
+def run(cfg: ml_collections.ConfigDict, workdir: str, d: Sequence[str] | None = None,
+        g: Sequence[str] | None = None, methods: Sequence[str] | None = None,
+        d_unit: str = "steps", budget_flops: float | None = None,
+        target_loss: float | None = None, also: Sequence[str] = (), dry_run: bool = False,
+        log: Callable[[str], None] = print, train_fn: Callable | None = None) -> dict | None:
+  """`growjax sweep`: plan (every refusal before compute), run the unfinished runs,
+  analyse, print, write the summary and the plots. `dry_run`: print the plan only."""
+  import jax
+  if budget_flops is not None and budget_flops <= 1:
+    raise ValueError(f"--budget_flops={budget_flops} must be a FLOP count > 1 — e.g. "
+                     f"--budget_flops=1e18")
+  if d is None:   # default: a tenth, a quarter and a half of the scratch run's steps
+    d = [str(max(1, cfg.train.steps * f // 100)) for f in (10, 25, 50)]
+    d_unit = "steps"
+  d_steps = parse_d(d, d_unit, cfg)
+  gs = parse_g(g, int(cfg.model.num_layers))
+  methods = list(dict.fromkeys(methods or [cfg.growth.method or "stack"]))
+  runs = plan(cfg, d_steps, gs, methods)
+  check(cfg, runs, jax.device_count())
+  log(describe_plan(cfg, runs))
+  if dry_run:
+    return None
+  for other in also:    # refused now, not after hours of compute
+    _law_points([other])
+  if jax.process_index() == 0:
+    _record_plan(workdir, cfg, runs)
+  if not execute(cfg, workdir, runs, log=log, train_fn=train_fn):
+    return None
+  summary = analyse(cfg, workdir, runs, budget_flops, target_loss, also)
+  log(report(summary))
+  if jax.process_index() == 0:
+    summary["plots"] = plot(summary, workdir)
+    path = epath.Path(workdir) / SUMMARY_FILE
+    path.write_text(json.dumps(summary, indent=1))
+    log(f"wrote {path}" + "".join(f"\nplot: {p}" for p in summary["plots"]))
+  return summary

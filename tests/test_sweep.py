@@ -1,0 +1,312 @@
+"""`growjax sweep`: a 2 x 2 grid (d x g) end to end through the console entry point, a
+rerun that skips finished runs, the analysis on synthetic runs with known answers, the
+law fit on synthetic points, and bad grids refused in one line before any compute."""
+
+import json
+import math
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from growjax import cli
+from growjax import config as config_lib
+from growjax.growth import law
+from growjax.growth import speedup
+from growjax.growth import sweep
+from growjax.growth import timing
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+TINY_CONFIG = '''
+from growjax.config import base_config
+
+
+def get_config(arg=None):
+  c = base_config("tiny")
+  c.model.update(dtype="float32", num_layers=4, embed_dim=32, num_heads=2, num_kv_heads=2,
+                 head_dim=16, mlp_dim=64)
+  c.data.seq_len = 32
+  c.train.update(steps=8, global_batch_size=8, log_every=4, eval_every=2, eval_batches=1,
+                 checkpoint_every=4, async_checkpointing=False, loss_chunk_len=32)
+  c.metrics.tensorboard = False
+  c.optimizer.update(peak_lr=1e-2, end_lr=1e-3, warmup_steps=2, decay_steps=10)
+  c.growth.small_model.update(dtype="float32")
+  return c
+'''
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+  path = tmp_path / "tiny_sweep.py"
+  path.write_text(TINY_CONFIG)
+  return str(path)
+
+
+def sweep_cli(*args):
+  return cli.main(["growjax", "sweep", *args])
+
+
+@pytest.fixture
+def quick_compiles():
+  """XLA without its expensive passes: these steps run a few times each, their compiles
+  are most of the test's time (and the grid shares one decay horizon, decay_steps=10, so
+  runs of one model size share one compiled step)."""
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", False)
+
+
+# ------------------------------------------------------------------------ end to end
+
+
+def test_sweep_runs_a_2x2_grid_writes_summary_and_plots_and_a_rerun_skips(
+    tiny_config, tmp_path, data_dir, capsys, quick_compiles):
+  work = tmp_path / "sweep"
+  # Target 5.0: every run gets there (the scratch run's final loss is not guaranteed to
+  # be reached by grow runs of 8 steps; the saving is what speedup.compare says either way).
+  args = [f"--config={tiny_config}", f"--workdir={work}", "--d=2,4", "--g=2,4",
+          "--target_loss=5.0"]
+  assert sweep_cli(*args) == 0
+  out = capsys.readouterr().out
+  names = ["scratch", "d2_g2_stack", "d4_g2_stack", "d2_g4_stack", "d4_g4_stack"]
+  for i, name in enumerate(names, 1):
+    assert f"== sweep run {i}/5: {name}: " in out
+  assert "== sweep run 1/5 done in" in out and "sweep ETA" in out
+  assert "grid done" in out
+
+  summary = json.loads((work / sweep.SUMMARY_FILE).read_text())
+  rows = {r["name"]: r for r in summary["runs"]}
+  assert list(rows) == names
+  # Equal FLOPs: the large stage takes what the small stage left, to within one step.
+  budget = rows["scratch"]["flops"]
+  step_flops = budget / 8
+  for name in names[1:]:
+    r = rows[name]
+    assert budget - step_flops < r["flops"] <= budget
+    assert r["steps"] == r["d_steps"] + r["large_steps"]
+    assert r["small_layers"] == 4 // r["g"]
+    assert r["d_tokens"] == r["d_steps"] * 8 * 32
+    # The logged FLOPs are the planned ones (the small stage counted in the large stage's).
+    flops, _ = speedup.load_curve(str(work / name))
+    assert flops[-1] == pytest.approx(r["flops"], rel=1e-9)
+    # Each saving is what `growjax speedup` computes for the pair.
+    ref = speedup.compare(str(work / "scratch"), str(work / name), target_loss=5.0)
+    assert r["flops_saved"] == pytest.approx(ref["flops_saved"])
+    assert r["speedup"] == pytest.approx(ref["speedup"])
+  # The best d per g and the best g are the argmax of those savings.
+  for g in (2, 4):
+    mine = [rows[f"d{d}_g{g}_stack"] for d in (2, 4)]
+    best = max(mine, key=lambda r: r["flops_saved"])
+    assert summary["best_d_per_g"]["stack"][str(g)]["d_steps"] == best["d_steps"]
+    assert summary["best_d_per_g"]["stack"][str(g)]["at_edge"] is True
+  best = max(summary["best_d_per_g"]["stack"].items(), key=lambda kv: kv[1]["flops_saved"])
+  assert summary["best"]["g"] == int(best[0])
+  # One (N, C) point: only c fitted, and the law passes through the measured optimum.
+  fit = summary["law"]
+  assert fit["fitted"] == ["c"] and "only c fitted" in fit["note"]
+  point = summary["law_point"]
+  assert law.predict_d(fit["coefficients"], point["params"], point["flops"]) == \
+      pytest.approx(point["d_tokens"])
+  assert summary["recommendation"]["d_tokens"] == pytest.approx(point["d_tokens"])
+  assert "only c fitted, a = 0.88 and b = 163.27 fixed at the paper's" in out
+  assert "recommendation at C = " in out and "(this sweep's budget)" in out
+  for png in sweep.PLOTS:
+    assert (work / png).read_bytes()[:8] == PNG
+
+  # A rerun trains nothing: every run is skipped, the metrics are untouched; another
+  # budget moves only the recommendation.
+  before = {n: (work / n).joinpath(*(["metrics.jsonl"] if n == "scratch" else
+                                     ["large", "metrics.jsonl"])).read_text() for n in names}
+  assert sweep_cli(*args, "--budget_flops", f"{budget * 100:g}") == 0
+  out = capsys.readouterr().out
+  assert out.count("done, skipped") == 5 and "== stage" not in out
+  assert "0 FLOPs to go" in out or "5 done" in out
+  after = {n: (work / n).joinpath(*(["metrics.jsonl"] if n == "scratch" else
+                                    ["large", "metrics.jsonl"])).read_text() for n in names}
+  assert after == before
+  again = json.loads((work / sweep.SUMMARY_FILE).read_text())
+  assert again["recommendation"]["budget_flops"] == pytest.approx(budget * 100)
+  assert again["recommendation"]["d_tokens"] == pytest.approx(law.predict_d(
+      fit["coefficients"], point["params"], budget * 100))
+
+  # The same workdir with another target is refused, before any compute.
+  assert sweep_cli(f"--config={tiny_config}", f"--workdir={work}", "--d=2", "--g=2",
+                   "--config.train.steps=10") == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("growjax sweep: --workdir=") and "holds a sweep of another target" \
+      in err and "steps" in err and len(err.splitlines()) == 1
+
+
+# --------------------------------------------------------------------- bad grids
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--g=3"], "--g=3 does not divide config.model.num_layers=4 into a smaller model — "
+                "give factors >= 2 that divide it: 2, 4"),
+    (["--g=two"], "--g entry 'two' is not an integer"),
+    (["--d=100", "--g=2"], "--d=100 steps at g=2: the small stage (2 layers"),
+    (["--d=1.5"], "--d entry '1.5' is not a whole number of steps"),
+    (["--d=0"], "is below one small-stage step"),
+    (["--d=2", "--methods=bogus"], "sweep run d2_g2_bogus: "),
+    (["--d=2", "--config.train.eval_every=0"], "config.train.eval_every=0: the sweep "
+                                               "compares evaluation losses"),
+    (["--d=2", "--budget_flops=0"], "--budget_flops=0.0 must be a FLOP count > 1"),
+])
+def test_bad_grid_is_one_line_before_any_compute(tiny_config, tmp_path, capsys, flags,
+                                                 message):
+  work = tmp_path / "w"
+  assert sweep_cli(f"--config={tiny_config}", f"--workdir={work}", *flags) == 2
+  captured = capsys.readouterr()
+  err = captured.err.strip()
+  assert err.startswith("growjax sweep: ") and len(err.splitlines()) == 1
+  assert message in err
+  assert not work.exists()         # refused before anything is written or trained
+
+
+def test_d_beyond_the_run_names_the_largest_d(tiny_config, tmp_path, capsys):
+  # 8 scratch steps of 4 layers; g=2: a small step costs ~half a large one.
+  assert sweep_cli(f"--config={tiny_config}", f"--workdir={tmp_path}/w", "--d=100",
+                   "--g=2") == 2
+  err = capsys.readouterr().err
+  max_d = int(err.split("give d <= ")[1].split()[0])
+  cfg = load(tiny_config)
+  runs = sweep.plan(cfg, [max_d], [2], ["stack"])
+  assert runs[1].large_steps == 1                           # the largest d that fits
+  with pytest.raises(ValueError, match="leaves no step"):
+    sweep.plan(cfg, [max_d + 1], [2], ["stack"])
+
+
+def test_dry_run_prints_the_grid_and_computes_nothing(tiny_config, tmp_path, capsys):
+  work = tmp_path / "w"
+  assert sweep_cli(f"--config={tiny_config}", f"--workdir={work}", "--d=256,1024",
+                   "--d_unit=tokens", "--dry_run") == 0
+  out = capsys.readouterr().out
+  assert not work.exists()
+  # 256 and 1024 tokens = 1 and 4 steps of 8 x 32; default g: 2 and 4 divide 4 layers.
+  assert [line.split()[0] for line in out.splitlines()[2:7]] == [
+      "scratch", "d1_g2_stack", "d4_g2_stack", "d1_g4_stack", "d4_g4_stack"]
+  assert "5 runs" in out and "total: " in out
+
+
+def load(path):
+  return cli.parse(cli.COMMANDS["sweep"], [f"--config={path}"]).config
+
+
+# ----------------------------------------------------------- analysis, known answers
+
+
+def write_curve(path, points):
+  os.makedirs(path, exist_ok=True)
+  with open(os.path.join(path, "metrics.jsonl"), "w") as f:
+    for step, (flops, loss) in enumerate(points, 1):
+      f.write(json.dumps({"step": step, "flops": flops, "eval_loss": loss}) + "\n")
+
+
+def test_analysis_on_synthetic_runs_with_known_savings(tiny_config, tmp_path):
+  cfg = load(tiny_config)
+  runs = sweep.plan(cfg, [1, 2, 4], [2, 4], ["stack"])
+  budget = runs[0].flops
+  work = str(tmp_path)
+  # Scratch falls linearly 4 -> 2 over the budget: it reaches 2.0 at `budget`.
+  write_curve(f"{work}/scratch", [(budget * k / 4, 4 - 0.5 * k) for k in range(1, 5)])
+  # Each grow run reaches 2.0 at a known fraction of the budget (its saving); g=2 d=4
+  # never does.
+  reach = {"d1_g2_stack": 0.8, "d2_g2_stack": 0.6, "d4_g2_stack": None,
+           "d1_g4_stack": 0.9, "d2_g4_stack": 0.7, "d4_g4_stack": 0.75}
+  for name, frac in reach.items():
+    write_curve(f"{work}/{name}/small", [(0.05 * budget, 3.5)])
+    write_curve(f"{work}/{name}/large", [(0.1 * budget, 3.0), (0.95 * budget, 2.2)]
+                if frac is None else
+                [(0.1 * budget, 3.0), (frac * budget, 2.0), ((frac + 0.05) * budget, 1.9)])
+  s = sweep.analyse(cfg, work, runs)
+  rows = {r["name"]: r for r in s["runs"]}
+  assert s["target_loss"] == 2.0
+  for name, frac in reach.items():
+    if frac is None:
+      assert rows[name]["flops_saved"] is None and not rows[name]["reached"]
+    else:
+      assert rows[name]["flops_saved"] == pytest.approx(1 - frac)
+  g2, g4 = s["best_d_per_g"]["stack"]["2"], s["best_d_per_g"]["stack"]["4"]
+  assert g2["d_steps"] == 2 and g2["how"] == "grid" and not g2["at_edge"]  # d=4 unmeasured
+  assert g4["d_steps"] == 2 and g4["flops_saved"] == pytest.approx(0.3)
+  # g=4: the parabola through (d 1, 2, 4 steps; saving .1, .3, .25) in log10 d.
+  x, y = np.log10([256, 512, 1024]), np.array([0.1, 0.3, 0.25])
+  a2, a1, _ = np.polyfit(x, y, 2)
+  assert g4["how"] == "parabola" and g4["d_tokens"] == pytest.approx(10 ** (-a1 / (2 * a2)))
+  assert s["best"]["g"] == 2 and s["best"]["flops_saved"] == pytest.approx(0.4)
+  n = sweep.target_params(cfg)
+  c = math.log10(512) - 0.88 * math.log10(n) - 163.27 / math.log10(budget)
+  assert s["law"]["coefficients"]["c"] == pytest.approx(c)
+  assert s["law"]["coefficients"]["a"] == 0.88 and s["law"]["coefficients"]["b"] == 163.27
+  rec = s["recommendation"]
+  assert rec["g"] == 2 and rec["d_tokens"] == pytest.approx(512) and rec["d_steps"] == 2
+  assert rec["paper_d_tokens"] == pytest.approx(timing.growth_tokens(n, budget))
+  text = sweep.report({**s})
+  assert "best d for g=2 (stack): 2 steps = 512 tokens, 40.0% saved" in text
+  assert "d4_g2_stack" in text and "never" in text
+  assert "best g: 2 (stack), 40.0% of FLOPs saved at d = 2 steps" in text
+
+
+# --------------------------------------------------------------------------- the law
+
+
+TRUE = {"a": 0.8, "b": 150.0, "c": -5.0}
+GRID = [(n, c) for n in (1e7, 1e8, 1e9, 1e10) for c in (1e17, 1e19, 1e21, 1e23)]
+
+
+def test_law_fit_recovers_known_coefficients_exactly_and_with_noise():
+  points = [law.Point(n, c, law.predict_d(TRUE, n, c)) for n, c in GRID]
+  fit = law.fit(points)
+  assert fit.fitted == ("a", "b", "c") and fit.distinct_points == 16
+  for k, v in TRUE.items():
+    assert fit.coefficients[k] == pytest.approx(v, rel=1e-9)
+  assert fit.residual_rms < 1e-9
+  rng = np.random.default_rng(0)
+  noisy = [law.Point(p.params, p.flops, p.d_tokens * 10 ** rng.normal(0, 0.01))
+           for p in points for _ in range(4)]                    # 64 points, 1% noise in log
+  fit = law.fit(noisy)
+  assert fit.coefficients["a"] == pytest.approx(0.8, abs=0.01)
+  assert fit.coefficients["b"] == pytest.approx(150.0, abs=2.0)
+  assert fit.coefficients["c"] == pytest.approx(-5.0, abs=0.1)
+  assert 0.005 < fit.residual_rms < 0.015
+  for k in TRUE:     # the truth within three standard errors
+    assert abs(fit.coefficients[k] - TRUE[k]) < 3 * fit.stderr[k]
+  text = law.describe(fit)
+  assert "paper" in text and "0.88" in text and "163.3" in text
+
+
+def test_law_with_too_few_points_fits_what_is_identifiable():
+  at = lambda n, c: law.Point(n, c, law.predict_d(TRUE, n, c))
+  one = law.fit([at(1e8, 1e19)])
+  assert one.fitted == ("c",) and one.coefficients["a"] == 0.88
+  assert one.coefficients["b"] == 163.27 and one.stderr == {"c": None}
+  assert "1 distinct (N, C) point: only c fitted, a = 0.88 and b = 163.27 fixed" in one.note
+  # ... and passes through the point.
+  assert law.predict_d(one.coefficients, 1e8, 1e19) == pytest.approx(at(1e8, 1e19).d_tokens)
+  same_c = law.fit([at(1e7, 1e19), at(1e9, 1e19), at(1e10, 1e19)])   # N varies only
+  assert same_c.fitted == ("a", "c") and same_c.coefficients["a"] == pytest.approx(0.8)
+  assert same_c.coefficients["b"] == 163.27 and "b = 163.27 fixed" in same_c.note
+  same_n = law.fit([at(1e8, 1e17), at(1e8, 1e21)])                  # C varies only
+  assert same_n.fitted == ("b", "c") and same_n.coefficients["b"] == pytest.approx(150.0)
+  assert "differing in C only" in same_n.note
+  two = law.fit([at(1e7, 1e17), at(1e9, 1e21)])                     # both vary, 2 points
+  assert two.fitted == ("a", "c") and two.distinct_points == 2
+  repeated = law.fit([at(1e8, 1e19)] * 3)                           # 3 points, 1 distinct
+  assert repeated.fitted == ("c",) and repeated.distinct_points == 1
+  with pytest.raises(ValueError, match="no law points"):
+    law.fit([])
+  assert law.predict_d(law.PAPER, 7e9, 8.4e22) == pytest.approx(timing.growth_tokens(7e9, 8.4e22))
+
+
+def test_repro_sweep_config_plans_the_documented_grid():
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "configs", "repro", "sweep.py")
+  cfg = load(path)
+  runs = sweep.plan(cfg, [50, 150, 300], [2, 4], ["stack"])
+  assert len(runs) == 7 and sum(r.steps for r in runs) == 4816
+  assert sum(r.d_steps for r in runs) == 1000
+  assert sum(r.flops for r in runs) == pytest.approx(1.644e15, rel=1e-3)
+  sweep.check(cfg, runs, 8)
+  assert config_lib.validate(cfg, 8)["fsdp"] == 8
