@@ -3,10 +3,13 @@ operators at equal FLOPs.
 
   python benchmarks/repro.py --workdir runs/repro                 # both parts
   python benchmarks/repro.py --workdir runs/repro --part main     # scratch vs G_stack only
+  python benchmarks/repro.py --workdir runs/repro --part operators \
+      --runs width,direct,width,split,depth,llama_pro                # a subset (+ scratch)
 
 `main` trains configs/repro/replica.py:run=scratch and :run=stack (same FLOPs), then
 runs `growjax speedup` on them (report + loss-vs-FLOPs plot). `operators` trains the
-nine runs of configs/repro/operators.py and prints one table: final validation loss at
+runs of configs/repro/operators.py (all, or those `--runs` names; scratch always, as
+the reference) and prints one table: final validation loss at
 equal FLOPs and the FLOPs each needs to reach the scratch run's final loss. Runs that
 already finished are resumed (a no-op), so an interrupted call can simply be repeated.
 Every run goes through the `growjax train` command, exactly as a user would run it.
@@ -21,8 +24,32 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OPERATOR_RUNS = ["scratch"] + [f"{d},{m}" for d in ("depth", "width")
-                               for m in ("direct", "zero", "random", "learn")]
+
+
+def operator_runs(runs: str = "") -> list[str]:
+  """The args of configs/repro/operators.py to train, scratch first: every run, or
+  those in `runs` (comma-separated args, each `scratch` or DIRECTION,METHOD[,msg]:
+  'width,direct,width,split,depth,solar,msg' is three runs)."""
+  sys.path.insert(0, os.path.join(ROOT, "configs", "repro"))
+  import operators as op_config
+  if not runs:
+    return op_config.runs()
+  parts, chosen = runs.split(","), ["scratch"]
+  while parts:
+    head = parts.pop(0)
+    if head == "scratch":
+      continue
+    if not parts:
+      raise SystemExit(f"--runs={runs}: {head!r} needs a method (e.g. {head},direct)")
+    run = f"{head},{parts.pop(0)}"
+    if parts and parts[0] == "msg":
+      run += "," + parts.pop(0)
+    try:
+      op_config.get_config(run)  # refuses an unknown run before anything trains
+    except ValueError as e:
+      raise SystemExit(f"--runs={runs}: {e}") from None
+    chosen += [run] if run not in chosen else []
+  return chosen
 
 
 def train(config: str, workdir: str, overrides: list[str]) -> float:
@@ -49,11 +76,11 @@ def main_part(workdir: str, overrides: list[str]) -> dict:
   return {"wall_s": times, "speedup": result}
 
 
-def operators_part(workdir: str, overrides: list[str]) -> list[dict]:
+def operators_part(workdir: str, overrides: list[str], runs: list[str]) -> list[dict]:
   from growjax.growth import speedup
   rows = []
   base = os.path.join(workdir, "operators")
-  for run in OPERATOR_RUNS:
+  for run in runs:
     d = os.path.join(base, run.replace(",", "_"))
     wall = train(f"configs/repro/operators.py:{run}", d, overrides)
     flops, losses = speedup.load_curve(d)
@@ -81,6 +108,9 @@ def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--workdir", default="runs/repro")
   p.add_argument("--part", default="main,operators")
+  p.add_argument("--runs", default="", help="operators part: these runs of "
+                 "configs/repro/operators.py only (scratch is always run), e.g. "
+                 "width,direct,width,split; default: all")
   p.add_argument("--out", default="", help="write the results as JSON here")
   p.add_argument("overrides", nargs="*", help="--config.X=Y flags for every run (after --)")
   a = p.parse_args()
@@ -88,10 +118,11 @@ def main() -> None:
   import jax
   results = {"device": str(jax.devices()[0].device_kind), "date": time.strftime("%Y-%m-%d")}
   parts = a.part.split(",")
+  runs = operator_runs(a.runs) if "operators" in parts else []
   if "main" in parts:
     results["main"] = main_part(a.workdir, a.overrides)
   if "operators" in parts:
-    results["operators"] = operators_part(a.workdir, a.overrides)
+    results["operators"] = operators_part(a.workdir, a.overrides, runs)
   print(f"device: {results['device']}")
   if a.out:
     with open(a.out, "w") as f:

@@ -134,8 +134,11 @@ def _define_grow(fv):
                       "middle (MIDAS: middle layers repeated), direct (with --layer_map), "
                       "zero, random, learn.",
                       flag_values=fv)
-  flags.DEFINE_string("width_method", None, "width operator: direct, zero, random, learn.",
-                      flag_values=fv)
+  flags.DEFINE_string("width_method", None, "width operator: direct, split (direct with "
+                      "zero-sum noise on the copies: function kept, symmetry broken), zero, "
+                      "random, learn.", flag_values=fv)
+  flags.DEFINE_float("width_noise", None, "split's noise relative to a copy's RMS "
+                     "(default 0.1).", flag_values=fv)
   flags.DEFINE_integer("g", None, "growth factor; checked against the configs' depths.",
                        flag_values=fv)
   flags.DEFINE_list("layer_map", None, "explicit layer map: one source layer per large "
@@ -160,7 +163,8 @@ def _run_grow(fv):
   offline.grow_checkpoint(
       fv["from"].value, fv.to, fv.config, method=fv.method, width_method=fv.width_method,
       step=fv.step, g=fv.g, layer_map=layer_map, opt_state=fv.opt_state,
-      schedule=fv.schedule, allow_inexact=fv.allow_inexact, seed=fv.seed)
+      schedule=fv.schedule, allow_inexact=fv.allow_inexact, seed=fv.seed,
+      width_noise=fv.width_noise)
 
 
 def _define_plan(fv):

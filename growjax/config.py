@@ -110,7 +110,9 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
       small_global_batch_size=0,     # 0: config.train.global_batch_size
       small_mesh=ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1)),
       method="stack",                # depth operator (growjax.growth; e.g. llama_pro, solar)
-      width_method="",               # '' (none) or direct / zero / random / learn
+      width_method="",               # '' (none) or direct / split / zero / random / learn
+      width_noise=0.1,               # split: zero-sum noise on the copies, relative to a
+                                     # copy's RMS (breaks their symmetry; function kept)
       layer_map=(),                  # explicit depth map (-1: a new layer); () or []: none
       allow_inexact=False,           # accept width direct to a non-whole embed factor (the
                                      # logits move; the change is measured and printed)

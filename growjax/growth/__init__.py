@@ -14,8 +14,10 @@ family `stack` (G_stack), `interpolate`, `stack_bottom`, `stack_middle`,
 `stack_top`, `llama_pro` (copies with zero writers: function kept), `solar`,
 `middle`, `direct` with an explicit `layer_map`; `zero` (new layers add
 exactly zero); `random` (new layers from the initialiser); `learn` (LiGO).
-Widthwise `width_method`s (see `width`): `direct`, `zero`, `random`, `learn`;
-by default the family of `method` (`zero` for zero, `direct` for the stacks).
+Widthwise `width_method`s (see `width`): `direct`, `split` (direct with zero-sum
+noise on the copies, `width_noise` relative to a copy's RMS: the function is kept
+and the copies' symmetry broken), `zero`, `random`, `learn`; by default the
+family of `method` (`zero` for zero, `direct` for the stacks).
 `spec.resolve` is the one place that checks a growth; an operator that cannot
 keep the function (width `direct` to a non-whole embed factor) is refused unless
 `allow_inexact=True`, and `offline` then measures and prints the logit change.

@@ -160,7 +160,7 @@ def grow_run_kwargs(cfg: ml_collections.ConfigDict) -> dict:
   return dict(method=g.method, width_method=g.width_method or None,
               layer_map=tuple(int(i) for i in g.layer_map), opt_state=g.opt_state,
               schedule=g.schedule, allow_inexact=bool(g.allow_inexact),
-              names=spec_lib.GROW_RUN)
+              width_noise=g.get("width_noise", None), names=spec_lib.GROW_RUN)
 
 
 def check_grow_run(cfg: ml_collections.ConfigDict) -> spec_lib.GrowthSpec:
@@ -170,7 +170,8 @@ def check_grow_run(cfg: ml_collections.ConfigDict) -> spec_lib.GrowthSpec:
   spec = spec_lib.resolve(ModelConfig.from_config(cfg.growth.small_model),
                           ModelConfig.from_config(cfg.model), kw["method"],
                           kw["width_method"], kw["layer_map"],
-                          allow_inexact=kw["allow_inexact"], names=kw["names"])
+                          allow_inexact=kw["allow_inexact"], width_noise=kw["width_noise"],
+                          names=kw["names"])
   _check_run_args(spec, kw["opt_state"], kw["schedule"], kw["names"])
   masks.check(spec, cfg.growth.get("mask_ramp_steps", 0))
   return spec
@@ -254,6 +255,8 @@ def _meta_out(meta: dict, large: state_lib.Setup, spec: spec_lib.GrowthSpec, sou
       large.model_cfg.flops_per_token(large.cfg.data.seq_len)
   out["grown_from"] = {"checkpoint": source, "model": meta["model"], "method": spec.method,
                        "width_method": spec.width_method,
+                       **({"width_noise": spec.width_noise}
+                          if spec.width_method == "split" else {}),
                        "layer_map": list(spec.layer_map) if spec.layer_map else None,
                        **grown_from}
   # Which layers / units are new, for a large run with config.growth.mask_ramp_steps.
@@ -353,8 +356,8 @@ def grow_checkpoint(source: str, out_dir: str, large_cfg: ml_collections.ConfigD
                     step: int | None = None, g: int | None = None,
                     layer_map: Sequence[int] | None = None, opt_state: str = "reset",
                     schedule: str = "continue", allow_inexact: bool = False, seed: int = 0,
-                    names: spec_lib.Names = spec_lib.CLI, stream: bool | None = None,
-                    log=print) -> dict:
+                    width_noise: float | None = None, names: spec_lib.Names = spec_lib.CLI,
+                    stream: bool | None = None, log=print) -> dict:
   """`growjax grow` (and a grow run's stage 2): returns timings and memory figures
   (also printed). `names` spells the inputs in errors: `growjax grow`'s flags by
   default, `spec.GROW_RUN` for a grow run's config fields. `stream` (default: whenever
@@ -374,13 +377,14 @@ def grow_checkpoint(source: str, out_dir: str, large_cfg: ml_collections.ConfigD
   large = state_lib.build(large_cfg)
   src_model, src_tx, src_abstract = _source_setup(meta, large)
   spec = spec_lib.resolve(src_model, large.model_cfg, method, width_method, layer_map, g=g,
-                          allow_inexact=allow_inexact, names=names)
+                          allow_inexact=allow_inexact, width_noise=width_noise, names=names)
   _check_run_args(spec, opt_state, schedule, names)
 
   marker = {"source": f"{directory}/{step}", "method": method, "width_method": width_method,
             "g": g, "layer_map": list(layer_map) if layer_map else None,
             "opt_state": opt_state, "schedule": schedule, "seed": seed,
             "allow_inexact": bool(allow_inexact),
+            **({"width_noise": spec.width_noise} if spec.width_method == "split" else {}),
             "model": {k: large_cfg.model[k] for k in sorted(large_cfg.model.keys())}}
   marker = json.loads(json.dumps(marker, default=str))
   field = "--to" if names.style == "flag" else "the grow run's grown dir"

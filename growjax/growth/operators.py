@@ -32,7 +32,7 @@ def _first_layers(tree: Any, cfg: ModelConfig, n: int) -> Any:
 
 def grow(params: Any, src: ModelConfig, dst: ModelConfig, method: str = "stack", *,
          width_method: str | None = None, layer_map: Sequence[int] | None = None,
-         allow_inexact: bool = False,
+         allow_inexact: bool = False, width_noise: float | None = None,
          rng: jax.Array | None = None, learn_batches: Iterable | None = None,
          learn_steps: int = 100, learn_lr: float = 1e-3,
          mesh: jax.sharding.Mesh | None = None, rules: Any = None) -> Any:
@@ -52,9 +52,11 @@ def grow(params: Any, src: ModelConfig, dst: ModelConfig, method: str = "stack",
       multiple of src's (refused otherwise: the logits move by several percent)
       and silence the warning width `zero` gives when dst.norm_eps is not
       src.norm_eps * E / E' (see `growjax.growth.spec`).
+    width_noise: width `split`'s noise, relative to a copy's RMS (default 0.1).
     rng: key for the initialiser; needed by `zero` and `random` (new layers /
       units take their initial values, except the zeroed ones, from
-      `init_params(dst, key)`, so they have the large model's init std).
+      `init_params(dst, key)`, so they have the large model's init std) and by
+      width `split` (its noise).
     learn_batches: iterable of int32 tokens (batch, seq_len + 1), for `learn`;
       a re-iterable source (a list) is gone round until `learn_steps` steps.
     learn_steps, learn_lr: Adam steps and learning rate of `learn` (each of
@@ -64,7 +66,8 @@ def grow(params: Any, src: ModelConfig, dst: ModelConfig, method: str = "stack",
       rules anywhere takes `growjax.sharding.DEFAULT_RULES`), else none: no
       sharding constraints. `learn` needs a concrete mesh to place its steps.
   """
-  spec = resolve(src, dst, method, width_method, layer_map, allow_inexact=allow_inexact)
+  spec = resolve(src, dst, method, width_method, layer_map, allow_inexact=allow_inexact,
+                 width_noise=width_noise)
   if spec.inexact and not allow_inexact:
     what, fix = spec.inexact_message()
     warnings.warn(f"{what} — {fix} to grow exactly, or pass allow_inexact=True",
@@ -118,7 +121,8 @@ def _widen(params: Any, key: jax.Array, spec: GrowthSpec,
       # dst's own initialiser: its output-projection std depends on dst.num_layers.
       fresh = _first_layers(init_params(spec.dst, key), spec.dst, spec.src.num_layers)
       fresh = placement.constrain_tree(spec.mid, fresh)
-    return width.grow_width(params, spec.src, spec.mid, spec.width_method, fresh)
+    return width.grow_width(params, spec.src, spec.mid, spec.width_method, fresh, key=key,
+                            noise=spec.width_noise)
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))

@@ -9,10 +9,10 @@ operator. Errors spell each input as the caller wrote it (`Names`): `grow`'s
 keywords (`LIBRARY`), `growjax grow`'s flags (`CLI`) or a grow run's config
 fields (`GROW_RUN`). A layer map of None or [] means "no explicit map".
 
-Exactness. Width `direct` keeps the function exactly only when dst.embed_dim is
-a whole multiple of src.embed_dim (else every RMSNorm sees a weighted mean
-square and the logits move by several percent): `resolve` refuses it unless
-`allow_inexact`. Width `zero` is exact only when dst.norm_eps = src.norm_eps *
+Exactness. Width `direct` (and `split`: direct plus zero-sum noise on the copies)
+keeps the function exactly only when dst.embed_dim is a whole multiple of
+src.embed_dim (else every RMSNorm sees a weighted mean square and the logits
+move by several percent): `resolve` refuses it unless `allow_inexact`. Width `zero` is exact only when dst.norm_eps = src.norm_eps *
 E / E'; dst's norm_eps is the large config's, which the large run trains with,
 so growth cannot set it: the spec records it (`inexact`), `grow` warns and
 `growjax grow` prints the measured change with the value to set. Depth
@@ -31,7 +31,7 @@ from growjax.growth import depth, width
 from growjax.model import AXIS_FIELDS, HEAD_DIM, LAYERS, VOCAB, ModelConfig
 
 DEPTH_METHODS = depth.PRESETS + ("direct", "zero", "random", "learn")
-WIDTH_METHODS = ("direct", "zero", "random", "learn")
+WIDTH_METHODS = ("direct", "split", "zero", "random", "learn")
 # Width operator used when `width_method` is not given: the same family as `method`.
 DEFAULT_WIDTH = {**{m: "direct" for m in depth.PRESETS + ("direct",)},
                  "zero": "zero", "random": "random", "learn": "learn"}
@@ -86,10 +86,11 @@ class GrowthSpec:
   layer_map: tuple[int, ...] | None  # None: no depth growth; the init map for 'learn'
   inexact: str = ""                 # why a function-preserving width operator is not
   #                                   exact here: '', INEXACT_EMBED or INEXACT_NORM_EPS
+  width_noise: float = width.DEFAULT_NOISE  # `split`: noise relative to a copy's RMS
 
   @property
   def needs_rng(self) -> bool:
-    return (self.width_method in ("zero", "random")
+    return (self.width_method in ("zero", "random", "split")
             or (self.layer_map is not None and depth.NEW in self.layer_map))
 
   @property
@@ -123,7 +124,7 @@ class GrowthSpec:
     """(what is inexact, how to make it exact) for an inexact spec."""
     n, e_src, e_dst = names, self.src.embed_dim, self.dst.embed_dim
     if self.inexact == INEXACT_EMBED:
-      return (f"width direct from {n.small('embed_dim')}={e_src} to {n.large('embed_dim')}="
+      return (f"width {self.width_method} from {n.small('embed_dim')}={e_src} to {n.large('embed_dim')}="
               f"{e_dst} does not keep the function: {e_dst} is not a whole multiple of "
               f"{e_src}, so every RMSNorm sees a weighted mean square",
               f"set {n.large('embed_dim')} to a multiple of {e_src} (e.g. {2 * e_src})")
@@ -273,7 +274,7 @@ def _depth_map(method: str, explicit: tuple[int, ...] | None, n_src: int, n_dst:
 
 
 def _inexact(src: ModelConfig, dst: ModelConfig, width_method: str | None) -> str:
-  if width_method == "direct" and dst.embed_dim % src.embed_dim:
+  if width_method in ("direct", "split") and dst.embed_dim % src.embed_dim:
     return INEXACT_EMBED
   exact_eps = src.norm_eps * src.embed_dim / dst.embed_dim
   if width_method == "zero" and not math.isclose(dst.norm_eps, exact_eps, rel_tol=1e-6):
@@ -284,12 +285,13 @@ def _inexact(src: ModelConfig, dst: ModelConfig, width_method: str | None) -> st
 def resolve(src: ModelConfig, dst: ModelConfig, method: str = "stack",
             width_method: str | None = None, layer_map: Sequence[int] | None = None, *,
             g: int | None = None, allow_inexact: bool = False,
-            names: Names = LIBRARY) -> GrowthSpec:
+            width_noise: float | None = None, names: Names = LIBRARY) -> GrowthSpec:
   """The growth `src -> dst` by `method` / `width_method` / `layer_map`, checked.
 
   `layer_map`: None or empty for none. `g`: the depth factor, checked against the
-  configs when given. `allow_inexact`: accept a width `direct` that cannot keep the
-  function (see the module docstring).
+  configs when given. `allow_inexact`: accept a width `direct` / `split` that cannot
+  keep the function (see the module docstring). `width_noise`: `split`'s noise
+  relative to a copy's RMS (None: `width.DEFAULT_NOISE`), a finite number > 0.
   """
   n = names
   check_pair(src, dst, n)
@@ -300,12 +302,19 @@ def resolve(src: ModelConfig, dst: ModelConfig, method: str = "stack",
     raise ValueError(f"{n.arg('width_method', width_method)} is not a width operator — "
                      f"choose one of {', '.join(WIDTH_METHODS)}")
   _check_g(src, dst, g, n)
+  noise = width.DEFAULT_NOISE if width_noise is None else width_noise
+  if (isinstance(noise, bool) or not isinstance(noise, (int, float))
+      or not math.isfinite(noise) or noise <= 0):
+    raise ValueError(f"{n.arg('width_noise', width_noise)} is not a noise scale — give a "
+                     f"finite number > 0 (relative to a split copy's RMS, e.g. "
+                     f"{width.DEFAULT_NOISE}); for no noise use "
+                     f"{n.arg('width_method', 'direct')}")
   explicit = tuple(int(i) for i in layer_map) if layer_map else None
   lmap = _depth_map(method, explicit, src.num_layers, dst.num_layers, n)
   grows_width = any(getattr(src, f) != getattr(dst, f) for f in WIDTH_FIELDS)
   wm = (width_method or DEFAULT_WIDTH[method]) if grows_width else None
   spec = GrowthSpec(src, dst, dst.replace(num_layers=src.num_layers), method, wm, lmap,
-                    _inexact(src, dst, wm))
+                    _inexact(src, dst, wm), float(noise))
   if spec.inexact == INEXACT_EMBED and not allow_inexact:
     what, fix = spec.inexact_message(n)
     raise ValueError(f"{what} — {fix}, or pass {n.arg('allow_inexact', True)} to accept "

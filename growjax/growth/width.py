@@ -46,15 +46,38 @@ declared in `growjax.model.PARAMS`):
           warns and `growjax grow` prints the measured change and the exact
           value to set.
   random  old units copied in place, every new entry from the initialiser.
+  split   `direct` with the copies' symmetry broken (bert2BERT AKI / LEMON /
+          HyperCloning-style asymmetric split): on every divided (input-side)
+          axis copy i of a unit holding W/c gets W/c + N_i, where the N_i of the
+          c copies of one small unit sum to zero, so the sum over copies, hence
+          the function, is exactly `direct`'s (float32 rounding only: the tests
+          bound the logit change at 1e-5 relative). N = width_noise x RMS(W) / c
+          x (Z - mean over the copies of Z), Z ~ N(0, 1): width_noise is relative
+          to the copy's own size (`config.growth.width_noise`, default 0.1; RMS
+          per layer for the scanned leaves). Output-side copies stay equal at
+          growth but their readers now differ, so their gradients differ from
+          the first step on; input-side copies differ in value at once (their
+          first gradients are still equal: same input, same output gradient) and
+          their gradients part after one step. Units copied once get no noise.
+          The draw is per leaf: `fold_in(key, crc32(leaf path))`, so one leaf's
+          noise never depends on which other leaves are grown with it (streamed
+          growth, `growjax.growth.stream`, equals the whole-state path bit for
+          bit). Exactness is direct's: embed growth needs a whole factor.
 
 `learn` (LiGO) lives in `growjax.growth.learn` and starts from `direct`.
+
+Adam state (`moment_fn`, for `opt_state=grow`): `split` maps the moments as
+`direct` does (the noise moves each copy by a small fraction of its own size; the
+moments are the small model's gradients' moments of the same copies).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -63,6 +86,8 @@ from growjax.model import (AXIS_FIELDS, EMBED, HEADS, KV_HEADS, MLP, READS, SCAL
                            ModelConfig, Param)
 
 AXES = (EMBED, MLP, HEADS, KV_HEADS)  # the logical axes width growth grows
+METHODS = ("direct", "zero", "random", "split")  # learn: growjax.growth.learn
+DEFAULT_NOISE = 0.1  # split: noise relative to a copy's RMS
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -180,26 +205,77 @@ def _norm_compensation(p: Param, src: ModelConfig, dst: ModelConfig, method: str
   return 1.0
 
 
+def _copy_mean(z, axis: int, m: AxisMap):
+  """Each entry of `z` replaced by the mean, along `axis`, over the large units that
+  copy its small unit (a reshape when the map is a tiling, else a dense average)."""
+  if m.tiling is not None:
+    a, g, b = m.tiling
+    lead, rest = z.shape[:axis], z.shape[axis + 1:]
+    y = jnp.mean(z.reshape(lead + (a, g, b) + rest), axis=axis + 1, keepdims=True)
+    return jnp.broadcast_to(y, lead + (a, g, b) + rest).reshape(z.shape)
+  per_small = np.bincount(m.src, minlength=m.size).astype(np.float32)
+  avg_DxS = m.one_hot() / np.maximum(per_small, 1.0)
+  means = jnp.tensordot(z, jnp.asarray(avg_DxS), axes=([axis], [0]),
+                        precision=jax.lax.Precision.HIGHEST)
+  return jnp.take(jnp.moveaxis(means, -1, axis), m.src, axis=axis)
+
+
+def leaf_key(key: jax.Array, path: str) -> jax.Array:
+  """The key of one leaf's `split` noise: depends on the key and the leaf's path only."""
+  return jax.random.fold_in(key, zlib.crc32(path.encode()) & 0x7FFFFFFF)
+
+
+def split_noise(key: jax.Array, p: Param, x, shape: tuple[int, ...],
+                maps: dict[str, AxisMap], divided: set[int], noise: float):
+  """float32 noise of the grown leaf's `shape` that sums to zero over the copies of
+  every small unit along each divided axis: width_noise x RMS(x) / c x (Z - copy
+  mean of Z). `x` is the small leaf (its RMS per layer for a scanned leaf)."""
+  z = placement.constrain(p.axes, jax.random.normal(key, shape, jnp.float32))
+  ndim = len(shape)
+  scale = np.full((1,) * ndim, noise, np.float32)
+  for i in sorted(divided):
+    m = maps[p.axes[i]]
+    # Zero-sum along one axis keeps it along the others' groups: subtract per axis.
+    z = z - _copy_mean(z, i, m)
+    scale = scale * _along(1.0 / m.count, i, ndim)
+  la = layout.layer_axis(p)
+  rms = jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32)),
+                          axis=tuple(j for j in range(x.ndim) if j != la), keepdims=True))
+  return placement.constrain(p.axes, z * jnp.asarray(scale) * rms)
+
+
+def _map_with_paths(fn, cfg: ModelConfig, *trees):
+  """`layout.map_leaves` that also hands `fn` the leaf's key path as a string."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, p, *xs: fn(jax.tree_util.keystr(path), p, *xs), layout.params_of(cfg),
+      *trees, is_leaf=layout.is_param)
+
+
 def grow_width(params: Any, src: ModelConfig, dst: ModelConfig, method: str,
-               fresh: Any = None) -> Any:
+               fresh: Any = None, *, key: jax.Array | None = None,
+               noise: float = DEFAULT_NOISE) -> Any:
   """Grows every leaf's `embed`/`mlp`/`heads`/`kv_heads` axes; layer count untouched.
 
   `fresh` (params of the large width with src.num_layers layers, from the
-  initialiser) is needed by `zero` and `random`.
+  initialiser) is needed by `zero` and `random`; `key` and `noise` (relative to a
+  copy's RMS) by `split`.
   """
   maps = plan(src, dst)
   if not maps:
     return params
-  if method not in ("direct", "zero", "random"):
-    raise ValueError(f"unknown width method {method!r}; choose direct, zero, random or learn.")
+  if method not in METHODS:
+    raise ValueError(f"unknown width method {method!r}; choose {', '.join(METHODS)} or learn.")
   tied = src.tie_embeddings
+
+  def divide(p, y):
+    for i in divided_axes(p, maps, tied):
+      y = y * _along(1.0 / maps[p.axes[i]].count, i, y.ndim).astype(y.dtype)
+    return y
 
   def leaf(p, x, f):
     y = _gather(x, p, maps)
     if method == "direct":
-      for i in divided_axes(p, maps, tied):
-        y = y * _along(1.0 / maps[p.axes[i]].count, i, y.ndim).astype(y.dtype)
-      return placement.constrain(p.axes, y)
+      return placement.constrain(p.axes, divide(p, y))
     comp = _norm_compensation(p, src, dst, method)
     if comp != 1.0:
       y = y * jnp.asarray(comp, y.dtype)
@@ -209,8 +285,22 @@ def grow_width(params: Any, src: ModelConfig, dst: ModelConfig, method: str,
       fill = placement.constrain(p.axes, f * comp).astype(y.dtype)
     return placement.constrain(p.axes, jnp.where(_old_mask(p, maps, y.ndim), y, fill))
 
+  def split_leaf(path, p, x):
+    y = divide(p, _gather(x, p, maps))
+    divided = {i for i in divided_axes(p, maps, tied)
+               if np.any(maps[p.axes[i]].count > 1)}
+    if not divided:
+      return placement.constrain(p.axes, y)
+    n = split_noise(leaf_key(key, path), p, x, y.shape, maps, divided, noise)
+    return placement.constrain(p.axes, (y.astype(jnp.float32) + n).astype(y.dtype))
+
   if method == "direct":
     return layout.map_leaves(lambda n, x: leaf(n, x, None), src, params)
+  if method == "split":
+    if key is None:
+      raise ValueError("width method 'split' draws its symmetry-breaking noise from a key "
+                       "— pass rng to grow")
+    return _map_with_paths(split_leaf, src, params)
   if fresh is None:
     raise ValueError(f"width method {method!r} needs initialiser values for the new units "
                      f"(pass rng to grow).")
@@ -227,7 +317,7 @@ def moment_fn(src: ModelConfig, dst: ModelConfig, method: str):
   that were divided by its copy count, so its gradient is divided by that
   count: first moments scale by 1/c, second moments by 1/c^2. Under `zero`, a
   norm scale multiplied by a gets its gradient divided by a. New entries get
-  zero moments.
+  zero moments. `split` maps them as `direct` (see the module docstring).
   """
   maps = plan(src, dst)
   tied = src.tie_embeddings
@@ -236,7 +326,7 @@ def moment_fn(src: ModelConfig, dst: ModelConfig, method: str):
     if not maps or not hasattr(m, "ndim"):  # nothing grows / an optax.MaskedNode
       return m
     y = _gather(m, p, maps)
-    if method == "direct":
+    if method in ("direct", "split"):
       divided = divided_axes(p, maps, tied)
       for i, n in enumerate(p.axes):
         if n in maps and i not in divided:
