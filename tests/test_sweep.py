@@ -5,6 +5,7 @@ law fit on synthetic points, and bad grids refused in one line before any comput
 import json
 import math
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -115,21 +116,27 @@ def test_sweep_runs_a_2x2_grid_writes_summary_and_plots_and_a_rerun_skips(
   for png in sweep.PLOTS:
     assert (work / png).read_bytes()[:8] == PNG
 
-  # A rerun trains nothing: every run is skipped, the metrics are untouched; another
-  # budget moves only the recommendation.
-  before = {n: (work / n).joinpath(*(["metrics.jsonl"] if n == "scratch" else
-                                     ["large", "metrics.jsonl"])).read_text() for n in names}
+  # A rerun trains only what is unfinished: a run killed before its end (its last
+  # checkpoint gone) continues from its checkpoints, every finished run is skipped with
+  # its metrics untouched, and the resumed run ends as it did. Another budget moves only
+  # the recommendation.
+  metrics = lambda n: (work / n).joinpath(
+      *(["metrics.jsonl"] if n == "scratch" else ["large", "metrics.jsonl"])).read_text()
+  before = {n: metrics(n) for n in names[:-1]}
+  shutil.rmtree(work / "d4_g4_stack" / "large" / "checkpoints" / "10")
   assert sweep_cli(*args, "--budget_flops", f"{budget * 100:g}") == 0
   out = capsys.readouterr().out
-  assert out.count("done, skipped") == 5 and "== stage" not in out
-  assert "0 FLOPs to go" in out or "5 done" in out
-  after = {n: (work / n).joinpath(*(["metrics.jsonl"] if n == "scratch" else
-                                    ["large", "metrics.jsonl"])).read_text() for n in names}
-  assert after == before
+  assert out.count("done, skipped") == 4 and "== sweep run 5/5: d4_g4_stack: stack x4" in out
+  assert "== sweep: 5 runs, 4 done" in out
+  assert "steps 8->10" in out and "1-layer model" not in out     # only the large stage
+  assert {n: metrics(n) for n in names[:-1]} == before
   again = json.loads((work / sweep.SUMMARY_FILE).read_text())
+  assert {r["name"]: r["final_loss"] for r in again["runs"]} == \
+      {r["name"]: r["final_loss"] for r in summary["runs"]}
   assert again["recommendation"]["budget_flops"] == pytest.approx(budget * 100)
   assert again["recommendation"]["d_tokens"] == pytest.approx(law.predict_d(
       fit["coefficients"], point["params"], budget * 100))
+  assert "(this sweep's budget)" not in out
 
   # The same workdir with another target is refused, before any compute.
   assert sweep_cli(f"--config={tiny_config}", f"--workdir={work}", "--d=2", "--g=2",
@@ -181,13 +188,21 @@ def test_d_beyond_the_run_names_the_largest_d(tiny_config, tmp_path, capsys):
 def test_dry_run_prints_the_grid_and_computes_nothing(tiny_config, tmp_path, capsys):
   work = tmp_path / "w"
   assert sweep_cli(f"--config={tiny_config}", f"--workdir={work}", "--d=256,1024",
-                   "--d_unit=tokens", "--dry_run") == 0
+                   "--d_unit=tokens", "--methods=stack,zero", "--dry_run") == 0
   out = capsys.readouterr().out
   assert not work.exists()
   # 256 and 1024 tokens = 1 and 4 steps of 8 x 32; default g: 2 and 4 divide 4 layers.
-  assert [line.split()[0] for line in out.splitlines()[2:7]] == [
-      "scratch", "d1_g2_stack", "d4_g2_stack", "d1_g4_stack", "d4_g4_stack"]
-  assert "5 runs" in out and "total: " in out
+  rows = [line.split() for line in out.splitlines()[2:11]]
+  assert [r[0] for r in rows] == ["scratch"] + [
+      f"d{d}_g{g}_{m}" for m in ("stack", "zero") for g in (2, 4) for d in (1, 4)]
+  assert "9 runs" in out and "total: " in out
+  # d1_g4: 1 small step of a 1-layer model, then the 4-layer model to the budget.
+  cfg = load(tiny_config)
+  scratch, d1_g4 = sweep.plan(cfg, [1], [4], ["stack"])
+  assert rows[3] == ["d1_g4_stack", "4", "1", "1", "256", str(d1_g4.large_steps),
+                     str(d1_g4.steps), f"{d1_g4.flops:.4g}",
+                     f"{d1_g4.flops / scratch.flops:.4f}"]
+  assert d1_g4.steps == 1 + d1_g4.large_steps
 
 
 def load(path):

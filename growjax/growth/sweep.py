@@ -153,6 +153,8 @@ def run_config(cfg: ml_collections.ConfigDict, run: SweepRun) -> ml_collections.
   c.growth.small_model = small
   c.growth.small_steps = run.d_steps
   c.growth.method = run.method
+  if "events" in c.growth:    # one growth per run: the grid, not a gradual schedule
+    c.growth.events = ""
   return c
 
 
@@ -195,7 +197,7 @@ def check(cfg: ml_collections.ConfigDict, runs: Sequence[SweepRun], num_devices:
   """Every run's config as its stages will check it (model, mesh, growth), before any
   compute; an error names the run."""
   from growjax import config as config_lib
-  from growjax.growth import offline, stages
+  from growjax.growth import stages
   for run in runs:
     c = run_config(cfg, run)
     try:
@@ -204,7 +206,7 @@ def check(cfg: ml_collections.ConfigDict, runs: Sequence[SweepRun], num_devices:
         continue
       config_lib.validate(c, num_devices)
       config_lib.validate(stages.small_stage_config(c), num_devices)
-      offline.check_grow_run(c)
+      stages.check_schedule(c)
     except ValueError as e:
       raise ValueError(f"sweep run {run.name}: {e}") from None
 
