@@ -28,11 +28,11 @@ MODEL = ("--config.model.num_layers=12 --config.model.embed_dim=768 "
          "--config.model.mlp_dim=2048 --config.model.dtype=bfloat16")
 
 
-def command(precision: str, workdir: str, steps: int) -> list[str]:
+def command(precision: str, workdir: str, steps: int, batch: int = 32) -> list[str]:
   return ([sys.executable, "-m", "growjax", "train",
            f"--config={ROOT}/configs/repro/replica.py:run=scratch,steps={steps}",
            f"--workdir={workdir}", f"--config.model.matmul_precision={precision}",
-           "--config.train.global_batch_size=32", "--config.train.eval_every=100",
+           f"--config.train.global_batch_size={batch}", "--config.train.eval_every=100",
            "--config.train.log_every=50", "--config.train.checkpoint_every=1000",
            f"--config.optimizer.warmup_steps={max(steps // 20, 1)}"] + MODEL.split())
 
@@ -53,6 +53,7 @@ def main() -> int:
   p = argparse.ArgumentParser()
   p.add_argument("--workdir", required=True)
   p.add_argument("--steps", type=int, default=2000)
+  p.add_argument("--batch", type=int, default=32, help="sequences of 1024 tokens per step")
   p.add_argument("--plot_only", action="store_true",
                  help="redraw fp8_vs_bf16.png from the workdir's fp8_vs_bf16.json")
   a = p.parse_args()
@@ -64,12 +65,13 @@ def main() -> int:
     steps = sorted(set(be) & set(fe))
     plot(curves, steps, {s: (fe[s] - be[s]) / be[s] for s in steps}, a.workdir)
     return 0
-  env = dict(os.environ, XLA_PYTHON_CLIENT_MEM_FRACTION="0.3")
+  env = dict(os.environ, XLA_PYTHON_CLIENT_MEM_FRACTION=os.environ.get(
+      "XLA_PYTHON_CLIENT_MEM_FRACTION", "0.3"))
   os.makedirs(a.workdir, exist_ok=True)
   procs = {}
   for prec in ("bf16", "fp8"):
     log = open(f"{a.workdir}/{prec}.log", "w")
-    procs[prec] = subprocess.Popen(command(prec, f"{a.workdir}/{prec}", a.steps), env=env,
+    procs[prec] = subprocess.Popen(command(prec, f"{a.workdir}/{prec}", a.steps, a.batch), env=env,
                                    stdout=log, stderr=subprocess.STDOUT)
   codes = {k: p.wait() for k, p in procs.items()}
   if any(codes.values()):
@@ -112,7 +114,7 @@ def plot(curves, steps, gaps, workdir):
   bx.plot(steps, [100 * gaps[s] for s in steps], "k.-")
   bx.axhline(1, color="r", ls=":"), bx.axhline(-1, color="r", ls=":")
   bx.set_xlabel("step"), bx.set_ylabel("fp8 - bf16 eval loss (%)")
-  fig.suptitle("FP8 (current scaling) vs bf16, 12L x 768, 32 x 1024 tokens/step")
+  fig.suptitle("FP8 (current scaling) vs bf16, 12L x 768, byte tokens, 1024 per sequence")
   fig.tight_layout()
   fig.savefig(f"{workdir}/fp8_vs_bf16.png", dpi=110)
 
