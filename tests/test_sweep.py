@@ -160,6 +160,8 @@ def test_sweep_runs_a_2x2_grid_writes_summary_and_plots_and_a_rerun_skips(
     (["--d=2", "--config.train.eval_every=0"], "config.train.eval_every=0: the sweep "
                                                "compares evaluation losses"),
     (["--d=2", "--budget_flops=0"], "--budget_flops=0.0 must be a FLOP count > 1"),
+    (["--d=2", "--also=/nonexistent/sweep"], "--also=/nonexistent/sweep: no "
+                                              "sweep_summary.json there"),
 ])
 def test_bad_grid_is_one_line_before_any_compute(tiny_config, tmp_path, capsys, flags,
                                                  message):
@@ -258,6 +260,22 @@ def test_analysis_on_synthetic_runs_with_known_savings(tiny_config, tmp_path):
   rec = s["recommendation"]
   assert rec["g"] == 2 and rec["d_tokens"] == pytest.approx(512) and rec["d_steps"] == 2
   assert rec["paper_d_tokens"] == pytest.approx(timing.growth_tokens(n, budget))
+  # Two other sweeps (--also) at other N and C on a known law through this optimum: with
+  # three distinct points a, b and c are fitted, and recovered.
+  known = {"a": 0.8, "b": 150.0, "c": 0.0}
+  known["c"] = math.log10(512) - law.log10_d(known, n, budget)
+  for i, (other_n, other_c) in enumerate([(n * 30, budget * 1e3), (n * 3, budget * 1e6)]):
+    other = tmp_path / f"other{i}"
+    other.mkdir()
+    (other / sweep.SUMMARY_FILE).write_text(json.dumps({"law_point": {
+        "params": other_n, "flops": other_c,
+        "d_tokens": law.predict_d(known, other_n, other_c)}}))
+  three = sweep.analyse(cfg, work, runs, also=[str(tmp_path / "other0"),
+                                               str(tmp_path / "other1")])
+  assert three["law"]["fitted"] == ["a", "b", "c"]
+  for k, v in known.items():
+    assert three["law"]["coefficients"][k] == pytest.approx(v, abs=1e-6)
+  assert "with 2 point(s) of --also" in sweep.report(three)
   text = sweep.report({**s})
   assert "best d for g=2 (stack): 2 steps = 512 tokens, 40.0% saved" in text
   assert "d4_g2_stack" in text and "never" in text

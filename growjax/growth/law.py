@@ -56,7 +56,8 @@ class Fit:
   note: str
 
   def as_dict(self) -> dict:
-    return dataclasses.asdict(self)
+    """As JSON keeps it (lists, not tuples)."""
+    return {**dataclasses.asdict(self), "fitted": list(self.fitted)}
 
 
 def _features(params: float, flops: float) -> dict[str, float]:

@@ -480,6 +480,10 @@ def report(summary: dict) -> str:
   lines.append(f"best g: {best['g']} ({best['method']}), {best['flops_saved']:.1%} of FLOPs "
                f"saved at d = {best['d_steps']} steps")
   fit = law_lib.Fit(**{**summary["law"], "fitted": tuple(summary["law"]["fitted"])})
+  others = fit.num_points - 1
+  lines.append(f"law point: N = {t['params']:.4g}, C = {t['budget_flops']:.4g}, d = "
+               f"{best['d_tokens']:.4g} tokens (the best g's optimum)"
+               f"{f'; with {others} point(s) of --also' if others else ''}")
   lines.append(law_lib.describe(fit))
   rec = summary["recommendation"]
   own = abs(rec["budget_flops"] / t["budget_flops"] - 1) < 1e-9
@@ -557,6 +561,7 @@ def plot(summary: dict, workdir: str) -> list[str]:
     ax.plot(gs, [np.nan if best[str(g)] is None else 100 * best[str(g)]["flops_saved"]
                  for g in gs], "o-", label=f"{method}: best d per g")
   ax.axhline(0, color="gray", linewidth=1)
+  ax.set_xticks(sorted({r["g"] for r in grown}))
   ax.set_xlabel("growth factor g")
   ax.set_ylabel("FLOPs saved to reach scratch's loss (%)")
   ax.set_title("saving against g (dots: every d)")
