@@ -2,6 +2,7 @@
 rerun that skips finished runs, the analysis on synthetic runs with known answers, the
 law fit on synthetic points, and bad grids refused in one line before any compute."""
 
+import importlib.util
 import json
 import math
 import os
@@ -343,3 +344,10 @@ def test_repro_sweep_config_plans_the_documented_grid():
   assert sum(r.flops for r in runs) == pytest.approx(1.644e15, rel=1e-3)
   sweep.check(cfg, runs, 8)
   assert config_lib.validate(cfg, 8)["fsdp"] == 8
+  # d = 150 at g = 4 is the operator table's G_stack run: the same equal-FLOPs steps.
+  ops = importlib.util.spec_from_file_location(
+      "ops_cfg", os.path.join(os.path.dirname(path), "operators.py"))
+  module = importlib.util.module_from_spec(ops)
+  ops.loader.exec_module(module)
+  assert {r.name: r.steps for r in runs}["d150_g4_stack"] == \
+      module.get_config("depth,direct").train.steps == 711
