@@ -29,14 +29,17 @@ S = ModelConfig(vocab_size=64, num_layers=2, embed_dim=32, num_heads=4, num_kv_h
 TOKENS = jax.random.randint(jax.random.key(1), (2, 16), 0, 64)
 
 
+@functools.lru_cache(maxsize=None)
 def _params(cfg, seed=0):
   """Initialised params with non-trivial norm scales (so a wrong norm count shows)."""
-  p = jax.jit(lambda k: init_params(cfg, k))(jax.random.key(seed))
-  noise = lambda x, k: x * (1 + 0.3 * jax.random.normal(k, x.shape))
-  p["final_norm"]["scale"] = noise(p["final_norm"]["scale"], jax.random.key(seed + 100))
-  p["layers"]["attn_norm"]["scale"] = noise(p["layers"]["attn_norm"]["scale"],
-                                            jax.random.key(seed + 101))
-  return p
+  def make(k):
+    p = init_params(cfg, k)
+    noise = lambda x, k: x * (1 + 0.3 * jax.random.normal(k, x.shape))
+    p["final_norm"]["scale"] = noise(p["final_norm"]["scale"], jax.random.key(seed + 100))
+    p["layers"]["attn_norm"]["scale"] = noise(p["layers"]["attn_norm"]["scale"],
+                                              jax.random.key(seed + 101))
+    return p
+  return jax.jit(make)(jax.random.key(seed))
 
 
 @functools.lru_cache(maxsize=None)
@@ -135,23 +138,23 @@ def _state_keys(step_dir):
 
 @pytest.fixture(scope="module")
 def grown_dir(tmp_path_factory):
-  """A 2-layer checkpoint at step 4, grown by `random` into 4 layers (offline growth,
-  the grow run's stage 2)."""
+  """A 2-layer checkpoint at step 4, grown by `stack` into 4 layers (offline growth,
+  the grow run's stage 2; `stack` draws nothing: the cheapest growth to compile)."""
   d = tmp_path_factory.mktemp("msg")
   small = state_lib.build(run_config(num_layers=2), jax.devices()[:1])
   ck = ckpt_lib.Checkpoints(str(d / "small"), use_async=False)
   st = state_lib.init_state(small, jax.random.key(1)).replace(step=jnp.int32(4))
   ck.save(4, st, None, state_lib.run_meta(small), force=True)
   ck.wait()
-  offline.grow_checkpoint(str(d / "small"), str(d / "grown"), run_config(), method="random",
+  offline.grow_checkpoint(str(d / "small"), str(d / "grown"), run_config(), method="stack",
                           log=lambda *_: None)
   return str(d / "grown")
 
 
 def test_grown_run_ramps_resumes_exactly_and_drops_the_masks(grown_dir, tmp_path, data_dir):
   meta = ckpt_lib.read_meta(grown_dir, 4)
-  # random 2 -> 4 layers puts the small layers at 0 and 2, a new one after each.
-  assert meta["grown_from"]["masks"] == {"layers": [[1, 1], [0, 1], [1, 1], [0, 1]]}
+  # stack 2 -> 4 layers: the second copy of the small layers is new.
+  assert meta["grown_from"]["masks"] == {"layers": [[1, 2], [0, 2]]}
   cfg = run_config()
   cfg.train.init_from = grown_dir
   one = jax.devices()[:1]
@@ -178,7 +181,7 @@ def test_grown_run_ramps_resumes_exactly_and_drops_the_masks(grown_dir, tmp_path
     assert mask_ramp.restored(m) == plan
     saved.append(jax.device_get(st.masks["layers"]))
   np.testing.assert_array_equal(saved[0], saved[1])
-  np.testing.assert_allclose(saved[0], [1, 2 / 3, 1, 2 / 3], rtol=1e-6)
+  np.testing.assert_allclose(saved[0], [1, 1, 2 / 3, 2 / 3], rtol=1e-6)
 
 
 def test_after_the_ramp_the_step_is_the_plain_program():
