@@ -154,7 +154,8 @@ def test_sweep_runs_a_2x2_grid_writes_summary_and_plots_and_a_rerun_skips(
     (["--g=3"], "--g=3 does not divide config.model.num_layers=4 into a smaller model — "
                 "give factors >= 2 that divide it: 2, 4"),
     (["--g=two"], "--g entry 'two' is not an integer"),
-    (["--d=100", "--g=2"], "--d=100 steps at g=2: the small stage (2 layers"),
+    (["--d=100", "--g=2"], "--d=100 steps (25600 tokens) at g=2: the small stage "
+                           "(2 layers"),
     (["--d=1.5"], "--d entry '1.5' is not a whole number of steps"),
     (["--d=0"], "is below one small-stage step"),
     (["--d=2", "--methods=bogus"], "sweep run d2_g2_bogus: "),

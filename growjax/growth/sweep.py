@@ -181,10 +181,14 @@ def plan(cfg: ml_collections.ConfigDict, d_steps: Sequence[int], gs: Sequence[in
         small_flops = d * small_step_flops
         large_steps = math.floor((budget - small_flops) / step_flops)
         if large_steps < 1:
-          max_d = math.ceil((budget - step_flops) / small_step_flops) - 1
+          max_d = math.floor((budget - step_flops) / small_step_flops)
+          while max_d > 0 and math.floor((budget - max_d * small_step_flops) /
+                                         step_flops) < 1:     # float rounding at the edge
+            max_d -= 1
           raise ValueError(
-              f"--d={d} steps at g={g}: the small stage ({small_layers} layers, "
-              f"{small_flops:.4g} FLOPs) leaves no step of the scratch run's budget "
+              f"--d={d} steps ({d * tps_small} tokens) at g={g}: the small stage "
+              f"({small_layers} layers, {small_flops:.4g} FLOPs) leaves no step of the "
+              f"scratch run's budget "
               f"({budget:.4g} FLOPs, config.train.steps={cfg.train.steps}) for the target "
               f"model — give d <= {max_d} steps at g={g}")
         runs.append(SweepRun(
