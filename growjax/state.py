@@ -26,7 +26,7 @@ from growjax.model import ModelConfig, init_params, logical_axes
 
 @dataclasses.dataclass(frozen=True)
 class TrainState:
-  """`masks`: the MSG mask values of a grown run's ramp (`growjax.growth.masks`), None
+  """`masks`: the MSG mask values of a grown run's ramp (`growjax.mask_ramp`), None
   otherwise. A None `masks` is no part of the pytree (not even an empty node), so a
   mask-free state has exactly the leaves, key paths and checkpoint tree it always had."""
   step: jax.Array
