@@ -1,6 +1,7 @@
 """Model: shapes, logical axes, scanned == unrolled, remat invariance, causality, GQA."""
 
 import dataclasses
+import functools
 import re
 
 import flax.linen as nn
@@ -18,12 +19,18 @@ CFG = ModelConfig(vocab_size=64, num_layers=4, embed_dim=32, num_heads=4, num_kv
                   head_dim=8, mlp_dim=48, dtype="float32")
 
 
+# Jitted (the config static): one compile per config and shape, reused across the tests,
+# instead of one per eager op.
+@functools.partial(jax.jit, static_argnums=0)
 def _logits(cfg, params, tokens):
   return Transformer(cfg).apply({"params": params}, tokens)
 
 
+_init = jax.jit(init_params, static_argnums=0)
+
+
 def test_param_shapes_and_logical_axes_match():
-  params = init_params(CFG, jax.random.key(0))
+  params = _init(CFG, jax.random.key(0))
   axes = logical_axes(CFG)
   sizes = {"vocab": 64, "embed": 32, "mlp": 48, "heads": 4, "kv_heads": 2, "head_dim": 8,
            "layers": 4}
@@ -37,7 +44,7 @@ def test_param_shapes_and_logical_axes_match():
 
 
 def test_scanned_equals_unrolled():
-  params = init_params(CFG, jax.random.key(1))
+  params = _init(CFG, jax.random.key(1))
   tokens = jax.random.randint(jax.random.key(2), (2, 16), 0, 64)
   scanned = _logits(CFG, params, tokens)
   unrolled = _logits(CFG.replace(scan_unroll=CFG.num_layers), params, tokens)
@@ -50,7 +57,7 @@ def test_scanned_equals_unrolled():
 
 @pytest.mark.parametrize("policy", ["full", "dots", "save_proj"])
 def test_remat_changes_nothing(policy):
-  params = init_params(CFG, jax.random.key(1))
+  params = _init(CFG, jax.random.key(1))
   tokens = jax.random.randint(jax.random.key(2), (2, 16), 0, 64)
   ref = _logits(CFG, params, tokens)
   np.testing.assert_allclose(_logits(CFG.replace(remat_policy=policy), params, tokens), ref,
@@ -58,7 +65,7 @@ def test_remat_changes_nothing(policy):
 
 
 def test_causal():
-  params = init_params(CFG, jax.random.key(1))
+  params = _init(CFG, jax.random.key(1))
   tokens = jax.random.randint(jax.random.key(2), (1, 16), 0, 64)
   changed = tokens.at[0, 10].set((tokens[0, 10] + 1) % 64)
   a, b = _logits(CFG, params, tokens), _logits(CFG, params, changed)
@@ -68,7 +75,7 @@ def test_causal():
 
 def test_gqa_equals_mha_with_repeated_kv():
   """A GQA model equals an MHA model whose kv heads are the GQA ones repeated per group."""
-  params = init_params(CFG, jax.random.key(3))
+  params = _init(CFG, jax.random.key(3))
   mha = CFG.replace(num_kv_heads=CFG.num_heads)
   rep = CFG.num_heads // CFG.num_kv_heads
   mha_params = jax.tree.map(lambda x: x, params)
@@ -81,7 +88,7 @@ def test_gqa_equals_mha_with_repeated_kv():
 
 def test_tied_embeddings_have_no_head():
   tied = CFG.replace(tie_embeddings=True)
-  params = init_params(tied, jax.random.key(0))
+  params = _init(tied, jax.random.key(0))
   assert "lm_head" not in params
   assert _logits(tied, params, jnp.zeros((1, 4), jnp.int32)).shape == (1, 4, 64)
 
