@@ -228,7 +228,7 @@ def test_every_config_docstring_lists_its_args_and_an_example():
     ("configs/llama.py:size=tiny", "tiny: configs/tiny.py"),
     ("configs/llama.py:siz=1b", "unknown arg 'siz'; the args are size, batch"),
     ("configs/llama.py:1b", "unknown arg '1b'"),
-    ("configs/grow.py:recipe=huge", "recipe='huge' is not one of tiny, paper, 7b, 28b"),
+    ("configs/grow.py:recipe=huge", "recipe='huge' is not one of tiny, gradual, paper, 7b, 28b"),
     ("configs/grow.py:recipe=tiny,layers=4", "unknown arg 'layers'; the args are recipe"),
     ("configs/repro/replica.py:run=both", "run='both' is not one of scratch, stack"),
     ("configs/repro/replica.py:run=scratch,method=zero", "args of run=stack only"),
