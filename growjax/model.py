@@ -153,9 +153,11 @@ class ModelConfig:
   attention_impl: str = "auto"
   init_std: float = 0.02
   # Packed documents on cuDNN: 'mask' (flash attention with a boolean document mask;
-  # no extra memory) or 'ragged' (cuDNN's packed layout: keeps softmax statistics for
-  # max_segments documents per window, and folds documents past that into the last).
-  cudnn_packing: str = "mask"
+  # no extra memory) or 'ragged' (cuDNN's packed layout: faster, keeps softmax statistics
+  # for max_segments documents per window, and folds documents past that into the
+  # last); 'auto': the trainer takes ragged where it fits the device
+  # (growjax.attention_choice), elsewhere it means 'mask'.
+  cudnn_packing: str = "auto"
   max_segments: int = 16
   # 'bf16' | 'fp8': the block projections (q, k, v, o, gate, up, down) as FP8 GEMMs with
   # current per-tensor scaling (growjax.fp8); attention core, head and loss stay bf16.
@@ -201,9 +203,9 @@ class ModelConfig:
         raise ValueError(f"{where}.{f}={getattr(self, f)!r} is not a dtype name "
                          f"(e.g. 'bfloat16', 'float32').") from None
     fp8.check_precision(self.matmul_precision, f"{where}.matmul_precision")
-    if self.cudnn_packing not in ("mask", "ragged"):
-      raise ValueError(f"{where}.cudnn_packing={self.cudnn_packing!r}; choose 'mask' or "
-                       f"'ragged'.")
+    if self.cudnn_packing not in ("auto", "mask", "ragged"):
+      raise ValueError(f"{where}.cudnn_packing={self.cudnn_packing!r}; choose 'auto', "
+                       f"'mask' or 'ragged'.")
     if self.max_segments < 1:
       raise ValueError(f"{where}.max_segments={self.max_segments} must be >= 1.")
     if self.scan_unroll < 1 or (self.num_layers % self.scan_unroll

@@ -23,6 +23,7 @@ import optax
 from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from growjax import attention_choice
 from growjax import checkpoint as ckpt_lib
 from growjax import config as config_lib
 from growjax import data as data_lib
@@ -416,6 +417,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, devices=None,
   (used by tests and by multi-stage runs). Metrics and checkpoints in flight are
   flushed however the run ends.
   """
+  cfg = attention_choice.choose(cfg, devices)
   setup = build(cfg, devices)
   config_lib.validate_data(cfg)
   tc = cfg.train

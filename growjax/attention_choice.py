@@ -1,0 +1,100 @@
+"""Which cuDNN path keeps packed documents apart: `config.model.cudnn_packing='auto'`.
+
+On a GPU, document-masked attention has two cuDNN paths (growjax.model):
+  ragged  cuDNN's packed layout (per-document lengths and offsets): attention skips the
+          blocks between documents, so it is *faster* than no masking (1.1B on an H100:
+          68,047 tok/s against 66,929 unmasked), but JAX keeps softmax statistics for
+          `max_segments` documents per row: 11.6 GiB more at 1.1B, batch 24.
+  mask    flash attention with a (B, 1, T, T) boolean mask: no extra memory, 8.5% slower
+          (61,287 tok/s) — cuDNN's kernel with a bias is slower, not its memory traffic.
+'auto' compiles the train step with the ragged path once, reads its per-device memory
+from `compiled.memory_analysis()`, and keeps it if it fits the device's memory limit
+(`memory_stats()['bytes_limit']`, which JAX's XLA_PYTHON_CLIENT_MEM_FRACTION sets);
+otherwise it takes 'mask' and says what ragged would have needed. Off the GPU, or
+with document masking off, there is nothing to choose.
+
+The choice costs one extra compile when it falls back. It is made before the state is
+created, by every process on its own devices; the result is the same on every process
+of a homogeneous job (same program, same chips).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+HEADROOM = 0.97   # of bytes_limit: XLA's own buffers outside the program's
+
+
+def program_bytes(compiled) -> int:
+  """Per-device bytes a compiled program holds at its peak: arguments, outputs not
+  aliased to arguments (donated state), and temporaries."""
+  m = compiled.memory_analysis()
+  return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+             + m.temp_size_in_bytes)
+
+
+def device_limit(devices) -> int | None:
+  """The smallest memory limit of `devices` (None where the backend does not say)."""
+  limits = []
+  for d in devices:
+    stats = d.memory_stats() if hasattr(d, "memory_stats") else None
+    if not stats or "bytes_limit" not in stats:
+      return None
+    limits.append(int(stats["bytes_limit"]))
+  return min(limits) if limits else None
+
+
+def fits(need: int, limit: int | None) -> bool:
+  """Whether a program of `need` bytes per device fits under `limit` (unknown: yes)."""
+  return limit is None or need <= HEADROOM * limit
+
+
+def needs_choice(cfg: ml_collections.ConfigDict) -> bool:
+  m = cfg.model
+  return (m.cudnn_packing == "auto" and cfg.data.get("document_masking", True)
+          and jax.default_backend() == "gpu" and m.attention_impl in ("auto", "cudnn")
+          and m.dtype in ("bfloat16", "float16"))
+
+
+def abstract_batch(setup) -> dict:
+  """The global batch the train step takes, as shapes (with document keys)."""
+  from growjax.data.packing import BATCH_KEYS
+  shape = (setup.cfg.train.global_batch_size, setup.cfg.data.seq_len)
+  return {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=setup.batch_sharding)
+          for k in BATCH_KEYS}
+
+
+def choose(cfg: ml_collections.ConfigDict, devices=None, log=print
+           ) -> ml_collections.ConfigDict:
+  """`cfg` with `model.cudnn_packing` resolved ('auto' -> 'ragged' or 'mask')."""
+  if cfg.model.cudnn_packing != "auto":
+    return cfg
+  out = cfg.copy_and_resolve_references()
+  if not needs_choice(cfg):
+    out.model.cudnn_packing = "mask"   # unused off the cuDNN path
+    return out
+  from growjax import state as state_lib
+  from growjax import train as train_lib
+  out.model.cudnn_packing = "ragged"
+  setup = state_lib.build(out, devices)
+  with jax.set_mesh(setup.mesh):
+    compiled = train_lib.make_train_step(setup).lower(
+        setup.abstract_state, abstract_batch(setup)).compile()
+  need = program_bytes(compiled)
+  limit = device_limit(setup.mesh.devices.flat)
+  gib = 2 ** 30
+  if jax.process_index() != 0:
+    log = lambda *_: None  # noqa: E731 - one line per job, not per process
+  if fits(need, limit):
+    log(f"document masking: cuDNN packed layout (config.model.cudnn_packing=ragged, "
+        f"max_segments={out.model.max_segments}): {need / gib:.1f} GiB per device"
+        + (f" of {limit / gib:.1f}" if limit else ""))
+    return out
+  out.model.cudnn_packing = "mask"
+  log(f"document masking: cuDNN with a boolean mask (config.model.cudnn_packing=mask): the "
+      f"faster packed layout needs {need / gib:.1f} GiB per device, the limit is "
+      f"{limit / gib:.1f} GiB — a smaller batch, or XLA_PYTHON_CLIENT_MEM_FRACTION=0.94, "
+      f"lets it fit")
+  return out
