@@ -66,7 +66,7 @@ def abstract_batch(setup) -> dict:
           for k in BATCH_KEYS}
 
 
-def choose(cfg: ml_collections.ConfigDict, devices=None, log=print
+def choose(cfg: ml_collections.ConfigDict, devices=None, log=None
            ) -> ml_collections.ConfigDict:
   """`cfg` with `model.cudnn_packing` resolved ('auto' -> 'ragged' or 'mask')."""
   if cfg.model.cudnn_packing != "auto":
@@ -85,8 +85,8 @@ def choose(cfg: ml_collections.ConfigDict, devices=None, log=print
   need = program_bytes(compiled)
   limit = device_limit(setup.mesh.devices.flat)
   gib = 2 ** 30
-  if jax.process_index() != 0:
-    log = lambda *_: None  # noqa: E731 - one line per job, not per process
+  if log is None:  # flushed now: a run killed later must not lose the line
+    log = (lambda *_: None) if jax.process_index() else (lambda m: print(m, flush=True))
   if fits(need, limit):
     log(f"document masking: cuDNN packed layout (config.model.cudnn_packing=ragged, "
         f"max_segments={out.model.max_segments}): {need / gib:.1f} GiB per device"
