@@ -137,8 +137,8 @@ def _define_grow(fv):
   flags.DEFINE_string("width_method", None, "width operator: direct, split (direct with "
                       "zero-sum noise on the copies: function kept, symmetry broken), zero, "
                       "random, learn.", flag_values=fv)
-  flags.DEFINE_float("width_noise", None, "split's noise relative to a copy's RMS "
-                     "(default 0.1).", flag_values=fv)
+  flags.DEFINE_float("width_noise", None, "split's noise std relative to a copy's RMS "
+                     "(default 1.0).", flag_values=fv)
   flags.DEFINE_integer("g", None, "growth factor; checked against the configs' depths.",
                        flag_values=fv)
   flags.DEFINE_list("layer_map", None, "explicit layer map: one source layer per large "

@@ -111,7 +111,7 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
       small_mesh=ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1)),
       method="stack",                # depth operator (growjax.growth; e.g. llama_pro, solar)
       width_method="",               # '' (none) or direct / split / zero / random / learn
-      width_noise=0.1,               # split: zero-sum noise on the copies, relative to a
+      width_noise=1.0,               # split: zero-sum noise on the copies, std relative to a
                                      # copy's RMS (breaks their symmetry; function kept)
       layer_map=(),                  # explicit depth map (-1: a new layer); () or []: none
       allow_inexact=False,           # accept width direct to a non-whole embed factor (the

@@ -52,7 +52,7 @@ def grow(params: Any, src: ModelConfig, dst: ModelConfig, method: str = "stack",
       multiple of src's (refused otherwise: the logits move by several percent)
       and silence the warning width `zero` gives when dst.norm_eps is not
       src.norm_eps * E / E' (see `growjax.growth.spec`).
-    width_noise: width `split`'s noise, relative to a copy's RMS (default 0.1).
+    width_noise: width `split`'s noise std, relative to a copy's RMS (default 1.0).
     rng: key for the initialiser; needed by `zero` and `random` (new layers /
       units take their initial values, except the zeroed ones, from
       `init_params(dst, key)`, so they have the large model's init std) and by

@@ -51,10 +51,15 @@ declared in `growjax.model.PARAMS`):
           axis copy i of a unit holding W/c gets W/c + N_i, where the N_i of the
           c copies of one small unit sum to zero, so the sum over copies, hence
           the function, is exactly `direct`'s (float32 rounding only: the tests
-          bound the logit change at 1e-5 relative). N = width_noise x RMS(W) / c
-          x (Z - mean over the copies of Z), Z ~ N(0, 1): width_noise is relative
-          to the copy's own size (`config.growth.width_noise`, default 0.1; RMS
-          per layer for the scanned leaves). Output-side copies stay equal at
+          bound the logit change at 1e-5 relative). N_i = (Z_i - mean over the
+          copies of Z) x sqrt(c/(c-1)) x width_noise x RMS(W) / c, Z ~ N(0, 1):
+          each entry's noise has std width_noise x RMS(W) / c, i.e. width_noise
+          is relative to the copy's own size (`config.growth.width_noise`,
+          default DEFAULT_NOISE; RMS per layer for the scanned leaves; a leaf
+          with two divided axes, the tied final norm, gets the product). A
+          non-zero-sum noise (HyperCloning's other option) would move the
+          logits (tested: by > 1e-3 relative) and is not offered.
+          Output-side copies stay equal at
           growth but their readers now differ, so their gradients differ from
           the first step on; input-side copies differ in value at once (their
           first gradients are still equal: same input, same output gradient) and
@@ -66,9 +71,12 @@ declared in `growjax.model.PARAMS`):
 
 `learn` (LiGO) lives in `growjax.growth.learn` and starts from `direct`.
 
-Adam state (`moment_fn`, for `opt_state=grow`): `split` maps the moments as
-`direct` does (the noise moves each copy by a small fraction of its own size; the
-moments are the small model's gradients' moments of the same copies).
+Adam state (`moment_fn`, for `opt_state=grow`; the default `reset` starts fresh):
+`split` maps the moments exactly as `direct` (first moments of output-side copies
+x 1/c, second x 1/c^2, input-side copies keep their unit's): those are the grown
+model's own gradient moments under `direct`, and under `split` up to the noise's
+effect on the gradients (the grown model's noise is not in the small model's
+history, so nothing better is known).
 """
 
 from __future__ import annotations
@@ -87,7 +95,7 @@ from growjax.model import (AXIS_FIELDS, EMBED, HEADS, KV_HEADS, MLP, READS, SCAL
 
 AXES = (EMBED, MLP, HEADS, KV_HEADS)  # the logical axes width growth grows
 METHODS = ("direct", "zero", "random", "split")  # learn: growjax.growth.learn
-DEFAULT_NOISE = 0.1  # split: noise relative to a copy's RMS
+DEFAULT_NOISE = 1.0  # split: noise std relative to a copy's RMS (CPU sanity run: best of 0.07-2)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -228,8 +236,10 @@ def leaf_key(key: jax.Array, path: str) -> jax.Array:
 def split_noise(key: jax.Array, p: Param, x, shape: tuple[int, ...],
                 maps: dict[str, AxisMap], divided: set[int], noise: float):
   """float32 noise of the grown leaf's `shape` that sums to zero over the copies of
-  every small unit along each divided axis: width_noise x RMS(x) / c x (Z - copy
-  mean of Z). `x` is the small leaf (its RMS per layer for a scanned leaf)."""
+  every small unit along each divided axis: (Z - copy mean of Z) x sqrt(c / (c-1))
+  x width_noise x RMS(x) / c, Z ~ N(0, 1), so each entry's std is width_noise x
+  RMS(x) / c (c: its unit's copy count; per divided axis). `x` is the small leaf
+  (its RMS per layer for a scanned leaf)."""
   z = placement.constrain(p.axes, jax.random.normal(key, shape, jnp.float32))
   ndim = len(shape)
   scale = np.full((1,) * ndim, noise, np.float32)
@@ -237,7 +247,9 @@ def split_noise(key: jax.Array, p: Param, x, shape: tuple[int, ...],
     m = maps[p.axes[i]]
     # Zero-sum along one axis keeps it along the others' groups: subtract per axis.
     z = z - _copy_mean(z, i, m)
-    scale = scale * _along(1.0 / m.count, i, ndim)
+    c = m.count
+    unbiased = np.sqrt(c / np.maximum(c - 1.0, 1.0)) * (c > 1)  # removing the mean
+    scale = scale * _along(unbiased / c, i, ndim)                # shrank it by (c-1)/c
   la = layout.layer_axis(p)
   rms = jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32)),
                           axis=tuple(j for j in range(x.ndim) if j != la), keepdims=True))
