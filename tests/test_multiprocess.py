@@ -30,11 +30,11 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _start(tmp_path, data_dir, spec, nproc=2):
+def _start(logdir, data_dir, spec, nproc=2):
   address = f"127.0.0.1:{_free_port()}"
-  env = dict(os.environ, GROWJAX_DATA_DIR=data_dir, PYTHONUNBUFFERED="1")
-  env.pop("XLA_FLAGS", None)
-  logs = [open(tmp_path / f"log.{i}", "w+") for i in range(nproc)]
+  env = dict(os.environ, GROWJAX_DATA_DIR=data_dir, PYTHONUNBUFFERED="1")  # the worker
+  logdir.mkdir(parents=True, exist_ok=True)
+  logs = [open(logdir / f"log.{i}", "w+") for i in range(nproc)]
   procs = [subprocess.Popen([sys.executable, WORKER, address, str(i), str(nproc),
                              json.dumps(spec)], env=env, stdout=logs[i],
                             stderr=subprocess.STDOUT, text=True)
@@ -56,8 +56,8 @@ def _finish(procs, logs, spec, timeout=300):
   return outs, texts
 
 
-def _run(tmp_path, data_dir, spec, nproc=2):
-  return _finish(*_start(tmp_path, data_dir, spec, nproc), spec)
+def _run(logdir, data_dir, spec, nproc=2):
+  return _finish(*_start(logdir, data_dir, spec, nproc), spec)
 
 
 def test_grow_run_two_processes_match_one_and_agree_on_the_stage(tmp_path, data_dir):
@@ -68,10 +68,13 @@ def test_grow_run_two_processes_match_one_and_agree_on_the_stage(tmp_path, data_
   cfg.mesh.fsdp = -1
   cfg.growth.small_mesh.data = 1
   cfg.growth.small_mesh.fsdp = -1
-  single = stages.run(cfg, str(tmp_path / "single"))
-  spec = {"scenario": "grow", "devices": 4, "workdir": str(tmp_path / "multi"),
-          "out": str(tmp_path / "out")}
-  (multi, _), texts = _run(tmp_path, data_dir, spec)
+  spec = {"devices": 4, "out": str(tmp_path / "out"),
+          "scenarios": {"grow": {"workdir": str(tmp_path / "multi")}}}
+  data.prepare_inline(cfg.data)   # once, here, not raced by the processes started next
+  procs, logs = _start(tmp_path, data_dir, spec)
+  single = stages.run(cfg, str(tmp_path / "single"))   # while the workers run
+  outs, texts = _finish(procs, logs, spec)
+  multi = outs[0]["grow"]
   for stage in ("small", "large"):
     steps = sorted(single[stage]["loss"])
     assert sorted(int(k) for k in multi[stage]) == steps
@@ -81,19 +84,69 @@ def test_grow_run_two_processes_match_one_and_agree_on_the_stage(tmp_path, data_
   assert "step 1/" in texts[0] and "step 1/" not in texts[1]
 
 
-def test_meshes_spanning_processes_get_the_rows_their_sharding_names(tmp_path, data_dir):
+MESHES = [{"tensor": 2}, {"fsdp": 2}]
+SIGTERM_STEPS = 150
+
+
+def _single(mesh, steps, workdir, **train_kw):
+  """One process on 2 devices; the decay horizon of the SIGTERM run, so the fsdp=2 mesh
+  run and that run compile one step function."""
+  cfg = tiny_config(**mesh)
+  cfg.train.steps, cfg.train.eval_every = steps, 0
+  cfg.train.update(train_kw)
+  cfg.optimizer.decay_steps = SIGTERM_STEPS
+  return train.train(cfg, workdir, devices=jax.devices()[:2])["loss"]
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory, data_dir):
+  """The 2 x 1-device scenarios, in two launches instead of four (each launch costs two
+  interpreters, their imports and jax.distributed): the first checks the unshared
+  workdir, runs the mesh scenario, then a plain run that process 1 is sent SIGTERM in;
+  the second resumes that run while this process computes the one-process references."""
+  root = tmp_path_factory.mktemp("multiprocess")
+  steps = SIGTERM_STEPS
+  train_args = {"mesh": {"fsdp": 2}, "steps": steps, "checkpoint_every": 1000,
+                "workdir": str(root / "train")}
+  spec = {"devices": 1, "out": str(root / "out"), "scenarios": {
+      "unshared": {"workdir": str(root / "w")},
+      "mesh": {"meshes": MESHES, "steps": 6, "decay_steps": steps,
+               "workdir": str(root / "mesh")},
+      "train": train_args}}
+  data.prepare_inline(tiny_config().data)   # once, here, not raced by the two processes
+  procs, logs = _start(root / "first", data_dir, spec)
+  deadline = time.time() + 240
+  while time.time() < deadline:
+    logs[0].seek(0)
+    if f"step 8/{steps}" in logs[0].read():
+      break
+    assert all(p.poll() is None for p in procs), "a worker exited before the signal"
+    time.sleep(0.2)
+  else:
+    pytest.fail("the run never reached step 8")
+  procs[1].send_signal(signal.SIGTERM)
+  first, texts = _finish(procs, logs, spec)
+  stopped_step = ckpt_lib.latest_complete_step(train_args["workdir"])
+
+  resume = {"devices": 1, "out": str(root / "resumed"), "scenarios": {"train": train_args}}
+  procs, logs = _start(root / "second", data_dir, resume)
+  singles = [_single(mesh, 6, str(root / f"single{i}")) for i, mesh in enumerate(MESHES)]
+  straight = _single({"fsdp": 2}, steps, str(root / "straight"), checkpoint_every=1000)
+  resumed, resumed_texts = _finish(procs, logs, resume)
+  return dict(root=root, first=first, texts=texts, stopped_step=stopped_step,
+              resumed=[o["train"] for o in resumed], resumed_texts=resumed_texts,
+              singles=singles, straight=straight)
+
+
+def test_meshes_spanning_processes_get_the_rows_their_sharding_names(launched):
   """One device per process, the mesh axis across the processes. With tensor=2 both
   processes hold the whole global batch (rows replicated over tensor); with fsdp=2
   each holds its half. Either way the global batch is (8, T), every device holds
   the rows its sharding index names, and the losses equal one process's."""
-  meshes = [{"tensor": 2}, {"fsdp": 2}]
-  spec = {"scenario": "mesh", "devices": 1, "meshes": meshes, "steps": 6,
-          "workdir": str(tmp_path / "multi"), "out": str(tmp_path / "out")}
-  outs, _ = _run(tmp_path, data_dir, spec)
-  for i, mesh in enumerate(meshes):
+  outs = [o["mesh"] for o in launched["first"]]
+  for i, mesh in enumerate(MESHES):
     cfg = tiny_config(**mesh)
-    cfg.train.steps, cfg.train.eval_every = 6, 0
-    single = train.train(cfg, str(tmp_path / f"single{i}"), devices=jax.devices()[:2])
+    single = launched["singles"][i]
     whole = next(data.train_iterator(cfg.data, global_batch_size=8, seed=cfg.seed))["inputs"]
     got = [out[str(i)] for out in outs]
     for out in got:
@@ -105,40 +158,25 @@ def test_meshes_spanning_processes_get_the_rows_their_sharding_names(tmp_path, d
     else:
       assert sorted(got[0]["rows"] + got[1]["rows"]) == list(range(8))
       assert not set(got[0]["rows"]) & set(got[1]["rows"])
-    steps = sorted(single["loss"])
+    steps = sorted(single)
+    assert steps == list(range(1, 7))
     np.testing.assert_allclose([got[0]["loss"][str(s)] for s in steps],
-                               [single["loss"][s] for s in steps], rtol=1e-5)
+                               [single[s] for s in steps], rtol=1e-5)
 
 
-def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path, data_dir):
+def test_sigterm_to_one_process_stops_both_at_the_same_step(launched):
   """SIGTERM to process 1 only: JAX's preemption service agrees one step, both
   processes save it and exit 0, and the resumed run equals an uninterrupted one."""
-  steps = 150
-  spec = {"scenario": "train", "devices": 1, "mesh": {"fsdp": 2}, "steps": steps,
-          "checkpoint_every": 1000, "workdir": str(tmp_path / "multi"),
-          "out": str(tmp_path / "out")}
-  procs, logs = _start(tmp_path, data_dir, spec)
-  deadline = time.time() + 240
-  while time.time() < deadline:
-    logs[0].seek(0)
-    if "step 8/" in logs[0].read():
-      break
-    assert all(p.poll() is None for p in procs), "a worker exited before the signal"
-    time.sleep(0.2)
-  else:
-    pytest.fail("the run never reached step 8")
-  procs[1].send_signal(signal.SIGTERM)
-  outs, texts = _finish(procs, logs, spec)
+  steps = SIGTERM_STEPS
+  outs = [o["train"] for o in launched["first"]]
   stopped = [o["stopped_at"] for o in outs]
   assert stopped[0] == stopped[1] and stopped[0] is not None and 8 <= stopped[0] < steps
-  assert ckpt_lib.latest_complete_step(spec["workdir"]) == stopped[0]
-  assert f"stopping at step {stopped[0]}: checkpoint saved" in texts[0]
+  assert launched["stopped_step"] == stopped[0]
+  assert f"stopping at step {stopped[0]}: checkpoint saved" in launched["texts"][0]
 
-  resumed, _ = _run(tmp_path, data_dir, spec)
-  assert "resumed from" in open(tmp_path / "log.0").read()
-  cfg = tiny_config(fsdp=2)
-  cfg.train.steps, cfg.train.eval_every, cfg.train.checkpoint_every = steps, 0, 1000
-  straight = train.train(cfg, str(tmp_path / "straight"), devices=jax.devices()[:2])["loss"]
+  resumed = launched["resumed"]
+  assert "resumed from" in launched["resumed_texts"][0]
+  straight = launched["straight"]
   got = {**{int(k): v for k, v in outs[0]["loss"].items()},
          **{int(k): v for k, v in resumed[0]["loss"].items()}}
   assert sorted(got) == list(range(1, steps + 1))
@@ -146,10 +184,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path, data_dir):
                              [straight[s] for s in range(1, steps + 1)], rtol=1e-5)
 
 
-def test_a_workdir_the_processes_do_not_share_is_refused(tmp_path, data_dir):
-  spec = {"scenario": "unshared", "devices": 1, "workdir": str(tmp_path / "w"),
-          "out": str(tmp_path / "out")}
-  outs, _ = _run(tmp_path, data_dir, spec)
-  for out in outs:
-    assert "is not shared: processes [1]" in out["error"]
-  assert not list((tmp_path / "w" / "p0").iterdir())  # the marker is removed
+def test_a_workdir_the_processes_do_not_share_is_refused(launched):
+  for out in launched["first"]:
+    assert "is not shared: processes [1]" in out["unshared"]["error"]
+  assert not list((launched["root"] / "w" / "p0").iterdir())  # the marker is removed
