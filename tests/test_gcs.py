@@ -16,6 +16,7 @@ it never looks for credentials.
 import importlib.util
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -215,8 +216,10 @@ def _cli_train(env: dict, workdir: str, steps: int) -> str:
           f"--config={os.path.join(REPO, 'configs', 'tiny.py')}", f"--workdir={workdir}",
           f"--config.train.steps={steps}"]
   argv += [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
+  xla_flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "",
+                     os.environ.get("XLA_FLAGS", ""))   # the session's others (conftest.py)
   full_env = dict(os.environ, **env, JAX_PLATFORMS="cpu",
-                  XLA_FLAGS="--xla_force_host_platform_device_count=1")
+                  XLA_FLAGS=f"{xla_flags} --xla_force_host_platform_device_count=1")
   full_env.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
   out = subprocess.run(argv, env=full_env, cwd=REPO, capture_output=True, text=True,
                        timeout=300)
