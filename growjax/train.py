@@ -271,7 +271,8 @@ def restore_or_init(setup: Setup, checkpoints: ckpt_lib.Checkpoints, data_iter, 
     directory, step = ckpt_lib.resolve(cfg.train.init_from, field="config.train.init_from")
     [step] = distributed.agreed([step])
     meta = ckpt_lib.read_meta(directory, step)
-    if meta.get("model") != dataclasses.asdict(setup.model_cfg):
+    if _model_identity(meta.get("model")) != _model_identity(
+        dataclasses.asdict(setup.model_cfg)):
       raise ValueError(
           f"config.train.init_from={cfg.train.init_from!r} holds model {meta.get('model')}, "
           f"which differs from config.model {dataclasses.asdict(setup.model_cfg)}; grow it "
@@ -294,6 +295,17 @@ def restore_or_init(setup: Setup, checkpoints: ckpt_lib.Checkpoints, data_iter, 
                   f"{ramp.start}..{ramp.end} (config.growth.mask_ramp_steps={ramp.ramp})")
     return state, meta
   return init_state(setup, jax.random.key(cfg.seed)), {}
+
+
+# How the model is computed, not what it is: a run started from a checkpoint may change
+# these (remat, attention kernel, FP8, the cuDNN packing the trainer resolves from 'auto').
+COMPUTE_FIELDS = ("remat_policy", "scan_unroll", "attention_impl", "cudnn_packing",
+                  "max_segments", "matmul_precision")
+
+
+def _model_identity(model: dict | None) -> dict | None:
+  return None if model is None else {k: v for k, v in model.items()
+                                     if k not in COMPUTE_FIELDS}
 
 
 def _check_same_model(meta: dict, setup: Setup, directory: str, step: int) -> None:
