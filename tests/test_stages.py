@@ -92,18 +92,24 @@ def test_offline_growth_onto_another_mesh(tmp_path, data_dir):
   assert sorted(hist["loss"]) == [3, 4]
 
 
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory, data_dir):
+  """A 1-step run of the small stage: the source the refusals below read (trained once)."""
+  small_cfg = stages.small_stage_config(grow_config())
+  small_cfg.train.steps = 1
+  src = tmp_path_factory.mktemp("small")
+  train.train(small_cfg, str(src))
+  return src
+
+
 @pytest.mark.parametrize("argv,match", [
     (["--from=/no/such/dir", "--to=/tmp/x"], "--from"),
     (["--layer_map=0,1,2,5", "--method=direct"], "layer_map"),
     (["--g=3"], "--g=3"),
 ])
-def test_grow_command_refuses_bad_input(argv, match, tmp_path, data_dir, capsys):
-  cfg = grow_config()
-  small_cfg = stages.small_stage_config(cfg)
-  small_cfg.train.steps = 1
-  src = tmp_path / "small"
+def test_grow_command_refuses_bad_input(argv, match, tmp_path, data_dir, request, capsys):
   if not any("--from" in a for a in argv):
-    train.train(small_cfg, str(src))
+    src = request.getfixturevalue("small_run")
     argv = [f"--from={src}", f"--to={tmp_path / 'out'}"] + argv
   config_path = str(tmp_path / "large.py")
   with open(config_path, "w") as f:
