@@ -16,7 +16,7 @@ CFG = ModelConfig(vocab_size=64, num_layers=2, embed_dim=64, num_heads=4, num_kv
 
 
 def test_fp8_projections_stay_close_to_bf16_logits_and_gradients():
-  params = init_params(CFG, jax.random.key(0))
+  params = jax.jit(init_params, static_argnums=0)(CFG, jax.random.key(0))  # not op by op
   tokens = np.random.default_rng(0).integers(0, 64, size=(2, 32)).astype(np.int32)
 
   def loss(p, cfg):
