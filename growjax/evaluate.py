@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from growjax import mask_ramp
 from growjax import params_io
 from growjax import sharding
 from growjax.model import ModelConfig, Transformer, head_kernel
@@ -277,6 +278,7 @@ def run(cfg: ml_collections.ConfigDict, checkpoint: str, *, step: int | None = N
   examples = {t: read_task(t) for t in tasks}   # bad task files fail before any compute
   directory, step = ckpt_lib.resolve(checkpoint, step, field="--checkpoint")
   meta = ckpt_lib.read_meta(directory, step)
+  mask_ramp.check_params_alone(meta, step, f"--checkpoint={checkpoint!r}")
   cfg = ml_collections.ConfigDict(cfg.to_dict())
   for key, value in (meta.get("model") or {}).items():
     cfg.model[key] = value

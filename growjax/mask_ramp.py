@@ -116,6 +116,17 @@ def restored(meta: dict) -> Plan | None:
   return Plan.from_meta(d) if d else None
 
 
+def check_params_alone(meta: dict, step: int, where: str) -> None:
+  """Refuses a checkpoint inside its mask ramp where its params are used alone (eval,
+  sample, export): without the masks they are not the model the run trains."""
+  plan = restored(meta)
+  if plan is not None and plan.active(step):
+    raise ValueError(f"{where} is step {step}, inside its MSG mask ramp (steps "
+                     f"{plan.start}..{plan.end}): its params without the masks are not the "
+                     f"model it trains — use a checkpoint from step {plan.end} on, or train "
+                     f"past the ramp first")
+
+
 def from_grown(meta: dict, step: int, ramp: int, where: str) -> Plan | None:
   """The ramp of a run that starts from a grown checkpoint (its `meta`, at `step`) with
   `config.growth.mask_ramp_steps` = `ramp`; None when `ramp` is 0. `where` names the

@@ -18,6 +18,7 @@ from etils import epath
 from jax.sharding import PartitionSpec as P
 
 from growjax import checkpoint as ckpt_lib
+from growjax import mask_ramp
 from growjax import sharding
 from growjax.model import ModelConfig, abstract_params, logical_axes
 
@@ -76,6 +77,7 @@ def load(checkpoint: str, *, step: int | None = None, mesh_spec: str = "",
   if "model" not in meta:
     raise ValueError(f"{field}={checkpoint!r}: {directory}/{step} has no model in its "
                      f"metadata — not a growjax checkpoint")
+  mask_ramp.check_params_alone(meta, step, f"{field}={checkpoint!r}")
   model_cfg = ModelConfig(**meta["model"])
   if model_overrides:
     model_cfg = model_cfg.replace(**model_overrides)

@@ -152,7 +152,8 @@ def grown_dir(tmp_path_factory):
   return str(d / "grown")
 
 
-def test_grown_run_ramps_resumes_exactly_and_drops_the_masks(grown_dir, tmp_path, data_dir):
+def test_grown_run_ramps_resumes_exactly_and_drops_the_masks(grown_dir, tmp_path, data_dir,
+                                                              capsys):
   meta = ckpt_lib.read_meta(grown_dir, 4)
   # stack 2 -> 4 layers: the second copy of the small layers is new.
   assert meta["grown_from"]["masks"] == {"layers": [[1, 2], [0, 2]]}
@@ -183,6 +184,18 @@ def test_grown_run_ramps_resumes_exactly_and_drops_the_masks(grown_dir, tmp_path
     saved.append(jax.device_get(st.masks["layers"]))
   np.testing.assert_array_equal(saved[0], saved[1])
   np.testing.assert_allclose(saved[0], [1, 1, 2 / 3, 2 / 3], rtol=1e-6)
+
+  # Params alone (export, sample, eval) are the trained model only after the ramp: a
+  # mid-ramp step is refused in one line before anything is written, step 8 exports.
+  out = tmp_path / "hf"
+  assert cli.main(["growjax", "export-hf", f"--from={a}/checkpoints", "--step=6",
+                   f"--to={out}"]) == 2
+  err = capsys.readouterr().err
+  assert "step 6, inside its MSG mask ramp (steps 4..7)" in err and "Traceback" not in err
+  assert not out.exists()
+  assert cli.main(["growjax", "export-hf", f"--from={a}/checkpoints", "--step=8",
+                   f"--to={out}"]) == 0
+  assert (out / "config.json").exists()
 
 
 def test_after_the_ramp_the_step_is_the_plain_program(monkeypatch):
