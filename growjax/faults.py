@@ -8,7 +8,8 @@ Unset (always, outside tests) a call costs one dict lookup.
 
 Points: mid_step (train.py _Loop.one_step, a step dispatched, its metrics unread),
 mid_save (train.py _Loop.save, a save started, an async write maybe in flight),
-handoff (growth/stages.py run_grow, small stage done, grow not started),
+handoff (growth/stages.py, a stage done and its growth not started: with several growth
+  events, `GROWJAX_FAULT=handoff:N` kills at the N-th stage boundary),
 mid_grow (growth/offline.py: the whole grown state computed, its checkpoint being written;
   streamed growth, states of 1 GiB or more: after the first piece is written),
 mid_prepare (data/prepare.py: a shard's progress record written, the shard not yet renamed
