@@ -90,7 +90,8 @@ def format_progress(step: int, total: int, values: Mapping[str, float], eta_s: f
   parts = [f"step {step}/{total}"]
   for key, fmt in (("loss", "loss {:.4f}"), ("eval_loss", "eval {:.4f}"), ("lr", "lr {:.2e}"),
                    ("grad_norm", "gnorm {:.3f}"), ("tokens_per_second", "{:,.0f} tok/s"),
-                   ("mfu", "MFU {:.1%}"), ("tokens_seen", "{:.3g} tok")):
+                   ("mfu", "MFU {:.1%}"), ("tokens_seen", "{:.3g} tok"),
+                   ("mask_ramp", "MSG mask {:.2f}")):
     if values.get(key) is not None:
       parts.append(fmt.format(values[key]))
       if key == "mfu" and values.get("mfu_causal") is not None:

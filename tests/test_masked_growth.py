@@ -162,6 +162,8 @@ def test_grown_run_ramps_resumes_exactly_and_drops_the_masks(grown_dir, tmp_path
   one = jax.devices()[:1]
   a, b = str(tmp_path / "a"), str(tmp_path / "b")
   straight = train.train(cfg, a, devices=one)
+  console = capsys.readouterr()
+  assert "MSG mask 0.33" in console.out + console.err   # the ramp on the progress line
   # The ramp: steps 4, 5, 6 are masked (m = 0, 1/3, 2/3), from step 7 on the plain step.
   rows = _metrics(a)
   assert {s: rows[s].get("mask_ramp") for s in rows} == {
