@@ -32,8 +32,9 @@ def test_the_packed_layout_is_kept_only_where_it_fits():
 def test_program_bytes_counts_donated_state_once():
   x = jnp.ones((256, 256), jnp.float32)
   f = jax.jit(lambda a: a * 2.0 + 1.0, donate_argnums=0)
-  m = f.lower(x).compile().memory_analysis()
-  got = attention_choice.program_bytes(f.lower(x).compile())
+  compiled = f.lower(x).compile()
+  m = compiled.memory_analysis()
+  got = attention_choice.program_bytes(compiled)
   assert got == (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
                  + m.temp_size_in_bytes)
   assert got >= x.nbytes

@@ -27,31 +27,19 @@ from growjax import state as state_lib
 from growjax.growth import offline, speedup, stages
 from growjax.model import ModelConfig
 
+from test_stages import grow_config  # tests/ is on sys.path (rootdir conftest)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVENTS = "2@2,4@4:stack:grow"   # 1 layer to step 2, 2 layers to step 4, 4 layers to 10
 STAGES = ("stage_0", "stage_1", "stage_2")
 
 
 def gradual_config():
-  c = config_lib.base_config("tiny")
-  c.model.dtype = "float32"
-  c.model.num_layers = 4
-  c.data.seq_len = 32
-  c.train.global_batch_size = 8
-  c.train.steps = 10
-  c.train.log_every = 1
-  c.train.eval_every = 0
-  c.train.eval_batches = 1
-  c.train.checkpoint_every = 2
-  c.train.async_checkpointing = False
-  c.metrics.tensorboard = False
-  c.optimizer.warmup_steps = 2
-  c.optimizer.peak_lr = 1e-3
-  c.mesh.data, c.mesh.fsdp = 2, -1
-  c.growth.enabled = True
+  """test_stages' grow run (same model, mesh, batch and schedule, so the two files share
+  compiled steps), grown 1 -> 2 -> 4 layers by EVENTS instead of once."""
+  c = grow_config()
   c.growth.small_model = config_lib.model_config("tiny", dtype="float32", num_layers=1)
-  c.growth.small_mesh.fsdp = -1
-  c.growth.small_mesh.data = 4
+  c.growth.small_steps = 0
   c.growth.events = EVENTS
   return c
 
