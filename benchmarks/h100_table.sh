@@ -1,42 +1,77 @@
 #!/usr/bin/env bash
-# growjax beside MaxText on one GPU, in one call: the table of benchmarks/RESULTS.md.
+# growjax beside MaxText and Hugging Face on one GPU, in one call: the tables of
+# benchmarks/RESULTS.md.
 #
-#   bash benchmarks/h100_table.sh [PART ...]     PART: maxtext steps train (default: all)
+#   bash benchmarks/h100_table.sh [PART ...]
 #
-# - maxtext: MaxText 0.2.5, its own single-GPU recipe (../shared/peers/maxtext/run_gpu.sh,
-#   carried as .peer/), TinyLlama-1.1B shape, batch $MAXTEXT_BATCHES (default 24).
-# - steps:   benchmarks/step_benchmark.py: 1.1B bf16 / fp8, packed documents with and
-#   without masking, 410M bf16 / fp8, the paper's 24L x 2048 grown shape.
-# - train:   the real `growjax train` command at 1.1B (Shakespeare, byte tokens, seq
-#   2048, batch 24, dots remat): tokens/s of its last report, to set beside the step
-#   benchmark's (the two should agree within 3%).
-# Every line of the tables names the device. MFU conventions: growjax/metrics.py.
+# PARTs (default: maxtext_1b hf_1b steps_bf16 steps_fp8):
+# - maxtext_1b / maxtext_410m / maxtext_fp8: MaxText 0.2.5 with its own single-GPU recipe
+#   (../shared/peers/maxtext/run_gpu.sh, carried as .peer/): TinyLlama-1.1B shape at batch
+#   $MAXTEXT_BATCHES (24), the 410M shape at batch 32, and 1.1B with `quantization=fp8`.
+# - hf_1b / hf_410m: transformers' LlamaForCausalLM + torch.compile (benchmarks/hf_peer.py),
+#   batch 4 at 1.1B and 8 at 410M, compiled, no checkpointing (the peers README's recipe).
+# - steps_bf16 / steps_fp8: benchmarks/step_benchmark.py, 1.1B batch 24 and 410M batch 32,
+#   dots remat; steps_24l: the paper's 24L x 2048 grown shape at batch 24.
+# - train: the real `growjax train` command at 1.1B (Shakespeare, byte tokens, seq 2048,
+#   batch 24, dots remat, document masking on as shipped): tokens/s of its last reports.
+# - profile_bf16 / profile_fp8: benchmarks/profile_step.py at 1.1B batch 24: kernel time by
+#   kind and the top kernels (JSON under $OUT/h100_table).
+# Every part prints its device. MFU conventions: growjax/metrics.py. All JAX runs here use
+# XLA_PYTHON_CLIENT_MEM_FRACTION=0.94 (MaxText's setting, and growjax's CLI default on GPU).
 set -u
-PARTS="${*:-maxtext steps train}"
-STEPS="${STEPS:-10}"
+PARTS="${*:-maxtext_1b hf_1b steps_bf16 steps_fp8}"
+STEPS="${STEPS:-8}"
 OUT_DIR="${OUT:-/tmp}/h100_table"
 mkdir -p "$OUT_DIR"
+export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.94}"
 B="python3 benchmarks/step_benchmark.py --steps $STEPS --warmup 2"
+M410="decoder_block=llama2 base_num_decoder_layers=24 base_emb_dim=1024 \
+base_num_query_heads=16 base_num_kv_heads=16 head_dim=64 base_mlp_dim=2816 vocab_size=32000 \
+max_target_length=2048 mlp_activations=[silu,linear] logits_via_embedding=false \
+normalization_layer_epsilon=1e-5 rope_max_timescale=10000 enable_dropout=false"
+
+maxtext() {  # $1 label, rest: env assignments
+  local label="$1"; shift
+  echo "=== MaxText $label  ($(date +%T))"
+  (cd "$OUT_DIR" && env "$@" STEPS=20 bash "$OLDPWD/.peer/run_gpu.sh" 2>&1) \
+    | grep -E "median|MFU|Tokens/s|TFLOP|RUN|rror|devices" | tail -8
+}
 
 for part in $PARTS; do
   case "$part" in
-    maxtext)
-      echo "=== MaxText (batch ${MAXTEXT_BATCHES:-24})"
-      (cd "$OUT_DIR" && BATCHES="${MAXTEXT_BATCHES:-24}" STEPS=20 bash "$OLDPWD/.peer/run_gpu.sh" 2>&1) \
-        | grep -E "median|MFU|Tokens/s|TFLOP|RUN|rror" | tail -12 ;;
-    steps)
-      echo "=== growjax step benchmark"
-      $B --case 1b:24:dots --case 410m:32:dots --case 24l_2048:16:dots 2>&1 | grep -E "^\||FAILED|device"
-      $B --precision fp8 --case 1b:24:dots --case 410m:32:dots 2>&1 | grep -E "^\| [0-9a-z]|FAILED"
-      $B --doc_len 600 --case 1b:24:dots 2>&1 | grep -E "^\| [0-9a-z]|FAILED"
-      $B --doc_len 600 --no_masking --case 1b:24:dots 2>&1 | grep -E "^\| [0-9a-z]|FAILED" ;;
+    maxtext_1b) maxtext "1.1B bf16" BATCHES="${MAXTEXT_BATCHES:-24}" ;;
+    maxtext_410m) maxtext "410M bf16" BATCHES=32 MODEL_ARGS="$M410" ;;
+    maxtext_fp8) maxtext "1.1B fp8" BATCHES="${MAXTEXT_BATCHES:-24}" EXTRA_ARGS="quantization=fp8" ;;
+    hf_1b)
+      echo "=== HF transformers 1.1B ($(date +%T))"
+      python3 benchmarks/hf_peer.py --preset 1b --case 4:1:0 2>&1 | grep -E "^HF|rror" ;;
+    hf_410m)
+      echo "=== HF transformers 410M ($(date +%T))"
+      python3 benchmarks/hf_peer.py --preset 410m --case 8:1:0 2>&1 | grep -E "^HF|rror" ;;
+    steps_bf16)
+      echo "=== growjax step benchmark, bf16 ($(date +%T))"
+      $B --case 1b:24:dots --case 410m:32:dots --out "$OUT_DIR/steps_bf16.json" 2>&1 \
+        | grep -E "^\| [0-9a-z]|FAILED|device" ;;
+    steps_fp8)
+      echo "=== growjax step benchmark, fp8 ($(date +%T))"
+      $B --precision fp8 --case 1b:24:dots --case 410m:32:dots --out "$OUT_DIR/steps_fp8.json" 2>&1 \
+        | grep -E "^\| [0-9a-z]|FAILED|device" ;;
+    steps_24l)
+      echo "=== growjax step benchmark, 24L x 2048 ($(date +%T))"
+      $B --case 24l_2048:24:dots --out "$OUT_DIR/steps_24l.json" 2>&1 | grep -E "^\| [0-9a-z]|FAILED|device" ;;
     train)
-      echo "=== growjax train (the real command), 1.1B, batch 24, 40 steps"
+      echo "=== growjax train (the real command), 1.1B, batch 24, 40 steps ($(date +%T))"
       W="$OUT_DIR/train_1b"
       python3 -m growjax train --config configs/llama.py:size=1b,batch=24 --workdir "$W" \
         --config.data.seq_len=2048 --config.model.remat_policy=dots --config.train.steps=40 \
         --config.train.eval_every=0 --config.train.checkpoint_every=1000 \
-        --config.train.log_every=10 2>&1 | grep -E "step +[0-9]+|tok/s|rror" | tail -4
+        --config.train.log_every=10 2>&1 | grep -E "step +[0-9]+|tok/s|rror|cudnn|packing|fast" | tail -6
       rm -rf "$W/checkpoints" ;;
+    profile_bf16|profile_fp8)
+      prec="${part#profile_}"
+      echo "=== profile 1.1B batch 24 $prec ($(date +%T))"
+      python3 benchmarks/profile_step.py --case 1b:24:dots --precision "$prec" --top 25 \
+        --json "$OUT_DIR/profile_$prec.json" 2>&1 | grep -vE "^(W|I)[0-9]{4}" | tail -36 ;;
+    *) echo "unknown part $part" ;;
   esac
 done

@@ -1,6 +1,7 @@
 """Where a train step's device time goes: traces a few steps and ranks the GPU kernels.
 
   python benchmarks/profile_step.py --case 1b:16:dots [--steps 3] [--top 30]
+  python benchmarks/profile_step.py --case 1b:24:dots --precision fp8 --json OUT.json
 
 Runs the same setup as step_benchmark.py, records `jax.profiler` trace of `--steps`
 steps (a Perfetto JSON, readable without TensorBoard), and prints the kernels with the
@@ -27,6 +28,7 @@ KINDS = [("attention", re.compile(r"cudnn|flash|fmha|sdpa|attn", re.I)),
          ("copy/transpose", re.compile(r"copy|transpose|memcpy|memset", re.I)),
          ("scatter/gather", re.compile(r"scatter|gather|dynamic", re.I)),
          ("reduce", re.compile(r"reduce", re.I)),
+         ("cast (convert)", re.compile(r"convert", re.I)),
          ("fusion (elementwise)", re.compile(r"fusion|loop|input", re.I))]
 
 
@@ -57,6 +59,9 @@ def main() -> None:
   p.add_argument("--case", default="1b:16:dots", help="preset:batch:remat[:seq]")
   p.add_argument("--steps", type=int, default=3)
   p.add_argument("--top", type=int, default=30)
+  p.add_argument("--precision", default="bf16", choices=("bf16", "fp8"),
+                 help="config.model.matmul_precision")
+  p.add_argument("--json", default="", help="also write the breakdown as JSON here")
   a = p.parse_args()
   import jax
   import numpy as np
@@ -70,6 +75,7 @@ def main() -> None:
   seq = int(parts[3]) if len(parts) > 3 else 2048
   cfg = config_lib.base_config(preset)
   cfg.data.seq_len, cfg.train.global_batch_size, cfg.model.remat_policy = seq, batch, remat
+  cfg.model.matmul_precision = a.precision
   setup = state_lib.build(cfg)
   state = state_lib.init_state(setup, jax.random.key(0))
   tokens = np.random.default_rng(0).integers(0, cfg.model.vocab_size, (batch, seq + 1),
@@ -95,13 +101,20 @@ def main() -> None:
     by_kind[kind_of(name)] += dur
     by_name[name[:90]] += dur
     counts[name[:90]] += 1
-  print(f"{a.case}: {total / a.steps / 1e3:.1f} ms of kernel time per step "
+  print(f"{a.case} {a.precision}: {total / a.steps / 1e3:.1f} ms of kernel time per step "
         f"({len(events) // a.steps} kernels/step)")
   for kind, dur in by_kind.most_common():
     print(f"  {kind:<22} {dur / a.steps / 1e3:8.1f} ms  {dur / total:6.1%}")
   print(f"top {a.top} kernels (ms per step, calls per step):")
   for name, dur in by_name.most_common(a.top):
     print(f"  {dur / a.steps / 1e3:8.2f} ms {counts[name] // a.steps:5d}x  {name}")
+  if a.json:
+    with open(a.json, "w") as f:
+      json.dump({"case": a.case, "precision": a.precision, "device": str(jax.devices()[0]),
+                 "ms_per_step": total / a.steps / 1e3,
+                 "by_kind_ms": {k: d / a.steps / 1e3 for k, d in by_kind.most_common()},
+                 "top": [[n, d / a.steps / 1e3, counts[n] // a.steps]
+                         for n, d in by_name.most_common(a.top)]}, f, indent=1)
 
 
 if __name__ == "__main__":
