@@ -5,6 +5,19 @@
   python benchmarks/step_benchmark.py --depths 6,24,48     # compile time against depth
   python benchmarks/step_benchmark.py --case 1b:24:dots --doc_len 600 [--no_masking]
       # packed documents (mean 600 tokens): attention kept inside each, or not
+  python benchmarks/step_benchmark.py --case 1b:24:dots --doc_len 130000 --doc_batches 50 \
+      --fast_path on
+      # Shakespeare-like windows (plays of ~130k tokens: ~1.6% of 2048-token windows hold a
+      # boundary, ~68% of batches of 24 are all single-document rows), timed over 50
+      # distinct batches in turn, with the single-document fast path on (or off)
+
+Document lengths are geometric, and each row starts a document: a geometric length is
+memoryless, so a row is distributed as a window cut at a random point of a stream of such
+documents (the rest of the document it starts in is again geometric). `--cudnn_packing
+auto` resolves as `growjax train` does (growjax.attention_choice: ragged where it fits the
+device limit, else mask; one extra compile); the memory limit follows
+XLA_PYTHON_CLIENT_MEM_FRACTION, which this script leaves to the caller (the `growjax`
+command sets 0.94 where unset).
 
 Each case runs in its own process (so peak device memory is its own), builds
 the real config, creates the sharded state, compiles the real train step, runs
@@ -28,10 +41,13 @@ DEFAULT_CASES = ("tiny:32:none", "125m:32:none", "410m:32:dots", "1b:16:dots", "
 
 def run_case(preset: str, batch: int, remat: str, seq: int, steps: int, warmup: int,
              layers: int | None = None, compile_only: bool = False, unroll: int = 1,
-             doc_len: int = 0, masking: bool = True, precision: str = "bf16") -> dict:
+             doc_len: int = 0, masking: bool = True, precision: str = "bf16",
+             doc_batches: int = 1, fast_path: str = "auto", cudnn_packing: str = "auto"
+             ) -> dict:
   import jax
   import numpy as np
 
+  from growjax import attention_choice
   from growjax import config as config_lib
   from growjax import metrics
   from growjax import state as state_lib
@@ -45,35 +61,52 @@ def run_case(preset: str, batch: int, remat: str, seq: int, steps: int, warmup: 
     cfg.model.num_layers = layers
   cfg.model.scan_unroll = unroll
   cfg.model.matmul_precision = precision
+  cfg.model.single_document_fast_path = fast_path
+  cfg.model.cudnn_packing = cudnn_packing
   if doc_len:
     with cfg.unlocked():
       cfg.data.document_masking = masking
+    t0 = time.perf_counter()
+    cfg = attention_choice.choose(cfg)    # as `growjax train` does ('auto' only)
+    choice_s = time.perf_counter() - t0
   setup = state_lib.build(cfg)
   state = state_lib.init_state(setup, jax.random.key(0))
   rng = np.random.default_rng(0)
   tokens = rng.integers(0, cfg.model.vocab_size, (batch, seq + 1), dtype=np.int32)
-  host_batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
-  if doc_len:
-    host_batch.update(documents(rng, batch, seq, doc_len))
-  batch_arrays = train.to_global(host_batch, setup.batch_sharding)
+  host_batches = []
+  for _ in range(doc_batches if doc_len else 1):
+    host_batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
+    if doc_len:
+      host_batch.update(documents(rng, batch, seq, doc_len))
+    host_batches.append(host_batch)
+  batches = [train.to_global(b, setup.batch_sharding) for b in host_batches]
   step_fn = train.make_train_step(setup)
   with jax.set_mesh(setup.mesh):
     t0 = time.perf_counter()
-    compiled = step_fn.lower(state, batch_arrays).compile()
+    compiled = step_fn.lower(state, batches[0]).compile()
     compile_s = time.perf_counter() - t0
     result = {"preset": preset, "layers": setup.model_cfg.num_layers, "batch": batch,
               "unroll": unroll, "doc_len": doc_len, "precision": precision,
               "document_masking": bool(doc_len) and masking,
               "seq": seq, "remat": remat, "compile_s": compile_s,
               "params": setup.model_cfg.num_params()}
+    if doc_len:
+      single = [bool((b["segment_ids"] == 1).all()) for b in host_batches]
+      result.update(
+          doc_batches=len(batches), cudnn_packing=cfg.model.cudnn_packing,
+          choice_s=choice_s, fast_path=train.fast_path_enabled(setup),
+          single_document_batches=sum(single),
+          # of the timed steps (batches taken in turn), how many were single-document
+          timed_single_document_frac=sum(single[i % len(single)] for i in range(
+              warmup, warmup + steps)) / steps)
     if compile_only:
       return result
-    for _ in range(warmup):
-      state, m = compiled(state, batch_arrays)
+    for i in range(warmup):
+      state, m = compiled(state, batches[i % len(batches)])
     jax.block_until_ready(m)
     t0 = time.perf_counter()
-    for _ in range(steps):
-      state, m = compiled(state, batch_arrays)
+    for i in range(warmup, warmup + steps):
+      state, m = compiled(state, batches[i % len(batches)])
     jax.block_until_ready(m)
     dt = (time.perf_counter() - t0) / steps
     result["parts_ms"] = _breakdown(setup, state, batch_arrays, steps) if BREAKDOWN else None
@@ -93,6 +126,14 @@ def run_case(preset: str, batch: int, remat: str, seq: int, steps: int, warmup: 
 
 
 BREAKDOWN = os.environ.get("GROWJAX_BENCH_BREAKDOWN") == "1"
+
+
+def _masking_note(r: dict) -> str:
+  """How a masked case ran: cuDNN path, fast path, single-document share of timed steps."""
+  if not r.get("document_masking"):
+    return ""
+  return (f" ({r['cudnn_packing']}, fast path {'on' if r['fast_path'] else 'off'}, "
+          f"{r['timed_single_document_frac']:.0%} single-doc steps)")
 
 
 def documents(rng, batch: int, seq: int, mean_len: int) -> dict:
@@ -177,9 +218,17 @@ def main() -> None:
                  help="config.model.matmul_precision of every case")
   p.add_argument("--no_masking", action="store_true",
                  help="with --doc_len: config.data.document_masking=False")
+  p.add_argument("--doc_batches", type=int, default=1,
+                 help="with --doc_len: this many distinct batches, taken in turn")
+  p.add_argument("--fast_path", default="auto", choices=("auto", "on", "off"),
+                 help="config.model.single_document_fast_path")
+  p.add_argument("--cudnn_packing", default="auto", choices=("auto", "mask", "ragged"),
+                 help="config.model.cudnn_packing ('auto': chosen by memory, as in training)")
   p.add_argument("--_one", default="", help=argparse.SUPPRESS)
   a = p.parse_args()
-  case_flags = [f"--doc_len={a.doc_len}", f"--precision={a.precision}"] + (
+  case_flags = [f"--doc_len={a.doc_len}", f"--precision={a.precision}",
+                f"--doc_batches={a.doc_batches}", f"--fast_path={a.fast_path}",
+                f"--cudnn_packing={a.cudnn_packing}"] + (
       ["--no_masking"] if a.no_masking else [])
 
   if a._one:  # child process: one case
@@ -191,7 +240,9 @@ def main() -> None:
       preset, batch, remat, seq, layers, unroll = spec.split(":")
       res = run_case(preset, int(batch), remat, int(seq), a.steps, a.warmup,
                      int(layers) or None, compile_only=(kind == "compile"), unroll=int(unroll),
-                     doc_len=a.doc_len, masking=not a.no_masking, precision=a.precision)
+                     doc_len=a.doc_len, masking=not a.no_masking, precision=a.precision,
+                     doc_batches=a.doc_batches, fast_path=a.fast_path,
+                     cudnn_packing=a.cudnn_packing)
     print("RESULT " + json.dumps(res), flush=True)
     return
 
@@ -223,7 +274,8 @@ def main() -> None:
       print(f"| {r['preset']} ({r['params'] / 1e6:.0f}M) | {r['layers']} | {r['batch']}x{r['seq']} "
             f"| {r['remat']}{'' if r.get('unroll', 1) == 1 else ', unroll ' + str(r['unroll'])}"
             f"{', fp8' if r.get('precision') == 'fp8' else ''}"
-            f"{', docs ' + str(r['doc_len']) + (' masked' if r['document_masking'] else ' unmasked') if r.get('doc_len') else ''} "
+            f"{', docs ' + str(r['doc_len']) + (' masked' if r['document_masking'] else ' unmasked') if r.get('doc_len') else ''}"
+            f"{_masking_note(r)} "
             f"| {r['step_s'] * 1e3:.1f} | {r['tokens_per_s']:,.0f} | "
             f"{r['tflops_per_chip']:.0f} | {'-' if r['mfu'] is None else format(r['mfu'], '.1%')} "
             f"| {'-' if r['mfu'] is None else format(r['mfu_causal'], '.1%')} "

@@ -595,8 +595,16 @@ def run_command(cmd: Command, argv: list[str], debug: bool) -> int:
   return code
 
 
+# JAX preallocates 75% of a GPU's memory by default; MaxText's GPU recipes run at 0.94,
+# where the faster cuDNN packed layout for document masking fits at 1.1B, batch 24
+# (growjax.attention_choice, whose line names the value). Set only where the user has not,
+# before JAX creates its GPU client; CPU and TPU ignore it.
+GPU_MEM_FRACTION = "0.94"
+
+
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv if argv is None else argv)
+  os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", GPU_MEM_FRACTION)
   if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
     print(usage())
     return 0 if len(argv) >= 2 else BAD_INPUT

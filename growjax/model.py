@@ -159,6 +159,10 @@ class ModelConfig:
   # (growjax.attention_choice), elsewhere it means 'mask'.
   cudnn_packing: str = "auto"
   max_segments: int = 16
+  # Document masking's fast path (growjax.train): a (micro-)batch whose rows are each one
+  # whole document takes plain causal attention instead of the masked kernel, through a
+  # `lax.cond` around the gradient. 'auto': on where the devices are GPUs; 'on' | 'off'.
+  single_document_fast_path: str = "auto"
   # 'bf16' | 'fp8': the block projections (q, k, v, o, gate, up, down) as FP8 GEMMs with
   # current per-tensor scaling (growjax.fp8); attention core, head and loss stay bf16.
   matmul_precision: str = "bf16"
@@ -206,6 +210,9 @@ class ModelConfig:
     if self.cudnn_packing not in ("auto", "mask", "ragged"):
       raise ValueError(f"{where}.cudnn_packing={self.cudnn_packing!r}; choose 'auto', "
                        f"'mask' or 'ragged'.")
+    if self.single_document_fast_path not in ("auto", "on", "off"):
+      raise ValueError(f"{where}.single_document_fast_path="
+                       f"{self.single_document_fast_path!r}; choose 'auto', 'on' or 'off'.")
     if self.max_segments < 1:
       raise ValueError(f"{where}.max_segments={self.max_segments} must be >= 1.")
     if self.scan_unroll < 1 or (self.num_layers % self.scan_unroll
