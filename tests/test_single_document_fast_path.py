@@ -160,3 +160,24 @@ def test_the_choice_line_names_the_memory_fraction_in_effect(monkeypatch):
   monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION")
   assert attention_choice.memory_fraction() == \
       "JAX's default XLA_PYTHON_CLIENT_MEM_FRACTION=0.75"
+
+
+def test_with_grad_accumulation_each_micro_batch_chooses_and_equals_the_masked_step():
+  """Accumulation over 2 micro-batches (rows interleaved: row r is in micro-batch r % 2):
+  the cond sits inside the accumulation scan, so a batch whose one mixed row is in
+  micro-batch 1 runs micro-batch 0 plain and 1 masked — the same params as all masked."""
+  single, mixed, _ = _batches()
+  both = lambda a, b: {k: np.concatenate([a[k], b[k]]) for k in a}
+  batches = (both(single, single), both(single, mixed))   # mixed row 13: micro-batch 1
+  compiled = {}
+  for mode in ("on", "off"):
+    c = _cfg(mode)
+    c.train.global_batch_size, c.train.grad_accum_steps = 2 * B, 2
+    setup = state_lib.build(c)
+    with jax.set_mesh(setup.mesh):
+      compiled[mode] = (setup, train.make_train_step(setup).lower(
+          setup.abstract_state, train.to_global(batches[0], setup.batch_sharding)).compile())
+  hlo = compiled["on"][1].as_text()
+  assert hlo.count(" conditional(") == 1 and " while(" in hlo
+  for batch in batches:
+    _assert_same(_one_step(*compiled["on"], batch), _one_step(*compiled["off"], batch))
