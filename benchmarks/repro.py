@@ -5,9 +5,13 @@ operators at equal FLOPs.
   python benchmarks/repro.py --workdir runs/repro --part main     # scratch vs G_stack only
   python benchmarks/repro.py --workdir runs/repro --part operators \
       --runs width,direct,width,split,depth,llama_pro                # a subset (+ scratch)
+  GROWJAX_PYCORPUS_DIR=/tmp/pyc/pycorpus \
+  python benchmarks/repro.py --workdir runs/repro --part larger     # the larger point
 
 `main` trains configs/repro/replica.py:run=scratch and :run=stack (same FLOPs), then
-runs `growjax speedup` on them (report + loss-vs-FLOPs plot). `operators` trains the
+runs `growjax speedup` on them (report + loss-vs-FLOPs plot); `larger` does the same
+for configs/repro/larger.py (16L x 1024 on the Python-package corpus, BPE tokens) and
+writes its plot to docs/repro_larger_speedup.png. `operators` trains the
 runs of configs/repro/operators.py (all, or those `--runs` names; scratch always, as
 the reference) and prints one table: final validation loss at
 equal FLOPs and the FLOPs each needs to reach the scratch run's final loss. Runs that
@@ -63,13 +67,16 @@ def train(config: str, workdir: str, overrides: list[str]) -> float:
   return time.perf_counter() - start
 
 
-def main_part(workdir: str, overrides: list[str]) -> dict:
+def main_part(workdir: str, overrides: list[str], config: str = "configs/repro/replica.py",
+              plot: str = "") -> dict:
+  """`config`'s run=scratch and run=stack under `workdir`, then `growjax speedup`
+  (its plot into `plot`, default WORKDIR/speedup.png)."""
   from growjax.growth import speedup
-  times = {run: train(f"configs/repro/replica.py:run={run}", os.path.join(workdir, run),
-                      overrides) for run in ("scratch", "stack")}
+  times = {run: train(f"{config}:run={run}", os.path.join(workdir, run), overrides)
+           for run in ("scratch", "stack")}
   try:
     result = speedup.run(os.path.join(workdir, "scratch"), os.path.join(workdir, "stack"),
-                         None, os.path.join(workdir, "speedup.png"))
+                         None, plot or os.path.join(workdir, "speedup.png"))
   except ValueError as e:  # e.g. G_stack never reached the scratch loss: say so, go on
     print(f"speedup: {e}")
     result = {"error": str(e)}
@@ -107,7 +114,11 @@ def operators_part(workdir: str, overrides: list[str], runs: list[str]) -> list[
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--workdir", default="runs/repro")
-  p.add_argument("--part", default="main,operators")
+  p.add_argument("--part", default="main,operators",
+                 help="comma-separated: main, operators, larger (not in the default: it "
+                 "needs $GROWJAX_PYCORPUS_DIR and ~10 GPU minutes)")
+  p.add_argument("--plot", default=os.path.join(ROOT, "docs", "repro_larger_speedup.png"),
+                 help="larger part: where its loss-vs-FLOPs plot goes")
   p.add_argument("--runs", default="", help="operators part: these runs of "
                  "configs/repro/operators.py only (scratch is always run), e.g. "
                  "width,direct,width,split; default: all")
@@ -123,6 +134,9 @@ def main() -> None:
     results["main"] = main_part(a.workdir, a.overrides)
   if "operators" in parts:
     results["operators"] = operators_part(a.workdir, a.overrides, runs)
+  if "larger" in parts:
+    results["larger"] = main_part(os.path.join(a.workdir, "larger"), a.overrides,
+                                  "configs/repro/larger.py", a.plot)
   print(f"device: {results['device']}")
   if a.out:
     with open(a.out, "w") as f:

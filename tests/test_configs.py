@@ -16,8 +16,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(autouse=True)
-def _at_repo_root(monkeypatch):
+def _at_repo_root(monkeypatch, tmp_path):
   monkeypatch.chdir(REPO)   # config paths as a user types them: configs/llama.py:size=1b
+  # configs/repro/larger.py reads its corpus folder from the environment.
+  for split in ("train", "validation"):
+    (tmp_path / "pycorpus" / split).mkdir(parents=True)
+  monkeypatch.setenv(corpora.PYCORPUS_ENV, str(tmp_path / "pycorpus"))
 
 
 def load(spec: str):
@@ -177,6 +181,8 @@ RUNS = [
     ("configs/grow.py:recipe=7b,batch=256,method=zero", 64),
     ("configs/repro/replica.py:run=scratch", 8),
     ("configs/repro/replica.py:run=stack,method=zero,small_steps=200,steps=600", 8),
+    ("configs/repro/larger.py:run=scratch", 8),
+    ("configs/repro/larger.py:run=stack,seed=1", 8),
     ("configs/repro/sweep.py", 8),
     ("configs/repro/sweep.py:method=zero,steps=300", 8),
     *[(f"configs/repro/operators.py:{run}", 8) for run in

@@ -10,8 +10,12 @@ Args (comma-separated key=value after the colon):
   run          (required) scratch or stack.
   steps        the scratch run's steps (default 900); a stack run spends their FLOPs.
   method       stack only: the depth operator (default stack, G_stack), e.g. zero.
-  small_steps  stack only: steps of the 4-layer model (default 300), e.g.
+  small_steps  stack only: steps of the small model (default 300), e.g.
                configs/repro/replica.py:run=stack,method=zero,small_steps=300.
+  g            stack only: the growth factor; the small model has 16 // g layers
+               (default 4: 4L stacked x4; g=2: 8L stacked x2).
+  seed         config.seed (default 0): initialisation and data order, e.g.
+               configs/repro/replica.py:run=scratch,seed=1.
 
 scratch: a 16L x 512 LLaMA (~50M parameters) on the stdlib + Shakespeare corpus
 (`growjax.data.corpora.stdlib_and_plays`, ~35M byte tokens, so the ~59M tokens seen
@@ -35,6 +39,7 @@ from growjax.model import ModelConfig
 LARGE = dict(vocab_size=384, num_layers=16, embed_dim=512, num_heads=8, num_kv_heads=8,
              head_dim=64, mlp_dim=1536)
 SMALL = dict(LARGE, num_layers=LARGE["num_layers"] // 4)
+GROWTH_FACTORS = (2, 4)
 
 
 def equal_flops_steps(large: ModelConfig, small: ModelConfig, seq_len: int,
@@ -47,13 +52,21 @@ def equal_flops_steps(large: ModelConfig, small: ModelConfig, seq_len: int,
 def get_config(arg=None):
   args = parse_arg(arg, "configs/repro/replica.py", run="", steps=900,
                    method=config_dict.placeholder(str),
-                   small_steps=config_dict.placeholder(int))
+                   small_steps=config_dict.placeholder(int),
+                   g=config_dict.placeholder(int), seed=0)
   if args.run not in ("scratch", "stack"):
     raise ValueError(f"configs/repro/replica.py: run={args.run!r} is not one of scratch, "
                      f"stack (e.g. configs/repro/replica.py:run=scratch)")
-  if args.run == "scratch" and (args.method is not None or args.small_steps is not None):
-    raise ValueError("configs/repro/replica.py: method and small_steps are args of run=stack only")
+  if args.run == "scratch" and (args.method is not None or args.small_steps is not None
+                                or args.g is not None):
+    raise ValueError("configs/repro/replica.py: method, small_steps and g are args of "
+                     "run=stack only")
+  g = 4 if args.g is None else args.g
+  if g not in GROWTH_FACTORS:
+    raise ValueError(f"configs/repro/replica.py: g={g} is not one of {GROWTH_FACTORS} (the "
+                     f"small model has 16 // g layers), e.g. configs/repro/replica.py:run=stack,g=2")
   c = base_config("tiny")
+  c.seed = args.seed
   c.model = model_config("tiny", **LARGE)
   corpora.stdlib_and_plays(c.data)
   c.data.seq_len = 1024
@@ -70,9 +83,10 @@ def get_config(arg=None):
   if args.run == "scratch":
     return c
   c.growth.enabled = True
-  c.growth.small_model = model_config("tiny", **SMALL)
+  small = dict(LARGE, num_layers=LARGE["num_layers"] // g)
+  c.growth.small_model = model_config("tiny", **small)
   c.growth.small_steps = 300 if args.small_steps is None else args.small_steps
   c.growth.method = args.method or "stack"
-  c.train.steps = equal_flops_steps(ModelConfig(**LARGE), ModelConfig(**SMALL),
+  c.train.steps = equal_flops_steps(ModelConfig(**LARGE), ModelConfig(**small),
                                     c.data.seq_len, args.steps, c.growth.small_steps)
   return c

@@ -49,6 +49,8 @@ def default_data_config() -> ml_collections.ConfigDict:
       # Reading.
       shuffle_seed=0,            # added to config.seed: the data order
       num_workers=0,             # grain worker processes (0: read in the training process)
+      prepare_workers=1,         # processes tokenizing an inline preparation (`name`); the
+                                 # shards are identical for any count (growjax.data.prepare)
   ))
 
 
@@ -131,6 +133,10 @@ def check_data_config(data_cfg) -> None:
     raise ValueError(f"config.data.seq_len must be positive, got {data_cfg.seq_len}.")
   if data_cfg.num_workers < 0:
     raise ValueError(f"config.data.num_workers must be >= 0, got {data_cfg.num_workers}.")
+  if data_cfg.prepare_workers < 1:
+    raise ValueError(f"config.data.prepare_workers must be >= 1, got "
+                     f"{data_cfg.prepare_workers} — give the number of processes that "
+                     f"tokenize an inline preparation (1: in the training process).")
   if reading_plan(data_cfg) is not None:
     return  # the sources were prepared already; their tokenizer is read from index.json
   check_source_config(data_cfg)

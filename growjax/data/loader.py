@@ -90,7 +90,7 @@ def prepare_inline(data_cfg) -> str:
 
 def _prepare(data_cfg, out: str) -> None:
   from growjax.data import prepare as prepare_lib  # noqa: PLC0415 - the preparation room
-  prepare_lib.prepare(data_cfg, out, workers=1,
+  prepare_lib.prepare(data_cfg, out, workers=int(data_cfg.get("prepare_workers", 1)),
                       log=lambda line: print(f"inline {line}", file=sys.stderr, flush=True))
 
 
