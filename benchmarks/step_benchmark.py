@@ -109,7 +109,7 @@ def run_case(preset: str, batch: int, remat: str, seq: int, steps: int, warmup: 
       state, m = compiled(state, batches[i % len(batches)])
     jax.block_until_ready(m)
     dt = (time.perf_counter() - t0) / steps
-    result["parts_ms"] = _breakdown(setup, state, batch_arrays, steps) if BREAKDOWN else None
+    result["parts_ms"] = _breakdown(setup, state, batches[0], steps) if BREAKDOWN else None
   tps = batch * seq / dt
   fpt = setup.model_cfg.flops_per_token(seq)
   peak = metrics.peak_tflops()
