@@ -98,19 +98,19 @@ def choose(cfg: ml_collections.ConfigDict, devices=None, log=None
   if log is None:  # flushed now: a run killed later must not lose the line
     log = (lambda *_: None) if jax.process_index() else (lambda m: print(m, flush=True))
   fraction = memory_fraction()
-  if train_lib.fast_path_enabled(setup):
-    log = (lambda base: lambda m: base(m + "; batches of single-document rows: plain causal "
-                                       "attention (config.model.single_document_fast_path)"))(log)
+  fast = ("; batches of single-document rows: plain causal attention "
+          "(config.model.single_document_fast_path)"
+          if train_lib.fast_path_enabled(setup) else "")
   if fits(need, limit):
     log(f"document masking: cuDNN packed layout (config.model.cudnn_packing=ragged, "
         f"max_segments={out.model.max_segments}): {need / gib:.1f} GiB per device"
-        + (f" of {limit / gib:.1f} ({fraction})" if limit else ""))
+        + (f" of {limit / gib:.1f} ({fraction})" if limit else "") + fast)
     return out
   out.model.cudnn_packing = "mask"
   raise_it = "" if _fraction_value() >= 0.94 else f", or {FRACTION_VAR}=0.94,"
   log(f"document masking: cuDNN with a boolean mask (config.model.cudnn_packing=mask): the "
       f"faster packed layout needs {need / gib:.1f} GiB per device, the limit is "
-      f"{limit / gib:.1f} GiB ({fraction}) — a smaller batch{raise_it} lets it fit")
+      f"{limit / gib:.1f} GiB ({fraction}) — a smaller batch{raise_it} lets it fit{fast}")
   return out
 
 

@@ -180,3 +180,22 @@ def test_with_grad_accumulation_each_micro_batch_chooses_and_equals_the_masked_s
   assert hlo.count(" conditional(") == 1 and " while(" in hlo
   for batch in batches:
     _assert_same(_one_step(*compiled["on"], batch), _one_step(*compiled["off"], batch))
+
+
+def test_the_choice_line_on_a_gpu_names_the_fraction_and_the_fast_path(monkeypatch):
+  """attention_choice.choose's GPU decision, run on CPU (its compiled program is the real
+  cond step; the device limit is faked): the line names the fraction and the fast path."""
+  from growjax import attention_choice
+  monkeypatch.setattr(attention_choice, "needs_choice", lambda cfg: True)
+  monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.94")
+  lines = []
+  for limit in (2 ** 40, 2 ** 10):
+    monkeypatch.setattr(attention_choice, "device_limit", lambda devices: limit)
+    chosen = attention_choice.choose(_cfg("on"), log=lines.append)
+    assert chosen.model.cudnn_packing == ("ragged" if limit > 2 ** 30 else "mask")
+  fast = ("; batches of single-document rows: plain causal attention "
+          "(config.model.single_document_fast_path)")
+  assert lines[0].startswith("document masking: cuDNN packed layout") and lines[0].endswith(
+      "of 1024.0 (XLA_PYTHON_CLIENT_MEM_FRACTION=0.94)" + fast), lines[0]
+  assert lines[1].endswith("the limit is 0.0 GiB (XLA_PYTHON_CLIENT_MEM_FRACTION=0.94) — a "
+                           "smaller batch lets it fit" + fast), lines[1]
