@@ -8,6 +8,16 @@ benchmarks/repro.py --part larger runs both and `growjax speedup` on them.
   growjax train --config configs/repro/larger.py:run=stack --workdir runs/larger/stack
   growjax speedup --scratch runs/larger/scratch --grown runs/larger/stack
 
+On one H100 (the corpus tarball carried to the machine, extracted there; the inline
+preparation, ~62M tokens on 16 processes, runs once and both runs share it):
+
+  mkdir -p /tmp/pyc && tar xJf .pycorpus/pycorpus.tar.xz -C /tmp/pyc
+  export GROWJAX_PYCORPUS_DIR=/tmp/pyc/pycorpus GROWJAX_DATA_DIR=$PWD/runs/data
+  python benchmarks/repro.py --workdir runs/repro --part larger
+
+Each run is 1.02e17 FLOPs: ~260-300 s of steps at 40-35% MFU, plus ~10% for the
+evaluations, compiles, checkpoints and (stack) the growth: ~5.5-6.5 min per run.
+
 Args (comma-separated key=value after the colon):
   run          (required) scratch or stack.
   steps        the scratch run's steps (default 1000); a stack run spends their FLOPs.

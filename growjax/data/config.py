@@ -133,7 +133,7 @@ def check_data_config(data_cfg) -> None:
     raise ValueError(f"config.data.seq_len must be positive, got {data_cfg.seq_len}.")
   if data_cfg.num_workers < 0:
     raise ValueError(f"config.data.num_workers must be >= 0, got {data_cfg.num_workers}.")
-  if data_cfg.prepare_workers < 1:
+  if data_cfg.get("prepare_workers", 1) < 1:   # absent in configs saved before the field
     raise ValueError(f"config.data.prepare_workers must be >= 1, got "
                      f"{data_cfg.prepare_workers} — give the number of processes that "
                      f"tokenize an inline preparation (1: in the training process).")
