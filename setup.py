@@ -43,7 +43,8 @@ setup(
         "gcs": GCS,
         # prepare-data past one machine: the tfds builder on Beam (Dataflow, Spark, Flink).
         # Not in `test`: apache-beam 2.77 pins protobuf<7, pyarrow<26, pillow<13 below
-        # what this environment holds; tests/test_prepare_beam.py skips without it.
+        # what this environment holds; tests/test_prepare_beam.py installs it into a directory
+        # of its own and runs itself in a child process with it.
         "beam": ["apache-beam>=2.60"],
     },
     entry_points={"console_scripts": ["growjax=growjax.cli:main"]},

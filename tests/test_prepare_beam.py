@@ -2,26 +2,72 @@
 in the same order, as `growjax prepare-data` writes, read back through
 `shards.open_shards` from tfds's ArrayRecord layout.
 
-Needs apache-beam (the `beam` extra; not in `test`: apache-beam 2.77 pins protobuf, pyarrow
-and pillow below this environment's). With it installed elsewhere, e.g.
-`pip install --target /tmp/beamsite apache-beam`, run
-`PYTHONPATH=/tmp/beamsite pytest tests/test_prepare_beam.py`."""
+apache-beam is the `beam` extra, not `test`: apache-beam 2.77 pins protobuf, pyarrow and
+pillow below this environment's, so installing it here would downgrade them. Where it is
+not importable, this test installs it (from the package registry, like `pip install
+-e .[test]`) into a directory of its own, ~/.cache/growjax-tests/beamsite-<version> (or
+$GROWJAX_BEAM_SITE), once, and runs itself in a child process with that directory first
+on PYTHONPATH; the environment the other tests use is never touched. It skips only when
+that install fails (no registry), saying why.
+"""
 
+import importlib.util
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-beam = pytest.importorskip("apache_beam", reason="apache-beam is not installed (the "
-                           "`beam` extra); see this file's docstring")
-
-from growjax.data import beam_prepare, prepare, shards  # noqa: E402
-from growjax.data import config as data_config  # noqa: E402
+from growjax.data import config as data_config
+from growjax.data import prepare, shards
 
 SEQ = 16
+BEAM_PIN = "apache-beam==2.77.0"
+HAVE_BEAM = importlib.util.find_spec("apache_beam") is not None
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _beam_site() -> str:
+  """A directory holding apache-beam and its own pinned dependencies, installed once and
+  atomically (into a `.partial` directory, renamed into place when complete)."""
+  site = os.environ.get("GROWJAX_BEAM_SITE") or os.path.join(
+      os.path.expanduser("~"), ".cache", "growjax-tests",
+      "beamsite-" + BEAM_PIN.split("==")[1])
+  if os.path.isdir(site):
+    return site
+  partial = f"{site}.partial-{os.getpid()}"
+  out = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                        "--target", partial, BEAM_PIN], capture_output=True, text=True)
+  if out.returncode != 0:
+    pytest.skip(f"could not install {BEAM_PIN} into {partial}: {out.stderr.strip()[-500:]}")
+  os.makedirs(os.path.dirname(site), exist_ok=True)
+  try:
+    os.rename(partial, site)
+  except OSError:  # another process installed it first: use theirs
+    if not os.path.isdir(site):
+      raise
+  return site
 
 
 def test_beam_builder_writes_the_windows_prepare_writes(tmp_path):
+  if HAVE_BEAM:
+    _check_beam_build(tmp_path)
+    return
+  site = _beam_site()
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      [site, REPO] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+  test_id = f"{os.path.abspath(__file__)}::test_beam_builder_writes_the_windows_prepare_writes"
+  out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        "-p", "no:xdist", test_id], env=env, capture_output=True, text=True,
+                       cwd=REPO, timeout=600)
+  assert out.returncode == 0 and "1 passed" in out.stdout, (out.stdout + out.stderr)[-4000:]
+
+
+def _check_beam_build(tmp_path):
+  from growjax.data import beam_prepare  # noqa: PLC0415  (imports apache_beam)
+
   src = tmp_path / "src"
   src.mkdir()
   rng = np.random.default_rng(0)
