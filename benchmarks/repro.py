@@ -32,8 +32,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def operator_runs(runs: str = "") -> list[str]:
   """The args of configs/repro/operators.py to train, scratch first: every run, or
-  those in `runs` (comma-separated args, each `scratch` or DIRECTION,METHOD[,msg]:
-  'width,direct,width,split,depth,solar,msg' is three runs)."""
+  those in `runs` (comma-separated args, each `scratch` or DIRECTION,METHOD[,msg][,small=N]:
+  'width,direct,width,split,depth,solar,msg,width,random,msg,small=300' is four runs)."""
   sys.path.insert(0, os.path.join(ROOT, "configs", "repro"))
   import operators as op_config
   if not runs:
@@ -47,6 +47,8 @@ def operator_runs(runs: str = "") -> list[str]:
       raise SystemExit(f"--runs={runs}: {head!r} needs a method (e.g. {head},direct)")
     run = f"{head},{parts.pop(0)}"
     if parts and parts[0] == "msg":
+      run += "," + parts.pop(0)
+    if parts and parts[0].startswith("small="):
       run += "," + parts.pop(0)
     try:
       op_config.get_config(run)  # refuses an unknown run before anything trains

@@ -188,6 +188,7 @@ RUNS = [
     *[(f"configs/repro/operators.py:{run}", 8) for run in
       ["scratch"] + [f"{d},{m}" for d in ("depth", "width")
                      for m in ("direct", "zero", "random", "learn")]],
+    ("configs/repro/operators.py:width,random,msg,small=300", 8),
 ]
 
 
@@ -238,6 +239,11 @@ def test_every_config_docstring_lists_its_args_and_an_example():
     ("configs/grow.py:recipe=tiny,layers=4", "unknown arg 'layers'; the args are recipe"),
     ("configs/repro/replica.py:run=both", "run='both' is not one of scratch, stack"),
     ("configs/repro/replica.py:run=scratch,method=zero", "args of run=stack only"),
+    ("configs/repro/operators.py:width,random,small=600", "small='600' is not a number of "
+                                                           "small-stage steps"),
+    ("configs/repro/operators.py:width,random,small=x", "give 1 <= N < 600"),
+    ("configs/repro/operators.py:width,random,small=3,msg", "optionally with ,msg and then "
+                                                           ",small=N"),
 ])
 def test_a_bad_arg_is_a_value_error_naming_it(spec, message):
   path, _, arg = spec.partition(":")
@@ -270,3 +276,23 @@ def test_no_block_of_six_lines_repeats_in_configs():
         repeats.append((seen[block], where, block[0]))
       seen.setdefault(block, where)
   assert not repeats
+
+
+def test_operators_small_suffix_moves_growth_later_at_equal_flops():
+  """`,small=N` changes the growth timing d of one operator, not its FLOPs."""
+  module_spec = importlib.util.spec_from_file_location(
+      "operators_cfg", os.path.join(REPO, "configs/repro/operators.py"))
+  op = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(op)
+  from growjax.model import ModelConfig  # noqa: PLC0415
+  large = ModelConfig(**op.LARGE)
+  seq = 256
+  budget = op.SCRATCH_STEPS * large.flops_per_token(seq)
+  for arg, small_steps in (("width,random,msg", 150), ("width,random,msg,small=300", 300),
+                           ("depth,direct,small=50", 50)):
+    c = op.get_config(arg)
+    assert c.growth.small_steps == small_steps
+    small = ModelConfig(**{k: c.growth.small_model[k] for k in op.LARGE})
+    spent = (small_steps * small.flops_per_token(seq)
+             + (c.train.steps - small_steps) * large.flops_per_token(seq))
+    assert budget - large.flops_per_token(seq) < spent <= budget, arg

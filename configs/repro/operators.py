@@ -12,7 +12,9 @@ random, learn, llama_pro, solar, middle, or `width,METHOD` with METHOD one of di
 split, zero, random, learn. A `,msg` suffix (e.g. `depth,direct,msg`) lets the new
 layers / units in through a mask ramped over MSG_RAMP_STEPS steps
 (`config.growth.mask_ramp_steps`, MSG-style masked growth; refused while this checkout's
-config has no such field).
+config has no such field). A last `,small=N` suffix trains the small model N steps
+instead of SMALL_STEPS (150) before growth, at the same total FLOPs: the growth timing d
+of one operator, e.g. `width,random,msg,small=300`.
 
 The depth presets cannot all start from 2 layers: 2 -> 8 is not a llama_pro expansion
 (it inserts L' - L = 6 layers one after every L/6 small layers), solar reaches at most
@@ -58,19 +60,23 @@ def get_config(arg=None):
   c.optimizer.update(peak_lr=2e-3, end_lr=2e-4, warmup_steps=60)
   direction, method, *suffix = (arg or "scratch").split(",") + [""]
   suffix = [s for s in suffix if s]
-  if direction == "scratch" and not method and not suffix:
+  small_steps = SMALL_STEPS
+  if suffix and suffix[-1].startswith("small="):
+    small_steps = _small_steps(arg, suffix.pop()[len("small="):])
+  if direction == "scratch" and not method and not suffix and small_steps == SMALL_STEPS:
     return c
   methods = {"depth": DEPTH_METHODS, "width": WIDTH_METHODS}.get(direction, ())
   if method not in methods or suffix not in ([], ["msg"]):
     raise ValueError(f"configs/repro/operators.py arg {arg!r} is not a run — use scratch, "
                      f"depth,METHOD with METHOD in {'/'.join(DEPTH_METHODS)} or width,METHOD "
-                     f"with METHOD in {'/'.join(WIDTH_METHODS)}, optionally with ,msg")
+                     f"with METHOD in {'/'.join(WIDTH_METHODS)}, optionally with ,msg "
+                     f"and then ,small=N")
   small = dict(SMALL[direction])
   if method in PRESET_SMALL_LAYERS:
     small["num_layers"] = PRESET_SMALL_LAYERS[method]
   c.growth.enabled = True
   c.growth.small_model = model_config("tiny", **small)
-  c.growth.small_steps = SMALL_STEPS
+  c.growth.small_steps = small_steps
   if direction == "depth":
     c.growth.method = "stack" if method == "direct" else method
   else:
@@ -83,7 +89,21 @@ def get_config(arg=None):
                        f"does not have — drop ,msg")
     c.growth.mask_ramp_steps = MSG_RAMP_STEPS
   seq = c.data.seq_len
-  saved = SMALL_STEPS * (ModelConfig(**small).flops_per_token(seq)
+  saved = small_steps * (ModelConfig(**small).flops_per_token(seq)
                          / ModelConfig(**LARGE).flops_per_token(seq))
-  c.train.steps = SMALL_STEPS + math.floor(SCRATCH_STEPS - saved)
+  c.train.steps = small_steps + math.floor(SCRATCH_STEPS - saved)
   return c
+
+
+def _small_steps(arg: str, value: str) -> int:
+  """The `,small=N` suffix: small-stage steps, leaving the large model at least one step
+  of the scratch run's FLOPs."""
+  try:
+    n = int(value)
+  except ValueError:
+    n = 0
+  if not 1 <= n < SCRATCH_STEPS:
+    raise ValueError(f"configs/repro/operators.py arg {arg!r}: small={value!r} is not a "
+                     f"number of small-stage steps — give 1 <= N < {SCRATCH_STEPS}, e.g. "
+                     f"width,random,msg,small=300")
+  return n
