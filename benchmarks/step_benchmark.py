@@ -91,7 +91,7 @@ def run_case(preset: str, batch: int, remat: str, seq: int, steps: int, warmup: 
               "seq": seq, "remat": remat, "compile_s": compile_s,
               "params": setup.model_cfg.num_params()}
     if doc_len:
-      single = [bool((b["segment_ids"] == 1).all()) for b in host_batches]
+      single = [bool(train.single_documents(b)) for b in host_batches]  # the step's own test
       result.update(
           doc_batches=len(batches), cudnn_packing=cfg.model.cudnn_packing,
           choice_s=choice_s, fast_path=train.fast_path_enabled(setup),

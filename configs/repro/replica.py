@@ -38,7 +38,6 @@ from growjax.model import ModelConfig
 
 LARGE = dict(vocab_size=384, num_layers=16, embed_dim=512, num_heads=8, num_kv_heads=8,
              head_dim=64, mlp_dim=1536)
-SMALL = dict(LARGE, num_layers=LARGE["num_layers"] // 4)
 GROWTH_FACTORS = (2, 4)
 
 
