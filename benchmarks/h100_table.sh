@@ -4,14 +4,16 @@
 #
 #   bash benchmarks/h100_table.sh [PART ...]
 #
-# PARTs (default: maxtext_1b hf_1b steps_bf16 steps_fp8):
+# PARTs (default: maxtext_1b hf_1b steps_bf16 steps_fp8), in the order given:
 # - maxtext_1b / maxtext_410m / maxtext_fp8: MaxText 0.2.5 with its own single-GPU recipe
 #   (../shared/peers/maxtext/run_gpu.sh, carried as .peer/): TinyLlama-1.1B shape at batch
 #   $MAXTEXT_BATCHES (24), the 410M shape at batch 32, and 1.1B with `quantization=fp8`.
 # - hf_1b / hf_410m: transformers' LlamaForCausalLM + torch.compile (benchmarks/hf_peer.py),
 #   batch 4 at 1.1B and 8 at 410M, compiled, no checkpointing (the peers README's recipe).
 # - steps_bf16 / steps_fp8: benchmarks/step_benchmark.py, 1.1B batch 24 and 410M batch 32,
-#   dots remat; steps_24l: the paper's 24L x 2048 grown shape at batch 24.
+#   remat $REMAT (default dots); steps_24l: the paper's 24L x 2048 grown shape at batch 24;
+#   remat_ab: bf16 at both sizes under remat 'dots' and 'dots_attention' (which also keeps
+#   the attention kernel's outputs), with the fused-attention calls counted in the HLO.
 # - train: the real `growjax train` command at 1.1B (Shakespeare, byte tokens, seq 2048,
 #   batch 24, dots remat, document masking on as shipped): tokens/s of its last reports.
 # - profile_bf16 / profile_fp8: benchmarks/profile_step.py at 1.1B batch 24: kernel time by
@@ -27,6 +29,7 @@ OUT_DIR="${OUT:-/tmp}/h100_table"
 mkdir -p "$OUT_DIR"
 export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.94}"
 B="python3 benchmarks/step_benchmark.py --steps $STEPS --warmup 2"
+REMAT="${REMAT:-dots}"
 M410="decoder_block=llama2 base_num_decoder_layers=24 base_emb_dim=1024 \
 base_num_query_heads=16 base_num_kv_heads=16 head_dim=64 base_mlp_dim=2816 vocab_size=32000 \
 max_target_length=2048 mlp_activations=[silu,linear] logits_via_embedding=false \
@@ -52,12 +55,17 @@ for part in $PARTS; do
       python3 benchmarks/hf_peer.py --preset 410m --case 8:1:0 2>&1 | grep -E "^HF|rror" ;;
     steps_bf16)
       echo "=== growjax step benchmark, bf16 ($(date +%T))"
-      $B --case 1b:24:dots --case 410m:32:dots --out "$OUT_DIR/steps_bf16.json" 2>&1 \
-        | grep -E "^\| [0-9a-z]|FAILED|device" ;;
+      $B --case 1b:24:$REMAT --case 410m:32:$REMAT --out "$OUT_DIR/steps_bf16.json" 2>&1 \
+        | grep -E "^\| [0-9a-z]|FAILED|device|fused attention" ;;
+    remat_ab)
+      echo "=== growjax step benchmark, bf16, remat dots against dots_attention ($(date +%T))"
+      $B --case 1b:24:dots --case 1b:24:dots_attention --case 410m:32:dots \
+        --case 410m:32:dots_attention --out "$OUT_DIR/remat_ab.json" 2>&1 \
+        | grep -E "^\| [0-9a-z]|FAILED|device|fused attention" ;;
     steps_fp8)
       echo "=== growjax step benchmark, fp8 ($(date +%T))"
-      $B --precision fp8 --case 1b:24:dots --case 410m:32:dots --out "$OUT_DIR/steps_fp8.json" 2>&1 \
-        | grep -E "^\| [0-9a-z]|FAILED|device" ;;
+      $B --precision fp8 --case 1b:24:$REMAT --case 410m:32:$REMAT --out "$OUT_DIR/steps_fp8.json" \
+        2>&1 | grep -E "^\| [0-9a-z]|FAILED|device|fused attention" ;;
     steps_24l)
       echo "=== growjax step benchmark, 24L x 2048 ($(date +%T))"
       $B --case 24l_2048:24:dots --out "$OUT_DIR/steps_24l.json" 2>&1 | grep -E "^\| [0-9a-z]|FAILED|device" ;;
@@ -65,14 +73,14 @@ for part in $PARTS; do
       echo "=== growjax train (the real command), 1.1B, batch 24, 40 steps ($(date +%T))"
       W="$OUT_DIR/train_1b"
       python3 -m growjax train --config configs/llama.py:size=1b,batch=24 --workdir "$W" \
-        --config.data.seq_len=2048 --config.model.remat_policy=dots --config.train.steps=40 \
+        --config.data.seq_len=2048 --config.model.remat_policy=$REMAT --config.train.steps=40 \
         --config.train.eval_every=0 --config.train.checkpoint_every=1000 \
         --config.train.log_every=10 2>&1 | grep -E "step +[0-9]+|tok/s|rror|cudnn|packing|fast" | tail -6
       rm -rf "$W/checkpoints" ;;
     profile_bf16|profile_fp8)
       prec="${part#profile_}"
       echo "=== profile 1.1B batch 24 $prec ($(date +%T))"
-      python3 benchmarks/profile_step.py --case 1b:24:dots --precision "$prec" --top 25 \
+      python3 benchmarks/profile_step.py --case 1b:24:$REMAT --precision "$prec" --top 25 \
         --json "$OUT_DIR/profile_$prec.json" 2>&1 | grep -vE "^(W|I)[0-9]{4}" | tail -36 ;;
     *) echo "unknown part $part" ;;
   esac

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import os
 import subprocess
 import sys
@@ -89,7 +90,8 @@ def run_case(preset: str, batch: int, remat: str, seq: int, steps: int, warmup: 
               "unroll": unroll, "doc_len": doc_len, "precision": precision,
               "document_masking": bool(doc_len) and masking,
               "seq": seq, "remat": remat, "compile_s": compile_s,
-              "params": setup.model_cfg.num_params()}
+              "params": setup.model_cfg.num_params(),
+              "attention_kernels": attention_kernels(compiled.as_text())}
     if doc_len:
       single = [bool(train.single_documents(b)) for b in host_batches]  # the step's own test
       result.update(
@@ -126,6 +128,15 @@ def run_case(preset: str, batch: int, remat: str, seq: int, steps: int, warmup: 
 
 
 BREAKDOWN = os.environ.get("GROWJAX_BENCH_BREAKDOWN") == "1"
+
+
+def attention_kernels(hlo: str) -> dict:
+  """Fused-attention custom calls in the optimized HLO, forward and backward: with remat
+  'dots' every layer's forward kernel runs twice (once again in the backward), with
+  'dots_attention' once. Counts per scanned layer body, not per layer."""
+  calls = re.findall(r'custom_call_target="(__cudnn\$fmha[^"]*)"', hlo)
+  return {"forward": sum("Backward" not in c for c in calls),
+          "backward": sum("Backward" in c for c in calls)}
 
 
 def _masking_note(r: dict) -> str:
@@ -282,6 +293,10 @@ def main() -> None:
             f"| {r['peak_mem_gib']:.1f} | "
             f"{r['compile_s']:.1f} |")
   for r in results:
+    if r.get("attention_kernels"):
+      k = r["attention_kernels"]
+      print(f"{r['preset']} {r['batch']}x{r['seq']} {r['remat']}: fused attention calls in the "
+            f"optimized HLO: {k['forward']} forward, {k['backward']} backward")
     if r.get("parts_ms"):
       print(f"{r['preset']} {r['batch']}x{r['seq']} {r['remat']}: step {r['step_s'] * 1e3:.1f} ms = "
             + ", ".join(f"{k} {v:.1f} ms" for k, v in r["parts_ms"].items()))

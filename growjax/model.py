@@ -37,10 +37,26 @@ ACT_BATCH, ACT_LENGTH, ACT_EMBED, ACT_HEADS, ACT_KV_HEADS, ACT_MLP, ACT_VOCAB = 
     "act_batch", "act_length", "act_embed", "act_heads", "act_kv_heads", "act_mlp",
     "act_vocab")
 
+# The forward kernels of fused (cuDNN) attention, bf16 and FP8: their outputs are the
+# attention output and the softmax statistics its backward needs.
+ATTENTION_KERNELS = ("dot_product_attention_fwd_wrapper", "dot_product_attention_fwd",
+                     "dot_product_attention_fp8_fwd_wrapper", "dot_product_attention_fp8_fwd")
+
+
+def attention_kernel_saveable(prim, *_, **__) -> bool:
+  """Remat policy: keep what a fused attention kernel returns. Under `dots` alone the
+  backward reruns each layer's attention forward to get its softmax statistics back (a
+  third of attention's time); MaxText's `minimal_with_context` avoids that rerun too."""
+  return prim.name in ATTENTION_KERNELS
+
+
 REMAT_POLICIES = {
     "none": None,  # keep every activation (fastest, most memory)
     "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole block
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs
+    # matmul outputs and the attention kernel's outputs: the backward reruns no attention
+    "dots_attention": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable, attention_kernel_saveable),
     "save_proj": jax.checkpoint_policies.save_only_these_names(
         "q_proj", "k_proj", "v_proj", "attn_out", "mlp_in"),
 }
