@@ -276,6 +276,15 @@ def _define_sweep(fv):
                     "best d joins the law fit.", flag_values=fv)
   flags.DEFINE_boolean("dry_run", False, "print the grid, every run's steps and FLOPs, and "
                        "stop before any compute.", flag_values=fv)
+  flags.DEFINE_list("only", [], "run only these runs of the grid (names as in --dry_run; "
+                    "scratch always), e.g. a d sweep at g=4 plus one g=2 run.",
+                    flag_values=fv)
+  flags.DEFINE_integer("jobs", 1, "train this many runs at a time on this host, each a "
+                       "child process with 1/N of the accelerator's memory and its log in "
+                       "WORKDIR/logs/ (small targets leave a GPU mostly idle).",
+                       flag_values=fv)
+  flags.DEFINE_string("job", "", "internal: train this one run of the grid and stop (what "
+                      "--jobs starts).", flag_values=fv)
   _distributed_flags(fv)
 
 
@@ -283,9 +292,12 @@ def _run_sweep(fv):
   workdir = fv.workdir or default_workdir(fv["config"].config_filename) + "_sweep"
   _init_distributed(fv)
   from growjax.growth import sweep
+  # A --jobs child is this very command line, one run of it, --jobs=1 (absl: last wins).
+  child = [sys.executable, "-m", "growjax", "sweep", *CURRENT_ARGV, f"--workdir={workdir}",
+           "--jobs=1"]
   sweep.run(fv.config, workdir, d=fv.d, g=fv.g, methods=fv.methods, d_unit=fv.d_unit,
             budget_flops=fv.budget_flops, target_loss=fv.target_loss, also=fv.also,
-            dry_run=fv.dry_run)
+            dry_run=fv.dry_run, only=fv.only, jobs=fv.jobs, job=fv.job, child_argv=child)
 
 
 # --- issue 13: Hugging Face in / out, eval, sample, inspect (logic in their modules) ---
@@ -581,7 +593,13 @@ def _classify(exc: BaseException) -> tuple[str, int]:
   return _runtime_message(exc), RUNTIME_FAILURE
 
 
+# The running command's own arguments (after its name): `growjax sweep --jobs` starts its
+# children with them.
+CURRENT_ARGV: list[str] = []
+
+
 def run_command(cmd: Command, argv: list[str], debug: bool) -> int:
+  CURRENT_ARGV[:] = argv
   try:
     cmd.run(parse(cmd, argv))
     return 0

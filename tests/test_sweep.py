@@ -147,6 +147,95 @@ def test_sweep_runs_a_2x2_grid_writes_summary_and_plots_and_a_rerun_skips(
       in err and "steps" in err and len(err.splitlines()) == 1
 
 
+# ------------------------------------------------------------------- --jobs, --only
+
+
+def test_jobs_trains_runs_side_by_side_with_the_sequential_results(
+    tiny_config, tmp_path, data_dir, capsys, quick_compiles, monkeypatch):
+  """--jobs 2 starts each run as a child process (`growjax sweep --job=NAME`, its log in
+  WORKDIR/logs) and ends with the same losses, summary and plots as the sequential sweep;
+  --only picks runs of the grid, scratch always."""
+  monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")   # the children's quick compiles
+  common = [f"--config={tiny_config}", "--d=2,4", "--g=2,4", "--target_loss=5.0",
+            "--only=d4_g2_stack,d2_g4_stack"]
+  assert sweep_cli(*common, f"--workdir={tmp_path / 'seq'}") == 0
+  capsys.readouterr()
+  par = tmp_path / "par"
+  assert sweep_cli(*common, f"--workdir={par}", "--jobs=2") == 0
+  out = capsys.readouterr().out
+  names = ["scratch", "d4_g2_stack", "d2_g4_stack"]
+  assert "3 runs, 0 done; " in out and ", 2 at a time -> " in out
+  for name in names:
+    assert f"== sweep run {name}: started (" in out and f"== sweep run {name} done in " in out
+    log = (par / "logs" / f"{name}.log").read_text()
+    assert "step 4/" in log and "Traceback" not in log
+  assert "grid done" in out and "d2_g2_stack" not in out
+  seq = json.loads((tmp_path / "seq" / sweep.SUMMARY_FILE).read_text())
+  got = json.loads((par / sweep.SUMMARY_FILE).read_text())
+  assert [r["name"] for r in got["runs"]] == names
+  for a, b in zip(seq["runs"], got["runs"]):
+    assert a["name"] == b["name"]
+    assert b["final_loss"] == pytest.approx(a["final_loss"], rel=1e-5)
+    assert b["flops"] == a["flops"]
+  for png in sweep.PLOTS:
+    assert (par / png).read_bytes()[:8] == PNG
+  # A rerun finds everything done and trains nothing.
+  assert sweep_cli(*common, f"--workdir={par}", "--jobs=2") == 0
+  out = capsys.readouterr().out
+  assert "3 runs, 3 done; " in out and "started" not in out
+  # A name outside the grid is refused in one line, before any compute.
+  assert sweep_cli(*common[:-1], "--only=d9_g2_stack", f"--workdir={tmp_path / 'bad'}") == 2
+  err = capsys.readouterr().err.strip()
+  assert err == ("growjax sweep: --only=d9_g2_stack: d9_g2_stack not in the grid — choose "
+                 "from scratch, d2_g2_stack, d4_g2_stack, d2_g4_stack, d4_g4_stack")
+  assert not (tmp_path / "bad").exists()
+
+
+def test_jobs_pass_sigterm_to_every_child_and_a_rerun_resumes(tiny_config, tmp_path,
+                                                              data_dir):
+  """SIGTERM to `growjax sweep --jobs 2` reaches both children: each saves a checkpoint
+  and exits, no process is left, and the same command resumes both runs to their end."""
+  import signal
+  import subprocess
+  import sys
+  import time
+  work = tmp_path / "w"
+  cmd = [sys.executable, "-m", "growjax", "sweep", f"--config={tiny_config}",
+         f"--workdir={work}", "--d=2", "--g=2", "--jobs=2", "--target_loss=5.0",
+         "--config.train.steps=400", "--config.train.checkpoint_every=100000"]
+  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="1")
+  parent = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                            text=True)
+  logs = [work / "logs" / "scratch.log", work / "logs" / "d2_g2_stack.log"]
+  deadline = time.time() + 120
+  while time.time() < deadline and not all(
+      p.exists() and "step 20/" in p.read_text() for p in logs):
+    time.sleep(0.5)
+  parent.send_signal(signal.SIGTERM)
+  out, _ = parent.communicate(timeout=120)
+  assert "SIGTERM: passing it on to 2 running job(s)" in out, out
+  assert "== sweep run scratch stopped after" in out
+  assert "== sweep run d2_g2_stack stopped after" in out
+  assert "rerun the same command to resume" in out and "sweep_summary" not in out
+  stopped = {}
+  for p in logs:
+    text = p.read_text()
+    assert "checkpoint saved" in text and "stopping at step" in text, text[-500:]
+    stopped[p.stem] = int(text.split("stopping at step ")[1].split(":")[0])
+  assert all(0 < s < 400 for s in stopped.values())
+  ps = subprocess.run(["pgrep", "-f", f"--workdir={work}"], capture_output=True, text=True)
+  assert ps.stdout.strip() == "", "a child outlived its sweep"
+  assert sorted(os.listdir(work / "scratch" / "checkpoints")) != []
+  done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+  assert done.returncode == 0, done.stderr
+  assert "2 runs, 0 done" in done.stdout and "grid done" in done.stdout
+  for p in logs:   # each resumed where it stopped, not from its start
+    assert f"steps {stopped[p.stem]}->400" in p.read_text()
+  summary = json.loads((work / sweep.SUMMARY_FILE).read_text())
+  assert [r["total_flops"] for r in summary["runs"]] == pytest.approx(
+      [r["flops"] for r in summary["runs"]], rel=1e-9)
+
+
 # --------------------------------------------------------------------- bad grids
 
 

@@ -15,6 +15,10 @@ Layout: WORKDIR/scratch, WORKDIR/d{D}_g{G}_{METHOD} (D in small-stage steps), ea
 normal run of `growth.stages.run`, so each resumes as every run does; a rerun of the
 sweep skips finished runs, continues an unfinished one, and analyses again.
 `sweep_plan.json` records the target so that a rerun with another config is refused.
+`--only` picks runs of the grid (a d sweep at one g and a g sweep at one d need not be a
+whole grid); `--jobs N` trains N runs at a time on one host, each a child process with
+its log in WORKDIR/logs/ and 1/N of the accelerator's memory: a small target leaves most
+of a GPU idle, and the sweep is made of small targets.
 
 This module orchestrates and analyses; training is `stages.run`'s, the speedup
 arithmetic `speedup`'s and the fit `law`'s. It adds no new training behaviour.
@@ -26,6 +30,10 @@ import dataclasses
 import io
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
 import time
 from typing import Callable, Sequence
 
@@ -324,6 +332,139 @@ def execute(cfg: ml_collections.ConfigDict, workdir: str, runs: Sequence[SweepRu
   return True
 
 
+class JobsFailed(RuntimeError):
+  """Grid runs of `--jobs` exited with an error; the CLI prints `one_line` alone."""
+
+  @property
+  def one_line(self) -> str:
+    return str(self)
+
+
+def select(runs: Sequence[SweepRun], names: Sequence[str]) -> list[SweepRun]:
+  """The named runs of the grid (`--only`), the scratch run always first: a d sweep and a g
+  sweep need not be a whole d x g grid."""
+  known = {r.name: r for r in runs}
+  unknown = [n for n in names if n not in known]
+  if unknown:
+    raise ValueError(f"--only={','.join(names)}: {', '.join(unknown)} not in the grid — "
+                     f"choose from {', '.join(known)}")
+  return [runs[0]] + [r for r in runs[1:] if r.name in names]
+
+
+def job_log(workdir: str, run: SweepRun) -> epath.Path:
+  return epath.Path(workdir) / "logs" / f"{run.name}.log"
+
+
+def _last_line(path: epath.Path, width: int = 110) -> str:
+  try:
+    with open(path, errors="replace") as f:
+      lines = [l.strip() for l in f.read().splitlines() if l.strip()]
+  except OSError:
+    return ""
+  return lines[-1][:width] if lines else ""
+
+
+def _stop_with_parent() -> None:
+  """A --jobs child gets SIGTERM (save a checkpoint, stop) when its sweep dies, even by
+  SIGKILL, so no orphan keeps training a run that a rerun would start again (Linux)."""
+  if not sys.platform.startswith("linux"):
+    return
+  import ctypes
+  parent = os.getppid()
+  ctypes.CDLL(None).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+  if os.getppid() != parent:                   # the sweep died before prctl took effect
+    raise SystemExit("growjax sweep --job: the sweep that started this job has exited")
+
+
+def execute_parallel(cfg: ml_collections.ConfigDict, workdir: str, runs: Sequence[SweepRun],
+                     jobs: int, child_argv: Sequence[str],
+                     log: Callable[[str], None] = print, poll_s: float = 2.0,
+                     status_every_s: float = 60.0) -> bool:
+  """Runs the unfinished runs `jobs` at a time, each a child `growjax sweep --job=NAME`
+  (`child_argv` + that flag) with its output in WORKDIR/logs/NAME.log and an equal share
+  of the accelerator's memory (XLA_PYTHON_CLIENT_MEM_FRACTION / jobs): a small target
+  does not fill a GPU, so side by side the grid takes a fraction of its sequential time.
+  SIGTERM or SIGINT is passed on to every child, which saves a checkpoint and exits; the
+  sweep then waits for them and returns False (rerun to resume), like `execute`."""
+  done = [is_done(workdir, r) for r in runs]
+  todo = [r for r, d in zip(runs, done) if not d]
+  left = sum(r.flops for r in todo)
+  log(f"== sweep: {len(runs)} runs, {sum(done)} done; {left:.4g} FLOPs to go, {jobs} at a "
+      f"time -> {workdir}")
+  for r, d in zip(runs, done):
+    if d:
+      log(f"== sweep run {r.name}: done, skipped")
+  fraction = float(os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.75")) / jobs
+  env = dict(os.environ, XLA_PYTHON_CLIENT_MEM_FRACTION=f"{fraction:.4f}")
+  (epath.Path(workdir) / "logs").mkdir(parents=True, exist_ok=True)
+  running: dict[str, tuple[subprocess.Popen, float, SweepRun]] = {}
+  failed, stopped, stopping = [], [], []
+
+  def on_signal(signum, _frame):
+    if not stopping:
+      log(f"== sweep: {signal.Signals(signum).name}: passing it on to {len(running)} "
+          f"running job(s); each saves a checkpoint and stops")
+    stopping.append(signum)
+    for proc, _, _ in running.values():
+      if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+
+  handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+  t_start, finished_flops, last_status = time.perf_counter(), 0.0, time.perf_counter()
+  try:
+    while todo or running:
+      while todo and len(running) < jobs and not stopping:
+        run = todo.pop(0)
+        path = job_log(workdir, run)
+        with open(path, "a") as out:   # own session: a terminal's Ctrl-C reaches the
+          proc = subprocess.Popen(     # sweep alone, which passes SIGTERM on
+              [*child_argv, f"--job={run.name}"], stdout=out, stderr=subprocess.STDOUT,
+              env=env, start_new_session=True)
+        running[run.name] = (proc, time.perf_counter(), run)
+        log(f"== sweep run {run.name}: started ({_what(run, cfg)}, {run.flops:.4g} FLOPs), "
+            f"log {path}")
+      if stopping and not running:
+        break
+      time.sleep(poll_s)
+      for name, (proc, t0, run) in list(running.items()):
+        rc = proc.poll()
+        if rc is None:
+          continue
+        del running[name]
+        took = _duration(time.perf_counter() - t0)
+        if is_done(workdir, run):
+          finished_flops += run.flops
+          left -= run.flops
+          rate = finished_flops / (time.perf_counter() - t_start)
+          eta = (f"sweep ETA {_duration(left / rate)}" if left > 0 and not stopping
+                 else "grid done" if left <= 0 else "stopping")
+          log(f"== sweep run {name} done in {took}; {eta} ({left:.4g} FLOPs left)")
+        elif rc == 0 or stopping:
+          stopped.append(name)
+          log(f"== sweep run {name} stopped after {took}: rerun the same command to resume it")
+        else:
+          failed.append(name)
+          log(f"== sweep run {name} failed (exit {rc}) after {took}: "
+              f"{_last_line(job_log(workdir, run))}")
+      if running and time.perf_counter() - last_status >= status_every_s:
+        last_status = time.perf_counter()
+        for name, (_, t0, run) in running.items():
+          log(f"   {name} ({_duration(time.perf_counter() - t0)}): "
+              f"{_last_line(job_log(workdir, run))}")
+  finally:
+    for sig, handler in handlers.items():
+      signal.signal(sig, handler)
+  if failed:
+    raise JobsFailed(f"sweep runs {', '.join(failed)} failed — their logs are in "
+                       f"{epath.Path(workdir) / 'logs'}; fix the cause and rerun the same "
+                       f"command (finished runs are skipped)")
+  if stopped or stopping or todo:
+    log(f"== sweep stopped ({len(stopped) + len(todo)} run(s) unfinished): rerun the same "
+        f"command to resume")
+    return False
+  return True
+
+
 def _duration(seconds: float) -> str:
   from growjax.metrics import format_duration
   return format_duration(seconds)
@@ -581,13 +722,25 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, d: Sequence[str] | None = 
         g: Sequence[str] | None = None, methods: Sequence[str] | None = None,
         d_unit: str = "steps", budget_flops: float | None = None,
         target_loss: float | None = None, also: Sequence[str] = (), dry_run: bool = False,
-        log: Callable[[str], None] = print, train_fn: Callable | None = None) -> dict | None:
+        log: Callable[[str], None] = print, train_fn: Callable | None = None,
+        only: Sequence[str] = (), jobs: int = 1, job: str = "",
+        child_argv: Sequence[str] = ()) -> dict | None:
   """`growjax sweep`: plan (every refusal before compute), run the unfinished runs,
-  analyse, print, write the summary and the plots. `dry_run`: print the plan only."""
+  analyse, print, write the summary and the plots. `dry_run`: print the plan only.
+  `only`: a subset of the grid; `jobs` > 1: that many runs at a time, each a child
+  `child_argv + --job=NAME`; `job`: be that child (train one run, no analysis)."""
   import jax
   if budget_flops is not None and budget_flops <= 1:
     raise ValueError(f"--budget_flops={budget_flops} must be a FLOP count > 1 — e.g. "
                      f"--budget_flops=1e18")
+  if jobs < 1:
+    raise ValueError(f"--jobs={jobs} must be at least 1 — e.g. --jobs=3")
+  if jobs > 1 and jax.process_count() > 1:
+    raise ValueError(f"--jobs={jobs} runs grid runs side by side on one host; this sweep "
+                     f"spans {jax.process_count()} processes — give --jobs=1")
+  if jobs > 1 and not child_argv:
+    raise ValueError("--jobs > 1 needs the command line to start its children — run it "
+                     "through the growjax command")
   if d is None:   # default: a tenth, a quarter and a half of the scratch run's steps
     d = [str(max(1, cfg.train.steps * f // 100)) for f in (10, 25, 50)]
     d_unit = "steps"
@@ -595,6 +748,16 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, d: Sequence[str] | None = 
   gs = parse_g(g, int(cfg.model.num_layers))
   methods = list(dict.fromkeys(methods or [cfg.growth.method or "stack"]))
   runs = plan(cfg, d_steps, gs, methods)
+  if job:      # a child of --jobs: train this one run; the parent analyses
+    _stop_with_parent()
+    mine = [r for r in runs if r.name == job]
+    if not mine:
+      raise ValueError(f"--job={job} is not a run of this grid — choose from "
+                       f"{', '.join(r.name for r in runs)}")
+    execute(cfg, workdir, mine, log=log, train_fn=train_fn)
+    return None
+  if only:
+    runs = select(runs, only)
   check(cfg, runs, jax.device_count())
   log(describe_plan(cfg, runs))
   if dry_run:
@@ -603,7 +766,10 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, d: Sequence[str] | None = 
     _law_points([other])
   if jax.process_index() == 0:
     _record_plan(workdir, cfg, runs)
-  if not execute(cfg, workdir, runs, log=log, train_fn=train_fn):
+  if jobs > 1:
+    if not execute_parallel(cfg, workdir, runs, jobs, child_argv, log=log):
+      return None
+  elif not execute(cfg, workdir, runs, log=log, train_fn=train_fn):
     return None
   summary = analyse(cfg, workdir, runs, budget_flops, target_loss, also)
   log(report(summary))
