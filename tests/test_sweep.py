@@ -165,6 +165,11 @@ def test_jobs_trains_runs_side_by_side_with_the_sequential_results(
   out = capsys.readouterr().out
   names = ["scratch", "d4_g2_stack", "d2_g4_stack"]
   assert "3 runs, 0 done; " in out and ", 2 at a time -> " in out
+  assert "== sweep: data ready for all jobs" in out      # prepared once, not per job
+  # The sweep itself does not claim the accelerator's memory; its jobs get 1/2 each of
+  # what the user gave (here the CLI's default fraction).
+  assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+  monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE")
   for name in names:
     assert f"== sweep run {name}: started (" in out and f"== sweep run {name} done in " in out
     log = (par / "logs" / f"{name}.log").read_text()

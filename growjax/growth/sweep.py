@@ -379,7 +379,7 @@ def _stop_with_parent() -> None:
 def execute_parallel(cfg: ml_collections.ConfigDict, workdir: str, runs: Sequence[SweepRun],
                      jobs: int, child_argv: Sequence[str],
                      log: Callable[[str], None] = print, poll_s: float = 2.0,
-                     status_every_s: float = 60.0) -> bool:
+                     status_every_s: float = 60.0, env: dict | None = None) -> bool:
   """Runs the unfinished runs `jobs` at a time, each a child `growjax sweep --job=NAME`
   (`child_argv` + that flag) with its output in WORKDIR/logs/NAME.log and an equal share
   of the accelerator's memory (XLA_PYTHON_CLIENT_MEM_FRACTION / jobs): a small target
@@ -394,9 +394,15 @@ def execute_parallel(cfg: ml_collections.ConfigDict, workdir: str, runs: Sequenc
   for r, d in zip(runs, done):
     if d:
       log(f"== sweep run {r.name}: done, skipped")
-  fraction = float(os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.75")) / jobs
-  env = dict(os.environ, XLA_PYTHON_CLIENT_MEM_FRACTION=f"{fraction:.4f}")
+  env = dict(os.environ if env is None else env)
+  fraction = float(env.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.75")) / jobs
+  env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{fraction:.4f}"
   (epath.Path(workdir) / "logs").mkdir(parents=True, exist_ok=True)
+  if todo:   # once here, not raced by every job (the jobs then find it prepared)
+    from growjax.data import loader
+    t0 = time.perf_counter()
+    loader.open_datasets(cfg.data)
+    log(f"== sweep: data ready for all jobs ({_duration(time.perf_counter() - t0)})")
   running: dict[str, tuple[subprocess.Popen, float, SweepRun]] = {}
   failed, stopped, stopping = [], [], []
 
@@ -741,6 +747,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, d: Sequence[str] | None = 
   if jobs > 1 and not child_argv:
     raise ValueError("--jobs > 1 needs the command line to start its children — run it "
                      "through the growjax command")
+  child_env = dict(os.environ)
+  if jobs > 1 and not job:   # the sweep itself trains nothing: leave the memory to its jobs
+    os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
   if d is None:   # default: a tenth, a quarter and a half of the scratch run's steps
     d = [str(max(1, cfg.train.steps * f // 100)) for f in (10, 25, 50)]
     d_unit = "steps"
@@ -767,7 +776,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, d: Sequence[str] | None = 
   if jax.process_index() == 0:
     _record_plan(workdir, cfg, runs)
   if jobs > 1:
-    if not execute_parallel(cfg, workdir, runs, jobs, child_argv, log=log):
+    if not execute_parallel(cfg, workdir, runs, jobs, child_argv, log=log, env=child_env):
       return None
   elif not execute(cfg, workdir, runs, log=log, train_fn=train_fn):
     return None
