@@ -450,8 +450,10 @@ def execute_parallel(cfg: ml_collections.ConfigDict, workdir: str, runs: Sequenc
           log(f"== sweep run {name} stopped after {took}: rerun the same command to resume it")
         else:
           failed.append(name)
-          log(f"== sweep run {name} failed (exit {rc}) after {took}: "
-              f"{_last_line(job_log(workdir, run))}")
+          last = _last_line(job_log(workdir, run))
+          hint = (f" — out of accelerator memory at 1/{jobs} of it: lower --jobs, or set "
+                  f"--config.model.remat_policy=full" if "RESOURCE_EXHAUSTED" in last else "")
+          log(f"== sweep run {name} failed (exit {rc}) after {took}: {last}{hint}")
       if running and time.perf_counter() - last_status >= status_every_s:
         last_status = time.perf_counter()
         for name, (_, t0, run) in running.items():
@@ -735,6 +737,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, d: Sequence[str] | None = 
   analyse, print, write the summary and the plots. `dry_run`: print the plan only.
   `only`: a subset of the grid; `jobs` > 1: that many runs at a time, each a child
   `child_argv + --job=NAME`; `job`: be that child (train one run, no analysis)."""
+  child_env = dict(os.environ)
+  if jobs > 1 and not job:   # the sweep itself trains nothing: leave the memory to its
+    os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"   # jobs (before JAX's backend)
   import jax
   if budget_flops is not None and budget_flops <= 1:
     raise ValueError(f"--budget_flops={budget_flops} must be a FLOP count > 1 — e.g. "
@@ -747,9 +752,6 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, d: Sequence[str] | None = 
   if jobs > 1 and not child_argv:
     raise ValueError("--jobs > 1 needs the command line to start its children — run it "
                      "through the growjax command")
-  child_env = dict(os.environ)
-  if jobs > 1 and not job:   # the sweep itself trains nothing: leave the memory to its jobs
-    os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
   if d is None:   # default: a tenth, a quarter and a half of the scratch run's steps
     d = [str(max(1, cfg.train.steps * f // 100)) for f in (10, 25, 50)]
     d_unit = "steps"
