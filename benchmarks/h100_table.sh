@@ -11,7 +11,7 @@
 # - hf_1b / hf_410m: transformers' LlamaForCausalLM + torch.compile (benchmarks/hf_peer.py),
 #   batch 4 at 1.1B and 8 at 410M, compiled, no checkpointing (the peers README's recipe).
 # - steps_bf16 / steps_fp8: benchmarks/step_benchmark.py, 1.1B batch 24 and 410M batch 32,
-#   remat $REMAT (default dots); steps_24l: the paper's 24L x 2048 grown shape at batch 24;
+#   remat $GROWJAX_REMAT (default dots); steps_24l: the paper's 24L x 2048 grown shape at batch 24;
 #   remat_ab: bf16 at both sizes under remat 'dots' and 'dots_attention' (which also keeps
 #   the attention kernel's outputs), with the fused-attention calls counted in the HLO.
 # - train: the real `growjax train` command at 1.1B (Shakespeare, byte tokens, seq 2048,
@@ -29,7 +29,7 @@ OUT_DIR="${OUT:-/tmp}/h100_table"
 mkdir -p "$OUT_DIR"
 export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.94}"
 B="python3 benchmarks/step_benchmark.py --steps $STEPS --warmup 2"
-REMAT="${REMAT:-dots}"
+REMAT="${GROWJAX_REMAT:-dots}"   # not $REMAT: the MaxText runner reads that one
 M410="decoder_block=llama2 base_num_decoder_layers=24 base_emb_dim=1024 \
 base_num_query_heads=16 base_num_kv_heads=16 head_dim=64 base_mlp_dim=2816 vocab_size=32000 \
 max_target_length=2048 mlp_activations=[silu,linear] logits_via_embedding=false \
