@@ -1,0 +1,64 @@
+"""Remat policies: what the backward recomputes, read from the traced program.
+
+`dots` keeps the matmul outputs, so cuDNN's flash attention (a custom call, not a
+matmul) runs its forward again inside the backward to get back the output and softmax
+statistics its backward needs. `dots_attention` also keeps what the attention kernel
+returns: one forward per layer. On the H100 that is +2.6% at 1.1B and +3.3% at 410M
+(benchmarks/RESULTS.md, where the optimized HLO shows the same 2 -> 1). The cuDNN path is
+traced here without a GPU (its version and architecture checks stubbed); nothing is
+lowered or run."""
+
+import dataclasses
+import re
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax._src.cudnn import fused_attention_stablehlo as cudnn_attention
+
+from growjax import model
+from growjax.config import MODEL_PRESETS
+
+# equations binding the kernels (not the rule names a custom_vjp's parameters print)
+FWD = re.compile(r"= dot_product_attention_fwd(_wrapper)?\[")
+BWD = re.compile(r"= dot_product_attention_bwd(_wrapper)?\[")
+
+
+@pytest.fixture
+def traceable_cudnn(monkeypatch):
+  monkeypatch.setattr(cudnn_attention, "check_cudnn_version", lambda: 91000)
+  monkeypatch.setattr(cudnn_attention, "check_compute_capability", lambda cap: True)
+
+
+def _grad_jaxpr(remat: str) -> str:
+  cfg = dataclasses.replace(model.ModelConfig(**MODEL_PRESETS["tiny"]), num_layers=3,
+                            remat_policy=remat, attention_impl="cudnn", dtype="bfloat16")
+  params = jax.eval_shape(lambda: model.init_params(
+      dataclasses.replace(cfg, attention_impl="xla"), jax.random.key(0)))
+  tokens = jnp.zeros((2, 128), jnp.int32)
+
+  def loss(p):
+    return model.Transformer(cfg).apply({"params": p}, tokens).astype(jnp.float32).mean()
+
+  return str(jax.make_jaxpr(jax.grad(loss))(params))
+
+
+@pytest.mark.parametrize("remat,forward_calls", [
+    ("none", 1), ("dots", 2), ("full", 2), ("dots_attention", 1)])
+def test_which_policies_rerun_the_attention_forward_in_the_backward(traceable_cudnn, remat,
+                                                                    forward_calls):
+  # Layers are one nn.scan: the counts are per layer body (forward scan + backward scan).
+  text = _grad_jaxpr(remat)
+  assert len(FWD.findall(text)) == forward_calls
+  assert len(BWD.findall(text)) == 1
+
+
+def test_the_policy_keeps_exactly_the_attention_kernels_outputs():
+  saveable = model.attention_kernel_saveable
+  for name in model.ATTENTION_KERNELS:
+    assert saveable(type("P", (), {"name": name})())
+  for name in ("dot_general", "exp", "custom_vjp_call", "dot_product_attention_bwd"):
+    assert not saveable(type("P", (), {"name": name})())
+  # the named primitives exist in this JAX (a rename would silently turn the policy off)
+  assert cudnn_attention._dot_product_attention_fwd_p_wrapper.name in model.ATTENTION_KERNELS
+  assert cudnn_attention._dot_product_attention_fwd_p.name in model.ATTENTION_KERNELS
