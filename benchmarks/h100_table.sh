@@ -19,11 +19,14 @@
 # - profile_bf16 / profile_fp8: benchmarks/profile_step.py at 1.1B batch 24: kernel time by
 #   kind and the top kernels (JSON under $OUT/h100_table).
 # - maxtext / steps: the earlier sessions' part names (maxtext_1b; steps_bf16 steps_fp8 steps_24l).
+# - all: the whole peers table of benchmarks/RESULTS.md in one run (about 20 minutes on an
+#   H100): maxtext_1b maxtext_410m maxtext_fp8 hf_1b hf_410m steps_bf16 steps_fp8 train
+#   profile_bf16 profile_fp8.
 # Every part prints its device. MFU conventions: growjax/metrics.py. All JAX runs here use
 # XLA_PYTHON_CLIENT_MEM_FRACTION=0.94 (MaxText's setting, and growjax's CLI default on GPU).
 set -u
 PARTS="${*:-maxtext_1b hf_1b steps_bf16 steps_fp8}"
-PARTS="$(echo " $PARTS " | sed 's/ maxtext / maxtext_1b /; s/ steps / steps_bf16 steps_fp8 steps_24l /')"
+PARTS="$(echo " $PARTS " | sed 's/ maxtext / maxtext_1b /; s/ steps / steps_bf16 steps_fp8 steps_24l /; s/ all / maxtext_1b maxtext_410m maxtext_fp8 hf_1b hf_410m steps_bf16 steps_fp8 train profile_bf16 profile_fp8 /')"
 STEPS="${STEPS:-8}"
 OUT_DIR="${OUT:-/tmp}/h100_table"
 mkdir -p "$OUT_DIR"
