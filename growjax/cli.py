@@ -279,10 +279,10 @@ def _define_sweep(fv):
   flags.DEFINE_list("only", [], "run only these runs of the grid (names as in --dry_run; "
                     "scratch always), e.g. a d sweep at g=4 plus one g=2 run.",
                     flag_values=fv)
-  flags.DEFINE_integer("jobs", 1, "train this many runs at a time on this host, each a "
-                       "child process with 1/N of the accelerator's memory and its log in "
-                       "WORKDIR/logs/ (small targets leave a GPU mostly idle).",
-                       flag_values=fv)
+  flags.DEFINE_string("jobs", "1", "train this many runs at a time on this host, each a "
+                      "child process with 1/N of the accelerator's memory and its log in "
+                      "WORKDIR/logs/ (small targets leave a GPU mostly idle); auto: as many "
+                      "as the target's compiled train step fits.", flag_values=fv)
   flags.DEFINE_string("job", "", "internal: train this one run of the grid and stop (what "
                       "--jobs starts).", flag_values=fv)
   _distributed_flags(fv)

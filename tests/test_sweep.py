@@ -196,6 +196,34 @@ def test_jobs_trains_runs_side_by_side_with_the_sequential_results(
   assert not (tmp_path / "bad").exists()
 
 
+def test_jobs_auto_divides_the_memory_limit_by_the_compiled_step(tiny_config, tmp_path,
+                                                                  data_dir, capsys,
+                                                                  quick_compiles,
+                                                                  monkeypatch):
+  monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "true")   # restored after the test
+  gib = 2 ** 30
+  # A 16L x 512 replica job needing 22 GiB under the CLI's 0.94 of an 80 GB H100 (74.4
+  # GiB): three fit (each gets 24.8 GiB, 22 under the 0.97 headroom); capped by the runs.
+  assert sweep.jobs_that_fit(22 * gib, int(74.4 * gib), most=5) == 3
+  assert sweep.jobs_that_fit(22 * gib, int(74.4 * gib), most=2) == 2
+  assert sweep.jobs_that_fit(80 * gib, int(74.4 * gib), most=5) == 1
+  # CPU reports no memory limit: auto is one run at a time, in this process.
+  work = tmp_path / "auto"
+  assert sweep_cli(f"--config={tiny_config}", f"--workdir={work}", "--d=2", "--g=2",
+                   "--target_loss=5.0", "--jobs=auto") == 0
+  out = capsys.readouterr().out
+  assert "--jobs auto: the cpu backend reports no memory limit — one run at a time" in out
+  assert "== sweep run 2/2: d2_g2_stack: " in out and not (work / "logs").exists()
+  assert (work / sweep.SUMMARY_FILE).exists()
+  # Where the backend reports a limit, auto compiles the target's step and divides.
+  from growjax import attention_choice
+  monkeypatch.setattr(attention_choice, "device_limit", lambda devices: 10 * gib)
+  lines = []
+  assert sweep.auto_jobs(load(tiny_config), most=4, log=lines.append) == (4, True)
+  assert lines[0].startswith("== sweep: --jobs auto: the target's train step needs 0.0 GiB "
+                             "per device of 10.0 GiB") and lines[0].endswith(": 4 at a time")
+
+
 def test_jobs_pass_sigterm_to_every_child_and_a_rerun_resumes(tiny_config, tmp_path,
                                                               data_dir):
   """SIGTERM to `growjax sweep --jobs 2` reaches both children: each saves a checkpoint
@@ -258,6 +286,8 @@ def test_jobs_pass_sigterm_to_every_child_and_a_rerun_resumes(tiny_config, tmp_p
     (["--d=2", "--budget_flops=0"], "--budget_flops=0.0 must be a FLOP count > 1"),
     (["--d=2", "--also=/nonexistent/sweep"], "--also=/nonexistent/sweep: no "
                                               "sweep_summary.json there"),
+    (["--d=2", "--jobs=0"], "--jobs=0 must be a whole number >= 1 or auto"),
+    (["--d=2", "--jobs=many"], "--jobs=many must be a whole number >= 1 or auto"),
 ])
 def test_bad_grid_is_one_line_before_any_compute(tiny_config, tmp_path, capsys, flags,
                                                  message):

@@ -18,7 +18,8 @@ sweep skips finished runs, continues an unfinished one, and analyses again.
 `--only` picks runs of the grid (a d sweep at one g and a g sweep at one d need not be a
 whole grid); `--jobs N` trains N runs at a time on one host, each a child process with
 its log in WORKDIR/logs/ and 1/N of the accelerator's memory: a small target leaves most
-of a GPU idle, and the sweep is made of small targets.
+of a GPU idle, and the sweep is made of small targets. `--jobs auto` takes N from the
+target's compiled train step and the device's memory limit.
 
 This module orchestrates and analyses; training is `stages.run`'s, the speedup
 arithmetic `speedup`'s and the fit `law`'s. It adds no new training behaviour.
@@ -362,6 +363,60 @@ def _last_line(path: epath.Path, width: int = 110) -> str:
   except OSError:
     return ""
   return lines[-1][:width] if lines else ""
+
+
+AUTO = "auto"
+
+
+def parse_jobs(value: int | str) -> int | str:
+  """--jobs: a whole number >= 1, or 'auto'."""
+  if str(value).strip().lower() == AUTO:
+    return AUTO
+  try:
+    n = int(str(value))
+  except ValueError:
+    n = 0
+  if n < 1:
+    raise ValueError(f"--jobs={value} must be a whole number >= 1 or auto — e.g. --jobs=3, "
+                     f"or --jobs=auto for as many as fit the accelerator's memory")
+  return n
+
+
+def jobs_that_fit(need_bytes: int, limit_bytes: int, most: int) -> int:
+  """Runs side by side on one device: each job gets limit/N of it and needs `need_bytes`
+  under attention_choice's headroom; at least 1, at most `most`."""
+  from growjax import attention_choice
+  return max(1, min(most, int(attention_choice.HEADROOM * limit_bytes // max(need_bytes, 1))))
+
+
+def auto_jobs(cfg: ml_collections.ConfigDict, most: int,
+              log: Callable[[str], None] = print) -> tuple[int, bool]:
+  """--jobs auto: compiles the target model's train step (the grid's largest stage) and
+  divides the device's memory limit by what it needs (`compiled.memory_analysis()`).
+  Returns (jobs, whether to run them as child processes): (1, False) where the backend
+  reports no limit (CPU), which trains in this process."""
+  import jax
+  from growjax import attention_choice
+  from growjax import state as state_lib
+  from growjax import train as train_lib
+  c = cfg.copy_and_resolve_references()
+  if c.model.cudnn_packing == "auto":   # each job chooses its own; size the smaller layout
+    c.model.cudnn_packing = "mask"
+  setup = state_lib.build(c)
+  limit = attention_choice.device_limit(setup.mesh.devices.flat)
+  if limit is None:
+    log(f"== sweep: --jobs auto: the {jax.default_backend()} backend reports no memory "
+        f"limit — one run at a time")
+    return 1, False
+  with jax.set_mesh(setup.mesh):
+    compiled = train_lib.make_train_step(setup).lower(
+        setup.abstract_state, attention_choice.abstract_batch(setup)).compile()
+  need = attention_choice.program_bytes(compiled)
+  n = jobs_that_fit(need, limit, most)
+  gib = 2 ** 30
+  log(f"== sweep: --jobs auto: the target's train step needs {need / gib:.1f} GiB per "
+      f"device of {limit / gib:.1f} GiB ({attention_choice.memory_fraction()}): {n} at a time")
+  return n, True
 
 
 def _stop_with_parent() -> None:
@@ -731,25 +786,27 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, d: Sequence[str] | None = 
         d_unit: str = "steps", budget_flops: float | None = None,
         target_loss: float | None = None, also: Sequence[str] = (), dry_run: bool = False,
         log: Callable[[str], None] = print, train_fn: Callable | None = None,
-        only: Sequence[str] = (), jobs: int = 1, job: str = "",
+        only: Sequence[str] = (), jobs: int | str = 1, job: str = "",
         child_argv: Sequence[str] = ()) -> dict | None:
   """`growjax sweep`: plan (every refusal before compute), run the unfinished runs,
   analyse, print, write the summary and the plots. `dry_run`: print the plan only.
   `only`: a subset of the grid; `jobs` > 1: that many runs at a time, each a child
-  `child_argv + --job=NAME`; `job`: be that child (train one run, no analysis)."""
+  `child_argv + --job=NAME` ('auto': as many as the memory holds, `auto_jobs`); `job`:
+  be that child (train one run, no analysis)."""
+  jobs = parse_jobs(jobs)
   child_env = dict(os.environ)
-  if jobs > 1 and not job:   # the sweep itself trains nothing: leave the memory to its
+  if jobs != 1 and not job:   # the sweep itself trains nothing: leave the memory to its
     os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"   # jobs (before JAX's backend)
   import jax
   if budget_flops is not None and budget_flops <= 1:
     raise ValueError(f"--budget_flops={budget_flops} must be a FLOP count > 1 — e.g. "
                      f"--budget_flops=1e18")
-  if jobs < 1:
-    raise ValueError(f"--jobs={jobs} must be at least 1 — e.g. --jobs=3")
-  if jobs > 1 and jax.process_count() > 1:
+  if jobs == AUTO and jax.process_count() > 1:
+    jobs = 1
+  if jobs != AUTO and jobs > 1 and jax.process_count() > 1:
     raise ValueError(f"--jobs={jobs} runs grid runs side by side on one host; this sweep "
                      f"spans {jax.process_count()} processes — give --jobs=1")
-  if jobs > 1 and not child_argv:
+  if jobs != 1 and not child_argv:
     raise ValueError("--jobs > 1 needs the command line to start its children — run it "
                      "through the growjax command")
   if d is None:   # default: a tenth, a quarter and a half of the scratch run's steps
@@ -777,7 +834,11 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, d: Sequence[str] | None = 
     _law_points([other])
   if jax.process_index() == 0:
     _record_plan(workdir, cfg, runs)
-  if jobs > 1:
+  in_children = jobs != 1
+  if jobs == AUTO:    # on an accelerator even 1 job is a child: this process did not
+    jobs, in_children = auto_jobs(cfg, max(1, sum(not is_done(workdir, r) for r in runs)),
+                                  log=log)                   # preallocate its memory
+  if in_children:
     if not execute_parallel(cfg, workdir, runs, jobs, child_argv, log=log, env=child_env):
       return None
   elif not execute(cfg, workdir, runs, log=log, train_fn=train_fn):
