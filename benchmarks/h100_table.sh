@@ -13,7 +13,9 @@
 # - steps_bf16 / steps_fp8: benchmarks/step_benchmark.py, 1.1B batch 24 and 410M batch 32,
 #   remat $GROWJAX_REMAT (default dots); steps_24l: the paper's 24L x 2048 grown shape at batch 24;
 #   remat_ab: bf16 at both sizes under remat 'dots' and 'dots_attention' (which also keeps
-#   the attention kernel's outputs), with the fused-attention calls counted in the HLO.
+#   the attention kernel's outputs), with the fused-attention calls counted in the HLO;
+#   unrolled: bf16 at both sizes with the layer scan fully unrolled (scan_unroll = layers,
+#   no while loop left: MaxText's unrolled layers over growjax's stacked parameters).
 # - train: the real `growjax train` command at 1.1B (Shakespeare, byte tokens, seq 2048,
 #   batch 24, dots remat, document masking on as shipped): tokens/s of its last reports.
 # - profile_bf16 / profile_fp8: benchmarks/profile_step.py at 1.1B batch 24: kernel time by
@@ -65,6 +67,10 @@ for part in $PARTS; do
       $B --case 1b:24:dots --case 1b:24:dots_attention --case 410m:32:dots \
         --case 410m:32:dots_attention --out "$OUT_DIR/remat_ab.json" 2>&1 \
         | grep -E "^\| [0-9a-z]|FAILED|device|fused attention" ;;
+    unrolled)
+      echo "=== growjax step benchmark, bf16, layers unrolled ($(date +%T))"
+      $B --case 1b:24:$REMAT:2048:22 --case 410m:32:$REMAT:2048:24 --out "$OUT_DIR/unrolled.json" \
+        2>&1 | grep -E "^\| [0-9a-z]|FAILED|device|fused attention" ;;
     steps_fp8)
       echo "=== growjax step benchmark, fp8 ($(date +%T))"
       $B --precision fp8 --case 1b:24:$REMAT --case 410m:32:$REMAT --out "$OUT_DIR/steps_fp8.json" \
