@@ -35,6 +35,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 E4M3 = jnp.float8_e4m3fn   # forward operands: 3 mantissa bits, max 448
 E5M2 = jnp.float8_e5m2     # backward output gradient: 2 mantissa bits, max 57344
@@ -72,8 +73,15 @@ def qdq(x: jax.Array, q_dtype) -> jax.Array:
   return dequantize(quantize(x, q_dtype, scale), x.dtype, scale)
 
 
+# The name of every FP8 scale (a float32 scalar). Remat policies that keep it
+# (growjax.model's dots and dots_attention) spare the backward a second amax reduction
+# over each operand the forward quantized: under `dots` the backward recomputes the norm
+# and SwiGLU outputs it quantizes, and without the scale it would reduce them again.
+SCALE_NAME = "fp8_scale"
+
+
 def _quantized(x, q_dtype):
-  scale = jax.lax.stop_gradient(scale_of(x, q_dtype))
+  scale = checkpoint_name(jax.lax.stop_gradient(scale_of(x, q_dtype)), SCALE_NAME)
   return quantize(x, q_dtype, scale), scale
 
 

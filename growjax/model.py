@@ -50,13 +50,18 @@ def attention_kernel_saveable(prim, *_, **__) -> bool:
   return prim.name in ATTENTION_KERNELS
 
 
+_either = jax.checkpoint_policies.save_from_both_policies
+# matmul outputs, and FP8's per-tensor scales (scalars: the backward does not reduce the
+# operands it recomputes a second time; growjax.fp8.SCALE_NAME)
+_DOTS = _either(jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+                jax.checkpoint_policies.save_only_these_names(fp8.SCALE_NAME))
+
 REMAT_POLICIES = {
     "none": None,  # keep every activation (fastest, most memory)
     "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole block
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs
+    "dots": _DOTS,  # keep matmul outputs
     # matmul outputs and the attention kernel's outputs: the backward reruns no attention
-    "dots_attention": jax.checkpoint_policies.save_from_both_policies(
-        jax.checkpoint_policies.dots_with_no_batch_dims_saveable, attention_kernel_saveable),
+    "dots_attention": _either(_DOTS, attention_kernel_saveable),
     "save_proj": jax.checkpoint_policies.save_only_these_names(
         "q_proj", "k_proj", "v_proj", "attn_out", "mlp_in"),
 }

@@ -62,3 +62,43 @@ def test_the_policy_keeps_exactly_the_attention_kernels_outputs():
   # the named primitives exist in this JAX (a rename would silently turn the policy off)
   assert cudnn_attention._dot_product_attention_fwd_p_wrapper.name in model.ATTENTION_KERNELS
   assert cudnn_attention._dot_product_attention_fwd_p.name in model.ATTENTION_KERNELS
+
+
+def _fp8_grad(remat: str, precision: str):
+  cfg = dataclasses.replace(model.ModelConfig(**MODEL_PRESETS["tiny"]), num_layers=3,
+                            remat_policy=remat, dtype="bfloat16", matmul_precision=precision)
+  params = model.init_params(dataclasses.replace(cfg, remat_policy="none"), jax.random.key(0))
+  tokens = jax.random.randint(jax.random.key(1), (2, 64), 0, cfg.vocab_size)
+
+  def loss(p):
+    return model.Transformer(cfg).apply({"params": p}, tokens).astype(jnp.float32).mean()
+
+  return params, loss
+
+
+AMAX = re.compile(r"= reduce_max\[")
+
+
+@pytest.mark.parametrize("remat,amax_reductions", [
+    ("none", 21), ("dots", 21), ("dots_attention", 21), ("full", 35)])
+def test_fp8_scales_are_kept_so_the_backward_does_not_reduce_operands_again(
+    remat, amax_reductions):
+  """FP8 current scaling reduces amax(|x|) of every operand it quantizes. Under `dots`
+  the backward recomputes the norm and SwiGLU outputs the forward quantized; the policy
+  keeps their scales (float32 scalars, growjax.fp8.SCALE_NAME), so it does not reduce
+  them a second time: as many amax reductions as with nothing recomputed (3 layers in
+  one scan body: 7 + 7 operands forward, 7 output gradients backward). `full` keeps
+  nothing and reduces 14 again. The remaining reduce_max of each program is the XLA
+  attention's softmax, in bf16 as well."""
+  texts = {p: str(jax.make_jaxpr(jax.grad(_fp8_grad(remat, p)[1]))(_fp8_grad(remat, p)[0]))
+           for p in ("fp8", "bf16")}
+  assert len(AMAX.findall(texts["fp8"])) - len(AMAX.findall(texts["bf16"])) == \
+      amax_reductions
+
+
+def test_keeping_the_scales_changes_no_number():
+  params, loss_none = _fp8_grad("none", "fp8")
+  _, loss_dots = _fp8_grad("dots", "fp8")
+  g_none, g_dots = jax.jit(jax.grad(loss_none))(params), jax.jit(jax.grad(loss_dots))(params)
+  for a, b in zip(jax.tree.leaves(g_none), jax.tree.leaves(g_dots)):
+    assert jnp.array_equal(a, b)
