@@ -519,8 +519,8 @@ def execute_parallel(cfg: ml_collections.ConfigDict, workdir: str, runs: Sequenc
       signal.signal(sig, handler)
   if failed:
     raise JobsFailed(f"sweep runs {', '.join(failed)} failed — their logs are in "
-                       f"{epath.Path(workdir) / 'logs'}; fix the cause and rerun the same "
-                       f"command (finished runs are skipped)")
+                     f"{epath.Path(workdir) / 'logs'}; fix the cause and rerun the same "
+                     f"command (finished runs are skipped)")
   if stopped or stopping or todo:
     log(f"== sweep stopped ({len(stopped) + len(todo)} run(s) unfinished): rerun the same "
         f"command to resume")
