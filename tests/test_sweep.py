@@ -224,6 +224,27 @@ def test_jobs_auto_divides_the_memory_limit_by_the_compiled_step(tiny_config, tm
                              "per device of 10.0 GiB") and lines[0].endswith(": 4 at a time")
 
 
+def test_a_failed_job_is_one_line_naming_its_log(tiny_config, tmp_path, data_dir):
+  import sys
+  cfg = load(tiny_config)
+  runs = sweep.plan(cfg, [2], [2], ["stack"])
+  child = [sys.executable, "-c",
+           "import sys; print('JaxRuntimeError: RESOURCE_EXHAUSTED: Out of memory'); sys.exit(3)"]
+  lines = []
+  with pytest.raises(sweep.JobsFailed) as failed:
+    sweep.execute_parallel(cfg, str(tmp_path), runs, 2, child, log=lines.append, poll_s=0.05)
+  for run in runs:
+    assert any(l.startswith(f"== sweep run {run.name} failed (exit 3) after ") and
+               l.endswith("RESOURCE_EXHAUSTED: Out of memory — out of accelerator memory at "
+                          "1/2 of it: lower --jobs, or set --config.model.remat_policy=full")
+               for l in lines), lines
+    assert "RESOURCE_EXHAUSTED" in (tmp_path / "logs" / f"{run.name}.log").read_text()
+  names, rest = failed.value.one_line.removeprefix("sweep runs ").split(" failed — ")
+  assert sorted(names.split(", ")) == ["d2_g2_stack", "scratch"]     # in finishing order
+  assert rest == (f"their logs are in {tmp_path / 'logs'}; fix the cause and rerun the same "
+                  f"command (finished runs are skipped)")
+
+
 def test_jobs_pass_sigterm_to_every_child_and_a_rerun_resumes(tiny_config, tmp_path,
                                                               data_dir):
   """SIGTERM to `growjax sweep --jobs 2` reaches both children: each saves a checkpoint
