@@ -12,9 +12,8 @@ from growjax import checkpoint as ckpt_lib
 from growjax import cli
 from growjax import config as config_lib
 from growjax import state as state_lib
-from growjax import train
 from growjax.growth import offline, stages
-from test_stages import grow_config
+from test_stages import grow_config, train_small_stage
 
 
 def _large_config(layers: int, embed: int):
@@ -33,11 +32,8 @@ def get_config(arg=None):
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory, data_dir):
   """A 2-layer x 128 tiny model trained one step: the source of every `growjax grow`."""
-  cfg = stages.small_stage_config(grow_config())
-  cfg.train.steps = 1
   workdir = tmp_path_factory.mktemp("small")
-  train.train(cfg, str(workdir))
-  small = state_lib.build(cfg)
+  small = state_lib.build(train_small_stage(workdir))
   params = ckpt_lib.Checkpoints(str(workdir / "checkpoints")).restore(
       1, small.abstract_state)[0].params
   return workdir, jax.device_get(params)

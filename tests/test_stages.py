@@ -92,13 +92,19 @@ def test_offline_growth_onto_another_mesh(tmp_path, data_dir):
   assert sorted(hist["loss"]) == [3, 4]
 
 
+def train_small_stage(workdir):
+  """The small stage of `grow_config` trained one step into `workdir`; its config."""
+  small_cfg = stages.small_stage_config(grow_config())
+  small_cfg.train.steps = 1
+  train.train(small_cfg, str(workdir))
+  return small_cfg
+
+
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory, data_dir):
   """A 1-step run of the small stage: the source the refusals below read (trained once)."""
-  small_cfg = stages.small_stage_config(grow_config())
-  small_cfg.train.steps = 1
   src = tmp_path_factory.mktemp("small")
-  train.train(small_cfg, str(src))
+  train_small_stage(src)
   return src
 
 
