@@ -224,6 +224,22 @@ def test_jobs_auto_divides_the_memory_limit_by_the_compiled_step(tiny_config, tm
                              "per device of 10.0 GiB") and lines[0].endswith(": 4 at a time")
 
 
+def test_jobs_under_jax_distributed_is_refused_before_the_backend(tiny_config, tmp_path,
+                                                                   capsys, monkeypatch):
+  """Several processes train each run together: --jobs N is refused in one line, and
+  nothing is set for a sweep of children (the check reads jax.distributed, which is known
+  before JAX's backend starts)."""
+  monkeypatch.setattr(jax.distributed, "is_initialized", lambda: True)
+  monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE", raising=False)
+  assert sweep_cli(f"--config={tiny_config}", f"--workdir={tmp_path / 'w'}", "--d=2",
+                   "--jobs=2") == 2
+  err = capsys.readouterr().err.strip()
+  assert err == ("growjax sweep: --jobs=2 runs grid runs side by side on one host; this "
+                 "sweep runs under jax.distributed across processes — give --jobs=1")
+  assert "XLA_PYTHON_CLIENT_PREALLOCATE" not in os.environ
+  assert not (tmp_path / "w").exists()
+
+
 def test_a_failed_job_is_one_line_naming_its_log(tiny_config, tmp_path, data_dir):
   import sys
   cfg = load(tiny_config)

@@ -793,19 +793,19 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, d: Sequence[str] | None = 
   `only`: a subset of the grid; `jobs` > 1: that many runs at a time, each a child
   `child_argv + --job=NAME` ('auto': as many as the memory holds, `auto_jobs`); `job`:
   be that child (train one run, no analysis)."""
+  import jax
   jobs = parse_jobs(jobs)
+  if jobs != 1 and jax.distributed.is_initialized():   # known before the backend starts
+    if jobs != AUTO:
+      raise ValueError(f"--jobs={jobs} runs grid runs side by side on one host; this sweep "
+                       f"runs under jax.distributed across processes — give --jobs=1")
+    jobs = 1
   child_env = dict(os.environ)
   if jobs != 1 and not job:   # the sweep itself trains nothing: leave the memory to its
     os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"   # jobs (before JAX's backend)
-  import jax
   if budget_flops is not None and budget_flops <= 1:
     raise ValueError(f"--budget_flops={budget_flops} must be a FLOP count > 1 — e.g. "
                      f"--budget_flops=1e18")
-  if jobs == AUTO and jax.process_count() > 1:
-    jobs = 1
-  if jobs != AUTO and jobs > 1 and jax.process_count() > 1:
-    raise ValueError(f"--jobs={jobs} runs grid runs side by side on one host; this sweep "
-                     f"spans {jax.process_count()} processes — give --jobs=1")
   if jobs != 1 and not child_argv:
     raise ValueError("--jobs > 1 needs the command line to start its children — run it "
                      "through the growjax command")
