@@ -59,7 +59,7 @@ _DOTS = _either(jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 REMAT_POLICIES = {
     "none": None,  # keep every activation (fastest, most memory)
     "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole block
-    "dots": _DOTS,  # keep matmul outputs
+    "dots": _DOTS,  # keep matmul outputs (and FP8 scales)
     # matmul outputs and the attention kernel's outputs: the backward reruns no attention
     "dots_attention": _either(_DOTS, attention_kernel_saveable),
     "save_proj": jax.checkpoint_policies.save_only_these_names(
