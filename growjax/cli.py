@@ -281,8 +281,10 @@ def _define_sweep(fv):
                     flag_values=fv)
   flags.DEFINE_string("jobs", "1", "train this many runs at a time on this host, each a "
                       "child process with 1/N of the accelerator's memory and its log in "
-                      "WORKDIR/logs/ (small targets leave a GPU mostly idle); auto: as many "
-                      "as the target's compiled train step fits.", flag_values=fv)
+                      "WORKDIR/logs/. It pays only where one run leaves the device idle: at "
+                      "16L x 512 with 64k-token steps two jobs on an H100 ran at 0.9x one "
+                      "(docs/RESULTS.md). auto: as many as the target's compiled train step "
+                      "fits in memory.", flag_values=fv)
   flags.DEFINE_string("job", "", "internal: train this one run of the grid and stop (what "
                       "--jobs starts).", flag_values=fv)
   _distributed_flags(fv)
