@@ -14,21 +14,22 @@
 #   remat $GROWJAX_REMAT (default dots); steps_24l: the paper's 24L x 2048 grown shape at batch 24;
 #   remat_ab: bf16 at both sizes under remat 'dots' and 'dots_attention' (which also keeps
 #   the attention kernel's outputs), with the fused-attention calls counted in the HLO;
-#   unrolled: bf16 at both sizes with the layer scan fully unrolled (scan_unroll = layers,
-#   no while loop left: MaxText's unrolled layers over growjax's stacked parameters).
+#   unrolled / unrolled_fp8: bf16 / fp8 at both sizes with every layer unrolled
+#   (config.model.scan_unroll=0: no while loop left, MaxText's unrolled layers over growjax's
+#   stacked parameters; the fastest path on the H100).
 # - train: the real `growjax train` command at 1.1B (Shakespeare, byte tokens, seq 2048,
 #   batch 24, dots remat, document masking on as shipped): tokens/s of its last reports.
 # - profile_bf16 / profile_fp8: benchmarks/profile_step.py at 1.1B batch 24: kernel time by
 #   kind and the top kernels (JSON under $OUT/h100_table).
 # - maxtext / steps: the earlier sessions' part names (maxtext_1b; steps_bf16 steps_fp8 steps_24l).
 # - all: the whole peers table of benchmarks/RESULTS.md in one run (about 20 minutes on an
-#   H100): maxtext_1b maxtext_410m maxtext_fp8 hf_1b hf_410m steps_bf16 steps_fp8 train
+#   H100): maxtext_1b maxtext_410m maxtext_fp8 hf_1b hf_410m steps_bf16 steps_fp8 unrolled unrolled_fp8 train
 #   profile_bf16 profile_fp8.
 # Every part prints its device. MFU conventions: growjax/metrics.py. All JAX runs here use
 # XLA_PYTHON_CLIENT_MEM_FRACTION=0.94 (MaxText's setting, and growjax's CLI default on GPU).
 set -u
 PARTS="${*:-maxtext_1b hf_1b steps_bf16 steps_fp8}"
-PARTS="$(echo " $PARTS " | sed 's/ maxtext / maxtext_1b /; s/ steps / steps_bf16 steps_fp8 steps_24l /; s/ all / maxtext_1b maxtext_410m maxtext_fp8 hf_1b hf_410m steps_bf16 steps_fp8 train profile_bf16 profile_fp8 /')"
+PARTS="$(echo " $PARTS " | sed 's/ maxtext / maxtext_1b /; s/ steps / steps_bf16 steps_fp8 steps_24l /; s/ all / maxtext_1b maxtext_410m maxtext_fp8 hf_1b hf_410m steps_bf16 steps_fp8 unrolled unrolled_fp8 train profile_bf16 profile_fp8 /')"
 STEPS="${STEPS:-8}"
 OUT_DIR="${OUT:-/tmp}/h100_table"
 mkdir -p "$OUT_DIR"
@@ -69,8 +70,12 @@ for part in $PARTS; do
         | grep -E "^\| [0-9a-z]|FAILED|device|fused attention" ;;
     unrolled)
       echo "=== growjax step benchmark, bf16, layers unrolled ($(date +%T))"
-      $B --case 1b:24:$REMAT:2048:22 --case 410m:32:$REMAT:2048:24 --out "$OUT_DIR/unrolled.json" \
+      $B --case 1b:24:$REMAT:2048:0 --case 410m:32:$REMAT:2048:0 --out "$OUT_DIR/unrolled.json" \
         2>&1 | grep -E "^\| [0-9a-z]|FAILED|device|fused attention" ;;
+    unrolled_fp8)
+      echo "=== growjax step benchmark, fp8, layers unrolled ($(date +%T))"
+      $B --precision fp8 --case 1b:24:$REMAT:2048:0 --case 410m:32:$REMAT:2048:0 \
+        --out "$OUT_DIR/unrolled_fp8.json" 2>&1 | grep -E "^\| [0-9a-z]|FAILED|device|fused attention" ;;
     steps_fp8)
       echo "=== growjax step benchmark, fp8 ($(date +%T))"
       $B --precision fp8 --case 1b:24:$REMAT --case 410m:32:$REMAT --out "$OUT_DIR/steps_fp8.json" \

@@ -2,6 +2,7 @@
 
   python benchmarks/step_benchmark.py                      # the default table
   python benchmarks/step_benchmark.py --case 1b:8:dots     # preset:batch:remat[:seq[:unroll]]
+  python benchmarks/step_benchmark.py --case 1b:24:dots_attention:2048:0   # every layer unrolled
   python benchmarks/step_benchmark.py --depths 6,24,48     # compile time against depth
   python benchmarks/step_benchmark.py --case 1b:24:dots --doc_len 600 [--no_masking]
       # packed documents (mean 600 tokens): attention kept inside each, or not
@@ -137,6 +138,11 @@ def attention_kernels(hlo: str) -> dict:
   calls = re.findall(r'custom_call_target="(__cudnn\$fmha[^"]*)"', hlo)
   return {"forward": sum("Backward" not in c for c in calls),
           "backward": sum("Backward" in c for c in calls)}
+
+
+def _unroll_note(unroll: int) -> str:
+  """The table's remat column: config.model.scan_unroll, where 0 is every layer."""
+  return "" if unroll == 1 else ", unrolled" if unroll == 0 else f", unroll {unroll}"
 
 
 def _masking_note(r: dict) -> str:
@@ -283,7 +289,7 @@ def main() -> None:
   for r in results:
     if "step_s" in r:
       print(f"| {r['preset']} ({r['params'] / 1e6:.0f}M) | {r['layers']} | {r['batch']}x{r['seq']} "
-            f"| {r['remat']}{'' if r.get('unroll', 1) == 1 else ', unroll ' + str(r['unroll'])}"
+            f"| {r['remat']}{_unroll_note(r.get('unroll', 1))}"
             f"{', fp8' if r.get('precision') == 'fp8' else ''}"
             f"{', docs ' + str(r['doc_len']) + (' masked' if r['document_masking'] else ' unmasked') if r.get('doc_len') else ''}"
             f"{_masking_note(r)} "

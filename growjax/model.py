@@ -8,7 +8,8 @@ reads it: sharding (`growjax.sharding`), growth (`growjax.growth`) and the
 weight-decay mask (`growjax.optimizer`). The blocks are applied with `nn.scan`:
 each per-layer parameter carries a leading `layers` axis and compile time does
 not grow with depth. `scan_unroll` unrolls that loop (same parameters, same
-outputs) when a fully unrolled graph is wanted.
+outputs); 0 unrolls every layer, which is faster on GPU (no while loop, so no stacking
+of saved residuals; benchmarks/RESULTS.md) at the cost of memory and compile time.
 
 This module only computes logits or final hidden states; the loss lives in
 `growjax.loss`.
@@ -170,7 +171,7 @@ class ModelConfig:
   dtype: str = "bfloat16"
   param_dtype: str = "float32"
   remat_policy: str = "none"
-  scan_unroll: int = 1
+  scan_unroll: int = 1        # 0: every layer unrolled (GPU fast path)
   attention_impl: str = "auto"
   init_std: float = 0.02
   # Packed documents on cuDNN: 'mask' (flash attention with a boolean document mask;
@@ -236,10 +237,19 @@ class ModelConfig:
                        f"{self.single_document_fast_path!r}; choose 'auto', 'on' or 'off'.")
     if self.max_segments < 1:
       raise ValueError(f"{where}.max_segments={self.max_segments} must be >= 1.")
-    if self.scan_unroll < 1 or (self.num_layers % self.scan_unroll
+    if self.scan_unroll < 0 or (self.scan_unroll and self.num_layers % self.scan_unroll
                                 and self.scan_unroll < self.num_layers):
-      raise ValueError(f"{where}.scan_unroll={self.scan_unroll} must be >= 1 and divide "
-                       f"num_layers={self.num_layers} (or be >= it for full unrolling).")
+      raise ValueError(f"{where}.scan_unroll={self.scan_unroll} does not divide "
+                       f"num_layers={self.num_layers} — set a divisor of it, or 0 to "
+                       f"unroll every layer (the GPU fast path)")
+
+  @property
+  def layers_unrolled_per_iteration(self) -> int:
+    """The scan's unroll factor: `scan_unroll`, where 0 (or more than the depth) is all
+    layers, so a grown model stays fully unrolled whatever its depth."""
+    if self.scan_unroll == 0:
+      return self.num_layers
+    return min(self.scan_unroll, self.num_layers)
 
   @property
   def compute_dtype(self):
@@ -502,7 +512,7 @@ class Transformer(nn.Module):
         split_rngs={"params": True},
         in_axes=(nn.broadcast, nn.broadcast) + extra_axes,
         length=c.num_layers,
-        unroll=min(c.scan_unroll, c.num_layers),
+        unroll=c.layers_unrolled_per_iteration,
         metadata_params={nn.PARTITION_NAME: LAYERS},
     )(c, name="layers")
     x_BxTxE, _ = layers(x_BxTxE, rotary, segment_ids, *extra)

@@ -55,6 +55,30 @@ def test_scanned_equals_unrolled():
   assert "while" not in hlo
 
 
+@pytest.mark.parametrize("layers", [4, 8])
+def test_scan_unroll_zero_unrolls_every_layer_at_any_depth(layers):
+  """0 is the GPU fast path's switch: it must stay fully unrolled after depth growth, in
+  the backward as well (the optimized HLO of the gradient has no loop)."""
+  cfg = CFG.replace(num_layers=layers, scan_unroll=0, remat_policy="dots")
+  assert cfg.layers_unrolled_per_iteration == layers
+  params = _init(cfg, jax.random.key(1))
+  tokens = jax.random.randint(jax.random.key(2), (2, 16), 0, 64)
+  np.testing.assert_allclose(_logits(cfg, params, tokens),
+                             _logits(cfg.replace(scan_unroll=1), params, tokens),
+                             rtol=1e-6, atol=1e-6)
+  grad = jax.jit(jax.grad(lambda p: _logits(cfg, p, tokens).sum()))
+  assert "while" not in grad.lower(params).compile().as_text()
+  assert " while" in jax.jit(jax.grad(lambda p: _logits(cfg.replace(scan_unroll=1), p,
+                                                        tokens).sum())).lower(
+      params).compile().as_text()
+
+
+@pytest.mark.parametrize("unroll", [-1, 3])
+def test_scan_unroll_that_does_not_divide_the_depth_is_refused(unroll):
+  with pytest.raises(ValueError, match="scan_unroll"):
+    CFG.replace(scan_unroll=unroll).validate("config.model")
+
+
 @pytest.mark.parametrize("policy", ["full", "dots", "save_proj"])
 def test_remat_changes_nothing(policy):
   params = _init(CFG, jax.random.key(1))
