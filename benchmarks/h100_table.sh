@@ -20,7 +20,8 @@
 # - train: the real `growjax train` command at 1.1B (Shakespeare, byte tokens, seq 2048,
 #   batch 24, dots remat, document masking on as shipped): tokens/s of its last reports.
 # - profile_bf16 / profile_fp8: benchmarks/profile_step.py at 1.1B batch 24: kernel time by
-#   kind and the top kernels (JSON under $OUT/h100_table).
+#   kind, the top kernels, and the 8 costliest XLA fusions as HLO (JSON under $OUT/h100_table).
+#   GROWJAX_UNROLL=0 profiles (and `train` runs) with every layer unrolled.
 # - maxtext / steps: the earlier sessions' part names (maxtext_1b; steps_bf16 steps_fp8 steps_24l).
 # - all: the whole peers table of benchmarks/RESULTS.md in one run (about 20 minutes on an
 #   H100): maxtext_1b maxtext_410m maxtext_fp8 hf_1b hf_410m steps_bf16 steps_fp8 unrolled unrolled_fp8 train
@@ -36,6 +37,7 @@ mkdir -p "$OUT_DIR"
 export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.94}"
 B="python3 benchmarks/step_benchmark.py --steps $STEPS --warmup 2"
 REMAT="${GROWJAX_REMAT:-dots}"   # not $REMAT: the MaxText runner reads that one
+UNROLL="${GROWJAX_UNROLL:-1}"    # config.model.scan_unroll of the train and profile parts (0: all)
 M410="decoder_block=llama2 base_num_decoder_layers=24 base_emb_dim=1024 \
 base_num_query_heads=16 base_num_kv_heads=16 head_dim=64 base_mlp_dim=2816 vocab_size=32000 \
 max_target_length=2048 mlp_activations=[silu,linear] logits_via_embedding=false \
@@ -87,15 +89,16 @@ for part in $PARTS; do
       echo "=== growjax train (the real command), 1.1B, batch 24, 40 steps ($(date +%T))"
       W="$OUT_DIR/train_1b"
       python3 -m growjax train --config configs/llama.py:size=1b,batch=24 --workdir "$W" \
-        --config.data.seq_len=2048 --config.model.remat_policy=$REMAT --config.train.steps=40 \
+        --config.data.seq_len=2048 --config.model.remat_policy=$REMAT --config.model.scan_unroll=$UNROLL --config.train.steps=40 \
         --config.train.eval_every=0 --config.train.checkpoint_every=1000 \
         --config.train.log_every=10 2>&1 | grep -E "step +[0-9]+|tok/s|rror|cudnn|packing|fast" | tail -6
       rm -rf "$W/checkpoints" ;;
     profile_bf16|profile_fp8)
       prec="${part#profile_}"
       echo "=== profile 1.1B batch 24 $prec ($(date +%T))"
-      python3 benchmarks/profile_step.py --case 1b:24:$REMAT --precision "$prec" --top 25 \
-        --json "$OUT_DIR/profile_$prec.json" 2>&1 | grep -vE "^(W|I)[0-9]{4}" | tail -36 ;;
+      python3 benchmarks/profile_step.py --case 1b:24:$REMAT:2048:$UNROLL --precision "$prec" \
+        --top 25 --explain 8 --json "$OUT_DIR/profile_$prec.json" 2>&1 \
+        | grep -vE "^(W|I)[0-9]{4}" | tail -70 ;;
     *) echo "unknown part $part" ;;
   esac
 done

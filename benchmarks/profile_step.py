@@ -2,6 +2,9 @@
 
   python benchmarks/profile_step.py --case 1b:16:dots [--steps 3] [--top 30]
   python benchmarks/profile_step.py --case 1b:24:dots --precision fp8 --json OUT.json
+  python benchmarks/profile_step.py --case 1b:24:dots_attention:2048:0 --explain 8
+      # every layer unrolled; the 8 costliest XLA fusions shown as their HLO: result and
+      # operand shapes and the ops fused, so a reduction or cast is traced to its tensor
 
 Runs the same setup as step_benchmark.py, records `jax.profiler` trace of `--steps`
 steps (a Perfetto JSON, readable without TensorBoard), and prints the kernels with the
@@ -54,14 +57,40 @@ def device_events(trace_dir: str) -> list[tuple[str, float]]:
           if e.get("ph") == "X" and e.get("pid") in gpu]
 
 
+def fusion_of(name: str, hlo_text: str) -> str | None:
+  """The optimized HLO behind a kernel named `name` (XLA names a fusion's kernel after
+  its instruction): the instruction's line, cut to its result, operands and callee,
+  followed by the opcodes of the fused computation it calls and the JAX op its root came
+  from. None if not found."""
+  line = re.search(rf"^\s*(?:ROOT )?%?{re.escape(name)} = (.*)$", hlo_text, re.M)
+  if not line:
+    return None
+  text = re.sub(r", metadata=\{.*?\}", "", line.group(1))
+  callee = re.search(r"calls=%?([\w.-]+)", text)
+  if not callee:
+    return text[:400]
+  body = re.search(rf"^%?{re.escape(callee.group(1))} [^\n]*\{{\n(.*?)^\}}", hlo_text,
+                   re.M | re.S)
+  ops = collections.Counter(re.findall(r"= [\w\[\]{},:. ()]*? ([a-z][\w-]*)\(",
+                                       body.group(1))) if body else {}
+  fused = ", ".join(f"{op} x{n}" if n > 1 else op for op, n in ops.items())
+  root = re.search(r'^\s*ROOT [^\n]*op_name="([^"]*)"', body.group(1), re.M) if body else None
+  return (f"{text[:400]}\n      fuses: {fused or '?'}"
+          + (f"\n      root from: {root.group(1)[:300]}" if root else ""))
+
+
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--case", default="1b:16:dots", help="preset:batch:remat[:seq]")
+  p.add_argument("--case", default="1b:16:dots",
+                 help="preset:batch:remat[:seq[:scan_unroll]] (scan_unroll 0: every layer)")
   p.add_argument("--steps", type=int, default=3)
   p.add_argument("--top", type=int, default=30)
   p.add_argument("--precision", default="bf16", choices=("bf16", "fp8"),
                  help="config.model.matmul_precision")
   p.add_argument("--json", default="", help="also write the breakdown as JSON here")
+  p.add_argument("--explain", type=int, default=0,
+                 help="print the optimized HLO of the N costliest non-GEMM, non-attention "
+                      "kernels (XLA fusions)")
   a = p.parse_args()
   import jax
   import numpy as np
@@ -74,6 +103,7 @@ def main() -> None:
   preset, batch, remat = parts[0], int(parts[1]), parts[2]
   seq = int(parts[3]) if len(parts) > 3 else 2048
   cfg = config_lib.base_config(preset)
+  cfg.model.scan_unroll = int(parts[4]) if len(parts) > 4 else 1
   cfg.data.seq_len, cfg.train.global_batch_size, cfg.model.remat_policy = seq, batch, remat
   cfg.model.matmul_precision = a.precision
   setup = state_lib.build(cfg)
@@ -108,13 +138,25 @@ def main() -> None:
   print(f"top {a.top} kernels (ms per step, calls per step):")
   for name, dur in by_name.most_common(a.top):
     print(f"  {dur / a.steps / 1e3:8.2f} ms {counts[name] // a.steps:5d}x  {name}")
+  explained = {}
+  if a.explain:
+    with jax.set_mesh(setup.mesh):
+      hlo = step.lower(state, data).compile().as_text()
+    xla_kernels = [n for n, _ in by_name.most_common()
+                   if kind_of(n) not in ("matmul", "attention") and not n.startswith("memcpy")]
+    print(f"the {a.explain} costliest XLA fusions, as optimized HLO:")
+    for name in xla_kernels[:a.explain]:
+      explained[name] = fusion_of(name, hlo)
+      print(f"  {by_name[name] / a.steps / 1e3:8.2f} ms  {name}\n      "
+            f"{explained[name] or '(not an instruction of the step: a library kernel)'}")
   if a.json:
     with open(a.json, "w") as f:
       json.dump({"case": a.case, "precision": a.precision, "device": str(jax.devices()[0]),
                  "ms_per_step": total / a.steps / 1e3,
                  "by_kind_ms": {k: d / a.steps / 1e3 for k, d in by_kind.most_common()},
                  "top": [[n, d / a.steps / 1e3, counts[n] // a.steps]
-                         for n, d in by_name.most_common(a.top)]}, f, indent=1)
+                         for n, d in by_name.most_common(a.top)],
+                 "explained": explained}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -79,3 +79,24 @@ def test_a_bad_profile_range_is_refused_before_any_compute(value, tmp_path, caps
   assert "config.train.profile_steps" in err and "FIRST,LAST" in err, err
   assert len(err.strip().splitlines()) == 1
   assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_profile_step_explains_a_fusion_from_the_optimized_hlo():
+  """benchmarks/profile_step.py --explain: a kernel named after an XLA fusion is traced to
+  its result shape, the ops it fuses and the JAX op its root came from."""
+  import importlib.util
+  import jax.numpy as jnp
+  import re
+  spec = importlib.util.spec_from_file_location(
+      "profile_step", os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks",
+                                   "profile_step.py"))
+  profile_step = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(profile_step)
+  f = jax.jit(lambda x: (x * 2).astype(jnp.bfloat16))
+  hlo = f.lower(jnp.ones((64, 128))).compile().as_text()
+  name = re.search(r"^\s*(?:ROOT )?%?(\w*fusion[\w.]*) = ", hlo, re.M).group(1)
+  explained = profile_step.fusion_of(name, hlo)
+  assert explained.startswith("bf16[64,128]"), explained
+  assert "multiply" in explained and "convert" in explained, explained
+  assert "root from: jit(<lambda>)/convert_element_type" in explained, explained
+  assert profile_step.fusion_of("not_a_kernel_of_this_step", hlo) is None
