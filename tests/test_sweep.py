@@ -513,3 +513,23 @@ def test_repro_sweep_config_plans_the_documented_grid():
   ops.loader.exec_module(module)
   assert {r.name: r.steps for r in runs}["d150_g4_stack"] == \
       module.get_config("depth,direct").train.steps == 711
+
+
+def test_best_d_at_the_edge_suggests_the_next_d_on_the_grids_spacing(tiny_config, tmp_path):
+  """The replica's sweeps both peaked at their largest d: the report names the d to add,
+  on the grid's own spacing and within the budget (plan() accepts them)."""
+  cfg = load(tiny_config)
+  assert sweep.widen_d(cfg, [1, 2], 2, 4, "stack") == [4, 8]      # ratio 2 past the top
+  assert sweep.widen_d(cfg, [2, 4], 2, 4, "stack") == [1]         # below the bottom: >= 1
+  assert sweep.widen_d(cfg, [4, 8], 8, 2, "stack") == []          # the budget stops it:
+  with pytest.raises(ValueError, match="leaves no step"):
+    sweep.plan(cfg, [16], [2], ["stack"])
+  runs = sweep.plan(cfg, [1, 2], [4], ["stack"])
+  budget = runs[0].flops
+  write_curve(f"{tmp_path}/scratch", [(budget * k / 4, 4 - 0.5 * k) for k in range(1, 5)])
+  for name, frac in {"d1_g4_stack": 0.9, "d2_g4_stack": 0.7}.items():
+    write_curve(f"{tmp_path}/{name}/small", [(0.05 * budget, 3.5)])
+    write_curve(f"{tmp_path}/{name}/large", [(0.1 * budget, 3.0), (frac * budget, 2.0)])
+  s = sweep.analyse(cfg, str(tmp_path), runs)
+  assert s["best_d_per_g"]["stack"]["4"]["widen_d_steps"] == [4, 8]
+  assert "widen --d, e.g. --d=1,2,4,8" in sweep.report(s)

@@ -560,6 +560,30 @@ def best_d(d_tokens: Sequence[float], savings: Sequence[float | None]
   return out
 
 
+def widen_d(cfg: ml_collections.ConfigDict, grid_steps: Sequence[int], best_steps: int,
+            g: int, method: str) -> list[int]:
+  """Two growth timings past the grid's edge where its best d sits, on the grid's own
+  spacing (the ratio of the two outermost d on that side), that the budget allows: what
+  to add to --d when the optimum may lie beyond."""
+  steps = sorted(set(grid_steps))
+  if len(steps) < 2:
+    return []
+  up = best_steps == steps[-1]
+  ratio = steps[-1] / steps[-2] if up else steps[1] / steps[0]
+  out, d = [], float(best_steps)
+  for _ in range(2):
+    d = d * ratio if up else d / ratio
+    step = int(round(d))
+    if step < 1 or step in steps or step in out:
+      break
+    try:
+      plan(cfg, [step], [g], [method])
+    except ValueError:
+      break
+    out.append(step)
+  return sorted(out)
+
+
 def _saving(scratch_curve, target: float, run_path: str) -> dict:
   s_flops, _ = scratch_curve
   s_reach = speedup.flops_to_reach(*scratch_curve, target)
@@ -613,6 +637,9 @@ def analyse(cfg: ml_collections.ConfigDict, workdir: str, runs: Sequence[SweepRu
       if best is not None:
         best["d_steps"] = next(row["d_steps"] for row in mine
                                if row["d_tokens"] == best["grid_d_tokens"])
+        if best["at_edge"]:
+          best["widen_d_steps"] = widen_d(cfg, sorted(row["d_steps"] for row in mine),
+                                          best["d_steps"], g, method)
       by_g[method][str(g)] = best
   ranked = [(b["flops_saved"], m, int(g)) for m, per_g in by_g.items()
             for g, b in per_g.items() if b is not None]
@@ -673,8 +700,13 @@ def report(summary: dict) -> str:
       if b is None:
         lines.append(f"best d for g={g} ({method}): none reached the target loss")
         continue
-      edge = " — at the edge of the grid: the optimum may lie beyond, widen --d" \
-          if b["at_edge"] else ""
+      edge = ""
+      if b["at_edge"]:
+        more = b.get("widen_d_steps") or []
+        grid = sorted({r["d_steps"] for r in summary["runs"]
+                       if r["g"] == int(g) and r["method"] == method} | set(more))
+        edge = (" — at the edge of the grid: the optimum may lie beyond, widen --d"
+                + (f", e.g. --d={','.join(map(str, grid))}" if more else ""))
       refined = (f" (parabola through the grid: {b['d_tokens']:.4g} tokens)"
                  if b["how"] == "parabola" else "")
       lines.append(f"best d for g={g} ({method}): {b['d_steps']} steps = "
