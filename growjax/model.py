@@ -237,8 +237,11 @@ class ModelConfig:
                        f"{self.single_document_fast_path!r}; choose 'auto', 'on' or 'off'.")
     if self.max_segments < 1:
       raise ValueError(f"{where}.max_segments={self.max_segments} must be >= 1.")
-    if self.scan_unroll < 0 or (self.scan_unroll and self.num_layers % self.scan_unroll
-                                and self.scan_unroll < self.num_layers):
+    if self.scan_unroll < 0:
+      raise ValueError(f"{where}.scan_unroll={self.scan_unroll} is negative — set 1 (scan), "
+                       f"a divisor of num_layers={self.num_layers}, or 0 to unroll every layer")
+    if (self.scan_unroll and self.num_layers % self.scan_unroll
+        and self.scan_unroll < self.num_layers):
       raise ValueError(f"{where}.scan_unroll={self.scan_unroll} does not divide "
                        f"num_layers={self.num_layers} — set a divisor of it, or 0 to "
                        f"unroll every layer (the GPU fast path)")
