@@ -800,11 +800,18 @@ def plot(summary: dict, workdir: str) -> list[str]:
     best = summary["best_d_per_g"][method]
     ax.plot(gs, [np.nan if best[str(g)] is None else 100 * best[str(g)]["flops_saved"]
                  for g in gs], "o-", label=f"{method}: best d per g")
+    # The fair comparison of g: the same d at every g it was measured at.
+    for d in sorted({r["d_steps"] for r in grown if r["method"] == method}):
+      at_d = sorted((r["g"], r["flops_saved"]) for r in grown
+                    if r["method"] == method and r["d_steps"] == d)
+      if len(at_d) > 1:
+        ax.plot([g for g, _ in at_d], [np.nan if v is None else 100 * v for _, v in at_d],
+                "s--", linewidth=1, markersize=4, label=f"{method}: d = {d} steps")
   ax.axhline(0, color="gray", linewidth=1)
   ax.set_xticks(sorted({r["g"] for r in grown}))
   ax.set_xlabel("growth factor g")
   ax.set_ylabel("FLOPs saved to reach scratch's loss (%)")
-  ax.set_title("saving against g (dots: every d)")
+  ax.set_title("saving against g (grey dots: every d; dashed: one d at every g)")
   ax.legend()
   save(fig, PLOTS[2])
   return written
