@@ -23,9 +23,10 @@
 #   kind, the top kernels, and the 8 costliest XLA fusions as HLO (JSON under $OUT/h100_table).
 #   GROWJAX_UNROLL=0 profiles (and `train` runs) with every layer unrolled.
 # - maxtext / steps: the earlier sessions' part names (maxtext_1b; steps_bf16 steps_fp8 steps_24l).
-# - all: the whole peers table of benchmarks/RESULTS.md in one run (about 20 minutes on an
+# - all: the whole peers table of benchmarks/RESULTS.md in one run (about 25 minutes on an
 #   H100): maxtext_1b maxtext_410m maxtext_fp8 hf_1b hf_410m steps_bf16 steps_fp8 unrolled unrolled_fp8 train
-#   profile_bf16 profile_fp8.
+#   profile_bf16 profile_fp8. Longer than one device call: run it through
+#   benchmarks/h100_background.sh (start all, then follow in back-to-back calls).
 # Every part prints its device. MFU conventions: growjax/metrics.py. All JAX runs here use
 # XLA_PYTHON_CLIENT_MEM_FRACTION=0.94 (MaxText's setting, and growjax's CLI default on GPU).
 set -u
