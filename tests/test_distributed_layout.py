@@ -62,6 +62,21 @@ def test_activation_constraints_are_in_the_lowered_step_and_cut_memory(data_dir,
   assert _temp_bytes(unconstrained) > 2 * _temp_bytes(sharded)
 
 
+def test_unrolled_layers_keep_the_constraints_and_the_memory_cut(data_dir):
+  """scan_unroll=0 (the GPU fast path) drops the layer loop, not the activation sharding."""
+  devices = jax.devices()
+  unrolled = _config(fsdp=8)
+  unrolled.model.scan_unroll = 0
+  lowered = _lowered_step(unrolled, devices)
+  single = _config()
+  single.model.scan_unroll = 0
+  scanned = _lowered_step(_config(fsdp=8), devices)
+  whiles = lambda low: low.as_text().count("stablehlo.while")
+  assert whiles(lowered) == whiles(scanned) - 2       # the layer scan, forward and backward
+  assert _constraints(lowered) >= 6
+  assert _temp_bytes(lowered) <= _temp_bytes(_lowered_step(single, devices[:1])) / 4
+
+
 def test_tensor_parallel_activations_are_split_over_heads(data_dir):
   lowered = _lowered_step(_config(fsdp=4, tensor=2), jax.devices())
   text = lowered.as_text()
