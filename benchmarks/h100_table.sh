@@ -16,7 +16,8 @@
 #   the attention kernel's outputs), with the fused-attention calls counted in the HLO;
 #   unrolled / unrolled_fp8: bf16 / fp8 at both sizes with every layer unrolled
 #   (config.model.scan_unroll=0: no while loop left, MaxText's unrolled layers over growjax's
-#   stacked parameters; the fastest path on the H100).
+#   stacked parameters; the fastest path on the H100). tune_410m: the 410M unrolled at batch
+#   40, under plain dots, and without remat at batch 24 (the 50% MFU target; not yet run).
 # - train: the real `growjax train` command at 1.1B (Shakespeare, byte tokens, seq 2048,
 #   batch 24, dots remat, document masking on as shipped): tokens/s of its last reports.
 # - profile_bf16 / profile_fp8: benchmarks/profile_step.py at 1.1B batch 24: kernel time by
@@ -79,6 +80,11 @@ for part in $PARTS; do
       echo "=== growjax step benchmark, fp8, layers unrolled ($(date +%T))"
       $B --precision fp8 --case 1b:24:$REMAT:2048:0 --case 410m:32:$REMAT:2048:0 \
         --out "$OUT_DIR/unrolled_fp8.json" 2>&1 | grep -E "^\| [0-9a-z]|FAILED|device|fused attention" ;;
+    tune_410m)
+      echo "=== growjax step benchmark, 410M unrolled: batch and remat toward 50% MFU ($(date +%T))"
+      $B --case 410m:40:dots_attention:2048:0 --case 410m:32:dots:2048:0 \
+        --case 410m:24:none:2048:0 --out "$OUT_DIR/tune_410m.json" 2>&1 \
+        | grep -E "^\| [0-9a-z]|FAILED|device" ;;
     steps_fp8)
       echo "=== growjax step benchmark, fp8 ($(date +%T))"
       $B --precision fp8 --case 1b:24:$REMAT --case 410m:32:$REMAT --out "$OUT_DIR/steps_fp8.json" \
