@@ -14,6 +14,7 @@ that install fails (no registry), saying why.
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -41,13 +42,15 @@ def _beam_site() -> str:
   out = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
                         "--target", partial, BEAM_PIN], capture_output=True, text=True)
   if out.returncode != 0:
+    shutil.rmtree(partial, ignore_errors=True)   # ours, half-installed: leave no debris
     pytest.skip(f"could not install {BEAM_PIN} into {partial}: {out.stderr.strip()[-500:]}")
   os.makedirs(os.path.dirname(site), exist_ok=True)
   try:
     os.rename(partial, site)
-  except OSError:  # another process installed it first: use theirs
+  except OSError:  # another process installed it first: use theirs, drop ours
     if not os.path.isdir(site):
       raise
+    shutil.rmtree(partial, ignore_errors=True)
   return site
 
 
