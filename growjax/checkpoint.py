@@ -24,6 +24,7 @@ import re
 import shutil
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -215,12 +216,20 @@ class Checkpoints:
     return _complete_steps(epath.Path(self.directory))
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
-    """Restores into `abstract_state`'s structure, dtypes and shardings."""
+    """Restores into `abstract_state`'s structure, dtypes and shardings. The amax
+    histories of a delayed-FP8 training run are left on disk when `abstract_state` has
+    none (growth, export, evaluation read the model's state)."""
+    target = abstract_state
+    if getattr(abstract_state, "fp8_history", 0) is None:
+      target = _with_saved_fp8_history(abstract_state, self.meta(step))
     out = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
+        state=ocp.args.StandardRestore(target),
         data=ocp.args.JsonRestore(),
         meta=ocp.args.JsonRestore()))
-    return out.state, out.data, out.meta
+    state = out.state
+    if target is not abstract_state:
+      state = state.replace(fp8_history=None)
+    return state, out.data, out.meta
 
   def meta(self, step: int) -> dict:
     return self.manager.restore(step, args=ocp.args.Composite(
@@ -243,6 +252,22 @@ class Checkpoints:
 
   def close(self) -> None:
     self.manager.close()
+
+
+def _with_saved_fp8_history(abstract_state: Any, meta: dict) -> Any:
+  """`abstract_state` with the amax histories the checkpoint holds (its meta's
+  `fp8_history` length, the model of its meta; replicated like the step counter), so
+  that a reader of the model's state restores a delayed-FP8 training checkpoint."""
+  length = int(meta.get("fp8_history", 0) or 0)
+  if not length or "model" not in meta:
+    return abstract_state
+  from growjax.model import ModelConfig, init_fp8_history
+  model = ModelConfig.from_config(meta["model"]).replace(
+      matmul_precision="fp8", fp8_scaling="delayed", fp8_amax_history=length)
+  shapes = jax.eval_shape(lambda: init_fp8_history(model))
+  where = abstract_state.step.sharding
+  return abstract_state.replace(fp8_history=jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=where), shapes))
 
 
 def _disk_full_error(e: BaseException, directory: str, step: int | None) -> BaseException:

@@ -25,13 +25,34 @@ every recipe. Where to use it: the projections (q, k, v, o, gate, up, down). The
 attention core (QK^T, PV), the LM head and the loss stay in bf16 / float32 as in
 Transformer Engine and torchtitan (whose default leaves the output layer out).
 
-This module holds no state and knows nothing about the model; `growjax.model` chooses
-per matmul with `config.model.matmul_precision` ('bf16' | 'fp8').
+**Delayed scaling** (`config.model.fp8_scaling='delayed'`, `delayed_einsum`): the
+scale of an activation x (forward, e4m3) and of an output gradient g (backward, e5m2)
+comes from the largest amax of the last `fp8_amax_history` steps, not from this step's
+tensor, as in Transformer Engine's and MaxText's recipes. Current scaling has to reduce
+a tensor to its amax before it can cast it: a full extra read of every quantized
+activation and gradient, and a cast that cannot fuse into the op that produced the
+tensor. With the scale known in advance, the cast fuses into the producer and the amax
+this step observes (for the history) is a sibling output of the same pass. Weights keep
+current scaling: they are read once per step and their amax pass is small.
+
+The histories are state, but not optimizer state: the model reads them as a variable
+collection (`HISTORY_COLLECTION`) and `delayed_einsum` returns the amax it observed as
+their *cotangent* (slot 0 of a history-shaped array, zeros elsewhere), so one
+`jax.grad` gives both the parameter gradients and the observations, through remat and
+the layer scan; `push_history` then shifts them in (growjax.train). Under gradient
+accumulation observations combine by `max`, not by sum. Zero histories (a fresh or grown
+model, a checkpoint without them) are calibrated once with current scaling: under
+`calibrating()` the same function scales by this step's amax.
+
+This module knows nothing about the model; `growjax.model` chooses per matmul with
+`config.model.matmul_precision` ('bf16' | 'fp8') and `config.model.fp8_scaling`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +61,8 @@ from jax.ad_checkpoint import checkpoint_name
 E4M3 = jnp.float8_e4m3fn   # forward operands: 3 mantissa bits, max 448
 E5M2 = jnp.float8_e5m2     # backward output gradient: 2 mantissa bits, max 57344
 PRECISIONS = ("bf16", "fp8")
+SCALINGS = ("current", "delayed")
+HISTORY_COLLECTION = "fp8_history"   # the model's variable collection of amax histories
 
 
 def check_precision(value: str, field: str = "config.model.matmul_precision") -> str:
@@ -49,12 +72,30 @@ def check_precision(value: str, field: str = "config.model.matmul_precision") ->
   return value
 
 
+def check_scaling(value: str, history: int, where: str = "config.model") -> None:
+  if value not in SCALINGS:
+    raise ValueError(f"{where}.fp8_scaling={value!r} is not an FP8 scaling — choose one of "
+                     f"{', '.join(SCALINGS)}")
+  if not isinstance(history, int) or history < 1:
+    raise ValueError(f"{where}.fp8_amax_history={history!r} must be a positive integer "
+                     f"(steps of amax kept for delayed scaling; 16 is the default)")
+
+
+def amax_of(x: jax.Array) -> jax.Array:
+  return jnp.max(jnp.abs(x)).astype(jnp.float32)
+
+
+def scale_from_amax(amax: jax.Array, q_dtype) -> jax.Array:
+  """amax / max(q_dtype) as a float32 scalar (1 where amax is 0 or not finite, so
+  nothing is divided by 0)."""
+  fmax = float(jnp.finfo(q_dtype).max)
+  return jnp.where((amax > 0) & jnp.isfinite(amax), amax / fmax, jnp.float32(1.0))
+
+
 def scale_of(x: jax.Array, q_dtype) -> jax.Array:
   """The dequantization scale of `x` for `q_dtype`: amax(|x|) / max(q_dtype), a float32
   scalar (1 when `x` is all zero or not finite, so nothing is divided by 0)."""
-  amax = jnp.max(jnp.abs(x)).astype(jnp.float32)
-  fmax = float(jnp.finfo(q_dtype).max)
-  return jnp.where((amax > 0) & jnp.isfinite(amax), amax / fmax, jnp.float32(1.0))
+  return scale_from_amax(amax_of(x), q_dtype)
 
 
 def quantize(x: jax.Array, q_dtype, scale: jax.Array) -> jax.Array:
@@ -132,3 +173,82 @@ def einsum(spec: str, x: jax.Array, w: jax.Array, *, out_dtype=None,
     return jnp.einsum(spec, x.astype(dt), w.astype(dt), preferred_element_type=dt)
   _transposed_specs(spec)
   return _fp8_einsum(spec, x.astype(dt), w.astype(dt), dt)
+
+
+# --- delayed scaling -----------------------------------------------------------------
+
+_CALIBRATING = [False]
+
+
+@contextlib.contextmanager
+def calibrating():
+  """Traces `delayed_einsum` with current scaling (this step's amax) while still
+  reporting the observed amaxes: the one step that fills zero histories. Read at trace
+  time, so a function traced inside it stays a calibration function."""
+  _CALIBRATING.append(True)
+  try:
+    yield
+  finally:
+    _CALIBRATING.pop()
+
+
+def _history_scale(history: jax.Array, q_dtype) -> jax.Array:
+  return scale_from_amax(jnp.max(history), q_dtype)
+
+
+def observed(amax: jax.Array, like: jax.Array) -> jax.Array:
+  """`amax` in slot 0 of a history-shaped array, zeros elsewhere: the cotangent form."""
+  return jnp.zeros(like.shape, jnp.float32).at[..., 0].set(amax)
+
+
+def push_history(history: Any, seen: Any) -> Any:
+  """Each history (`(..., H)`, newest first) shifted by one with the observed amax (slot 0
+  of `seen`, as `delayed_einsum` reports it) in front."""
+  return jax.tree.map(
+      lambda h, o: jnp.concatenate([o[..., :1], h[..., :-1]], axis=-1).astype(h.dtype),
+      history, seen)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 5, 6, 7))
+def _delayed_einsum(spec, x, w, hist_x, hist_g, dt, calibrate, observe_x):
+  return _delayed_fwd(spec, x, w, hist_x, hist_g, dt, calibrate, observe_x)[0]
+
+
+def _delayed_fwd(spec, x, w, hist_x, hist_g, dt, calibrate, observe_x):
+  amax_x = checkpoint_name(jax.lax.stop_gradient(amax_of(x)), SCALE_NAME)
+  sx = jax.lax.stop_gradient(scale_from_amax(amax_x, E4M3) if calibrate
+                             else _history_scale(hist_x, E4M3))
+  xq = quantize(x, E4M3, sx)
+  wq, sw = _quantized(w, E4M3)
+  y = jnp.einsum(spec, xq, wq, preferred_element_type=dt)
+  return y * (sx * sw).astype(dt), (xq, sx, wq, sw, amax_x, hist_x, hist_g)
+
+
+def _delayed_bwd(spec, dt, calibrate, observe_x, res, g):
+  xq, sx, wq, sw, amax_x, hist_x, hist_g = res
+  amax_g = jax.lax.stop_gradient(amax_of(g))
+  sg = scale_from_amax(amax_g, E5M2) if calibrate else _history_scale(hist_g, E5M2)
+  gq = quantize(g, E5M2, sg)
+  dx_spec, dw_spec = _transposed_specs(spec)
+  dx = jnp.einsum(dx_spec, gq, wq, preferred_element_type=dt) * (sg * sw).astype(dt)
+  dw = jnp.einsum(dw_spec, xq, gq, preferred_element_type=dt) * (sx * sg).astype(dt)
+  seen_x = observed(amax_x, hist_x) if observe_x else jnp.zeros_like(hist_x)
+  return dx, dw, seen_x, observed(amax_g, hist_g)
+
+
+_delayed_einsum.defvjp(_delayed_fwd, _delayed_bwd)
+
+
+def delayed_einsum(spec: str, x: jax.Array, w: jax.Array, hist_x: jax.Array,
+                   hist_g: jax.Array, *, out_dtype=None, observe_x: bool = True) -> jax.Array:
+  """`einsum(spec, x, w)` with FP8 GEMMs whose activation and gradient scales come from
+  the amax histories `hist_x` / `hist_g` (float32 `(H,)`, newest first). The gradient
+  with respect to each history is the amax this step observed (`observed`), which
+  `push_history` shifts in. Under `calibrating()`, scales come from this step's amax.
+  Projections of one input share its history (one cast of it, as current scaling's
+  common subexpression); only one of them (`observe_x`) reports it, since cotangents
+  of a shared input add up."""
+  dt = jnp.dtype(out_dtype or jnp.result_type(x, w))
+  _transposed_specs(spec)
+  return _delayed_einsum(spec, x.astype(dt), w.astype(dt), hist_x, hist_g, dt,
+                         _CALIBRATING[-1], observe_x)

@@ -186,8 +186,13 @@ class ModelConfig:
   # `lax.cond` around the gradient. 'auto': on where the devices are GPUs; 'on' | 'off'.
   single_document_fast_path: str = "auto"
   # 'bf16' | 'fp8': the block projections (q, k, v, o, gate, up, down) as FP8 GEMMs with
-  # current per-tensor scaling (growjax.fp8); attention core, head and loss stay bf16.
+  # per-tensor scaling (growjax.fp8); attention core, head and loss stay bf16.
   matmul_precision: str = "bf16"
+  # FP8 scales: 'current' (this step's amax of each tensor) or 'delayed' (the largest amax
+  # of the last fp8_amax_history steps, kept in the train state: the cast fuses into the
+  # op that makes the tensor; growjax.fp8).
+  fp8_scaling: str = "current"
+  fp8_amax_history: int = 16
 
   @classmethod
   def from_config(cls, cfg: ml_collections.ConfigDict | dict) -> "ModelConfig":
@@ -229,6 +234,7 @@ class ModelConfig:
         raise ValueError(f"{where}.{f}={getattr(self, f)!r} is not a dtype name "
                          f"(e.g. 'bfloat16', 'float32').") from None
     fp8.check_precision(self.matmul_precision, f"{where}.matmul_precision")
+    fp8.check_scaling(self.fp8_scaling, self.fp8_amax_history, where)
     if self.cudnn_packing not in ("auto", "mask", "ragged"):
       raise ValueError(f"{where}.cudnn_packing={self.cudnn_packing!r}; choose 'auto', "
                        f"'mask' or 'ragged'.")
@@ -390,9 +396,24 @@ def _attention_impl(cfg: ModelConfig) -> str | None:
   return "xla"
 
 
-def _project(spec: str, x, w, cfg: ModelConfig):
+def _project(module: nn.Module, name: str, spec: str, x, w, cfg: ModelConfig,
+             x_name: str | None = None, observe_x: bool = True):
   """One block projection in the compute dtype, through FP8 GEMMs when
-  `matmul_precision='fp8'`."""
+  `matmul_precision='fp8'`. With `fp8_scaling='delayed'` and the amax histories given
+  (collection `fp8.HISTORY_COLLECTION`: `{x_name}_x` of the input, shared by the
+  projections that read it, and `{name}_g` of the output gradient; training passes
+  them), the activation and gradient scales come from them; without them (eval,
+  sampling) the projection scales by the current amax."""
+  x_name = x_name or name
+  if cfg.matmul_precision == "fp8" and cfg.fp8_scaling == "delayed" and (
+      module.is_initializing() or module.has_variable(fp8.HISTORY_COLLECTION, f"{name}_g")):
+    def history(n):
+      if module.has_variable(fp8.HISTORY_COLLECTION, n):
+        return module.get_variable(fp8.HISTORY_COLLECTION, n)
+      return module.variable(fp8.HISTORY_COLLECTION, n, jnp.zeros, (cfg.fp8_amax_history,),
+                             jnp.float32).value
+    return fp8.delayed_einsum(spec, x, w, history(f"{x_name}_x"), history(f"{name}_g"),
+                              out_dtype=cfg.compute_dtype, observe_x=observe_x)
   return fp8.einsum(spec, x, w, out_dtype=cfg.compute_dtype, precision=cfg.matmul_precision)
 
 
@@ -406,9 +427,9 @@ class Attention(nn.Module):
     q_ExNxH, k_ExKxH, v_ExKxH = _param(self, "q"), _param(self, "k"), _param(self, "v")
     o_NxHxE = _param(self, "o")
     x = x_BxTxE.astype(dt)
-    q = _project("bte,enh->btnh", x, q_ExNxH, c)
-    k = _project("bte,ekh->btkh", x, k_ExKxH, c)
-    v = _project("bte,ekh->btkh", x, v_ExKxH, c)
+    q = _project(self, "q", "bte,enh->btnh", x, q_ExNxH, c, "qkv")
+    k = _project(self, "k", "bte,ekh->btkh", x, k_ExKxH, c, "qkv", False)
+    v = _project(self, "v", "bte,ekh->btkh", x, v_ExKxH, c, "qkv", False)
     q = nn.with_logical_constraint(q, (ACT_BATCH, ACT_LENGTH, ACT_HEADS, None))
     k = nn.with_logical_constraint(k, (ACT_BATCH, ACT_LENGTH, ACT_KV_HEADS, None))
     v = nn.with_logical_constraint(v, (ACT_BATCH, ACT_LENGTH, ACT_KV_HEADS, None))
@@ -432,7 +453,7 @@ class Attention(nn.Module):
     out_BxTxNxH = checkpoint_name(out_BxTxNxH, "attn_out")
     if heads_mask_Nx1 is not None:   # MSG growth: new heads enter through their mask
       out_BxTxNxH = out_BxTxNxH * heads_mask_Nx1
-    return _project("btnh,nhe->bte", out_BxTxNxH, o_NxHxE, c)
+    return _project(self, "o", "btnh,nhe->bte", out_BxTxNxH, o_NxHxE, c)
 
 
 class SwiGLU(nn.Module):
@@ -444,13 +465,13 @@ class SwiGLU(nn.Module):
     dt = c.compute_dtype
     gate_ExM, up_ExM, down_MxE = _param(self, "gate"), _param(self, "up"), _param(self, "down")
     x = x_BxTxE.astype(dt)
-    h_BxTxM = (nn.silu(_project("bte,em->btm", x, gate_ExM, c))
-               * _project("bte,em->btm", x, up_ExM, c))
+    h_BxTxM = (nn.silu(_project(self, "gate", "bte,em->btm", x, gate_ExM, c, "gate_up"))
+               * _project(self, "up", "bte,em->btm", x, up_ExM, c, "gate_up", False))
     h_BxTxM = nn.with_logical_constraint(h_BxTxM, (ACT_BATCH, ACT_LENGTH, ACT_MLP))
     h_BxTxM = checkpoint_name(h_BxTxM, "mlp_in")
     if mlp_mask_M is not None:       # MSG growth: new neurons enter through their mask
       h_BxTxM = h_BxTxM * mlp_mask_M
-    return _project("btm,me->bte", h_BxTxM, down_MxE, c)
+    return _project(self, "down", "btm,me->bte", h_BxTxM, down_MxE, c)
 
 
 class Block(nn.Module):
@@ -511,7 +532,7 @@ class Transformer(nn.Module):
       block = nn.remat(Block, policy=REMAT_POLICIES[c.remat_policy], prevent_cse=False)
     layers = nn.scan(
         block,
-        variable_axes={"params": 0},
+        variable_axes={"params": 0, fp8.HISTORY_COLLECTION: 0},
         split_rngs={"params": True},
         in_axes=(nn.broadcast, nn.broadcast) + extra_axes,
         length=c.num_layers,
@@ -600,3 +621,20 @@ def init_params(cfg: ModelConfig, rng: jax.Array) -> Any:
   """Unboxed float parameters (use under `jax.jit(out_shardings=...)` to create sharded)."""
   tokens = jnp.zeros((1, 8), jnp.int32)
   return nn.unbox(Transformer(cfg).init(rng, tokens)["params"])
+
+
+def uses_fp8_history(cfg: ModelConfig) -> bool:
+  return cfg.matmul_precision == "fp8" and cfg.fp8_scaling == "delayed"
+
+
+def init_fp8_history(cfg: ModelConfig) -> Any:
+  """The zero amax histories of delayed FP8 scaling (`{layers: {attn: {q_x, q_g, ...},
+  mlp: {...}}}`, each `(num_layers, fp8_amax_history)` float32), None without it.
+  Zero means not yet calibrated (growjax.train calibrates with one current-scaling
+  pass)."""
+  if not uses_fp8_history(cfg):
+    return None
+  tokens = jax.ShapeDtypeStruct((1, 8), jnp.int32)
+  shapes = jax.eval_shape(lambda t: Transformer(cfg).init(jax.random.key(0), t),
+                          tokens)[fp8.HISTORY_COLLECTION]
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)

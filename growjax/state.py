@@ -21,33 +21,41 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from growjax import config as config_lib
 from growjax import optimizer as opt_lib
 from growjax import sharding
-from growjax.model import ModelConfig, init_params, logical_axes
+from growjax.model import (ModelConfig, init_fp8_history, init_params, logical_axes,
+                           uses_fp8_history)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainState:
   """`masks`: the MSG mask values of a grown run's ramp (`growjax.mask_ramp`), None
-  otherwise. A None `masks` is no part of the pytree (not even an empty node), so a
-  mask-free state has exactly the leaves, key paths and checkpoint tree it always had."""
+  otherwise. `fp8_history`: the amax histories of delayed FP8 scaling
+  (`growjax.fp8`; not optimizer state: each step shifts in the amaxes it saw), None
+  otherwise. A None field is no part of the pytree (not even an empty node), so a state
+  without them has exactly the leaves, key paths and checkpoint tree it always had."""
   step: jax.Array
   params: Any
   opt_state: Any
   masks: Any = None
+  fp8_history: Any = None
 
   def replace(self, **kw) -> "TrainState":
     return dataclasses.replace(self, **kw)
 
 
+_OPTIONAL = ("masks", "fp8_history")
+
+
 def _state_children(s: TrainState) -> tuple:
-  return ("step", "params", "opt_state") + (() if s.masks is None else ("masks",))
+  return ("step", "params", "opt_state") + tuple(k for k in _OPTIONAL
+                                                 if getattr(s, k) is not None)
 
 
 jax.tree_util.register_pytree_with_keys(
     TrainState,
     lambda s: ([(jax.tree_util.GetAttrKey(k), getattr(s, k)) for k in _state_children(s)],
-               None),
-    lambda _, children: TrainState(*children),
-    flatten_func=lambda s: ([getattr(s, k) for k in _state_children(s)], None))
+               _state_children(s)),
+    lambda names, children: TrainState(**dict(zip(names, children))),
+    flatten_func=lambda s: ([getattr(s, k) for k in _state_children(s)], _state_children(s)))
 
 
 @dataclasses.dataclass
@@ -105,12 +113,58 @@ def _fresh_state(model_cfg: ModelConfig, tx, rng) -> TrainState:
 
 
 def init_state(setup: Setup, rng: jax.Array) -> TrainState:
-  """Creates the state directly in its sharding: no full copy lands on one device."""
+  """Creates the state directly in its sharding: no full copy lands on one device. With
+  delayed FP8 scaling, with zero (uncalibrated) amax histories."""
   def fresh(r):
     with sharding.activation_sharding(setup.mesh, setup.rules):
       return _fresh_state(setup.model_cfg, setup.tx, r)
 
-  return jax.jit(fresh, out_shardings=setup.state_shardings)(rng)
+  return with_fp8_history(setup, jax.jit(fresh, out_shardings=setup.state_shardings)(rng))
+
+
+# `setup.abstract_state` is the model's checkpointable state as every tool reads and
+# writes it (growth, import, export); a training run with delayed FP8 scaling adds its
+# amax histories (replicated: a few floats per projection) on top.
+
+def fp8_history_abstract(setup: Setup) -> Any:
+  """The amax histories' shapes with their (replicated) shardings; None without delayed
+  FP8 scaling."""
+  if not uses_fp8_history(setup.model_cfg):
+    return None
+  repl = sharding.replicated(setup.mesh)
+  shapes = jax.eval_shape(lambda: init_fp8_history(setup.model_cfg))
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), shapes)
+
+
+def with_fp8_history(setup: Setup, state: TrainState) -> TrainState:
+  """`state` with the amax histories this run's model needs: zeros (uncalibrated) where
+  it has none (a fresh, grown or imported model, a bf16 checkpoint), dropped where the
+  model does not use them, and cut or zero-padded (newest first) where
+  `fp8_amax_history` changed."""
+  want = fp8_history_abstract(setup)
+  if want is None:
+    return state.replace(fp8_history=None)
+  have = state.fp8_history
+  repl = sharding.replicated(setup.mesh)
+
+  def fit(w, h=None):
+    n = w.shape[-1]
+    if h is None:
+      return jax.device_put(jnp.zeros(w.shape, w.dtype), repl)
+    h = h[..., :n]
+    return jax.device_put(jnp.pad(h, [(0, 0)] * (h.ndim - 1) + [(0, n - h.shape[-1])]), repl)
+
+  if have is None or jax.tree.structure(have) != jax.tree.structure(want):
+    return state.replace(fp8_history=jax.tree.map(fit, want))
+  return state.replace(fp8_history=jax.tree.map(fit, want, have))
+
+
+def fp8_calibrated(state: TrainState) -> bool:
+  """Whether the amax histories hold any observation (zero histories are calibrated
+  by one current-scaling pass before the first delayed step); True without them."""
+  if state.fp8_history is None:
+    return True
+  return any(bool(np.any(to_host(h) != 0)) for h in jax.tree.leaves(state.fp8_history))
 
 
 def to_host(tree: Any) -> Any:

@@ -34,19 +34,28 @@ from growjax import mask_ramp
 from growjax import metrics as metrics_lib
 from growjax import sharding
 from growjax.model import ModelConfig, Transformer, head_kernel
-from growjax.state import Setup, TrainState, build, init_state, run_meta, to_host
+from growjax import fp8
+from growjax import state as state_lib
+from growjax.model import init_fp8_history
+from growjax.state import (Setup, TrainState, build, init_state, run_meta, to_host,
+                           with_fp8_history)
 
 
 DOCUMENT_KEYS = ("segment_ids", "positions")  # what document masking reads of a batch
 
 
-def loss_fn(params, batch, model_cfg: ModelConfig, train_cfg, z_loss: float, masks=None):
+def loss_fn(params, batch, model_cfg: ModelConfig, train_cfg, z_loss: float, masks=None,
+            fp8_history=None):
   """Mean loss over the targets `batch['loss_mask']` counts (all when absent). With
   `segment_ids` / `positions` in the batch, attention stays inside each packed
   document and rotary positions restart at each one. `masks`: MSG growth's mask values
-  during a ramp (`growjax.mask_ramp`), else None."""
+  during a ramp (`growjax.mask_ramp`), else None. `fp8_history`: delayed FP8 scaling's
+  amax histories (their gradient is the amaxes this pass observed), else None."""
+  variables = {"params": params}
+  if fp8_history is not None:
+    variables[fp8.HISTORY_COLLECTION] = fp8_history
   hidden = Transformer(model_cfg).apply(
-      {"params": params}, batch["inputs"], segment_ids=batch.get("segment_ids"),
+      variables, batch["inputs"], segment_ids=batch.get("segment_ids"),
       positions=batch.get("positions"), return_hidden=True, masks=masks)
   return loss_lib.cross_entropy(hidden, head_kernel(params, model_cfg), batch["targets"],
                                 z_loss=z_loss, chunk_len=train_cfg.loss_chunk_len,
@@ -110,29 +119,9 @@ def make_train_step(setup: Setup, ramp: mask_ramp.Plan | None = None
   micro_sharding = NamedSharding(setup.mesh, P(None, *setup.batch_sharding.spec))
 
   def step_fn(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    batch = model_batch(batch, cfg)
     with sharding.activation_sharding(setup.mesh, setup.rules):
-      grad_fn = jax.value_and_grad(
-          lambda p, b: loss_fn(p, b, mcfg, cfg.train, cfg.train.z_loss, state.masks),
-          has_aux=True)
-      if fast:
-        grad_fn = single_document_cond(grad_fn)
-      if accum == 1:
-        (_, aux), grads = grad_fn(state.params, batch)
-      else:
-        # Rows (B/A, A) keep each device's rows on that device for every micro-batch.
-        micro = jax.tree.map(
-            lambda x: x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1), batch)
-        micro = jax.lax.with_sharding_constraint(micro, micro_sharding)
-
-        def accumulate(carry, mb):
-          (_, aux), g = grad_fn(state.params, mb)
-          return jax.tree.map(jnp.add, carry, (g, aux)), None
-
-        zeros = jax.tree.map(jnp.zeros_like, (state.params, {"loss": 0.0, "z_loss": 0.0}))
-        zeros = (zeros[0], jax.tree.map(lambda x: jnp.zeros((), jnp.float32), zeros[1]))
-        (grads, aux), _ = jax.lax.scan(accumulate, zeros, micro)
-        grads, aux = jax.tree.map(lambda x: x / accum, (grads, aux))
+      grads, aux, seen = _gradients(setup, state, model_batch(batch, cfg), fast, accum,
+                                    micro_sharding)
       updates, opt_state = tx.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
       grad_norm = optax.global_norm(grads)
@@ -141,12 +130,14 @@ def make_train_step(setup: Setup, ramp: mask_ramp.Plan | None = None
       ok = jnp.isfinite(aux["loss"]) & jnp.isfinite(grad_norm)
       keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
       params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+      history = keep(fp8.push_history(state.fp8_history, seen), state.fp8_history)
     metrics = dict(aux, grad_norm=grad_norm, lr=setup.schedule(state.step),
                    skipped=(~ok).astype(jnp.float32))
+    new = TrainState(state.step + 1, params, opt_state, fp8_history=history)
     if ramp is None:
-      return TrainState(state.step + 1, params, opt_state), metrics
+      return new, metrics
     metrics["mask_ramp"] = jnp.clip((state.step - ramp.start) / ramp.ramp, 0.0, 1.0)
-    return TrainState(state.step + 1, params, opt_state, ramp.values(state.step + 1)), metrics
+    return new.replace(masks=ramp.values(state.step + 1)), metrics
 
   shardings = state_shardings(setup, ramp)
   return jax.jit(step_fn, in_shardings=(shardings, setup.batch_sharding),
@@ -154,19 +145,93 @@ def make_train_step(setup: Setup, ramp: mask_ramp.Plan | None = None
                  donate_argnums=0)
 
 
+def _gradients(setup: Setup, state: TrainState, batch: dict, fast: bool, accum: int,
+               micro_sharding) -> tuple[Any, dict, Any]:
+  """(gradients, loss metrics, observed FP8 amaxes) of one batch, averaged over
+  `accum` micro-batches; the amaxes (None without delayed FP8 scaling) are the largest
+  any micro-batch saw."""
+  cfg, mcfg = setup.cfg, setup.model_cfg
+  grad_fn = jax.value_and_grad(
+      lambda ph, b: loss_fn(ph[0], b, mcfg, cfg.train, cfg.train.z_loss, state.masks, ph[1]),
+      has_aux=True)
+  if fast:
+    grad_fn = single_document_cond(grad_fn)
+  differentiated = (state.params, state.fp8_history)
+  if accum == 1:
+    (_, aux), (grads, seen) = grad_fn(differentiated, batch)
+    return grads, aux, seen
+  # Rows (B/A, A) keep each device's rows on that device for every micro-batch.
+  micro = jax.tree.map(
+      lambda x: x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1), batch)
+  micro = jax.lax.with_sharding_constraint(micro, micro_sharding)
+
+  def accumulate(carry, mb):
+    (_, aux), (g, s) = grad_fn(differentiated, mb)
+    grads, aux_sum, seen = carry
+    return (jax.tree.map(jnp.add, grads, g), jax.tree.map(jnp.add, aux_sum, aux),
+            jax.tree.map(jnp.maximum, seen, s)), None
+
+  zeros = (jax.tree.map(jnp.zeros_like, state.params),
+           {"loss": jnp.zeros((), jnp.float32), "z_loss": jnp.zeros((), jnp.float32)},
+           jax.tree.map(jnp.zeros_like, state.fp8_history))
+  (grads, aux, seen), _ = jax.lax.scan(accumulate, zeros, micro)
+  grads, aux = jax.tree.map(lambda x: x / accum, (grads, aux))
+  return grads, aux, seen
+
+
+def make_fp8_calibration(setup: Setup, ramp: mask_ramp.Plan | None = None
+                         ) -> Callable[[TrainState, dict], TrainState]:
+  """`(state, batch) -> state` with every amax history holding what one current-scaling
+  forward and backward pass over `batch` observes (params untouched): run once before
+  the first delayed-scaling step of a fresh, grown or imported model, so that step
+  scales exactly as current scaling would."""
+  cfg = setup.cfg
+  fast = fast_path_enabled(setup)
+  accum = int(cfg.train.grad_accum_steps)
+  micro_sharding = NamedSharding(setup.mesh, P(None, *setup.batch_sharding.spec))
+
+  def calibrate(state: TrainState, batch: dict) -> TrainState:
+    with sharding.activation_sharding(setup.mesh, setup.rules), fp8.calibrating():
+      _, _, seen = _gradients(setup, state, model_batch(batch, cfg), fast, accum,
+                              micro_sharding)
+    zero = jax.tree.map(jnp.zeros_like, state.fp8_history)
+    return state.replace(fp8_history=fp8.push_history(zero, seen))
+
+  shardings = state_shardings(setup, ramp)
+  return jax.jit(calibrate, in_shardings=(shardings, setup.batch_sharding),
+                 out_shardings=shardings, donate_argnums=0)
+
+
 def state_shardings(setup: Setup, ramp: mask_ramp.Plan | None) -> TrainState:
-  """The state's shardings, with the ramp's masks (replicated) when there is one."""
+  """The train state's shardings: with the ramp's masks (replicated) when there is one,
+  and delayed FP8 scaling's amax histories (replicated) when the model uses them."""
+  history = jax.tree.map(lambda a: a.sharding, state_lib.fp8_history_abstract(setup))
+  shardings = setup.state_shardings.replace(fp8_history=history)
   if ramp is None:
-    return setup.state_shardings
-  return setup.state_shardings.replace(masks=ramp.shardings(setup.mesh))
+    return shardings
+  return shardings.replace(masks=ramp.shardings(setup.mesh))
 
 
-def abstract_state(setup: Setup, ramp: mask_ramp.Plan | None, step: int) -> TrainState:
+def abstract_state(setup: Setup, ramp: mask_ramp.Plan | None, step: int,
+                   meta: dict | None = None) -> TrainState:
   """The abstract state a checkpoint of this run at `step` holds: with the masks when
-  `step` is inside the ramp."""
+  `step` is inside the ramp, with amax histories when its writer kept them (`meta`'s
+  `fp8_history`: their length; `state.with_fp8_history` then fits them to this run)."""
+  state = setup.abstract_state
+  length = int((meta or {}).get(FP8_HISTORY_KEY, 0))
+  if length:
+    cfg = setup.model_cfg.replace(matmul_precision="fp8", fp8_scaling="delayed",
+                                  fp8_amax_history=length)
+    repl = sharding.replicated(setup.mesh)
+    shapes = jax.eval_shape(lambda: init_fp8_history(cfg))
+    state = state.replace(fp8_history=jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), shapes))
   if ramp is None or not ramp.active(step):
-    return setup.abstract_state
-  return setup.abstract_state.replace(masks=ramp.abstract(setup.mesh))
+    return state
+  return state.replace(masks=ramp.abstract(setup.mesh))
+
+
+FP8_HISTORY_KEY = "fp8_history"   # checkpoint meta: length of the amax histories kept
 
 
 def make_eval_step(setup: Setup, ramp: mask_ramp.Plan | None = None
@@ -279,7 +344,8 @@ def restore_or_init(setup: Setup, checkpoints: ckpt_lib.Checkpoints, data_iter, 
       _check_same_model(meta, setup, checkpoints.directory, latest)
       try:
         state, data_state, meta = checkpoints.restore(
-            latest, abstract_state(setup, mask_ramp.restored(meta), latest))
+            latest, abstract_state(setup, mask_ramp.restored(meta), latest, meta))
+        state = with_fp8_history(setup, state)
       except Exception as e:  # noqa: BLE001 - a restore failure of a checked step = damage
         problem = (step_dir, f"restore failed ({type(e).__name__}: "
                              f"{(str(e).strip().splitlines() or [''])[0][:160]})")
@@ -324,7 +390,8 @@ def restore_or_init(setup: Setup, checkpoints: ckpt_lib.Checkpoints, data_iter, 
     ramp = mask_ramp.from_grown(meta, step, cfg.growth.get("mask_ramp_steps", 0),
                                 f"config.train.init_from={cfg.train.init_from!r}")
     source = ckpt_lib.Checkpoints(directory, use_async=False)
-    state, data_state, _ = source.restore(step, setup.abstract_state)
+    state, data_state, _ = source.restore(step, abstract_state(setup, None, step, meta))
+    state = with_fp8_history(setup, state)
     source.close()
     if data_state:
       data_iter.set_state(data_state)
@@ -344,7 +411,8 @@ def restore_or_init(setup: Setup, checkpoints: ckpt_lib.Checkpoints, data_iter, 
 # How the model is computed, not what it is: a run started from a checkpoint may change
 # these (remat, attention kernel, FP8, the cuDNN packing the trainer resolves from 'auto').
 COMPUTE_FIELDS = ("remat_policy", "scan_unroll", "attention_impl", "cudnn_packing",
-                  "max_segments", "matmul_precision", "single_document_fast_path")
+                  "max_segments", "matmul_precision", "fp8_scaling", "fp8_amax_history",
+                  "single_document_fast_path")
 
 
 def _model_identity(model: dict | None) -> dict | None:
@@ -556,12 +624,19 @@ class _Loop:
     self.train_step, self.eval_step = make_train_step(setup), make_eval_step(setup)
     self.meta = dict(run_meta(setup),
                      small_stage_flops=float(restored_meta.get("small_stage_flops", 0.0)))
+    if self.state.fp8_history is not None:
+      self.meta[FP8_HISTORY_KEY] = setup.model_cfg.fp8_amax_history
     # MSG growth: while the state holds masks, the ramp's steps; then the plain ones.
     self.ramp = mask_ramp.restored(restored_meta)
     if self.ramp is not None:
       self.masked_train_step = make_train_step(setup, self.ramp)
       self.masked_eval_step = make_eval_step(setup, self.ramp)
       self.meta[mask_ramp.META_KEY] = self.ramp.to_meta()
+    # Delayed FP8 scaling from zero histories: one current-scaling pass over the first
+    # batch fills them before the first step (growjax.fp8).
+    self.fp8_calibration = (None if state_lib.fp8_calibrated(self.state) else
+                            make_fp8_calibration(setup, self.ramp if self.state.masks
+                                                 is not None else None))
     self.compiled: set = set()        # the step functions called once (compiled) so far
     self.step = int(to_host(self.state.step))
     self.start_step = self.step
@@ -617,6 +692,11 @@ class _Loop:
     global_batch = self.host.to_global(host_batch)
     t1 = time.perf_counter()
     step_fn = self.train_step if self.state.masks is None else self.masked_train_step
+    if self.fp8_calibration is not None:
+      calibrate, self.fp8_calibration = self.fp8_calibration, None
+      self.state = calibrate(self.state, global_batch)
+      self.writer.text("fp8: amax histories calibrated by one current-scaling pass over the "
+                       "first batch; delayed scaling from here on")
     self.state, step_metrics = step_fn(self.state, global_batch)
     # After the first (compiling) call, a dispatch returns at once unless the runtime
     # holds it back for the device (on GPU, donating a state the previous step still
@@ -686,7 +766,8 @@ class _Loop:
                        f"no checkpoint to roll back to; continuing")
       return False
     self.state, _, _ = self.checkpoints.restore(
-        latest, abstract_state(self.setup, self.ramp, latest))
+        latest, abstract_state(self.setup, self.ramp, latest, self.meta))
+    self.state = with_fp8_history(self.setup, self.state)
     self.replay_batch = self.last[2]
     self.last = None
     self.step = int(to_host(self.state.step))
