@@ -14,16 +14,20 @@
 #   remat $GROWJAX_REMAT (default dots); steps_24l: the paper's 24L x 2048 grown shape at batch 24;
 #   remat_ab: bf16 at both sizes under remat 'dots' and 'dots_attention' (which also keeps
 #   the attention kernel's outputs), with the fused-attention calls counted in the HLO;
-#   unrolled / unrolled_fp8: bf16 / fp8 at both sizes with every layer unrolled
+#   unrolled / unrolled_fp8 / unrolled_fp8_delayed: bf16 / fp8 (current scaling) / fp8 with
+#   delayed scaling (amax histories, calibrated once before timing) at both sizes with every layer unrolled
 #   (config.model.scan_unroll=0: no while loop left, MaxText's unrolled layers over growjax's
 #   stacked parameters; the fastest path on the H100). tune_410m: the 410M unrolled at batch
 #   40, under plain dots, and without remat at batch 24 (the 50% MFU target; not yet run).
 # - train: the real `growjax train` command at 1.1B (Shakespeare, byte tokens, seq 2048,
 #   batch 24, dots remat, document masking on as shipped): tokens/s of its last reports.
-# - profile_bf16 / profile_fp8: benchmarks/profile_step.py at 1.1B batch 24: kernel time by
+# - profile_bf16 / profile_fp8 / profile_fp8_delayed: benchmarks/profile_step.py at 1.1B batch 24: kernel time by
 #   kind, the top kernels, and the 8 costliest XLA fusions as HLO (JSON under $OUT/h100_table).
 #   GROWJAX_UNROLL=0 profiles (and `train` runs) with every layer unrolled.
 # - maxtext / steps: the earlier sessions' part names (maxtext_1b; steps_bf16 steps_fp8 steps_24l).
+# - table: the peers table without profiles, fastest paths (unrolled; fp8 current and
+#   delayed; the real train command with GROWJAX_UNROLL), about 17 minutes: run it through
+#   h100_background.sh.
 # - all: the whole peers table of benchmarks/RESULTS.md in one run (about 25 minutes on an
 #   H100): maxtext_1b maxtext_410m maxtext_fp8 hf_1b hf_410m steps_bf16 steps_fp8 unrolled unrolled_fp8 train
 #   profile_bf16 profile_fp8. Longer than one device call: run it through
@@ -32,7 +36,7 @@
 # XLA_PYTHON_CLIENT_MEM_FRACTION=0.94 (MaxText's setting, and growjax's CLI default on GPU).
 set -u
 PARTS="${*:-maxtext_1b hf_1b steps_bf16 steps_fp8}"
-PARTS="$(echo " $PARTS " | sed 's/ maxtext / maxtext_1b /; s/ steps / steps_bf16 steps_fp8 steps_24l /; s/ all / maxtext_1b maxtext_410m maxtext_fp8 hf_1b hf_410m steps_bf16 steps_fp8 unrolled unrolled_fp8 train profile_bf16 profile_fp8 /')"
+PARTS="$(echo " $PARTS " | sed 's/ maxtext / maxtext_1b /; s/ steps / steps_bf16 steps_fp8 steps_24l /; s/ all / maxtext_1b maxtext_410m maxtext_fp8 hf_1b hf_410m steps_bf16 steps_fp8 unrolled unrolled_fp8 train profile_bf16 profile_fp8 /; s/ table / maxtext_1b unrolled unrolled_fp8_delayed maxtext_fp8 maxtext_410m hf_1b hf_410m train unrolled_fp8 /')"
 STEPS="${STEPS:-8}"
 OUT_DIR="${OUT:-/tmp}/h100_table"
 mkdir -p "$OUT_DIR"
@@ -76,10 +80,11 @@ for part in $PARTS; do
       echo "=== growjax step benchmark, bf16, layers unrolled ($(date +%T))"
       $B --case 1b:24:$REMAT:2048:0 --case 410m:32:$REMAT:2048:0 --out "$OUT_DIR/unrolled.json" \
         2>&1 | grep -E "^\| [0-9a-z]|FAILED|device|fused attention" ;;
-    unrolled_fp8)
-      echo "=== growjax step benchmark, fp8, layers unrolled ($(date +%T))"
-      $B --precision fp8 --case 1b:24:$REMAT:2048:0 --case 410m:32:$REMAT:2048:0 \
-        --out "$OUT_DIR/unrolled_fp8.json" 2>&1 | grep -E "^\| [0-9a-z]|FAILED|device|fused attention" ;;
+    unrolled_fp8|unrolled_fp8_delayed)
+      prec="${part#unrolled_}"
+      echo "=== growjax step benchmark, $prec, layers unrolled ($(date +%T))"
+      $B --precision "$prec" --case 1b:24:$REMAT:2048:0 --case 410m:32:$REMAT:2048:0 \
+        --out "$OUT_DIR/$part.json" 2>&1 | grep -E "^\| [0-9a-z]|FAILED|device|fused attention" ;;
     tune_410m)
       echo "=== growjax step benchmark, 410M unrolled: batch and remat toward 50% MFU ($(date +%T))"
       $B --case 410m:40:dots_attention:2048:0 --case 410m:32:dots:2048:0 \
@@ -97,10 +102,11 @@ for part in $PARTS; do
       W="$OUT_DIR/train_1b"
       python3 -m growjax train --config configs/llama.py:size=1b,batch=24 --workdir "$W" \
         --config.data.seq_len=2048 --config.model.remat_policy=$REMAT --config.model.scan_unroll=$UNROLL --config.train.steps=40 \
+        --config.model.matmul_precision=${TRAIN_PRECISION:-bf16} --config.model.fp8_scaling=${TRAIN_FP8_SCALING:-current} \
         --config.train.eval_every=0 --config.train.checkpoint_every=1000 \
         --config.train.log_every=10 2>&1 | grep -E "step +[0-9]+|tok/s|rror|cudnn|packing|fast" | tail -6
       rm -rf "$W/checkpoints" ;;
-    profile_bf16|profile_fp8)
+    profile_bf16|profile_fp8|profile_fp8_delayed)
       prec="${part#profile_}"
       echo "=== profile 1.1B batch 24 $prec ($(date +%T))"
       python3 benchmarks/profile_step.py --case 1b:24:$REMAT:2048:$UNROLL --precision "$prec" \

@@ -85,8 +85,8 @@ def main() -> None:
                  help="preset:batch:remat[:seq[:scan_unroll]] (scan_unroll 0: every layer)")
   p.add_argument("--steps", type=int, default=3)
   p.add_argument("--top", type=int, default=30)
-  p.add_argument("--precision", default="bf16", choices=("bf16", "fp8"),
-                 help="config.model.matmul_precision")
+  p.add_argument("--precision", default="bf16", choices=("bf16", "fp8", "fp8_delayed"),
+                 help="config.model.matmul_precision (fp8_delayed: with fp8_scaling='delayed')")
   p.add_argument("--json", default="", help="also write the breakdown as JSON here")
   p.add_argument("--explain", type=int, default=0,
                  help="print the optimized HLO of the N costliest non-GEMM, non-attention "
@@ -97,6 +97,7 @@ def main() -> None:
 
   from growjax import config as config_lib
   from growjax import state as state_lib
+  from growjax import fp8
   from growjax import train
 
   parts = a.case.split(":")
@@ -105,13 +106,14 @@ def main() -> None:
   cfg = config_lib.base_config(preset)
   cfg.model.scan_unroll = int(parts[4]) if len(parts) > 4 else 1
   cfg.data.seq_len, cfg.train.global_batch_size, cfg.model.remat_policy = seq, batch, remat
-  cfg.model.matmul_precision = a.precision
+  fp8.set_precision(cfg.model, a.precision)
   setup = state_lib.build(cfg)
   state = state_lib.init_state(setup, jax.random.key(0))
   tokens = np.random.default_rng(0).integers(0, cfg.model.vocab_size, (batch, seq + 1),
                                              dtype=np.int32)
   data = train.to_global({"inputs": tokens[:, :-1], "targets": tokens[:, 1:]},
                          setup.batch_sharding)
+  state = train.fp8_ready(setup, state, data)   # delayed FP8: calibrated histories
   step = train.make_train_step(setup)
   with jax.set_mesh(setup.mesh):
     for _ in range(3):

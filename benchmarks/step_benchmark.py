@@ -53,6 +53,7 @@ def run_case(preset: str, batch: int, remat: str, seq: int, steps: int, warmup: 
   from growjax import config as config_lib
   from growjax import metrics
   from growjax import state as state_lib
+  from growjax import fp8
   from growjax import train
 
   cfg = config_lib.base_config(preset)
@@ -62,7 +63,7 @@ def run_case(preset: str, batch: int, remat: str, seq: int, steps: int, warmup: 
   if layers:
     cfg.model.num_layers = layers
   cfg.model.scan_unroll = unroll
-  cfg.model.matmul_precision = precision
+  fp8.set_precision(cfg.model, precision)
   cfg.model.single_document_fast_path = fast_path
   cfg.model.cudnn_packing = cudnn_packing
   if doc_len:
@@ -82,6 +83,7 @@ def run_case(preset: str, batch: int, remat: str, seq: int, steps: int, warmup: 
       host_batch.update(documents(rng, batch, seq, doc_len))
     host_batches.append(host_batch)
   batches = [train.to_global(b, setup.batch_sharding) for b in host_batches]
+  state = train.fp8_ready(setup, state, batches[0])   # delayed FP8: calibrated histories
   step_fn = train.make_train_step(setup)
   with jax.set_mesh(setup.mesh):
     t0 = time.perf_counter()
@@ -231,8 +233,9 @@ def main() -> None:
   p.add_argument("--out", default="", help="write all results as JSON here")
   p.add_argument("--doc_len", type=int, default=0,
                  help="packed documents of this mean length in tokens (0: no document keys)")
-  p.add_argument("--precision", default="bf16", choices=("bf16", "fp8"),
-                 help="config.model.matmul_precision of every case")
+  p.add_argument("--precision", default="bf16", choices=("bf16", "fp8", "fp8_delayed"),
+                 help="config.model.matmul_precision of every case (fp8_delayed: fp8 with "
+                      "fp8_scaling='delayed', calibrated before timing)")
   p.add_argument("--no_masking", action="store_true",
                  help="with --doc_len: config.data.document_masking=False")
   p.add_argument("--doc_batches", type=int, default=1,
@@ -290,7 +293,7 @@ def main() -> None:
     if "step_s" in r:
       print(f"| {r['preset']} ({r['params'] / 1e6:.0f}M) | {r['layers']} | {r['batch']}x{r['seq']} "
             f"| {r['remat']}{_unroll_note(r.get('unroll', 1))}"
-            f"{', fp8' if r.get('precision') == 'fp8' else ''}"
+            f"{', ' + r['precision'] if r.get('precision', 'bf16') != 'bf16' else ''}"
             f"{', docs ' + str(r['doc_len']) + (' masked' if r['document_masking'] else ' unmasked') if r.get('doc_len') else ''}"
             f"{_masking_note(r)} "
             f"| {r['step_s'] * 1e3:.1f} | {r['tokens_per_s']:,.0f} | "

@@ -72,6 +72,18 @@ def check_precision(value: str, field: str = "config.model.matmul_precision") ->
   return value
 
 
+# The precisions a benchmark names: 'fp8_delayed' is fp8 with fp8_scaling='delayed'.
+BENCHMARK_PRECISIONS = ("bf16", "fp8", "fp8_delayed")
+
+
+def set_precision(model_cfg, name: str) -> None:
+  """Sets `config.model`'s matmul_precision and fp8_scaling from a benchmark's name."""
+  if name not in BENCHMARK_PRECISIONS:
+    raise ValueError(f"precision {name!r} — choose one of {', '.join(BENCHMARK_PRECISIONS)}")
+  model_cfg.matmul_precision = "bf16" if name == "bf16" else "fp8"
+  model_cfg.fp8_scaling = "delayed" if name == "fp8_delayed" else "current"
+
+
 def check_scaling(value: str, history: int, where: str = "config.model") -> None:
   if value not in SCALINGS:
     raise ValueError(f"{where}.fp8_scaling={value!r} is not an FP8 scaling — choose one of "

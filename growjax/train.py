@@ -179,6 +179,16 @@ def _gradients(setup: Setup, state: TrainState, batch: dict, fast: bool, accum: 
   return grads, aux, seen
 
 
+def fp8_ready(setup: Setup, state: TrainState, batch: dict) -> TrainState:
+  """`state` with calibrated amax histories (for scripts that call the train step
+  directly, as `growjax train` does before its first step); unchanged without delayed
+  FP8 scaling or when they already hold observations."""
+  if state_lib.fp8_calibrated(state):
+    return state
+  with jax.set_mesh(setup.mesh):
+    return make_fp8_calibration(setup)(state, batch)
+
+
 def make_fp8_calibration(setup: Setup, ramp: mask_ramp.Plan | None = None
                          ) -> Callable[[TrainState, dict], TrainState]:
   """`(state, batch) -> state` with every amax history holding what one current-scaling
