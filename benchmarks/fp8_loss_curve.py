@@ -23,15 +23,18 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NAME, TITLE = "fp8_vs_bf16", "FP8 (current scaling) vs bf16"   # outputs and plot title
 MODEL = ("--config.model.num_layers=12 --config.model.embed_dim=768 "
          "--config.model.num_heads=12 --config.model.num_kv_heads=12 "
          "--config.model.mlp_dim=2048 --config.model.dtype=bfloat16")
 
 
-def command(precision: str, workdir: str, steps: int, batch: int = 32) -> list[str]:
+def command(precision: str, workdir: str, steps: int, batch: int = 32,
+            scaling: str = "current") -> list[str]:
   return ([sys.executable, "-m", "growjax", "train",
            f"--config={ROOT}/configs/repro/replica.py:run=scratch,steps={steps}",
            f"--workdir={workdir}", f"--config.model.matmul_precision={precision}",
+           f"--config.model.fp8_scaling={scaling}",
            f"--config.train.global_batch_size={batch}", "--config.train.eval_every=100",
            "--config.train.log_every=50", "--config.train.checkpoint_every=1000",
            f"--config.optimizer.warmup_steps={max(steps // 20, 1)}"] + MODEL.split())
@@ -54,11 +57,17 @@ def main() -> int:
   p.add_argument("--workdir", required=True)
   p.add_argument("--steps", type=int, default=2000)
   p.add_argument("--batch", type=int, default=32, help="sequences of 1024 tokens per step")
+  p.add_argument("--fp8_scaling", default="current", choices=("current", "delayed"),
+                 help="config.model.fp8_scaling of the fp8 run (delayed: outputs named "
+                      "fp8_delayed_vs_bf16.*)")
   p.add_argument("--plot_only", action="store_true",
                  help="redraw fp8_vs_bf16.png from the workdir's fp8_vs_bf16.json")
   a = p.parse_args()
+  global NAME, TITLE
+  if a.fp8_scaling == "delayed":
+    NAME, TITLE = "fp8_delayed_vs_bf16", "FP8 (delayed scaling) vs bf16"
   if a.plot_only:
-    saved = json.load(open(f"{a.workdir}/fp8_vs_bf16.json"))
+    saved = json.load(open(f"{a.workdir}/{NAME}.json"))
     curves = {k: tuple({int(s): v for s, v in saved[k][part].items()}
                        for part in ("train", "eval")) for k in ("bf16", "fp8")}
     be, fe = curves["bf16"][1], curves["fp8"][1]
@@ -71,7 +80,8 @@ def main() -> int:
   procs = {}
   for prec in ("bf16", "fp8"):
     log = open(f"{a.workdir}/{prec}.log", "w")
-    procs[prec] = subprocess.Popen(command(prec, f"{a.workdir}/{prec}", a.steps, a.batch), env=env,
+    procs[prec] = subprocess.Popen(command(prec, f"{a.workdir}/{prec}", a.steps, a.batch,
+                                           a.fp8_scaling), env=env,
                                    stdout=log, stderr=subprocess.STDOUT)
   codes = {k: p.wait() for k, p in procs.items()}
   if any(codes.values()):
@@ -91,7 +101,7 @@ def main() -> int:
              "max_abs_gap_after_quarter": max(abs(gaps[s]) for s in late),
              "bf16_train_last": bt[max(bt)], "fp8_train_last": ft[max(ft)]}
   print(json.dumps(summary))
-  with open(f"{a.workdir}/fp8_vs_bf16.json", "w") as f:
+  with open(f"{a.workdir}/{NAME}.json", "w") as f:
     json.dump({"summary": summary, "bf16": {"train": bt, "eval": be},
                "fp8": {"train": ft, "eval": fe}}, f)
   plot(curves, steps, gaps, a.workdir)
@@ -114,9 +124,9 @@ def plot(curves, steps, gaps, workdir):
   bx.plot(steps, [100 * gaps[s] for s in steps], "k.-")
   bx.axhline(1, color="r", ls=":"), bx.axhline(-1, color="r", ls=":")
   bx.set_xlabel("step"), bx.set_ylabel("fp8 - bf16 eval loss (%)")
-  fig.suptitle("FP8 (current scaling) vs bf16, 12L x 768, byte tokens, 1024 per sequence")
+  fig.suptitle(f"{TITLE}, 12L x 768, byte tokens, 1024 per sequence")
   fig.tight_layout()
-  fig.savefig(f"{workdir}/fp8_vs_bf16.png", dpi=110)
+  fig.savefig(f"{workdir}/{NAME}.png", dpi=110)
 
 
 if __name__ == "__main__":
