@@ -100,7 +100,8 @@ def train_case(cfg, per_device: int, remat: str = "") -> dict:
            for k in ("inputs", "targets")}
   with jax.set_mesh(setup.mesh):
     t0 = time.perf_counter()
-    compiled = train.make_train_step(setup).lower(setup.abstract_state, batch).compile()
+    compiled = train.make_train_step(setup).lower(train.step_abstract_state(setup),
+                                                  batch).compile()
   row = memory_row(compiled, setup.abstract_state)
   row.update(compile_s=time.perf_counter() - t0, params=setup.model_cfg.num_params(),
              what=f"train step, batch {cfg.train.global_batch_size}x{cfg.data.seq_len}, "

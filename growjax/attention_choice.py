@@ -91,7 +91,7 @@ def choose(cfg: ml_collections.ConfigDict, devices=None, log=None
   setup = state_lib.build(out, devices)
   with jax.set_mesh(setup.mesh):
     compiled = train_lib.make_train_step(setup).lower(
-        setup.abstract_state, abstract_batch(setup)).compile()
+        train_lib.step_abstract_state(setup), abstract_batch(setup)).compile()
   need = program_bytes(compiled)
   limit = device_limit(setup.mesh.devices.flat)
   gib = 2 ** 30

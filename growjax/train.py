@@ -222,6 +222,12 @@ def state_shardings(setup: Setup, ramp: mask_ramp.Plan | None) -> TrainState:
   return shardings.replace(masks=ramp.shardings(setup.mesh))
 
 
+def step_abstract_state(setup: Setup) -> TrainState:
+  """The abstract state the train step takes (to lower or compile it without arrays):
+  the model's, with delayed FP8 scaling's amax histories when the model uses them."""
+  return setup.abstract_state.replace(fp8_history=state_lib.fp8_history_abstract(setup))
+
+
 def abstract_state(setup: Setup, ramp: mask_ramp.Plan | None, step: int,
                    meta: dict | None = None) -> TrainState:
   """The abstract state a checkpoint of this run at `step` holds: with the masks when

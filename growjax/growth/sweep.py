@@ -410,7 +410,7 @@ def auto_jobs(cfg: ml_collections.ConfigDict, most: int,
     return 1, False
   with jax.set_mesh(setup.mesh):
     compiled = train_lib.make_train_step(setup).lower(
-        setup.abstract_state, attention_choice.abstract_batch(setup)).compile()
+        train_lib.step_abstract_state(setup), attention_choice.abstract_batch(setup)).compile()
   need = attention_choice.program_bytes(compiled)
   n = jobs_that_fit(need, limit, most)
   gib = 2 ** 30
