@@ -1,0 +1,175 @@
+"""Delayed FP8 scaling (`config.model.fp8_scaling='delayed'`, growjax.fp8).
+
+Histories filled from this step's tensors reproduce current scaling exactly; each
+projection reports the amax it saw through the gradient (a shared input once, micro-
+batches by max); the histories live in the train state, survive checkpoints (resume is
+bit-identical), are calibrated once where they start at zero, and every reader of the
+model's state (growth, export, evaluation) opens a checkpoint that holds them.
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from growjax import checkpoint as ckpt_lib
+from growjax import fp8
+from growjax import state as state_lib
+from growjax import train
+from growjax.model import ModelConfig, Transformer, init_fp8_history, init_params
+
+from test_train import _batches, tiny_config
+
+CFG = ModelConfig(vocab_size=64, num_layers=2, embed_dim=64, num_heads=4, num_kv_heads=2,
+                  head_dim=16, mlp_dim=128, dtype="float32", attention_impl="xla",
+                  remat_policy="dots", matmul_precision="fp8", fp8_scaling="delayed",
+                  fp8_amax_history=4)
+TOKENS = np.random.default_rng(0).integers(0, 64, size=(2, 32)).astype(np.int32)
+
+
+def _grads(cfg, params, history, calibrate=False):
+  def loss(p, h):
+    variables = {"params": p} if h is None else {"params": p, fp8.HISTORY_COLLECTION: h}
+    logits = Transformer(cfg).apply(variables, TOKENS)
+    return jax.nn.logsumexp(logits, -1).mean() - logits[..., 0].mean()
+  if calibrate:
+    with fp8.calibrating():
+      return jax.jit(jax.grad(loss, argnums=(0, 1)))(params, history)
+  return jax.jit(jax.grad(loss, argnums=(0, 1)))(params, history)
+
+
+def test_histories_of_this_step_reproduce_current_scaling_exactly():
+  params = jax.jit(init_params, static_argnums=0)(CFG, jax.random.key(0))
+  zero = init_fp8_history(CFG)
+  assert set(zero["layers"]["attn"]) == {"qkv_x", "q_g", "k_g", "v_g", "o_x", "o_g"}
+  assert set(zero["layers"]["mlp"]) == {"gate_up_x", "gate_g", "up_g", "down_x", "down_g"}
+  assert all(h.shape == (2, 4) for h in jax.tree.leaves(zero))   # (layers, history)
+  _, seen = _grads(CFG, params, zero, calibrate=True)
+  history = fp8.push_history(zero, seen)
+  g_delayed, seen_again = _grads(CFG, params, history)
+  g_current, _ = _grads(CFG.replace(fp8_scaling="current"), params, None)
+  jax.tree.map(np.testing.assert_array_equal, g_delayed, g_current)
+  jax.tree.map(np.testing.assert_array_equal, seen_again, seen)
+  for h in jax.tree.leaves(seen):          # the amax in slot 0, nothing elsewhere
+    assert (np.asarray(h[:, 0]) > 0).all() and not np.asarray(h[:, 1:]).any()
+  # Without histories (eval, sampling) the model scales by the current amax.
+  out = Transformer(CFG).apply({"params": params}, TOKENS)
+  ref = Transformer(CFG.replace(fp8_scaling="current")).apply({"params": params}, TOKENS)
+  np.testing.assert_array_equal(out, ref)
+
+
+def test_stale_histories_change_the_rounding_not_the_result_much():
+  params = jax.jit(init_params, static_argnums=0)(CFG, jax.random.key(0))
+  zero = init_fp8_history(CFG)
+  _, seen = _grads(CFG, params, zero, calibrate=True)
+  stale = jax.tree.map(lambda h: 4.0 * h, fp8.push_history(zero, seen))  # 4x too large
+  g_stale, _ = _grads(CFG, params, stale)
+  g_current, _ = _grads(CFG.replace(fp8_scaling="current"), params, None)
+  for a, b in zip(jax.tree.leaves(g_stale), jax.tree.leaves(g_current)):
+    assert np.isfinite(np.asarray(a)).all()
+    assert np.abs(a - b).max() <= 0.1 * np.abs(b).max() + 1e-6
+
+
+def test_a_shared_input_reports_its_amax_once():
+  x = jax.random.normal(jax.random.key(1), (8, 16)) * 3.0
+  w1, w2 = (jax.random.normal(jax.random.key(k), (16, 4)) for k in (2, 3))
+  hist = jnp.zeros((4,), jnp.float32)
+
+  def f(h):
+    y1 = fp8.delayed_einsum("te,ef->tf", x, w1, h, hist)
+    y2 = fp8.delayed_einsum("te,ef->tf", x, w2, h, hist, observe_x=False)
+    return (y1 + y2).sum()
+  with fp8.calibrating():
+    seen = jax.grad(f)(hist)
+  np.testing.assert_array_equal(seen, [float(jnp.abs(x).max()), 0, 0, 0])
+
+
+def test_push_history_is_newest_first():
+  h = jnp.array([[3.0, 2.0, 1.0]])
+  np.testing.assert_array_equal(fp8.push_history(h, jnp.array([[9.0, 0, 0]])), [[9, 3, 2]])
+
+
+def _delayed_config(**mesh):
+  c = tiny_config(**mesh)
+  c.model.matmul_precision, c.model.fp8_scaling = "fp8", "delayed"
+  return c
+
+
+def test_micro_batches_combine_amaxes_by_max_not_sum(data_dir):
+  batch = _batches(1)[0]
+  cfg = _delayed_config()
+  setup = state_lib.build(cfg, jax.devices()[:1])
+  state = state_lib.init_state(setup, jax.random.key(0))
+  halves = [{k: v[i::2] for k, v in batch.items()} for i in (0, 1)]   # rows (B/2, 2)
+  cfg_half = _delayed_config()
+  cfg_half.train.global_batch_size = 4
+  setup_half = state_lib.build(cfg_half, jax.devices()[:1])
+  fresh = lambda: jax.tree.map(jnp.copy, state)   # calibration donates its state
+  seen = [train.fp8_ready(setup_half, fresh(), train.to_global(h, setup_half.batch_sharding))
+          for h in halves]
+  cfg.train.grad_accum_steps = 2
+  setup = state_lib.build(cfg, jax.devices()[:1])
+  both = train.fp8_ready(setup, fresh(), train.to_global(batch, setup.batch_sharding))
+  want = jax.tree.map(jnp.maximum, seen[0].fp8_history, seen[1].fp8_history)
+  jax.tree.map(np.testing.assert_array_equal, both.fp8_history, want)
+
+
+def test_histories_resume_bit_identically_and_every_reader_opens_the_checkpoint(
+    tmp_path, data_dir):
+  cfg = _delayed_config()
+  cfg.train.steps = 6
+  devices = jax.devices()[:1]
+  straight = train.train(cfg, str(tmp_path / "a"), devices=devices)
+  train.train(cfg, str(tmp_path / "b"), devices=devices, stop_after_steps=4)
+  second = train.train(cfg, str(tmp_path / "b"), devices=devices)
+  assert second["loss"] == {k: v for k, v in straight["loss"].items() if k > 4}  # bit-exact
+  ck = ckpt_lib.Checkpoints(str(tmp_path / "b/checkpoints"), use_async=False)
+  meta = ck.meta(6)
+  assert meta[train.FP8_HISTORY_KEY] == 16
+  setup = state_lib.build(cfg, devices)
+  # The trainer's own view: the histories, shifted once per step after calibration.
+  state, _, _ = ck.restore(6, train.abstract_state(setup, None, 6, meta))
+  qkv = np.asarray(state.fp8_history["layers"]["attn"]["qkv_x"])
+  assert qkv.shape == (2, 16) and (qkv[:, :7] > 0).all() and not qkv[:, 7:].any()
+  a = ckpt_lib.Checkpoints(str(tmp_path / "a/checkpoints"), use_async=False)
+  other, _, _ = a.restore(6, train.abstract_state(setup, None, 6, meta))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state), jax.device_get(other))
+  # A reader of the model's state (growth, export, eval) leaves them on disk.
+  model_only, _, _ = ck.restore(6, setup.abstract_state)
+  assert model_only.fp8_history is None
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(model_only.params),
+               jax.device_get(state.params))
+  a.close(), ck.close()
+
+
+def test_a_bf16_checkpoint_continues_in_delayed_fp8_after_one_calibration(tmp_path, data_dir):
+  cfg = tiny_config()
+  cfg.train.steps = 4
+  train.train(cfg, str(tmp_path), devices=jax.devices()[:1])
+  cfg = _delayed_config()
+  cfg.train.steps = 6
+  out = train.train(cfg, str(tmp_path), devices=jax.devices()[:1])
+  assert sorted(out["loss"]) == [5, 6] and all(np.isfinite(list(out["loss"].values())))
+  meta = json.loads((tmp_path / "checkpoints/6/meta/metadata").read_text())
+  assert meta[train.FP8_HISTORY_KEY] == 16
+
+
+def test_the_lowered_step_takes_the_histories():
+  cfg = _delayed_config()
+  setup = state_lib.build(cfg, jax.devices()[:1])
+  abstract = train.step_abstract_state(setup)
+  assert jax.tree.structure(abstract.fp8_history) == jax.tree.structure(
+      init_fp8_history(setup.model_cfg))
+  from growjax import attention_choice
+  train.make_train_step(setup).lower(abstract, attention_choice.abstract_batch(setup))
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"fp8_scaling": "late"}, r"config.model.fp8_scaling='late'"),
+    ({"fp8_amax_history": 0}, r"config.model.fp8_amax_history=0"),
+])
+def test_bad_fp8_fields_are_refused_naming_them(change, match):
+  with pytest.raises(ValueError, match=match):
+    CFG.replace(**change).validate()
