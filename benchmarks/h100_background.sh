@@ -21,10 +21,17 @@ case "${1:-}" in
     fi
     mkdir -p "$DIR"
     : > "$DIR/log"; rm -f "$DIR/done" "$DIR/offset"
-    OUT="$DIR" setsid nohup bash -c "bash benchmarks/h100_table.sh $* >> '$DIR/log' 2>&1; \
+    # The table runs from its own copy of the tree: a later call that re-copies the
+    # working tree (the device tool's carry) must not pull files from under it.
+    rm -rf "$DIR/tree" && mkdir -p "$DIR/tree"
+    for part in setup.py growjax configs benchmarks .peer; do
+      [ -e "$part" ] && cp -r "$part" "$DIR/tree/"
+    done
+    (cd "$DIR/tree" && OUT="$DIR" PYTHONPATH="$DIR/tree${PYTHONPATH:+:$PYTHONPATH}" \
+      setsid nohup bash -c "bash benchmarks/h100_table.sh $* >> '$DIR/log' 2>&1; \
       echo \"rc=\$?\" > '$DIR/done'" > /dev/null 2>&1 &
-    echo $! > "$DIR/pid"
-    echo "h100_background: started '$*' (pid $!), log $DIR/log" ;;
+     echo $! > "$DIR/pid")
+    echo "h100_background: started '$*' (pid $(cat "$DIR/pid")) in $DIR/tree, log $DIR/log" ;;
   follow)
     limit="${2:-540}"; t0=$(date +%s)
     [ -f "$DIR/log" ] || { echo "h100_background: nothing started — run start first"; exit 2; }
