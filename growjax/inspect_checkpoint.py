@@ -57,6 +57,7 @@ def describe(checkpoint: str, step: int | None = None) -> dict:
              for name, m in _tree_leaves(tree) if getattr(m, "shape", None) is not None]
   params = [t for t in tensors if t[0].startswith("params/")]
   opt = [t for t in tensors if t[0].startswith("opt_state/")]
+  history = [t for t in tensors if t[0].startswith("fp8_history/")]
   model = meta.get("model")
   info = {
       "checkpoint": f"{directory}/{step}",
@@ -68,6 +69,9 @@ def describe(checkpoint: str, step: int | None = None) -> dict:
       "tensors": [{"name": n, "shape": list(s), "dtype": d} for n, s, d in params],
       "optimizer_state": {"present": bool(opt), "tensors": len(opt),
                           "values": int(sum(int(np.prod(s)) for _, s, _ in opt))},
+      # delayed FP8 scaling's amax histories (growjax.fp8): a training run's state
+      "fp8_history": {"tensors": len(history), "length": int(meta.get("fp8_history", 0)),
+                      "values": int(sum(int(np.prod(s)) for _, s, _ in history))},
       "data_position": _read_json(step_dir / "data" / "metadata") or None,
       "flops_seen": meta.get("flops_seen"),
       "global_batch_size": meta.get("global_batch_size"),
@@ -99,6 +103,10 @@ def format_text(info: dict) -> str:
   o = info["optimizer_state"]
   lines.append(f"optimizer    {'present' if o['present'] else 'absent'}"
                + (f": {o['tensors']} tensors, {o['values']:,} values" if o["present"] else ""))
+  h = info["fp8_history"]
+  if h["tensors"]:
+    lines.append(f"fp8 history  {h['tensors']} amax histories of {h['length']} steps "
+                 f"(delayed FP8 scaling), {h['values']:,} values")
   lines.append(f"data         {json.dumps(info['data_position']) if info['data_position'] else 'start of the stream (no position saved)'}")
   flops = info["flops_seen"]
   lines.append(f"flops seen   {flops:.4g}" if flops is not None else "flops seen   unknown")

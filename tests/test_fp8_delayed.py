@@ -10,6 +10,7 @@ model's state (growth, export, evaluation) opens a checkpoint that holds them.
 import json
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -86,6 +87,51 @@ def test_a_shared_input_reports_its_amax_once():
   np.testing.assert_array_equal(seen, [float(jnp.abs(x).max()), 0, 0, 0])
 
 
+def _cone(eqns, var) -> set:
+  """The primitives `var` depends on inside one jaxpr (its backward cone); a max
+  reduction is named with its operand's shape."""
+  producer = {id(o): e for e in eqns for o in e.outvars}
+  seen, todo, prims = set(), [var], set()
+  while todo:
+    v = todo.pop()
+    e = producer.get(id(v))
+    if e is None or id(e) in seen:
+      continue
+    seen.add(id(e))
+    prims.add(e.primitive.name + ("" if e.primitive.name != "reduce_max" else
+                                  f"{tuple(e.invars[0].aval.shape)}"))
+    todo.extend(x for x in e.invars if not isinstance(x, jax.extend.core.Literal))
+  return prims
+
+
+def _float8_casts(jaxpr):
+  return [e for e in jaxpr.eqns if e.primitive.name == "convert_element_type"
+          and "float8" in str(e.params["new_dtype"])]
+
+
+def test_the_delayed_cast_does_not_wait_for_an_amax_of_its_own_tensor():
+  # Why delayed scaling is faster: its cast to float8 depends on the history, not on a
+  # max-reduction of the tensor being cast, so XLA can fuse it into the op that makes
+  # the tensor. Current scaling's cast needs that reduction first.
+  x = jnp.ones((8, 16), jnp.bfloat16)
+  w = jnp.ones((16, 4), jnp.bfloat16)
+  hist = jnp.ones((4,), jnp.float32)
+  fwd = jax.make_jaxpr(fp8._delayed_fwd, static_argnums=(0, 5, 6, 7))(
+      "te,ef->tf", x, w, hist, hist, jnp.dtype(jnp.bfloat16), False, True).jaxpr
+  [x_cast, w_cast] = _float8_casts(fwd)
+  assert "reduce_max(8, 16)" not in _cone(fwd.eqns, x_cast.outvars[0])  # x: the history's
+  assert "reduce_max(4,)" in _cone(fwd.eqns, x_cast.outvars[0])
+  assert "reduce_max(16, 4)" in _cone(fwd.eqns, w_cast.outvars[0])      # w: current scaling
+  cur = jax.make_jaxpr(fp8._fp8_einsum_fwd, static_argnums=(0, 3))(
+      "te,ef->tf", x, w, jnp.dtype(jnp.bfloat16)).jaxpr
+  assert [r for c in _float8_casts(cur) for r in _cone(cur.eqns, c.outvars[0])
+          if r.startswith("reduce_max")] == ["reduce_max(8, 16)", "reduce_max(16, 4)"]
+  with fp8.calibrating():   # calibration scales by this step's amax, like current scaling
+    cal = jax.make_jaxpr(fp8._delayed_fwd, static_argnums=(0, 5, 6, 7))(
+        "te,ef->tf", x, w, hist, hist, jnp.dtype(jnp.bfloat16), True, True).jaxpr
+  assert "reduce_max(8, 16)" in _cone(cal.eqns, _float8_casts(cal)[0].outvars[0])
+
+
 def test_push_history_is_newest_first():
   h = jnp.array([[3.0, 2.0, 1.0]])
   np.testing.assert_array_equal(fp8.push_history(h, jnp.array([[9.0, 0, 0]])), [[9, 3, 2]])
@@ -136,6 +182,9 @@ def test_histories_resume_bit_identically_and_every_reader_opens_the_checkpoint(
   a = ckpt_lib.Checkpoints(str(tmp_path / "a/checkpoints"), use_async=False)
   other, _, _ = a.restore(6, train.abstract_state(setup, None, 6, meta))
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state), jax.device_get(other))
+  from growjax import inspect_checkpoint
+  assert inspect_checkpoint.describe(str(tmp_path / "b"))["fp8_history"] == {
+      "tensors": 11, "length": 16, "values": 11 * 2 * 16}
   # A reader of the model's state (growth, export, eval) leaves them on disk.
   model_only, _, _ = ck.restore(6, setup.abstract_state)
   assert model_only.fp8_history is None
