@@ -24,7 +24,6 @@ import re
 import shutil
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -261,13 +260,10 @@ def _with_saved_fp8_history(abstract_state: Any, meta: dict) -> Any:
   length = int(meta.get("fp8_history", 0) or 0)
   if not length or "model" not in meta:
     return abstract_state
-  from growjax.model import ModelConfig, init_fp8_history
-  model = ModelConfig.from_config(meta["model"]).replace(
-      matmul_precision="fp8", fp8_scaling="delayed", fp8_amax_history=length)
-  shapes = jax.eval_shape(lambda: init_fp8_history(model))
-  where = abstract_state.step.sharding
-  return abstract_state.replace(fp8_history=jax.tree.map(
-      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=where), shapes))
+  from growjax.model import ModelConfig
+  from growjax.state import saved_fp8_history
+  return abstract_state.replace(fp8_history=saved_fp8_history(
+      ModelConfig.from_config(meta["model"]), length, abstract_state.step.sharding))
 
 
 def _disk_full_error(e: BaseException, directory: str, step: int | None) -> BaseException:

@@ -131,9 +131,18 @@ def fp8_history_abstract(setup: Setup) -> Any:
   FP8 scaling."""
   if not uses_fp8_history(setup.model_cfg):
     return None
-  repl = sharding.replicated(setup.mesh)
-  shapes = jax.eval_shape(lambda: init_fp8_history(setup.model_cfg))
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), shapes)
+  return saved_fp8_history(setup.model_cfg, setup.model_cfg.fp8_amax_history,
+                           sharding.replicated(setup.mesh))
+
+
+def saved_fp8_history(model_cfg: ModelConfig, length: int, where) -> Any:
+  """The abstract amax histories a delayed-FP8 run of `model_cfg` with histories of
+  `length` steps holds (to restore its checkpoint), each placed as `where`."""
+  cfg = model_cfg.replace(matmul_precision="fp8", fp8_scaling="delayed",
+                          fp8_amax_history=length)
+  shapes = jax.eval_shape(lambda: init_fp8_history(cfg))
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=where),
+                      shapes)
 
 
 def with_fp8_history(setup: Setup, state: TrainState) -> TrainState:

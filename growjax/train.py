@@ -36,7 +36,6 @@ from growjax import sharding
 from growjax.model import ModelConfig, Transformer, head_kernel
 from growjax import fp8
 from growjax import state as state_lib
-from growjax.model import init_fp8_history
 from growjax.state import (Setup, TrainState, build, init_state, run_meta, to_host,
                            with_fp8_history)
 
@@ -236,12 +235,8 @@ def abstract_state(setup: Setup, ramp: mask_ramp.Plan | None, step: int,
   state = setup.abstract_state
   length = int((meta or {}).get(FP8_HISTORY_KEY, 0))
   if length:
-    cfg = setup.model_cfg.replace(matmul_precision="fp8", fp8_scaling="delayed",
-                                  fp8_amax_history=length)
-    repl = sharding.replicated(setup.mesh)
-    shapes = jax.eval_shape(lambda: init_fp8_history(cfg))
-    state = state.replace(fp8_history=jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), shapes))
+    state = state.replace(fp8_history=state_lib.saved_fp8_history(
+        setup.model_cfg, length, sharding.replicated(setup.mesh)))
   if ramp is None or not ramp.active(step):
     return state
   return state.replace(masks=ramp.abstract(setup.mesh))
