@@ -24,6 +24,8 @@
 # - profile_bf16 / profile_fp8 / profile_fp8_delayed: benchmarks/profile_step.py at 1.1B batch 24: kernel time by
 #   kind, the top kernels, and the 8 costliest XLA fusions as HLO (JSON under $OUT/h100_table).
 #   GROWJAX_UNROLL=0 profiles (and `train` runs) with every layer unrolled.
+# - attention: benchmarks/attention_kernels.py at the 1.1B (batch 24) and 410M (batch 32)
+#   shapes: cuDNN, XLA, Pallas Triton and Pallas Mosaic GPU, forward and backward (not yet run).
 # - maxtext / steps: the earlier sessions' part names (maxtext_1b; steps_bf16 steps_fp8 steps_24l).
 # - table: the peers table without profiles, fastest paths (unrolled; fp8 current and
 #   delayed; the real train command with GROWJAX_UNROLL), about 17 minutes: run it through
@@ -106,6 +108,10 @@ for part in $PARTS; do
         --config.train.eval_every=0 --config.train.checkpoint_every=1000 \
         --config.train.log_every=10 2>&1 | grep -E "step +[0-9]+|tok/s|rror|cudnn|packing|fast" | tail -6
       rm -rf "$W/checkpoints" ;;
+    attention)
+      echo "=== attention kernels, causal, forward and backward ($(date +%T))"
+      python3 benchmarks/attention_kernels.py --shape 1b --batch 24 --json "$OUT_DIR/attention_1b.json" 2>&1 | grep -E "^\||^1b|rror" | grep -v "^|---"
+      python3 benchmarks/attention_kernels.py --shape 410m --batch 32 --json "$OUT_DIR/attention_410m.json" 2>&1 | grep -E "^\||^410m|rror" | grep -v "^|---" ;;
     profile_bf16|profile_fp8|profile_fp8_delayed)
       prec="${part#profile_}"
       echo "=== profile 1.1B batch 24 $prec ($(date +%T))"

@@ -100,3 +100,24 @@ def test_profile_step_explains_a_fusion_from_the_optimized_hlo():
   assert "multiply" in explained and "convert" in explained, explained
   assert "root from: jit(<lambda>)/convert_element_type" in explained, explained
   assert profile_step.fusion_of("not_a_kernel_of_this_step", hlo) is None
+
+
+def test_attention_kernels_benchmark_checks_each_kernel_and_reports_what_cannot_run(
+    tmp_path, monkeypatch, capsys):
+  import importlib.util
+  import sys
+  spec = importlib.util.spec_from_file_location(
+      "attention_kernels", os.path.join(os.path.dirname(__file__), "..", "benchmarks",
+                                        "attention_kernels.py"))
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  out = tmp_path / "attention.json"
+  monkeypatch.setattr(sys, "argv", ["attention_kernels.py", "--shape", "tiny", "--batch",
+                                    "2", "--seq", "64", "--steps", "1", "--json", str(out)])
+  bench.main()
+  rows = {r["kernel"]: r for r in json.loads(out.read_text())["rows"]}
+  assert set(rows) == set(bench.KERNELS)
+  assert rows["xla"]["rel_error"] == 0 and rows["xla"]["forward_backward_ms"] > 0
+  # On the CPU the GPU kernels cannot run: each is a row with its reason, not a crash.
+  assert all(rows[k]["error"].startswith("forward: ") for k in ("cudnn", "pallas_mosaic"))
+  assert "| xla |" in capsys.readouterr().out
