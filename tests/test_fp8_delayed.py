@@ -8,6 +8,7 @@ model's state (growth, export, evaluation) opens a checkpoint that holds them.
 """
 
 import json
+import re
 
 import jax
 import jax.extend
@@ -215,10 +216,52 @@ def test_the_lowered_step_takes_the_histories():
   train.make_train_step(setup).lower(abstract, attention_choice.abstract_batch(setup))
 
 
-@pytest.mark.parametrize("change,match", [
-    ({"fp8_scaling": "late"}, r"config.model.fp8_scaling='late'"),
-    ({"fp8_amax_history": 0}, r"config.model.fp8_amax_history=0"),
+@pytest.mark.parametrize("flag,match", [
+    ("--config.model.fp8_scaling=late", r"config.model.fp8_scaling='late' is not an FP8 "
+                                        r"scaling — choose one of current, delayed"),
+    ("--config.model.fp8_amax_history=0", r"config.model.fp8_amax_history=0 must be a "
+                                          r"positive integer"),
 ])
-def test_bad_fp8_fields_are_refused_naming_them(change, match):
-  with pytest.raises(ValueError, match=match):
-    CFG.replace(**change).validate()
+def test_bad_fp8_fields_are_refused_in_one_line_before_any_compute(flag, match, tmp_path,
+                                                                    capsys):
+  from growjax import cli
+  try:
+    code = cli.main(["growjax", "train", "--config", "configs/tiny.py", flag,
+                     "--workdir", str(tmp_path / "w")])
+  except SystemExit as e:
+    code = e.code
+  assert code != 0
+  err = capsys.readouterr().err
+  assert re.search(r"^growjax train: " + match, err), err
+  assert len(err.strip().splitlines()) == 1
+  assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_on_a_mesh_the_histories_are_replicated_and_hold_the_global_amax(data_dir):
+  batches = _batches(3)
+
+  def run(cfg, devices):
+    setup = state_lib.build(cfg, devices)
+    state = state_lib.init_state(setup, jax.random.key(0))
+    step = train.make_train_step(setup)
+    losses = []
+    with jax.set_mesh(setup.mesh):
+      state = train.fp8_ready(setup, state, train.to_global(batches[0], setup.batch_sharding))
+      calibrated = jax.device_get(state.fp8_history)
+      for b in batches:
+        state, m = step(state, train.to_global(b, setup.batch_sharding))
+        losses.append(float(m["loss"]))
+    return losses, calibrated, state
+
+  one_losses, one_h, _ = run(_delayed_config(), jax.devices()[:1])
+  eight_losses, eight_h, eight = run(_delayed_config(data=2, fsdp=2, tensor=2), jax.devices())
+  for h in jax.tree.leaves(eight.fp8_history):
+    assert h.sharding.is_fully_replicated and len(h.sharding.device_set) == 8
+  # Same params, same batch: the amax of a sharded tensor is its global max (the partial
+  # maxima are all-reduced), so activations' amaxes agree to float rounding; gradients
+  # come from sums reduced in another order.
+  for group, hists in one_h["layers"].items():
+    for name, h in hists.items():
+      np.testing.assert_allclose(eight_h["layers"][group][name], h,
+                                 rtol=1e-5 if name.endswith("_x") else 1e-3)
+  np.testing.assert_allclose(eight_losses, one_losses, rtol=1e-4)
