@@ -29,13 +29,13 @@ from growjax import config as config_lib
 from growjax import data as data_lib
 from growjax import distributed
 from growjax import faults
+from growjax import fp8
 from growjax import loss as loss_lib
 from growjax import mask_ramp
 from growjax import metrics as metrics_lib
 from growjax import sharding
-from growjax.model import ModelConfig, Transformer, head_kernel
-from growjax import fp8
 from growjax import state as state_lib
+from growjax.model import ModelConfig, Transformer, head_kernel
 from growjax.state import (Setup, TrainState, build, init_state, run_meta, to_host,
                            with_fp8_history)
 
