@@ -7,7 +7,8 @@ spec: {"devices": fake CPU devices per process,
        "workdir" in args; one launch runs several scenarios because starting two
        processes (interpreter, imports, jax.distributed) costs more than most scenarios.
 names: "grow", "mesh" ({"meshes": [...], "steps": N, "decay_steps": N}), "unshared",
-       "train" ({"mesh": {...}, "steps": N, "checkpoint_every": N}).
+       "train" ({"mesh": {...}, "steps": N, "checkpoint_every": N}), "fp8_delayed"
+       ({"mesh": {...}, "steps": N, "checkpoint_every": N}).
 The file holds {name: that scenario's result}.
 """
 
@@ -107,7 +108,25 @@ def plain_train(args):
   return {"loss": history["loss"], "stopped_at": history["stopped_at"]}
 
 
-SCENARIOS = {"grow": grow, "mesh": mesh, "unshared": unshared, "train": plain_train}
+def fp8_delayed(args):
+  # Delayed FP8 scaling across processes: each process's own copy of the replicated amax
+  # histories, as checkpointed at the last step (every process reads them back).
+  from growjax import checkpoint as ckpt_lib
+  cfg = plain_config(args["mesh"], args)
+  cfg.model.matmul_precision, cfg.model.fp8_scaling = "fp8", "delayed"
+  history = train.train(cfg, args["workdir"])
+  setup = state_lib.build(cfg)
+  ck = ckpt_lib.Checkpoints(f"{args['workdir']}/checkpoints", use_async=False)
+  step = ck.latest_step()
+  state, _, _ = ck.restore(step, train.abstract_state(setup, None, step, ck.meta(step)))
+  ck.close()
+  flat = jax.tree_util.tree_flatten_with_path(state_lib.to_host(state.fp8_history))[0]
+  return {"loss": history["loss"],
+          "history": {jax.tree_util.keystr(k): np.asarray(v).tolist() for k, v in flat}}
+
+
+SCENARIOS = {"grow": grow, "mesh": mesh, "unshared": unshared, "train": plain_train,
+             "fp8_delayed": fp8_delayed}
 out = {name: SCENARIOS[name](args) for name, args in spec["scenarios"].items()}
 with open(f"{spec['out']}.{pid}", "w") as f:
   json.dump(out, f)

@@ -17,6 +17,7 @@ import pytest
 from growjax import checkpoint as ckpt_lib
 from growjax import data
 from growjax.growth import stages
+from growjax import state as state_lib
 from growjax import train
 from test_stages import grow_config
 from test_train import tiny_config
@@ -86,6 +87,7 @@ def test_grow_run_two_processes_match_one_and_agree_on_the_stage(tmp_path, data_
 
 MESHES = [{"tensor": 2}, {"fsdp": 2}]
 SIGTERM_STEPS = 150
+FP8_ARGS = {"mesh": {"fsdp": 2}, "steps": 4, "checkpoint_every": 4}
 
 
 def _single(mesh, steps, workdir, **train_kw):
@@ -96,6 +98,23 @@ def _single(mesh, steps, workdir, **train_kw):
   cfg.train.update(train_kw)
   cfg.optimizer.decay_steps = SIGTERM_STEPS
   return train.train(cfg, workdir, devices=jax.devices()[:2])["loss"]
+
+
+def _fp8_single(workdir):
+  """The delayed-FP8 scenario in one process on 2 devices: losses and histories."""
+  cfg = tiny_config(**FP8_ARGS["mesh"])
+  cfg.train.steps, cfg.train.checkpoint_every = FP8_ARGS["steps"], FP8_ARGS["checkpoint_every"]
+  cfg.train.eval_every = 0
+  cfg.model.matmul_precision, cfg.model.fp8_scaling = "fp8", "delayed"
+  devices = jax.devices()[:2]
+  loss = train.train(cfg, workdir, devices=devices)["loss"]
+  setup = state_lib.build(cfg, devices)
+  ck = ckpt_lib.Checkpoints(f"{workdir}/checkpoints", use_async=False)
+  step = ck.latest_step()
+  state, _, _ = ck.restore(step, train.abstract_state(setup, None, step, ck.meta(step)))
+  ck.close()
+  flat = jax.tree_util.tree_flatten_with_path(jax.device_get(state.fp8_history))[0]
+  return loss, {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
 
 
 @pytest.fixture(scope="module")
@@ -112,10 +131,11 @@ def launched(tmp_path_factory, data_dir):
       "unshared": {"workdir": str(root / "w")},
       "mesh": {"meshes": MESHES, "steps": 6, "decay_steps": steps,
                "workdir": str(root / "mesh")},
+      "fp8_delayed": dict(FP8_ARGS, workdir=str(root / "fp8")),
       "train": train_args}}
   data.prepare_inline(tiny_config().data)   # once, here, not raced by the two processes
   procs, logs = _start(root / "first", data_dir, spec)
-  deadline = time.time() + 240
+  deadline = time.time() + 360   # the scenarios before "train" run first
   while time.time() < deadline:
     logs[0].seek(0)
     if f"step 8/{steps}" in logs[0].read():
@@ -132,10 +152,11 @@ def launched(tmp_path_factory, data_dir):
   procs, logs = _start(root / "second", data_dir, resume)
   singles = [_single(mesh, 6, str(root / f"single{i}")) for i, mesh in enumerate(MESHES)]
   straight = _single({"fsdp": 2}, steps, str(root / "straight"), checkpoint_every=1000)
+  fp8_single = _fp8_single(str(root / "fp8_single"))
   resumed, resumed_texts = _finish(procs, logs, resume)
   return dict(root=root, first=first, texts=texts, stopped_step=stopped_step,
               resumed=[o["train"] for o in resumed], resumed_texts=resumed_texts,
-              singles=singles, straight=straight)
+              singles=singles, straight=straight, fp8_single=fp8_single)
 
 
 def test_meshes_spanning_processes_get_the_rows_their_sharding_names(launched):
@@ -188,3 +209,22 @@ def test_a_workdir_the_processes_do_not_share_is_refused(launched):
   for out in launched["first"]:
     assert "is not shared: processes [1]" in out["unshared"]["error"]
   assert not list((launched["root"] / "w" / "p0").iterdir())  # the marker is removed
+
+
+def test_delayed_fp8_histories_are_the_same_on_every_process(launched):
+  """Delayed FP8 over 2 processes: both calibrate at the first step and hold identical
+  copies of the replicated amax histories, which match one process's run on the same
+  mesh (activations' amaxes to float rounding, gradients' to fp8 rounding), as do the
+  losses."""
+  outs = [o["fp8_delayed"] for o in launched["first"]]
+  assert outs[0]["history"] == outs[1]["history"]       # bit for bit, every process
+  assert sum("fp8: amax histories calibrated" in t for t in launched["texts"]) == 1  # proc 0 logs
+  single_loss, single_hist = launched["fp8_single"]
+  assert set(outs[0]["history"]) == set(single_hist) and len(single_hist) == 11
+  for key, value in single_hist.items():
+    got = np.array(outs[0]["history"][key])
+    assert got.shape == value.shape == (2, 16) and (got[:, :5] > 0).all()  # calibration + 4
+    np.testing.assert_allclose(got, value, rtol=1e-5 if key.endswith("_x']") else 5e-2)
+  steps = sorted(single_loss)
+  np.testing.assert_allclose([outs[0]["loss"][str(s)] for s in steps],
+                             [single_loss[s] for s in steps], rtol=1e-4)
