@@ -265,3 +265,22 @@ def test_on_a_mesh_the_histories_are_replicated_and_hold_the_global_amax(data_di
       np.testing.assert_allclose(eight_h["layers"][group][name], h,
                                  rtol=1e-5 if name.endswith("_x") else 1e-3)
   np.testing.assert_allclose(eight_losses, one_losses, rtol=1e-4)
+
+
+def test_a_changed_history_length_keeps_the_newest_amaxes():
+  long = state_lib.build(_delayed_config(), jax.devices()[:1])
+  cfg = _delayed_config()
+  cfg.model.fp8_amax_history = 4
+  short = state_lib.build(cfg, jax.devices()[:1])
+  state = state_lib.init_state(long, jax.random.key(0))
+  filled = jax.tree.map(lambda h: jnp.broadcast_to(jnp.arange(1.0, 17.0), h.shape),
+                        state.fp8_history)
+  cut = state_lib.with_fp8_history(short, state.replace(fp8_history=filled))
+  for h in jax.tree.leaves(cut.fp8_history):
+    np.testing.assert_array_equal(h, [[1, 2, 3, 4]] * 2)          # newest first
+  grown = state_lib.with_fp8_history(long, cut)
+  for h in jax.tree.leaves(grown.fp8_history):
+    np.testing.assert_array_equal(h[:, :4], [[1, 2, 3, 4]] * 2)
+    assert not np.asarray(h[:, 4:]).any()
+  assert state_lib.with_fp8_history(state_lib.build(tiny_config(), jax.devices()[:1]),
+                                    cut).fp8_history is None    # bf16: dropped
