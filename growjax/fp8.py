@@ -44,7 +44,10 @@ their *cotangent* (slot 0 of a history-shaped array, zeros elsewhere), so one
 the layer scan; `push_history` then shifts them in (growjax.train). Under gradient
 accumulation observations combine by `max`, not by sum. Zero histories (a fresh or grown
 model, a checkpoint without them) are calibrated once with current scaling: under
-`calibrating()` the same function scales by this step's amax.
+`calibrating()` the same function scales by this step's amax. (`flax.linen.fp8_ops`
+carries the same kind of state through the gradient, but quantizes by a
+quantize-dequantize round trip around a bf16 dot: the form XLA's simplifier folds away
+here, see above.)
 
 This module knows nothing about the model; `growjax.model` chooses per matmul with
 `config.model.matmul_precision` ('bf16' | 'fp8') and `config.model.fp8_scaling`.
