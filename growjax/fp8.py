@@ -44,10 +44,17 @@ their *cotangent* (slot 0 of a history-shaped array, zeros elsewhere), so one
 the layer scan; `push_history` then shifts them in (growjax.train). Under gradient
 accumulation observations combine by `max`, not by sum. Zero histories (a fresh or grown
 model, a checkpoint without them) are calibrated once with current scaling: under
-`calibrating()` the same function scales by this step's amax. (`flax.linen.fp8_ops`
-carries the same kind of state through the gradient, but quantizes by a
-quantize-dequantize round trip around a bf16 dot: the form XLA's simplifier folds away
-here, see above.)
+`calibrating()` the same function scales by this step's amax.
+
+Why not `flax.linen.fp8_ops`. Its `Fp8DirectDotGeneralOp` also does delayed scaling
+with float8 dots and carries its state through the gradient, but as values to
+overwrite with. Under gradient accumulation those values would be summed over the
+micro-batches; the observations here combine by max. It also keeps one history per
+operand of every dot, so q, k and v would cast their shared input three times, where
+here one history serves them. Its forward also saves the unquantized operands for the
+backward. And it is a `dot_general` module, while the model's projections are einsums
+over declared parameters. (Its `Fp8DotGeneralOp` quantizes by a round trip around a bf16
+dot, the form XLA's simplifier folds away here, see above.)
 
 This module knows nothing about the model; `growjax.model` chooses per matmul with
 `config.model.matmul_precision` ('bf16' | 'fp8') and `config.model.fp8_scaling`.
