@@ -214,10 +214,12 @@ class Checkpoints:
   def complete_steps(self) -> list[int]:
     return _complete_steps(epath.Path(self.directory))
 
-  def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
-    """Restores into `abstract_state`'s structure, dtypes and shardings. The amax
-    histories of a delayed-FP8 training run are left on disk when `abstract_state` has
-    none (growth, export, evaluation read the model's state)."""
+  def restore(self, step: int, abstract_state: Any, keep_fp8_history: bool = False
+              ) -> tuple[Any, dict, dict]:
+    """Restores into `abstract_state`'s structure, dtypes and shardings. A delayed-FP8
+    training run's amax histories come back at their saved shapes with
+    `keep_fp8_history` (the trainer fits them to its run), and stay on disk otherwise
+    (growth, export, evaluation read the model's state)."""
     target = abstract_state
     if getattr(abstract_state, "fp8_history", 0) is None:
       target = _with_saved_fp8_history(abstract_state, self.meta(step))
@@ -226,7 +228,7 @@ class Checkpoints:
         data=ocp.args.JsonRestore(),
         meta=ocp.args.JsonRestore()))
     state = out.state
-    if target is not abstract_state:
+    if target is not abstract_state and not keep_fp8_history:
       state = state.replace(fp8_history=None)
     return state, out.data, out.meta
 
@@ -253,11 +255,14 @@ class Checkpoints:
     self.manager.close()
 
 
+FP8_HISTORY_META = "fp8_history"   # meta key: length of the amax histories a step holds
+
+
 def _with_saved_fp8_history(abstract_state: Any, meta: dict) -> Any:
   """`abstract_state` with the amax histories the checkpoint holds (its meta's
   `fp8_history` length, the model of its meta; replicated like the step counter), so
   that a reader of the model's state restores a delayed-FP8 training checkpoint."""
-  length = int(meta.get("fp8_history", 0) or 0)
+  length = int(meta.get(FP8_HISTORY_META, 0) or 0)
   if not length or "model" not in meta:
     return abstract_state
   from growjax.model import ModelConfig

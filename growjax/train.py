@@ -112,15 +112,11 @@ def make_train_step(setup: Setup, ramp: mask_ramp.Plan | None = None
   state carries the masks, the step computes with them and writes the next step's.
   With the single-document fast path (`fast_path_enabled`), each micro-batch (the whole
   batch without accumulation) chooses its branch on its own."""
-  cfg, mcfg, tx = setup.cfg, setup.model_cfg, setup.tx
-  fast = fast_path_enabled(setup)
-  accum = int(cfg.train.grad_accum_steps)
-  micro_sharding = NamedSharding(setup.mesh, P(None, *setup.batch_sharding.spec))
+  cfg, tx = setup.cfg, setup.tx
 
   def step_fn(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     with sharding.activation_sharding(setup.mesh, setup.rules):
-      grads, aux, seen = _gradients(setup, state, model_batch(batch, cfg), fast, accum,
-                                    micro_sharding)
+      grads, aux, seen = _gradients(setup, state, model_batch(batch, cfg))
       updates, opt_state = tx.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
       grad_norm = optax.global_norm(grads)
@@ -144,16 +140,17 @@ def make_train_step(setup: Setup, ramp: mask_ramp.Plan | None = None
                  donate_argnums=0)
 
 
-def _gradients(setup: Setup, state: TrainState, batch: dict, fast: bool, accum: int,
-               micro_sharding) -> tuple[Any, dict, Any]:
+def _gradients(setup: Setup, state: TrainState, batch: dict) -> tuple[Any, dict, Any]:
   """(gradients, loss metrics, observed FP8 amaxes) of one batch, averaged over
-  `accum` micro-batches; the amaxes (None without delayed FP8 scaling) are the largest
-  any micro-batch saw."""
+  `config.train.grad_accum_steps` micro-batches; the amaxes (None without delayed FP8
+  scaling) are the largest any micro-batch saw. With the single-document fast path
+  (`fast_path_enabled`), each micro-batch chooses its branch on its own."""
   cfg, mcfg = setup.cfg, setup.model_cfg
+  accum = int(cfg.train.grad_accum_steps)
   grad_fn = jax.value_and_grad(
       lambda ph, b: loss_fn(ph[0], b, mcfg, cfg.train, cfg.train.z_loss, state.masks, ph[1]),
       has_aux=True)
-  if fast:
+  if fast_path_enabled(setup):
     grad_fn = single_document_cond(grad_fn)
   differentiated = (state.params, state.fp8_history)
   if accum == 1:
@@ -162,7 +159,8 @@ def _gradients(setup: Setup, state: TrainState, batch: dict, fast: bool, accum: 
   # Rows (B/A, A) keep each device's rows on that device for every micro-batch.
   micro = jax.tree.map(
       lambda x: x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1), batch)
-  micro = jax.lax.with_sharding_constraint(micro, micro_sharding)
+  micro = jax.lax.with_sharding_constraint(
+      micro, NamedSharding(setup.mesh, P(None, *setup.batch_sharding.spec)))
 
   def accumulate(carry, mb):
     (_, aux), (g, s) = grad_fn(differentiated, mb)
@@ -194,15 +192,9 @@ def make_fp8_calibration(setup: Setup, ramp: mask_ramp.Plan | None = None
   forward and backward pass over `batch` observes (params untouched): run once before
   the first delayed-scaling step of a fresh, grown or imported model, so that step
   scales exactly as current scaling would."""
-  cfg = setup.cfg
-  fast = fast_path_enabled(setup)
-  accum = int(cfg.train.grad_accum_steps)
-  micro_sharding = NamedSharding(setup.mesh, P(None, *setup.batch_sharding.spec))
-
   def calibrate(state: TrainState, batch: dict) -> TrainState:
     with sharding.activation_sharding(setup.mesh, setup.rules), fp8.calibrating():
-      _, _, seen = _gradients(setup, state, model_batch(batch, cfg), fast, accum,
-                              micro_sharding)
+      _, _, seen = _gradients(setup, state, model_batch(batch, setup.cfg))
     zero = jax.tree.map(jnp.zeros_like, state.fp8_history)
     return state.replace(fp8_history=fp8.push_history(zero, seen))
 
@@ -227,22 +219,14 @@ def step_abstract_state(setup: Setup) -> TrainState:
   return setup.abstract_state.replace(fp8_history=state_lib.fp8_history_abstract(setup))
 
 
-def abstract_state(setup: Setup, ramp: mask_ramp.Plan | None, step: int,
-                   meta: dict | None = None) -> TrainState:
+def abstract_state(setup: Setup, ramp: mask_ramp.Plan | None, step: int) -> TrainState:
   """The abstract state a checkpoint of this run at `step` holds: with the masks when
-  `step` is inside the ramp, with amax histories when its writer kept them (`meta`'s
-  `fp8_history`: their length; `state.with_fp8_history` then fits them to this run)."""
-  state = setup.abstract_state
-  length = int((meta or {}).get(FP8_HISTORY_KEY, 0))
-  if length:
-    state = state.replace(fp8_history=state_lib.saved_fp8_history(
-        setup.model_cfg, length, sharding.replicated(setup.mesh)))
+  `step` is inside the ramp. (Delayed FP8's amax histories, where its writer kept them,
+  come back through `Checkpoints.restore(..., keep_fp8_history=True)` at their saved
+  shapes, and `state.with_fp8_history` fits them to this run.)"""
   if ramp is None or not ramp.active(step):
-    return state
-  return state.replace(masks=ramp.abstract(setup.mesh))
-
-
-FP8_HISTORY_KEY = "fp8_history"   # checkpoint meta: length of the amax histories kept
+    return setup.abstract_state
+  return setup.abstract_state.replace(masks=ramp.abstract(setup.mesh))
 
 
 def make_eval_step(setup: Setup, ramp: mask_ramp.Plan | None = None
@@ -355,7 +339,8 @@ def restore_or_init(setup: Setup, checkpoints: ckpt_lib.Checkpoints, data_iter, 
       _check_same_model(meta, setup, checkpoints.directory, latest)
       try:
         state, data_state, meta = checkpoints.restore(
-            latest, abstract_state(setup, mask_ramp.restored(meta), latest, meta))
+            latest, abstract_state(setup, mask_ramp.restored(meta), latest),
+            keep_fp8_history=True)
         state = with_fp8_history(setup, state)
       except Exception as e:  # noqa: BLE001 - a restore failure of a checked step = damage
         problem = (step_dir, f"restore failed ({type(e).__name__}: "
@@ -401,7 +386,7 @@ def restore_or_init(setup: Setup, checkpoints: ckpt_lib.Checkpoints, data_iter, 
     ramp = mask_ramp.from_grown(meta, step, cfg.growth.get("mask_ramp_steps", 0),
                                 f"config.train.init_from={cfg.train.init_from!r}")
     source = ckpt_lib.Checkpoints(directory, use_async=False)
-    state, data_state, _ = source.restore(step, abstract_state(setup, None, step, meta))
+    state, data_state, _ = source.restore(step, setup.abstract_state, keep_fp8_history=True)
     state = with_fp8_history(setup, state)
     source.close()
     if data_state:
@@ -636,7 +621,7 @@ class _Loop:
     self.meta = dict(run_meta(setup),
                      small_stage_flops=float(restored_meta.get("small_stage_flops", 0.0)))
     if self.state.fp8_history is not None:
-      self.meta[FP8_HISTORY_KEY] = setup.model_cfg.fp8_amax_history
+      self.meta[ckpt_lib.FP8_HISTORY_META] = setup.model_cfg.fp8_amax_history
     # MSG growth: while the state holds masks, the ramp's steps; then the plain ones.
     self.ramp = mask_ramp.restored(restored_meta)
     if self.ramp is not None:
@@ -777,7 +762,7 @@ class _Loop:
                        f"no checkpoint to roll back to; continuing")
       return False
     self.state, _, _ = self.checkpoints.restore(
-        latest, abstract_state(self.setup, self.ramp, latest, self.meta))
+        latest, abstract_state(self.setup, self.ramp, latest), keep_fp8_history=True)
     self.state = with_fp8_history(self.setup, self.state)
     self.replay_batch = self.last[2]
     self.last = None

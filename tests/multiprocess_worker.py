@@ -118,7 +118,7 @@ def fp8_delayed(args):
   setup = state_lib.build(cfg)
   ck = ckpt_lib.Checkpoints(f"{args['workdir']}/checkpoints", use_async=False)
   step = ck.latest_step()
-  state, _, _ = ck.restore(step, train.abstract_state(setup, None, step, ck.meta(step)))
+  state, _, _ = ck.restore(step, setup.abstract_state, keep_fp8_history=True)
   ck.close()
   flat = jax.tree_util.tree_flatten_with_path(state_lib.to_host(state.fp8_history))[0]
   return {"loss": history["loss"],

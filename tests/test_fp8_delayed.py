@@ -174,14 +174,14 @@ def test_histories_resume_bit_identically_and_every_reader_opens_the_checkpoint(
   assert second["loss"] == {k: v for k, v in straight["loss"].items() if k > 4}  # bit-exact
   ck = ckpt_lib.Checkpoints(str(tmp_path / "b/checkpoints"), use_async=False)
   meta = ck.meta(6)
-  assert meta[train.FP8_HISTORY_KEY] == 16
+  assert meta[ckpt_lib.FP8_HISTORY_META] == 16
   setup = state_lib.build(cfg, devices)
   # The trainer's own view: the histories, shifted once per step after calibration.
-  state, _, _ = ck.restore(6, train.abstract_state(setup, None, 6, meta))
+  state, _, _ = ck.restore(6, setup.abstract_state, keep_fp8_history=True)
   qkv = np.asarray(state.fp8_history["layers"]["attn"]["qkv_x"])
   assert qkv.shape == (2, 16) and (qkv[:, :7] > 0).all() and not qkv[:, 7:].any()
   a = ckpt_lib.Checkpoints(str(tmp_path / "a/checkpoints"), use_async=False)
-  other, _, _ = a.restore(6, train.abstract_state(setup, None, 6, meta))
+  other, _, _ = a.restore(6, setup.abstract_state, keep_fp8_history=True)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state), jax.device_get(other))
   from growjax import inspect_checkpoint
   assert inspect_checkpoint.describe(str(tmp_path / "b"))["fp8_history"] == {
@@ -203,7 +203,7 @@ def test_a_bf16_checkpoint_continues_in_delayed_fp8_after_one_calibration(tmp_pa
   out = train.train(cfg, str(tmp_path), devices=jax.devices()[:1])
   assert sorted(out["loss"]) == [5, 6] and all(np.isfinite(list(out["loss"].values())))
   meta = json.loads((tmp_path / "checkpoints/6/meta/metadata").read_text())
-  assert meta[train.FP8_HISTORY_KEY] == 16
+  assert meta[ckpt_lib.FP8_HISTORY_META] == 16
 
 
 def test_the_lowered_step_takes_the_histories():

@@ -111,7 +111,7 @@ def _fp8_single(workdir):
   setup = state_lib.build(cfg, devices)
   ck = ckpt_lib.Checkpoints(f"{workdir}/checkpoints", use_async=False)
   step = ck.latest_step()
-  state, _, _ = ck.restore(step, train.abstract_state(setup, None, step, ck.meta(step)))
+  state, _, _ = ck.restore(step, setup.abstract_state, keep_fp8_history=True)
   ck.close()
   flat = jax.tree_util.tree_flatten_with_path(jax.device_get(state.fp8_history))[0]
   return loss, {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
