@@ -41,7 +41,7 @@ case "${1:-}" in
       if [ "$size" -gt "$off" ]; then tail -c +"$((off + 1))" "$DIR/log" | head -c $((size - off)); echo "$size" > "$DIR/offset"; fi
       if [ -f "$DIR/done" ]; then
         echo "h100_background: table done ($(cat "$DIR/done"))"
-        [ -n "${OUT:-}" ] && cp -r "$DIR/log" "$DIR"/h100_table/*.json "$OUT"/ 2>/dev/null
+        [ -n "${OUT:-}" ] && cp -r "$DIR/log" "$DIR"/h100_table "$OUT"/ 2>/dev/null
         exit 0
       fi
       [ $(( $(date +%s) - t0 )) -ge "$limit" ] && { echo "h100_background: still running — follow again"; exit 0; }

@@ -24,6 +24,8 @@
 # - profile_bf16 / profile_fp8 / profile_fp8_delayed: benchmarks/profile_step.py at 1.1B batch 24: kernel time by
 #   kind, the top kernels, and the 8 costliest XLA fusions as HLO (JSON under $OUT/h100_table).
 #   GROWJAX_UNROLL=0 profiles (and `train` runs) with every layer unrolled.
+# - loss_fp8_delayed: benchmarks/fp8_loss_curve.py --fp8_scaling delayed, 2,000 steps at
+#   batch 16 (both runs at once, about 4 minutes); curves, plot and JSON under $OUT/h100_table.
 # - attention: benchmarks/attention_kernels.py at the 1.1B (batch 24) and 410M (batch 32)
 #   shapes: cuDNN, XLA, Pallas Triton and Pallas Mosaic GPU, forward and backward (not yet run).
 # - maxtext / steps: the earlier sessions' part names (maxtext_1b; steps_bf16 steps_fp8 steps_24l).
@@ -108,6 +110,12 @@ for part in $PARTS; do
         --config.train.eval_every=0 --config.train.checkpoint_every=1000 \
         --config.train.log_every=10 2>&1 | grep -E "step +[0-9]+|tok/s|rror|cudnn|packing|fast" | tail -6
       rm -rf "$W/checkpoints" ;;
+    loss_fp8_delayed)
+      echo "=== FP8 delayed scaling against bf16, 12L x 768, 2,000 steps on real text ($(date +%T))"
+      W="$OUT_DIR/fp8_delayed_curve"
+      python3 benchmarks/fp8_loss_curve.py --workdir "$W" --steps 2000 --batch 16 \
+        --fp8_scaling delayed 2>&1 | grep -vE "^(W|I)[0-9]{4}" | tail -30
+      rm -rf "$W"/bf16/checkpoints "$W"/fp8/checkpoints ;;
     attention)
       echo "=== attention kernels, causal, forward and backward ($(date +%T))"
       python3 benchmarks/attention_kernels.py --shape 1b --batch 24 --json "$OUT_DIR/attention_1b.json" 2>&1 | grep -E "^\||^1b|rror" | grep -v "^|---"
