@@ -24,6 +24,8 @@
 # - profile_bf16 / profile_fp8 / profile_fp8_delayed: benchmarks/profile_step.py at 1.1B batch 24: kernel time by
 #   kind, the top kernels, and the 8 costliest XLA fusions as HLO (JSON under $OUT/h100_table).
 #   GROWJAX_UNROLL=0 profiles (and `train` runs) with every layer unrolled.
+# - flags_1b: 1.1B unrolled, bf16 and fp8 delayed, under MaxText's XLA flags (triton GEMM
+#   off, latency-hiding scheduler, command buffers off, no rematerialization pass).
 # - loss_fp8_delayed: benchmarks/fp8_loss_curve.py --fp8_scaling delayed, 2,000 steps at
 #   batch 16 (both runs at once, about 4 minutes); curves, plot and JSON under $OUT/h100_table.
 # - attention: benchmarks/attention_kernels.py at the 1.1B (batch 24) and 410M (batch 32)
@@ -48,6 +50,9 @@ export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.94}"
 B="python3 benchmarks/step_benchmark.py --steps $STEPS --warmup 2"
 REMAT="${GROWJAX_REMAT:-dots}"   # not $REMAT: the MaxText runner reads that one
 UNROLL="${GROWJAX_UNROLL:-1}"    # config.model.scan_unroll of the train and profile parts (0: all)
+# The single-GPU XLA flags of MaxText's recipe (../shared/peers/maxtext/run_gpu.sh).
+MAXTEXT_XLA_FLAGS="--xla_gpu_enable_latency_hiding_scheduler=true --xla_gpu_enable_triton_gemm=false \
+--xla_gpu_enable_command_buffer= --xla_disable_hlo_passes=rematerialization"
 M410="decoder_block=llama2 base_num_decoder_layers=24 base_emb_dim=1024 \
 base_num_query_heads=16 base_num_kv_heads=16 head_dim=64 base_mlp_dim=2816 vocab_size=32000 \
 max_target_length=2048 mlp_activations=[silu,linear] logits_via_embedding=false \
@@ -89,6 +94,12 @@ for part in $PARTS; do
       echo "=== growjax step benchmark, $prec, layers unrolled ($(date +%T))"
       $B --precision "$prec" --case 1b:24:$REMAT:2048:0 --case 410m:32:$REMAT:2048:0 \
         --out "$OUT_DIR/$part.json" 2>&1 | grep -E "^\| [0-9a-z]|FAILED|device|fused attention" ;;
+    flags_1b)
+      echo "=== growjax step benchmark, 1.1B unrolled under MaxText's XLA flags ($(date +%T))"
+      XLA_FLAGS="$MAXTEXT_XLA_FLAGS" $B --case 1b:24:$REMAT:2048:0 --out "$OUT_DIR/flags_bf16.json" \
+        2>&1 | grep -E "^\| [0-9a-z]|FAILED|device"
+      XLA_FLAGS="$MAXTEXT_XLA_FLAGS" $B --precision fp8_delayed --case 1b:24:$REMAT:2048:0 \
+        --out "$OUT_DIR/flags_fp8_delayed.json" 2>&1 | grep -E "^\| [0-9a-z]|FAILED|device" ;;
     tune_410m)
       echo "=== growjax step benchmark, 410M unrolled: batch and remat toward 50% MFU ($(date +%T))"
       $B --case 410m:40:dots_attention:2048:0 --case 410m:32:dots:2048:0 \
@@ -124,7 +135,8 @@ for part in $PARTS; do
       prec="${part#profile_}"
       echo "=== profile 1.1B batch 24 $prec ($(date +%T))"
       python3 benchmarks/profile_step.py --case 1b:24:$REMAT:2048:$UNROLL --precision "$prec" \
-        --top 25 --explain 8 --json "$OUT_DIR/profile_$prec.json" 2>&1 \
+        --top 25 --explain 8 --json "$OUT_DIR/profile_$prec.json" \
+        --hlo_out "$OUT_DIR/hlo_${prec}${XLA_FLAGS:+_flags}.txt.gz" 2>&1 \
         | grep -vE "^(W|I)[0-9]{4}" | tail -70 ;;
     *) echo "unknown part $part" ;;
   esac

@@ -62,8 +62,13 @@ def fusion_of(name: str, hlo_text: str) -> str | None:
   its instruction): the instruction's line, cut to its result, operands and callee,
   followed by the opcodes of the fused computation it calls and the JAX op its root came
   from. None if not found."""
-  line = re.search(rf"^\s*(?:ROOT )?%?{re.escape(name)} = (.*)$", hlo_text, re.M)
-  if not line:
+  # The kernel of instruction `fusion.9` is named `fusion_9` in the trace.
+  candidates = dict.fromkeys([name, re.sub(r"_(\d+)$", r".\1", name)])
+  for candidate in candidates:
+    line = re.search(rf"^\s*(?:ROOT )?%?{re.escape(candidate)} = (.*)$", hlo_text, re.M)
+    if line:
+      break
+  else:
     return None
   text = re.sub(r", metadata=\{.*?\}", "", line.group(1))
   callee = re.search(r"calls=%?([\w.-]+)", text)
@@ -91,6 +96,8 @@ def main() -> None:
   p.add_argument("--explain", type=int, default=0,
                  help="print the optimized HLO of the N costliest non-GEMM, non-attention "
                       "kernels (XLA fusions)")
+  p.add_argument("--hlo_out", default="",
+                 help="also write the step's optimized HLO here (gzip), to read offline")
   a = p.parse_args()
   import jax
   import numpy as np
@@ -141,9 +148,13 @@ def main() -> None:
   for name, dur in by_name.most_common(a.top):
     print(f"  {dur / a.steps / 1e3:8.2f} ms {counts[name] // a.steps:5d}x  {name}")
   explained = {}
-  if a.explain:
+  if a.explain or a.hlo_out:
     with jax.set_mesh(setup.mesh):
       hlo = step.lower(state, data).compile().as_text()
+    if a.hlo_out:
+      with gzip.open(a.hlo_out, "wt") as f:
+        f.write(hlo)
+  if a.explain:
     xla_kernels = [n for n, _ in by_name.most_common()
                    if kind_of(n) not in ("matmul", "attention") and not n.startswith("memcpy")]
     print(f"the {a.explain} costliest XLA fusions, as optimized HLO:")

@@ -100,6 +100,10 @@ def test_profile_step_explains_a_fusion_from_the_optimized_hlo():
   assert "multiply" in explained and "convert" in explained, explained
   assert "root from: jit(<lambda>)/convert_element_type" in explained, explained
   assert profile_step.fusion_of("not_a_kernel_of_this_step", hlo) is None
+  # The trace names the kernel of instruction `fusion.7` `fusion_7` (unrolled layers).
+  numbered = re.sub(rf"%{re.escape(name)}\b", f"%{name}.7", hlo) if "%" in hlo else \
+      re.sub(rf"\b{re.escape(name)} = ", f"{name}.7 = ", hlo)
+  assert profile_step.fusion_of(f"{name}_7", numbered).startswith("bf16[64,128]")
 
 
 def test_attention_kernels_benchmark_checks_each_kernel_and_reports_what_cannot_run(
