@@ -24,6 +24,8 @@
 # - profile_bf16 / profile_fp8 / profile_fp8_delayed: benchmarks/profile_step.py at 1.1B batch 24: kernel time by
 #   kind, the top kernels, and the 8 costliest XLA fusions as HLO (JSON under $OUT/h100_table).
 #   GROWJAX_UNROLL=0 profiles (and `train` runs) with every layer unrolled.
+# - ab_cse: 1.1B unrolled, bf16 and fp8 delayed: config.model.remat_prevent_cse off / on,
+#   and remat 'dots_attention_mlp_in'.
 # - flags_1b: 1.1B unrolled, bf16 and fp8 delayed, under MaxText's XLA flags (triton GEMM
 #   off, latency-hiding scheduler, command buffers off, no rematerialization pass).
 # - loss_fp8_delayed: benchmarks/fp8_loss_curve.py --fp8_scaling delayed, 2,000 steps at
@@ -100,6 +102,14 @@ for part in $PARTS; do
         2>&1 | grep -E "^\| [0-9a-z]|FAILED|device"
       XLA_FLAGS="$MAXTEXT_XLA_FLAGS" $B --precision fp8_delayed --case 1b:24:$REMAT:2048:0 \
         --out "$OUT_DIR/flags_fp8_delayed.json" 2>&1 | grep -E "^\| [0-9a-z]|FAILED|device" ;;
+    ab_cse)
+      echo "=== growjax step benchmark, 1.1B unrolled: remat_prevent_cse and the mlp_in policy ($(date +%T))"
+      for prec in bf16 fp8_delayed; do
+        for v in dots_attention:off dots_attention:on dots_attention_mlp_in:on; do
+          $B --precision $prec --case 1b:24:${v%:*}:2048:0 --set model.remat_prevent_cse=${v#*:} \
+            --out "$OUT_DIR/ab_${prec}_${v/:/_}.json" 2>&1 | grep -E "^\| [0-9a-z]|FAILED|device"
+        done
+      done ;;
     tune_410m)
       echo "=== growjax step benchmark, 410M unrolled: batch and remat toward 50% MFU ($(date +%T))"
       $B --case 410m:40:dots_attention:2048:0 --case 410m:32:dots:2048:0 \

@@ -96,6 +96,8 @@ def main() -> None:
   p.add_argument("--explain", type=int, default=0,
                  help="print the optimized HLO of the N costliest non-GEMM, non-attention "
                       "kernels (XLA fusions)")
+  p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                 help="any config field, e.g. model.remat_prevent_cse=on")
   p.add_argument("--hlo_out", default="",
                  help="also write the step's optimized HLO here (gzip), to read offline")
   a = p.parse_args()
@@ -114,6 +116,8 @@ def main() -> None:
   cfg.model.scan_unroll = int(parts[4]) if len(parts) > 4 else 1
   cfg.data.seq_len, cfg.train.global_batch_size, cfg.model.remat_policy = seq, batch, remat
   fp8.set_precision(cfg.model, a.precision)
+  for assignment in a.set:
+    config_lib.set_field(cfg, assignment)
   setup = state_lib.build(cfg)
   state = state_lib.init_state(setup, jax.random.key(0))
   tokens = np.random.default_rng(0).integers(0, cfg.model.vocab_size, (batch, seq + 1),

@@ -44,8 +44,8 @@ DEFAULT_CASES = ("tiny:32:none", "125m:32:none", "410m:32:dots", "1b:16:dots", "
 def run_case(preset: str, batch: int, remat: str, seq: int, steps: int, warmup: int,
              layers: int | None = None, compile_only: bool = False, unroll: int = 1,
              doc_len: int = 0, masking: bool = True, precision: str = "bf16",
-             doc_batches: int = 1, fast_path: str = "auto", cudnn_packing: str = "auto"
-             ) -> dict:
+             doc_batches: int = 1, fast_path: str = "auto", cudnn_packing: str = "auto",
+             sets: tuple[str, ...] = ()) -> dict:
   import jax
   import numpy as np
 
@@ -66,6 +66,8 @@ def run_case(preset: str, batch: int, remat: str, seq: int, steps: int, warmup: 
   fp8.set_precision(cfg.model, precision)
   cfg.model.single_document_fast_path = fast_path
   cfg.model.cudnn_packing = cudnn_packing
+  for assignment in sets:
+    config_lib.set_field(cfg, assignment)
   if doc_len:
     with cfg.unlocked():
       cfg.data.document_masking = masking
@@ -92,7 +94,7 @@ def run_case(preset: str, batch: int, remat: str, seq: int, steps: int, warmup: 
     result = {"preset": preset, "layers": setup.model_cfg.num_layers, "batch": batch,
               "unroll": unroll, "doc_len": doc_len, "precision": precision,
               "document_masking": bool(doc_len) and masking,
-              "seq": seq, "remat": remat, "compile_s": compile_s,
+              "seq": seq, "remat": remat, "compile_s": compile_s, "sets": list(sets),
               "params": setup.model_cfg.num_params(),
               "attention_kernels": attention_kernels(compiled.as_text())}
     if doc_len:
@@ -244,12 +246,14 @@ def main() -> None:
                  help="config.model.single_document_fast_path")
   p.add_argument("--cudnn_packing", default="auto", choices=("auto", "mask", "ragged"),
                  help="config.model.cudnn_packing ('auto': chosen by memory, as in training)")
+  p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                 help="any config field of every case, e.g. model.remat_prevent_cse=on")
   p.add_argument("--_one", default="", help=argparse.SUPPRESS)
   a = p.parse_args()
   case_flags = [f"--doc_len={a.doc_len}", f"--precision={a.precision}",
                 f"--doc_batches={a.doc_batches}", f"--fast_path={a.fast_path}",
                 f"--cudnn_packing={a.cudnn_packing}"] + (
-      ["--no_masking"] if a.no_masking else [])
+      ["--no_masking"] if a.no_masking else []) + [f"--set={s}" for s in a.set]
 
   if a._one:  # child process: one case
     kind, spec = a._one.split("=", 1)
@@ -262,7 +266,7 @@ def main() -> None:
                      int(layers) or None, compile_only=(kind == "compile"), unroll=int(unroll),
                      doc_len=a.doc_len, masking=not a.no_masking, precision=a.precision,
                      doc_batches=a.doc_batches, fast_path=a.fast_path,
-                     cudnn_packing=a.cudnn_packing)
+                     cudnn_packing=a.cudnn_packing, sets=tuple(a.set))
     print("RESULT " + json.dumps(res), flush=True)
     return
 
@@ -295,7 +299,7 @@ def main() -> None:
             f"| {r['remat']}{_unroll_note(r.get('unroll', 1))}"
             f"{', ' + r['precision'] if r.get('precision', 'bf16') != 'bf16' else ''}"
             f"{', docs ' + str(r['doc_len']) + (' masked' if r['document_masking'] else ' unmasked') if r.get('doc_len') else ''}"
-            f"{_masking_note(r)} "
+            f"{_masking_note(r)}{''.join(', ' + x for x in r.get('sets', []))} "
             f"| {r['step_s'] * 1e3:.1f} | {r['tokens_per_s']:,.0f} | "
             f"{r['tflops_per_chip']:.0f} | {'-' if r['mfu'] is None else format(r['mfu'], '.1%')} "
             f"| {'-' if r['mfu'] is None else format(r['mfu_causal'], '.1%')} "

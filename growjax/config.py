@@ -61,6 +61,23 @@ def model_config(preset: str, **overrides) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(fields)
 
 
+def set_field(cfg: ml_collections.ConfigDict, assignment: str) -> None:
+  """`model.remat_policy=dots` as `--config.model.remat_policy=dots` would set it (the
+  value cast to the field's type), for scripts that build configs in code (benchmarks)."""
+  path, eq, value = assignment.partition("=")
+  *parents, leaf = path.split(".")
+  node = cfg
+  for part in parents:
+    node = node[part] if eq and part in node else None
+    if not isinstance(node, ml_collections.ConfigDict):
+      break
+  if not eq or not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+    raise ValueError(f"--set {assignment!r}: not FIELD=VALUE of a config field "
+                     f"(e.g. model.remat_policy=dots)")
+  kind = node.get_type(leaf)
+  node[leaf] = (value.lower() in ("1", "true", "yes", "on")) if kind is bool else kind(value)
+
+
 def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0

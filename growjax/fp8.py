@@ -145,9 +145,20 @@ def qdq(x: jax.Array, q_dtype) -> jax.Array:
 SCALE_NAME = "fp8_scale"
 
 
-def _quantized(x, q_dtype):
+def _quantized(x, q_dtype, save_as=None):
   scale = checkpoint_name(jax.lax.stop_gradient(scale_of(x, q_dtype)), SCALE_NAME)
-  return quantize(x, q_dtype, scale), scale
+  return _named(quantize(x, q_dtype, scale), save_as), scale
+
+
+def _named(xq, save_as):
+  """The float8 operand, named for remat policies where the caller asks (growjax.model
+  names the down projection's `mlp_in`). It is saved as its bytes (uint8): remat passes
+  a saved float residual through `reduce_precision`, which for float8_e4m3fn (no inf,
+  max 448) rounds as IEEE e4m3 does (max 240), so the top of the range became inf."""
+  if save_as is None:
+    return xq
+  saved = checkpoint_name(jax.lax.bitcast_convert_type(xq, jnp.uint8), save_as)
+  return jax.lax.bitcast_convert_type(saved, xq.dtype)
 
 
 def _transposed_specs(spec: str) -> tuple[str, str]:
@@ -163,19 +174,19 @@ def _transposed_specs(spec: str) -> tuple[str, str]:
   return f"{y},{w}->{x}", f"{x},{y}->{w}"
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
-def _fp8_einsum(spec, x, w, dt):
-  return _fp8_einsum_fwd(spec, x, w, dt)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3, 4))
+def _fp8_einsum(spec, x, w, dt, save_x_as):
+  return _fp8_einsum_fwd(spec, x, w, dt, save_x_as)[0]
 
 
-def _fp8_einsum_fwd(spec, x, w, dt):
-  xq, sx = _quantized(x, E4M3)
+def _fp8_einsum_fwd(spec, x, w, dt, save_x_as):
+  xq, sx = _quantized(x, E4M3, save_x_as)
   wq, sw = _quantized(w, E4M3)
   y = jnp.einsum(spec, xq, wq, preferred_element_type=dt)
   return y * (sx * sw).astype(dt), (xq, sx, wq, sw)
 
 
-def _fp8_einsum_bwd(spec, dt, res, g):
+def _fp8_einsum_bwd(spec, dt, save_x_as, res, g):
   xq, sx, wq, sw = res
   gq, sg = _quantized(g, E5M2)
   dx_spec, dw_spec = _transposed_specs(spec)
@@ -188,15 +199,16 @@ _fp8_einsum.defvjp(_fp8_einsum_fwd, _fp8_einsum_bwd)
 
 
 def einsum(spec: str, x: jax.Array, w: jax.Array, *, out_dtype=None,
-           precision: str = "fp8") -> jax.Array:
+           precision: str = "fp8", save_x_as: str | None = None) -> jax.Array:
   """`jnp.einsum(spec, x, w)` of two operands with FP8 GEMMs (forward and backward);
   `precision='bf16'` is the plain einsum. `out_dtype` (default: the operands' common
-  dtype) is the compute dtype of the operands, the output and the gradients."""
+  dtype) is the compute dtype of the operands, the output and the gradients.
+  `save_x_as`: a `checkpoint_name` for the float8 cast of `x` (FP8 only)."""
   dt = jnp.dtype(out_dtype or jnp.result_type(x, w))
   if check_precision(precision) == "bf16":
     return jnp.einsum(spec, x.astype(dt), w.astype(dt), preferred_element_type=dt)
   _transposed_specs(spec)
-  return _fp8_einsum(spec, x.astype(dt), w.astype(dt), dt)
+  return _fp8_einsum(spec, x.astype(dt), w.astype(dt), dt, save_x_as)
 
 
 # --- delayed scaling -----------------------------------------------------------------
@@ -233,22 +245,22 @@ def push_history(history: Any, seen: Any) -> Any:
       history, seen)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 5, 6, 7))
-def _delayed_einsum(spec, x, w, hist_x, hist_g, dt, calibrate, observe_x):
-  return _delayed_fwd(spec, x, w, hist_x, hist_g, dt, calibrate, observe_x)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 5, 6, 7, 8))
+def _delayed_einsum(spec, x, w, hist_x, hist_g, dt, calibrate, observe_x, save_x_as):
+  return _delayed_fwd(spec, x, w, hist_x, hist_g, dt, calibrate, observe_x, save_x_as)[0]
 
 
-def _delayed_fwd(spec, x, w, hist_x, hist_g, dt, calibrate, observe_x):
+def _delayed_fwd(spec, x, w, hist_x, hist_g, dt, calibrate, observe_x, save_x_as):
   amax_x = checkpoint_name(jax.lax.stop_gradient(amax_of(x)), SCALE_NAME)
   sx = jax.lax.stop_gradient(scale_from_amax(amax_x, E4M3) if calibrate
                              else _history_scale(hist_x, E4M3))
-  xq = quantize(x, E4M3, sx)
+  xq = _named(quantize(x, E4M3, sx), save_x_as)
   wq, sw = _quantized(w, E4M3)
   y = jnp.einsum(spec, xq, wq, preferred_element_type=dt)
   return y * (sx * sw).astype(dt), (xq, sx, wq, sw, amax_x, hist_x, hist_g)
 
 
-def _delayed_bwd(spec, dt, calibrate, observe_x, res, g):
+def _delayed_bwd(spec, dt, calibrate, observe_x, save_x_as, res, g):
   xq, sx, wq, sw, amax_x, hist_x, hist_g = res
   amax_g = jax.lax.stop_gradient(amax_of(g))
   sg = scale_from_amax(amax_g, E5M2) if calibrate else _history_scale(hist_g, E5M2)
@@ -264,15 +276,17 @@ _delayed_einsum.defvjp(_delayed_fwd, _delayed_bwd)
 
 
 def delayed_einsum(spec: str, x: jax.Array, w: jax.Array, hist_x: jax.Array,
-                   hist_g: jax.Array, *, out_dtype=None, observe_x: bool = True) -> jax.Array:
+                   hist_g: jax.Array, *, out_dtype=None, observe_x: bool = True,
+                   save_x_as: str | None = None) -> jax.Array:
   """`einsum(spec, x, w)` with FP8 GEMMs whose activation and gradient scales come from
   the amax histories `hist_x` / `hist_g` (float32 `(H,)`, newest first). The gradient
   with respect to each history is the amax this step observed (`observed`), which
   `push_history` shifts in. Under `calibrating()`, scales come from this step's amax.
   Projections of one input share its history (one cast of it, as current scaling's
   common subexpression); only one of them (`observe_x`) reports it, since cotangents
-  of a shared input add up."""
+  of a shared input add up. `save_x_as`: a `checkpoint_name` for the float8 cast of
+  `x`."""
   dt = jnp.dtype(out_dtype or jnp.result_type(x, w))
   _transposed_specs(spec)
   return _delayed_einsum(spec, x.astype(dt), w.astype(dt), hist_x, hist_g, dt,
-                         _CALIBRATING[-1], observe_x)
+                         _CALIBRATING[-1], observe_x, save_x_as)

@@ -63,6 +63,11 @@ REMAT_POLICIES = {
     "dots": _DOTS,  # keep matmul outputs (and FP8 scales)
     # matmul outputs and the attention kernel's outputs: the backward reruns no attention
     "dots_attention": _either(_DOTS, attention_kernel_saveable),
+    # ... and the down projection's input (`mlp_in`; under FP8 its float8 cast, half the
+    # bytes): the backward neither recomputes SwiGLU's product nor casts it again
+    "dots_attention_mlp_in": _either(
+        _either(_DOTS, attention_kernel_saveable),
+        jax.checkpoint_policies.save_only_these_names("mlp_in")),
     "save_proj": jax.checkpoint_policies.save_only_these_names(
         "q_proj", "k_proj", "v_proj", "attn_out", "mlp_in"),
 }
@@ -172,6 +177,12 @@ class ModelConfig:
   param_dtype: str = "float32"
   remat_policy: str = "none"
   scan_unroll: int = 1        # 0: every layer unrolled (GPU fast path)
+  # Whether remat keeps XLA from merging a block's recomputation with its forward
+  # ('on' | 'off'; 'auto': on where every layer is unrolled, as MaxText's
+  # `prevent_cse = not scan_layers`). Merged, XLA keeps forward values alive across the
+  # whole step in place of recomputing them (SwiGLU's silu(gate), 0.5 GiB a layer at
+  # 1.1B, batch 24); inside a scan the loop already separates them.
+  remat_prevent_cse: str = "auto"
   attention_impl: str = "auto"
   init_std: float = 0.02
   # Packed documents on cuDNN: 'mask' (flash attention with a boolean document mask;
@@ -241,6 +252,9 @@ class ModelConfig:
     if self.single_document_fast_path not in ("auto", "on", "off"):
       raise ValueError(f"{where}.single_document_fast_path="
                        f"{self.single_document_fast_path!r}; choose 'auto', 'on' or 'off'.")
+    if self.remat_prevent_cse not in ("auto", "on", "off"):
+      raise ValueError(f"{where}.remat_prevent_cse={self.remat_prevent_cse!r}; choose "
+                       f"'auto', 'on' or 'off'.")
     if self.max_segments < 1:
       raise ValueError(f"{where}.max_segments={self.max_segments} must be >= 1.")
     if self.scan_unroll < 0:
@@ -251,6 +265,13 @@ class ModelConfig:
       raise ValueError(f"{where}.scan_unroll={self.scan_unroll} does not divide "
                        f"num_layers={self.num_layers} — set a divisor of it, or 0 to "
                        f"unroll every layer (the GPU fast path)")
+
+  @property
+  def prevents_cse(self) -> bool:
+    """remat_prevent_cse resolved: 'auto' is on where no scan loop is left."""
+    if self.remat_prevent_cse == "auto":
+      return self.layers_unrolled_per_iteration == self.num_layers
+    return self.remat_prevent_cse == "on"
 
   @property
   def layers_unrolled_per_iteration(self) -> int:
@@ -397,13 +418,14 @@ def _attention_impl(cfg: ModelConfig) -> str | None:
 
 
 def _project(module: nn.Module, name: str, spec: str, x, w, cfg: ModelConfig,
-             x_name: str | None = None, observe_x: bool = True):
+             x_name: str | None = None, observe_x: bool = True, save_x_as: str | None = None):
   """One block projection in the compute dtype, through FP8 GEMMs when
   `matmul_precision='fp8'`. With `fp8_scaling='delayed'` and the amax histories given
   (collection `fp8.HISTORY_COLLECTION`: `{x_name}_x` of the input, shared by the
   projections that read it, and `{name}_g` of the output gradient; training passes
   them), the activation and gradient scales come from them; without them (eval,
-  sampling) the projection scales by the current amax."""
+  sampling) the projection scales by the current amax. `save_x_as` names the float8
+  cast of `x` for remat policies (the backward's operand of dw)."""
   x_name = x_name or name
   if cfg.matmul_precision == "fp8" and cfg.fp8_scaling == "delayed" and (
       module.is_initializing() or module.has_variable(fp8.HISTORY_COLLECTION, f"{name}_g")):
@@ -413,8 +435,10 @@ def _project(module: nn.Module, name: str, spec: str, x, w, cfg: ModelConfig,
       return module.variable(fp8.HISTORY_COLLECTION, n, jnp.zeros, (cfg.fp8_amax_history,),
                              jnp.float32).value
     return fp8.delayed_einsum(spec, x, w, history(f"{x_name}_x"), history(f"{name}_g"),
-                              out_dtype=cfg.compute_dtype, observe_x=observe_x)
-  return fp8.einsum(spec, x, w, out_dtype=cfg.compute_dtype, precision=cfg.matmul_precision)
+                              out_dtype=cfg.compute_dtype, observe_x=observe_x,
+                              save_x_as=save_x_as)
+  return fp8.einsum(spec, x, w, out_dtype=cfg.compute_dtype, precision=cfg.matmul_precision,
+                    save_x_as=save_x_as)
 
 
 class Attention(nn.Module):
@@ -468,10 +492,11 @@ class SwiGLU(nn.Module):
     h_BxTxM = (nn.silu(_project(self, "gate", "bte,em->btm", x, gate_ExM, c, "gate_up"))
                * _project(self, "up", "bte,em->btm", x, up_ExM, c, "gate_up", False))
     h_BxTxM = nn.with_logical_constraint(h_BxTxM, (ACT_BATCH, ACT_LENGTH, ACT_MLP))
-    h_BxTxM = checkpoint_name(h_BxTxM, "mlp_in")
+    if c.matmul_precision != "fp8":  # under FP8 the name goes to the float8 cast of h
+      h_BxTxM = checkpoint_name(h_BxTxM, "mlp_in")
     if mlp_mask_M is not None:       # MSG growth: new neurons enter through their mask
       h_BxTxM = h_BxTxM * mlp_mask_M
-    return _project(self, "down", "btm,me->bte", h_BxTxM, down_MxE, c)
+    return _project(self, "down", "btm,me->bte", h_BxTxM, down_MxE, c, save_x_as="mlp_in")
 
 
 class Block(nn.Module):
@@ -529,7 +554,8 @@ class Transformer(nn.Module):
 
     block = Block
     if c.remat_policy != "none":
-      block = nn.remat(Block, policy=REMAT_POLICIES[c.remat_policy], prevent_cse=False)
+      block = nn.remat(Block, policy=REMAT_POLICIES[c.remat_policy],
+                       prevent_cse=c.prevents_cse)
     layers = nn.scan(
         block,
         variable_axes={"params": 0, fp8.HISTORY_COLLECTION: 0},
