@@ -24,6 +24,8 @@
 # - profile_bf16 / profile_fp8 / profile_fp8_delayed: benchmarks/profile_step.py at 1.1B batch 24: kernel time by
 #   kind, the top kernels, and the 8 costliest XLA fusions as HLO (JSON under $OUT/h100_table).
 #   GROWJAX_UNROLL=0 profiles (and `train` runs) with every layer unrolled.
+# - ab_swiglu: delayed FP8 at 1.1B unrolled with fp8_swiglu_kernel off and auto (the Pallas
+#   pass; also 410M), and bf16 at 1.1B beside them.
 # - ab_cse: 1.1B unrolled, bf16 and fp8 delayed: config.model.remat_prevent_cse off / on,
 #   and remat 'dots_attention_mlp_in'.
 # - flags_1b: 1.1B unrolled, bf16 and fp8 delayed, under MaxText's XLA flags (triton GEMM
@@ -102,6 +104,14 @@ for part in $PARTS; do
         2>&1 | grep -E "^\| [0-9a-z]|FAILED|device"
       XLA_FLAGS="$MAXTEXT_XLA_FLAGS" $B --precision fp8_delayed --case 1b:24:$REMAT:2048:0 \
         --out "$OUT_DIR/flags_fp8_delayed.json" 2>&1 | grep -E "^\| [0-9a-z]|FAILED|device" ;;
+    ab_swiglu)
+      echo "=== growjax step benchmark, unrolled: delayed FP8's SwiGLU backward, two projections / one Pallas pass, and bf16 ($(date +%T))"
+      $B --precision fp8_delayed --case 1b:24:$REMAT:2048:0 --set model.fp8_swiglu_kernel=off \
+        --out "$OUT_DIR/swiglu_off.json" 2>&1 | grep -E "^\| [0-9a-z]|FAILED|device"
+      $B --precision fp8_delayed --case 1b:24:$REMAT:2048:0 --case 410m:32:$REMAT:2048:0 \
+        --out "$OUT_DIR/swiglu_pallas.json" 2>&1 | grep -E "^\| [0-9a-z]|FAILED|device"
+      $B --case 1b:24:$REMAT:2048:0 --out "$OUT_DIR/swiglu_bf16.json" 2>&1 \
+        | grep -E "^\| [0-9a-z]|FAILED|device" ;;
     ab_cse)
       echo "=== growjax step benchmark, 1.1B unrolled: remat_prevent_cse and the mlp_in policy ($(date +%T))"
       for prec in bf16 fp8_delayed; do

@@ -145,7 +145,8 @@ def qdq(x: jax.Array, q_dtype) -> jax.Array:
 SCALE_NAME = "fp8_scale"
 
 
-def _quantized(x, q_dtype, save_as=None):
+def quantized(x, q_dtype, save_as=None):
+  """`x` cast to `q_dtype` under its current scale, and that scale (remat keeps it)."""
   scale = checkpoint_name(jax.lax.stop_gradient(scale_of(x, q_dtype)), SCALE_NAME)
   return _named(quantize(x, q_dtype, scale), save_as), scale
 
@@ -180,15 +181,15 @@ def _fp8_einsum(spec, x, w, dt, save_x_as):
 
 
 def _fp8_einsum_fwd(spec, x, w, dt, save_x_as):
-  xq, sx = _quantized(x, E4M3, save_x_as)
-  wq, sw = _quantized(w, E4M3)
+  xq, sx = quantized(x, E4M3, save_x_as)
+  wq, sw = quantized(w, E4M3)
   y = jnp.einsum(spec, xq, wq, preferred_element_type=dt)
   return y * (sx * sw).astype(dt), (xq, sx, wq, sw)
 
 
 def _fp8_einsum_bwd(spec, dt, save_x_as, res, g):
   xq, sx, wq, sw = res
-  gq, sg = _quantized(g, E5M2)
+  gq, sg = quantized(g, E5M2)
   dx_spec, dw_spec = _transposed_specs(spec)
   dx = jnp.einsum(dx_spec, gq, wq, preferred_element_type=dt) * (sg * sw).astype(dt)
   dw = jnp.einsum(dw_spec, xq, gq, preferred_element_type=dt) * (sx * sg).astype(dt)
@@ -228,6 +229,10 @@ def calibrating():
     _CALIBRATING.pop()
 
 
+def is_calibrating() -> bool:
+  return _CALIBRATING[-1]
+
+
 def _history_scale(history: jax.Array, q_dtype) -> jax.Array:
   return scale_from_amax(jnp.max(history), q_dtype)
 
@@ -255,7 +260,7 @@ def _delayed_fwd(spec, x, w, hist_x, hist_g, dt, calibrate, observe_x, save_x_as
   sx = jax.lax.stop_gradient(scale_from_amax(amax_x, E4M3) if calibrate
                              else _history_scale(hist_x, E4M3))
   xq = _named(quantize(x, E4M3, sx), save_x_as)
-  wq, sw = _quantized(w, E4M3)
+  wq, sw = quantized(w, E4M3)
   y = jnp.einsum(spec, xq, wq, preferred_element_type=dt)
   return y * (sx * sw).astype(dt), (xq, sx, wq, sw, amax_x, hist_x, hist_g)
 

@@ -18,6 +18,7 @@ This module only computes logits or final hidden states; the loss lives in
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -27,6 +28,7 @@ import ml_collections
 from jax.ad_checkpoint import checkpoint_name
 
 from growjax import fp8
+from growjax import fp8_swiglu
 
 # Logical axis names of parameters, and the config field that sizes each.
 VOCAB, EMBED, MLP, HEADS, KV_HEADS, HEAD_DIM, LAYERS = (
@@ -204,6 +206,9 @@ class ModelConfig:
   # op that makes the tensor; growjax.fp8).
   fp8_scaling: str = "current"
   fp8_amax_history: int = 16
+  # Delayed FP8's SwiGLU backward as one pass (growjax.fp8_swiglu): 'pallas' | 'off';
+  # 'auto': the Pallas kernel on a single GPU.
+  fp8_swiglu_kernel: str = "auto"
 
   @classmethod
   def from_config(cls, cfg: ml_collections.ConfigDict | dict) -> "ModelConfig":
@@ -246,6 +251,7 @@ class ModelConfig:
                          f"(e.g. 'bfloat16', 'float32').") from None
     fp8.check_precision(self.matmul_precision, f"{where}.matmul_precision")
     fp8.check_scaling(self.fp8_scaling, self.fp8_amax_history, where)
+    fp8_swiglu.check_kernel(self.fp8_swiglu_kernel, where)
     if self.cudnn_packing not in ("auto", "mask", "ragged"):
       raise ValueError(f"{where}.cudnn_packing={self.cudnn_packing!r}; choose 'auto', "
                        f"'mask' or 'ragged'.")
@@ -417,6 +423,20 @@ def _attention_impl(cfg: ModelConfig) -> str | None:
   return "xla"
 
 
+def _delayed(module: nn.Module, name: str, cfg: ModelConfig) -> bool:
+  """Whether projection `name` scales by its amax histories: delayed FP8, and the
+  histories given (training) or being made (init)."""
+  return cfg.matmul_precision == "fp8" and cfg.fp8_scaling == "delayed" and (
+      module.is_initializing() or module.has_variable(fp8.HISTORY_COLLECTION, f"{name}_g"))
+
+
+def _history(module: nn.Module, cfg: ModelConfig, name: str):
+  if module.has_variable(fp8.HISTORY_COLLECTION, name):
+    return module.get_variable(fp8.HISTORY_COLLECTION, name)
+  return module.variable(fp8.HISTORY_COLLECTION, name, jnp.zeros, (cfg.fp8_amax_history,),
+                         jnp.float32).value
+
+
 def _project(module: nn.Module, name: str, spec: str, x, w, cfg: ModelConfig,
              x_name: str | None = None, observe_x: bool = True, save_x_as: str | None = None):
   """One block projection in the compute dtype, through FP8 GEMMs when
@@ -427,13 +447,8 @@ def _project(module: nn.Module, name: str, spec: str, x, w, cfg: ModelConfig,
   sampling) the projection scales by the current amax. `save_x_as` names the float8
   cast of `x` for remat policies (the backward's operand of dw)."""
   x_name = x_name or name
-  if cfg.matmul_precision == "fp8" and cfg.fp8_scaling == "delayed" and (
-      module.is_initializing() or module.has_variable(fp8.HISTORY_COLLECTION, f"{name}_g")):
-    def history(n):
-      if module.has_variable(fp8.HISTORY_COLLECTION, n):
-        return module.get_variable(fp8.HISTORY_COLLECTION, n)
-      return module.variable(fp8.HISTORY_COLLECTION, n, jnp.zeros, (cfg.fp8_amax_history,),
-                             jnp.float32).value
+  if _delayed(module, name, cfg):
+    history = functools.partial(_history, module, cfg)
     return fp8.delayed_einsum(spec, x, w, history(f"{x_name}_x"), history(f"{name}_g"),
                               out_dtype=cfg.compute_dtype, observe_x=observe_x,
                               save_x_as=save_x_as)
@@ -489,8 +504,14 @@ class SwiGLU(nn.Module):
     dt = c.compute_dtype
     gate_ExM, up_ExM, down_MxE = _param(self, "gate"), _param(self, "up"), _param(self, "down")
     x = x_BxTxE.astype(dt)
-    h_BxTxM = (nn.silu(_project(self, "gate", "bte,em->btm", x, gate_ExM, c, "gate_up"))
-               * _project(self, "up", "bte,em->btm", x, up_ExM, c, "gate_up", False))
+    if _delayed(self, "gate", c) and fp8_swiglu.uses_pallas(c.fp8_swiglu_kernel):
+      history = functools.partial(_history, self, c)
+      h_BxTxM = fp8_swiglu.swiglu_in(
+          x, gate_ExM, up_ExM, history("gate_up_x"), history("gate_g"), history("up_g"),
+          out_dtype=dt, pallas=True, interpret=jax.default_backend() != "gpu")
+    else:
+      h_BxTxM = (nn.silu(_project(self, "gate", "bte,em->btm", x, gate_ExM, c, "gate_up"))
+                 * _project(self, "up", "bte,em->btm", x, up_ExM, c, "gate_up", False))
     h_BxTxM = nn.with_logical_constraint(h_BxTxM, (ACT_BATCH, ACT_LENGTH, ACT_MLP))
     if c.matmul_precision != "fp8":  # under FP8 the name goes to the float8 cast of h
       h_BxTxM = checkpoint_name(h_BxTxM, "mlp_in")
