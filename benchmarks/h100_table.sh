@@ -26,7 +26,7 @@
 #   GROWJAX_UNROLL=0 profiles (and `train` runs) with every layer unrolled.
 # - ab_swiglu: delayed FP8 at 1.1B unrolled with fp8_swiglu_kernel off and auto (the Pallas
 #   pass; also 410M), and bf16 at 1.1B beside them.
-# - ab_cse: 1.1B unrolled, bf16 and fp8 delayed: config.model.remat_prevent_cse off / on,
+# - ab_cse: 1.1B unrolled, bf16 and fp8 delayed: config.model.remat_prevent_cse false / true,
 #   and remat 'dots_attention_mlp_in'.
 # - flags_1b: 1.1B unrolled, bf16 and fp8 delayed, under MaxText's XLA flags (triton GEMM
 #   off, latency-hiding scheduler, command buffers off, no rematerialization pass).
@@ -115,7 +115,7 @@ for part in $PARTS; do
     ab_cse)
       echo "=== growjax step benchmark, 1.1B unrolled: remat_prevent_cse and the mlp_in policy ($(date +%T))"
       for prec in bf16 fp8_delayed; do
-        for v in dots_attention:off dots_attention:on dots_attention_mlp_in:on; do
+        for v in dots_attention:false dots_attention:true dots_attention_mlp_in:true; do
           $B --precision $prec --case 1b:24:${v%:*}:2048:0 --set model.remat_prevent_cse=${v#*:} \
             --out "$OUT_DIR/ab_${prec}_${v/:/_}.json" 2>&1 | grep -E "^\| [0-9a-z]|FAILED|device"
         done

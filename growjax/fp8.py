@@ -3,7 +3,7 @@
 The recipe is the published one (NVIDIA Transformer Engine, torchtitan's Float8
 "tensorwise" scaling): in the forward both operands are cast to float8 e4m3 (more
 mantissa), in the backward the output gradient to float8 e5m2 (more range). Under
-current scaling (the default) each tensor's scale comes from its own amax at this step
+current scaling each tensor's scale comes from its own amax at this step
 (`scale = amax / fp8_max`, no history to carry, nothing added to the train state). Master weights stay float32 in
 the optimizer, operands arrive in the compute dtype (bf16) and the output is bf16.
 
@@ -25,7 +25,7 @@ every recipe. Where to use it: the projections (q, k, v, o, gate, up, down). The
 attention core (QK^T, PV), the LM head and the loss stay in bf16 / float32 as in
 Transformer Engine and torchtitan (whose default leaves the output layer out).
 
-**Delayed scaling** (`config.model.fp8_scaling='delayed'`, `delayed_einsum`): the
+**Delayed scaling** (`config.model.fp8_scaling='delayed'`, the default; `delayed_einsum`): the
 scale of an activation x (forward, e4m3) and of an output gradient g (backward, e5m2)
 comes from the largest amax of the last `fp8_amax_history` steps, not from this step's
 tensor, as in Transformer Engine's and MaxText's recipes. Current scaling has to reduce

@@ -179,12 +179,13 @@ class ModelConfig:
   param_dtype: str = "float32"
   remat_policy: str = "none"
   scan_unroll: int = 1        # 0: every layer unrolled (GPU fast path)
-  # Whether remat keeps XLA from merging a block's recomputation with its forward
-  # ('on' | 'off'; 'auto': on where every layer is unrolled, as MaxText's
-  # `prevent_cse = not scan_layers`). Merged, XLA keeps forward values alive across the
-  # whole step in place of recomputing them (SwiGLU's silu(gate), 0.5 GiB a layer at
-  # 1.1B, batch 24); inside a scan the loop already separates them.
-  remat_prevent_cse: str = "auto"
+  # Whether remat keeps XLA from merging a block's recomputation with its forward (as
+  # MaxText does where layers are unrolled). Merged (off), XLA keeps some forward values
+  # alive across the step instead of recomputing them (SwiGLU's silu(gate), 0.5 GiB a
+  # layer at 1.1B, batch 24). Measured unrolled at 1.1B on an H100: on saves 11 GiB
+  # (bf16) and 12-14 GiB (FP8) and costs 1% and 4-6% of tokens/s (benchmarks/RESULTS.md):
+  # a switch for memory, off by default. Inside a scan the loop separates them anyway.
+  remat_prevent_cse: bool = False
   attention_impl: str = "auto"
   init_std: float = 0.02
   # Packed documents on cuDNN: 'mask' (flash attention with a boolean document mask;
@@ -201,10 +202,12 @@ class ModelConfig:
   # 'bf16' | 'fp8': the block projections (q, k, v, o, gate, up, down) as FP8 GEMMs with
   # per-tensor scaling (growjax.fp8); attention core, head and loss stay bf16.
   matmul_precision: str = "bf16"
-  # FP8 scales: 'current' (this step's amax of each tensor) or 'delayed' (the largest amax
-  # of the last fp8_amax_history steps, kept in the train state: the cast fuses into the
-  # op that makes the tensor; growjax.fp8).
-  fp8_scaling: str = "current"
+  # FP8 scales: 'delayed' (the largest amax of the last fp8_amax_history steps, kept in
+  # the train state: the cast fuses into the op that makes the tensor; growjax.fp8) or
+  # 'current' (this step's amax of each tensor). Delayed is Transformer Engine's and
+  # MaxText's recipe, the faster (1.1B on an H100: 1.31x bf16 with the SwiGLU kernel,
+  # current 1.21x) and within 1% of bf16's loss over 2,000 steps (benchmarks/RESULTS.md).
+  fp8_scaling: str = "delayed"
   fp8_amax_history: int = 16
   # Delayed FP8's SwiGLU backward as one pass (growjax.fp8_swiglu): 'pallas' | 'off';
   # 'auto': the Pallas kernel on a single GPU.
@@ -258,9 +261,6 @@ class ModelConfig:
     if self.single_document_fast_path not in ("auto", "on", "off"):
       raise ValueError(f"{where}.single_document_fast_path="
                        f"{self.single_document_fast_path!r}; choose 'auto', 'on' or 'off'.")
-    if self.remat_prevent_cse not in ("auto", "on", "off"):
-      raise ValueError(f"{where}.remat_prevent_cse={self.remat_prevent_cse!r}; choose "
-                       f"'auto', 'on' or 'off'.")
     if self.max_segments < 1:
       raise ValueError(f"{where}.max_segments={self.max_segments} must be >= 1.")
     if self.scan_unroll < 0:
@@ -271,13 +271,6 @@ class ModelConfig:
       raise ValueError(f"{where}.scan_unroll={self.scan_unroll} does not divide "
                        f"num_layers={self.num_layers} — set a divisor of it, or 0 to "
                        f"unroll every layer (the GPU fast path)")
-
-  @property
-  def prevents_cse(self) -> bool:
-    """remat_prevent_cse resolved: 'auto' is on where no scan loop is left."""
-    if self.remat_prevent_cse == "auto":
-      return self.layers_unrolled_per_iteration == self.num_layers
-    return self.remat_prevent_cse == "on"
 
   @property
   def layers_unrolled_per_iteration(self) -> int:
@@ -576,7 +569,7 @@ class Transformer(nn.Module):
     block = Block
     if c.remat_policy != "none":
       block = nn.remat(Block, policy=REMAT_POLICIES[c.remat_policy],
-                       prevent_cse=c.prevents_cse)
+                       prevent_cse=c.remat_prevent_cse)
     layers = nn.scan(
         block,
         variable_axes={"params": 0, fp8.HISTORY_COLLECTION: 0},

@@ -406,9 +406,9 @@ def restore_or_init(setup: Setup, checkpoints: ckpt_lib.Checkpoints, data_iter, 
 
 # How the model is computed, not what it is: a run started from a checkpoint may change
 # these (remat, attention kernel, FP8, the cuDNN packing the trainer resolves from 'auto').
-COMPUTE_FIELDS = ("remat_policy", "remat_prevent_cse", "scan_unroll", "attention_impl", "cudnn_packing",
-                  "max_segments", "matmul_precision", "fp8_scaling", "fp8_amax_history", "fp8_swiglu_kernel",
-                  "single_document_fast_path")
+COMPUTE_FIELDS = ("remat_policy", "remat_prevent_cse", "scan_unroll", "attention_impl",
+                  "cudnn_packing", "max_segments", "matmul_precision", "fp8_scaling",
+                  "fp8_amax_history", "fp8_swiglu_kernel", "single_document_fast_path")
 
 
 def _model_identity(model: dict | None) -> dict | None:

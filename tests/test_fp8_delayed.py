@@ -117,19 +117,19 @@ def test_the_delayed_cast_does_not_wait_for_an_amax_of_its_own_tensor():
   x = jnp.ones((8, 16), jnp.bfloat16)
   w = jnp.ones((16, 4), jnp.bfloat16)
   hist = jnp.ones((4,), jnp.float32)
-  fwd = jax.make_jaxpr(fp8._delayed_fwd, static_argnums=(0, 5, 6, 7))(
-      "te,ef->tf", x, w, hist, hist, jnp.dtype(jnp.bfloat16), False, True).jaxpr
+  fwd = jax.make_jaxpr(fp8._delayed_fwd, static_argnums=(0, 5, 6, 7, 8))(
+      "te,ef->tf", x, w, hist, hist, jnp.dtype(jnp.bfloat16), False, True, None).jaxpr
   [x_cast, w_cast] = _float8_casts(fwd)
   assert "reduce_max(8, 16)" not in _cone(fwd.eqns, x_cast.outvars[0])  # x: the history's
   assert "reduce_max(4,)" in _cone(fwd.eqns, x_cast.outvars[0])
   assert "reduce_max(16, 4)" in _cone(fwd.eqns, w_cast.outvars[0])      # w: current scaling
-  cur = jax.make_jaxpr(fp8._fp8_einsum_fwd, static_argnums=(0, 3))(
-      "te,ef->tf", x, w, jnp.dtype(jnp.bfloat16)).jaxpr
+  cur = jax.make_jaxpr(fp8._fp8_einsum_fwd, static_argnums=(0, 3, 4))(
+      "te,ef->tf", x, w, jnp.dtype(jnp.bfloat16), None).jaxpr
   assert [r for c in _float8_casts(cur) for r in _cone(cur.eqns, c.outvars[0])
           if r.startswith("reduce_max")] == ["reduce_max(8, 16)", "reduce_max(16, 4)"]
   with fp8.calibrating():   # calibration scales by this step's amax, like current scaling
-    cal = jax.make_jaxpr(fp8._delayed_fwd, static_argnums=(0, 5, 6, 7))(
-        "te,ef->tf", x, w, hist, hist, jnp.dtype(jnp.bfloat16), True, True).jaxpr
+    cal = jax.make_jaxpr(fp8._delayed_fwd, static_argnums=(0, 5, 6, 7, 8))(
+        "te,ef->tf", x, w, hist, hist, jnp.dtype(jnp.bfloat16), True, True, None).jaxpr
   assert "reduce_max(8, 16)" in _cone(cal.eqns, _float8_casts(cal)[0].outvars[0])
 
 
