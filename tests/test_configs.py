@@ -296,3 +296,17 @@ def test_operators_small_suffix_moves_growth_later_at_equal_flops():
     spent = (small_steps * small.flops_per_token(seq)
              + (c.train.steps - small_steps) * large.flops_per_token(seq))
     assert budget - large.flops_per_token(seq) < spent <= budget, arg
+
+
+def test_set_field_casts_like_the_command_line_and_names_a_bad_assignment():
+  """`config.set_field`, behind the benchmarks' `--set model.FIELD=VALUE`."""
+  from growjax import config as config_lib
+  cfg = config_lib.base_config("tiny")
+  config_lib.set_field(cfg, "model.remat_prevent_cse=true")
+  config_lib.set_field(cfg, "train.steps=7")
+  config_lib.set_field(cfg, "model.fp8_swiglu_kernel=off")
+  assert cfg.model.remat_prevent_cse is True and cfg.train.steps == 7
+  assert cfg.model.fp8_swiglu_kernel == "off"
+  for bad in ("model.remat_polcy=dots", "model.remat_policy", "nothing.steps=3"):
+    with pytest.raises(ValueError, match="not FIELD=VALUE of a config field"):
+      config_lib.set_field(cfg, bad)

@@ -102,3 +102,24 @@ def test_keeping_the_scales_changes_no_number():
   g_none, g_dots = jax.jit(jax.grad(loss_none))(params), jax.jit(jax.grad(loss_dots))(params)
   for a, b in zip(jax.tree.leaves(g_none), jax.tree.leaves(g_dots)):
     assert jnp.array_equal(a, b)
+
+
+def test_remat_prevent_cse_reaches_the_program_and_changes_no_number():
+  """`remat_prevent_cse` (a memory switch: 11-14 GiB less at 1.1B unrolled on an H100,
+  for 1-4% of speed) is passed to remat, and the gradients stay the same."""
+  base = dataclasses.replace(model.ModelConfig(**MODEL_PRESETS["tiny"]), num_layers=2,
+                             remat_policy="dots", attention_impl="xla", scan_unroll=0)
+  params = model.init_params(base, jax.random.key(0))
+  tokens = jnp.arange(64, dtype=jnp.int32).reshape(2, 32) % base.vocab_size
+  grads, programs = [], []
+  for prevent in (False, True):
+    cfg = dataclasses.replace(base, remat_prevent_cse=prevent)
+
+    def loss(p):
+      return model.Transformer(cfg).apply({"params": p}, tokens).astype(jnp.float32).mean()
+    programs.append(str(jax.make_jaxpr(jax.grad(loss))(params)))
+    grads.append(jax.jit(jax.grad(loss))(params))
+  assert "prevent_cse=False" in programs[0] and "prevent_cse=True" not in programs[0]
+  assert "prevent_cse=True" in programs[1]
+  for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+    assert jnp.allclose(a, b, rtol=1e-5, atol=1e-7)
