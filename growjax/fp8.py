@@ -233,7 +233,8 @@ def is_calibrating() -> bool:
   return _CALIBRATING[-1]
 
 
-def _history_scale(history: jax.Array, q_dtype) -> jax.Array:
+def history_scale(history: jax.Array, q_dtype) -> jax.Array:
+  """The scale of `q_dtype` from the largest amax of a history."""
   return scale_from_amax(jnp.max(history), q_dtype)
 
 
@@ -255,11 +256,17 @@ def _delayed_einsum(spec, x, w, hist_x, hist_g, dt, calibrate, observe_x, save_x
   return _delayed_fwd(spec, x, w, hist_x, hist_g, dt, calibrate, observe_x, save_x_as)[0]
 
 
+def delayed_quantized(x, history, calibrate: bool, save_as=None):
+  """`x` cast to e4m3 under its history's scale (this step's amax when `calibrate`): the
+  cast, its scale, and the amax observed for the history (remat keeps it, a scalar)."""
+  amax = checkpoint_name(jax.lax.stop_gradient(amax_of(x)), SCALE_NAME)
+  scale = jax.lax.stop_gradient(scale_from_amax(amax, E4M3) if calibrate
+                                else history_scale(history, E4M3))
+  return _named(quantize(x, E4M3, scale), save_as), scale, amax
+
+
 def _delayed_fwd(spec, x, w, hist_x, hist_g, dt, calibrate, observe_x, save_x_as):
-  amax_x = checkpoint_name(jax.lax.stop_gradient(amax_of(x)), SCALE_NAME)
-  sx = jax.lax.stop_gradient(scale_from_amax(amax_x, E4M3) if calibrate
-                             else _history_scale(hist_x, E4M3))
-  xq = _named(quantize(x, E4M3, sx), save_x_as)
+  xq, sx, amax_x = delayed_quantized(x, hist_x, calibrate, save_x_as)
   wq, sw = quantized(w, E4M3)
   y = jnp.einsum(spec, xq, wq, preferred_element_type=dt)
   return y * (sx * sw).astype(dt), (xq, sx, wq, sw, amax_x, hist_x, hist_g)
@@ -268,7 +275,7 @@ def _delayed_fwd(spec, x, w, hist_x, hist_g, dt, calibrate, observe_x, save_x_as
 def _delayed_bwd(spec, dt, calibrate, observe_x, save_x_as, res, g):
   xq, sx, wq, sw, amax_x, hist_x, hist_g = res
   amax_g = jax.lax.stop_gradient(amax_of(g))
-  sg = scale_from_amax(amax_g, E5M2) if calibrate else _history_scale(hist_g, E5M2)
+  sg = scale_from_amax(amax_g, E5M2) if calibrate else history_scale(hist_g, E5M2)
   gq = quantize(g, E5M2, sg)
   dx_spec, dw_spec = _transposed_specs(spec)
   dx = jnp.einsum(dx_spec, gq, wq, preferred_element_type=dt) * (sg * sw).astype(dt)

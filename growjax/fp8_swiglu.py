@@ -23,7 +23,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jax.ad_checkpoint import checkpoint_name
 
 from growjax import fp8
 
@@ -57,9 +56,14 @@ def _cast(d, scale):
   return jnp.clip(d / scale, -_E5M2_MAX, _E5M2_MAX).astype(fp8.E5M2)
 
 
+def _grads_of_raw(dh, gate_raw, up_raw, s_gate, s_up):
+  """`swiglu_grads` where gate and up are GEMM outputs times their scales."""
+  f32 = lambda a: a.astype(jnp.float32)
+  return swiglu_grads(f32(dh), f32(gate_raw) * s_gate, f32(up_raw) * s_up)
+
+
 def _grads_jnp(dh, gate_raw, up_raw, s_gate, s_up, s_dg, s_du):
-  d_gate, d_up = swiglu_grads(dh.astype(jnp.float32), gate_raw.astype(jnp.float32) * s_gate,
-                              up_raw.astype(jnp.float32) * s_up)
+  d_gate, d_up = _grads_of_raw(dh, gate_raw, up_raw, s_gate, s_up)
   return (_cast(d_gate, s_dg), _cast(d_up, s_du), jnp.max(jnp.abs(d_gate)),
           jnp.max(jnp.abs(d_up)))
 
@@ -123,10 +127,7 @@ def _swiglu_in(x, w_gate, w_up, hist_x, hist_gate, hist_up, dt, calibrate, palla
 
 
 def _fwd(x, w_gate, w_up, hist_x, hist_gate, hist_up, dt, calibrate, pallas, interpret):
-  amax_x = checkpoint_name(jax.lax.stop_gradient(fp8.amax_of(x)), fp8.SCALE_NAME)
-  sx = jax.lax.stop_gradient(fp8.scale_from_amax(amax_x, fp8.E4M3) if calibrate
-                             else fp8.scale_from_amax(jnp.max(hist_x), fp8.E4M3))
-  xq = fp8.quantize(x, fp8.E4M3, sx)
+  xq, sx, amax_x = fp8.delayed_quantized(x, hist_x, calibrate)
   wgq, swg = fp8.quantized(w_gate, fp8.E4M3)
   wuq, swu = fp8.quantized(w_up, fp8.E4M3)
   # The GEMM outputs, unscaled: the backward reads exactly these (a scaled copy would be
@@ -143,14 +144,12 @@ def _bwd(dt, calibrate, pallas, interpret, res, dh):
   xq, sx, wgq, swg, wuq, swu, gate_raw, up_raw, amax_x, hist_x, hist_gate, hist_up = res
   s_gate, s_up = sx * swg, sx * swu
   if calibrate:   # this step's amax: the gradients first, then their cast
-    d_gate, d_up = swiglu_grads(dh.astype(jnp.float32), gate_raw.astype(jnp.float32) * s_gate,
-                                up_raw.astype(jnp.float32) * s_up)
+    d_gate, d_up = _grads_of_raw(dh, gate_raw, up_raw, s_gate, s_up)
     amax_dg, amax_du = fp8.amax_of(d_gate), fp8.amax_of(d_up)
     s_dg, s_du = (fp8.scale_from_amax(a, fp8.E5M2) for a in (amax_dg, amax_du))
     dgq, duq = _cast(d_gate, s_dg), _cast(d_up, s_du)
   else:
-    s_dg = fp8.scale_from_amax(jnp.max(hist_gate), fp8.E5M2)
-    s_du = fp8.scale_from_amax(jnp.max(hist_up), fp8.E5M2)
+    s_dg, s_du = fp8.history_scale(hist_gate, fp8.E5M2), fp8.history_scale(hist_up, fp8.E5M2)
     dgq, duq, amax_dg, amax_du = grads_cast(dh, gate_raw, up_raw, s_gate, s_up, s_dg, s_du,
                                             pallas, interpret)
   dx = (jnp.einsum("btm,em->bte", dgq, wgq, preferred_element_type=dt) * (s_dg * swg).astype(dt)
