@@ -68,14 +68,18 @@ def set_field(cfg: ml_collections.ConfigDict, assignment: str) -> None:
   *parents, leaf = path.split(".")
   node = cfg
   for part in parents:
-    node = node[part] if eq and part in node else None
-    if not isinstance(node, ml_collections.ConfigDict):
-      break
+    node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
   if not eq or not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
     raise ValueError(f"--set {assignment!r}: not FIELD=VALUE of a config field "
                      f"(e.g. model.remat_policy=dots)")
   kind = node.get_type(leaf)
-  node[leaf] = (value.lower() in ("1", "true", "yes", "on")) if kind is bool else kind(value)
+  if kind is bool:
+    flag = {"true": True, "on": True, "1": True, "false": False, "off": False, "0": False}
+    if value.lower() not in flag:
+      raise ValueError(f"--set {assignment!r}: {path} is true or false")
+    node[leaf] = flag[value.lower()]
+  else:
+    node[leaf] = kind(value)
 
 
 def base_config(model: str = "tiny") -> ml_collections.ConfigDict:

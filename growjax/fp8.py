@@ -127,17 +127,6 @@ def quantize(x: jax.Array, q_dtype, scale: jax.Array) -> jax.Array:
   return jnp.clip(x.astype(jnp.float32) / scale, -fmax, fmax).astype(q_dtype)
 
 
-def dequantize(q: jax.Array, dtype, scale: jax.Array) -> jax.Array:
-  """`convert(f8) * scalar`: the operand form XLA folds into an FP8 GEMM."""
-  return q.astype(dtype) * scale.astype(dtype)
-
-
-def qdq(x: jax.Array, q_dtype) -> jax.Array:
-  """`x` rounded to `q_dtype` under its current scale, back in `x.dtype`."""
-  scale = jax.lax.stop_gradient(scale_of(x, q_dtype))
-  return dequantize(quantize(x, q_dtype, scale), x.dtype, scale)
-
-
 # The name of every FP8 scale (a float32 scalar). Remat policies that keep it
 # (growjax.model's dots and dots_attention) spare the backward a second amax reduction
 # over each operand the forward quantized: under `dots` the backward recomputes the norm

@@ -419,7 +419,7 @@ def _attention_impl(cfg: ModelConfig) -> str | None:
 def _delayed(module: nn.Module, name: str, cfg: ModelConfig) -> bool:
   """Whether projection `name` scales by its amax histories: delayed FP8, and the
   histories given (training) or being made (init)."""
-  return cfg.matmul_precision == "fp8" and cfg.fp8_scaling == "delayed" and (
+  return uses_fp8_history(cfg) and (
       module.is_initializing() or module.has_variable(fp8.HISTORY_COLLECTION, f"{name}_g"))
 
 
@@ -668,8 +668,9 @@ def uses_fp8_history(cfg: ModelConfig) -> bool:
 
 
 def init_fp8_history(cfg: ModelConfig) -> Any:
-  """The zero amax histories of delayed FP8 scaling (`{layers: {attn: {q_x, q_g, ...},
-  mlp: {...}}}`, each `(num_layers, fp8_amax_history)` float32), None without it.
+  """The zero amax histories of delayed FP8 scaling (`{layers: {attn: {qkv_x, q_g, k_g,
+  v_g, o_x, o_g}, mlp: {gate_up_x, gate_g, up_g, down_x, down_g}}}`, each
+  `(num_layers, fp8_amax_history)` float32), None without it.
   Zero means not yet calibrated (growjax.train calibrates with one current-scaling
   pass)."""
   if not uses_fp8_history(cfg):

@@ -628,11 +628,7 @@ class _Loop:
       self.masked_train_step = make_train_step(setup, self.ramp)
       self.masked_eval_step = make_eval_step(setup, self.ramp)
       self.meta[mask_ramp.META_KEY] = self.ramp.to_meta()
-    # Delayed FP8 scaling from zero histories: one current-scaling pass over the first
-    # batch fills them before the first step (growjax.fp8).
-    self.fp8_calibration = (None if state_lib.fp8_calibrated(self.state) else
-                            make_fp8_calibration(setup, self.ramp if self.state.masks
-                                                 is not None else None))
+    self._arm_fp8_calibration()
     self.compiled: set = set()        # the step functions called once (compiled) so far
     self.step = int(to_host(self.state.step))
     self.start_step = self.step
@@ -751,6 +747,13 @@ class _Loop:
       del self.losses[:-int(tc.spike_window)]
     return False
 
+  def _arm_fp8_calibration(self) -> None:
+    """Delayed FP8 scaling from zero histories (a fresh, grown or imported model, a
+    checkpoint without them): one current-scaling pass over the next batch fills them
+    before the next step (growjax.fp8)."""
+    self.fp8_calibration = None if state_lib.fp8_calibrated(self.state) else (
+        make_fp8_calibration(self.setup, self.ramp if self.state.masks is not None else None))
+
   def roll_back(self, step: int, loss: float, z: float) -> bool:
     """Restores the last checkpoint in-process; the batches after it up to and
     including `step`'s are skipped (the one dispatched after `step` is fed again)."""
@@ -764,6 +767,7 @@ class _Loop:
     self.state, _, _ = self.checkpoints.restore(
         latest, abstract_state(self.setup, self.ramp, latest), keep_fp8_history=True)
     self.state = with_fp8_history(self.setup, self.state)
+    self._arm_fp8_calibration()   # a checkpoint written before delayed FP8 holds none
     self.replay_batch = self.last[2]
     self.last = None
     self.step = int(to_host(self.state.step))

@@ -118,3 +118,18 @@ def test_saving_the_float8_mlp_operand_trains_as_recomputing_it(precision):
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     assert np.isfinite(np.asarray(y, np.float32)).all()
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_auto_takes_the_kernel_on_one_gpu_only(monkeypatch):
+  """A Pallas call is not split by the SPMD partitioner: 'auto' takes the kernel where
+  the step's mesh has one device, and the two projections on a mesh of several."""
+  monkeypatch.setattr(fp8_swiglu.jax, "default_backend", lambda: "gpu")
+  resolved = {}
+  for n in (1, len(jax.devices())):
+    def step(x, n=n):    # resolved at trace time, as the model does
+      resolved[n] = fp8_swiglu.uses_pallas("auto")
+      return x
+    with jax.set_mesh(jax.make_mesh((n,), ("data",), devices=jax.devices()[:n])):
+      jax.jit(step)(1.0)
+  assert len(jax.devices()) > 1, "the suite runs with 8 host devices"
+  assert resolved == {1: True, len(jax.devices()): False}
