@@ -117,8 +117,10 @@ def _run_train(fv):
     raise CommandError(f"--workdir={workdir} is a file — give a directory (it is created "
                        f"if missing)")
   _init_distributed(fv)
+  from growjax import lease
   from growjax.growth import stages
-  stages.run(fv.config, workdir)
+  with lease.hold(workdir, command="train", flag="--workdir"):   # small/ grown/ large/ too
+    stages.run(fv.config, workdir)
 
 
 def _define_grow(fv):
@@ -159,12 +161,14 @@ def _define_grow(fv):
 def _run_grow(fv):
   layer_map = parse_layer_map(fv.layer_map)
   _init_distributed(fv)
+  from growjax import lease
   from growjax.growth import offline
-  offline.grow_checkpoint(
-      fv["from"].value, fv.to, fv.config, method=fv.method, width_method=fv.width_method,
-      step=fv.step, g=fv.g, layer_map=layer_map, opt_state=fv.opt_state,
-      schedule=fv.schedule, allow_inexact=fv.allow_inexact, seed=fv.seed,
-      width_noise=fv.width_noise)
+  with lease.hold(fv.to, command="grow", flag="--to"):
+    offline.grow_checkpoint(
+        fv["from"].value, fv.to, fv.config, method=fv.method, width_method=fv.width_method,
+        step=fv.step, g=fv.g, layer_map=layer_map, opt_state=fv.opt_state,
+        schedule=fv.schedule, allow_inexact=fv.allow_inexact, seed=fv.seed,
+        width_noise=fv.width_noise)
 
 
 def _define_plan(fv):
@@ -224,6 +228,7 @@ def _define_prepare_data(fv):
 
 
 def _run_prepare_data(fv):
+  from growjax import lease
   from growjax.data import prepare
   cfg = fv.config
   out = fv.out or cfg.data.prepared_dir
@@ -232,8 +237,10 @@ def _run_prepare_data(fv):
                        "config.data.prepared_dir")
   if fv.shard_mb <= 0:
     raise CommandError(f"--shard_mb={fv.shard_mb} must be positive")
-  prepare.prepare(cfg.data, out, workers=fv.workers, vocab_size=cfg.model.vocab_size,
-                  shard_mb=fv.shard_mb, verify=fv.verify)
+  with lease.hold(out, command="prepare-data", flag="--out",
+                  label=f"--out={out}" if fv.out else f"config.data.prepared_dir={out}"):
+    prepare.prepare(cfg.data, out, workers=fv.workers, vocab_size=cfg.model.vocab_size,
+                    shard_mb=fv.shard_mb, verify=fv.verify)
   print(f"prepared {out}; train on it with --config.data.prepared_dir={out}")
 
 
@@ -293,13 +300,27 @@ def _define_sweep(fv):
 def _run_sweep(fv):
   workdir = fv.workdir or default_workdir(fv["config"].config_filename) + "_sweep"
   _init_distributed(fv)
+  import contextlib
+  from etils import epath
+  from growjax import lease
   from growjax.growth import sweep
   # A --jobs child is this very command line, one run of it, --jobs=1 (absl: last wins).
   child = [sys.executable, "-m", "growjax", "sweep", *CURRENT_ARGV, f"--workdir={workdir}",
            "--jobs=1"]
-  sweep.run(fv.config, workdir, d=fv.d, g=fv.g, methods=fv.methods, d_unit=fv.d_unit,
-            budget_flops=fv.budget_flops, target_loss=fv.target_loss, also=fv.also,
-            dry_run=fv.dry_run, only=fv.only, jobs=fv.jobs, job=fv.job, child_argv=child)
+  # The sweep holds its workdir; a --jobs child (its parent holds that) holds its run's.
+  if fv.dry_run:   # writes nothing
+    held = contextlib.nullcontext()
+  elif fv.job:
+    run_dir = epath.Path(workdir) / fv.job
+    held = lease.hold(str(run_dir), command=f"sweep --job={fv.job}",
+                      label=f"the run dir {run_dir} of --job={fv.job}")
+  else:
+    held = lease.hold(workdir, command="sweep", flag="--workdir")
+  with held:
+    sweep.run(fv.config, workdir, d=fv.d, g=fv.g, methods=fv.methods, d_unit=fv.d_unit,
+              budget_flops=fv.budget_flops, target_loss=fv.target_loss, also=fv.also,
+              dry_run=fv.dry_run, only=fv.only, jobs=fv.jobs, job=fv.job,
+              child_argv=child)
 
 
 # --- issue 13: Hugging Face in / out, eval, sample, inspect (logic in their modules) ---
@@ -321,9 +342,10 @@ def _define_import_hf(fv):
 
 def _run_import_hf(fv):
   _init_distributed(fv)
-  from growjax import hf
-  hf.import_hf(fv["from"].value, fv.to, mesh_spec=fv.mesh, dtype=fv.dtype,
-               allow_vocab_padding=fv.allow_vocab_padding)
+  from growjax import hf, lease
+  with lease.hold(fv.to, command="import-hf", flag="--to"):
+    hf.import_hf(fv["from"].value, fv.to, mesh_spec=fv.mesh, dtype=fv.dtype,
+                 allow_vocab_padding=fv.allow_vocab_padding)
 
 
 def _define_export_hf(fv):

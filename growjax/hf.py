@@ -40,6 +40,7 @@ from etils import epath
 
 from growjax import checkpoint as ckpt_lib
 from growjax import distributed
+from growjax import lease
 from growjax import params_io
 from growjax import state as state_lib
 from growjax.model import AXIS_FIELDS, LAYERS, ModelConfig
@@ -353,7 +354,8 @@ def _check_vocab(hf_dir: epath.Path, vocab: int, allow_padding: bool) -> str | N
 
 def _destination(to: str, flag: str) -> epath.Path:
   out = epath.Path(ckpt_lib.absolute(to))
-  if out.exists() and (not out.is_dir() or list(out.iterdir())):
+  if out.exists() and (not out.is_dir() or
+                       [p for p in out.iterdir() if not lease.is_lease_file(p.name)]):
     raise ValueError(f"{flag}={out} exists and is not empty — choose a new or empty "
                      f"directory; nothing was written")
   return out
@@ -374,9 +376,10 @@ def _staging(out: epath.Path) -> epath.Path:
 def _publish(tmp: epath.Path, out: epath.Path) -> None:
   distributed.agreed([0])
   if jax.process_index() == 0:
-    if out.exists():
-      out.rmdir()   # checked empty before anything was written
-    tmp.rename(out)
+    with lease.carried(out, tmp):   # the command's lease on `out` moves with the rename
+      if out.exists():
+        out.rmdir()   # checked empty before anything was written
+      tmp.rename(out)
   distributed.agreed([0])
 
 

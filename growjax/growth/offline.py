@@ -31,6 +31,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from growjax import checkpoint as ckpt_lib
 from growjax import distributed
 from growjax import faults
+from growjax import lease
 from growjax import optimizer as opt_lib
 from growjax import state as state_lib
 from growjax import mask_ramp
@@ -213,7 +214,8 @@ def _destination(out_dir: str, marker: dict, field: str) -> bool:
   no complete step) is cleared and redone; anything else in a non-empty directory is
   refused, and nothing in it is touched."""
   out = epath.Path(ckpt_lib.absolute(out_dir))
-  entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+  entries = sorted(p.name for p in out.iterdir()
+                   if not lease.is_lease_file(p.name)) if out.is_dir() else []
   if out.exists() and not out.is_dir():
     raise ValueError(f"{field}={out} is a file — choose an empty or new directory")
   if not entries:
