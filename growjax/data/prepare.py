@@ -48,6 +48,7 @@ import numpy as np
 from etils import epath
 
 from growjax import faults
+from growjax import lease
 from growjax.data import formats, shards
 from growjax.data.tokenizers import Tokenizer, expand_globs, make_tokenizer
 
@@ -351,7 +352,7 @@ def _claim(out: epath.Path, manifest: dict) -> str:
                        f"with the config that started it to finish it, or {fix}.")
     return "resume"
   if out.exists():
-    foreign = [p.name for p in out.iterdir()]
+    foreign = [p.name for p in out.iterdir() if not lease.is_lease_file(p.name)]
     if foreign:
       raise ValueError(f"{out} is not empty ({', '.join(sorted(foreign)[:3])}"
                        f"{', ...' if len(foreign) > 3 else ''}) and is not a growjax "
