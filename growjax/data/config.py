@@ -20,7 +20,7 @@ import re
 
 import ml_collections
 
-from growjax.data import sources
+from growjax.data import formats, sources
 from growjax.data.tokenizers import expand_globs, make_tokenizer
 
 DATASET_NAMES = ("shakespeare", "text_files", "tfds")
@@ -43,6 +43,8 @@ def default_data_config() -> ml_collections.ConfigDict:
       train_split="train",
       validation_split="validation",
       text_key="text",           # the text feature (tfds) or .jsonl / parquet field
+      invalid_utf8="error",      # 'error': refuse invalid UTF-8 naming file and byte;
+                                 # 'replace': U+FFFD for each bad sequence, counted
       data_dir="",               # caches; '' -> $GROWJAX_DATA_DIR or ~/.cache/growjax/tfds
       tokenizer="byte",          # 'byte' | 'spm:PATH' | the forms of growjax.data.tokenizers
       seq_len=256,
@@ -161,4 +163,5 @@ def check_source_config(data_cfg) -> None:
   elif data_cfg.name == "tfds" and not data_cfg.tfds_name:
     raise ValueError("config.data.tfds_name is empty — name a prepared tfds dataset for "
                      "config.data.name='tfds'.")
+  formats.check_mode(data_cfg.get("invalid_utf8", "error"))  # absent in older configs
   make_tokenizer(data_cfg.tokenizer)

@@ -6,8 +6,7 @@ Readers by file name:
   (memory: one row group's text column);
 - `.jsonl`, `.jsonl.txt`: one JSON object per line, its `text_key` field;
 - `.jsonl.gz`: the same, gzip-compressed (streamed);
-- anything else (`.txt`, `.md`, ...): the whole file is one document (UTF-8, undecodable
-  bytes replaced);
+- anything else (`.txt`, `.md`, ...): the whole file is one document (UTF-8);
 - local paths or gs:// objects (through etils.epath: what Beam workers on Dataflow read);
 - a prepared tfds dataset (`config.data.name='tfds'`): its `text_key` feature, read by
   index through tfds's random-access data source (no TensorFlow);
@@ -25,20 +24,42 @@ range's end belongs to the unit it starts in); a parquet unit one row group; a
 `check_sources` reads every parquet schema and the first line of every JSON-lines file
 before anything is tokenized, so a missing text field is reported at once, naming the
 file and the fix. This module does not tokenize or pack; see `growjax.data.prepare`.
+
+Text must be UTF-8 (`check_text`, run over every file before anything is written):
+invalid UTF-8 is refused, naming the file, the line (JSON-lines) and the byte offset of
+the first bad byte, unless `config.data.invalid_utf8='replace'`, which replaces each bad
+sequence with U+FFFD and counts them. A binary file is always refused, whatever the
+mode: the rule is any NUL byte (UTF-8 text never needs one), or more than 5% of the
+bytes being C0 control characters other than tab, LF, VT, FF and CR (or DEL); a
+.jsonl.gz is judged on its decompressed bytes, a parquet column on its strings' UTF-8
+only (arrow stores strings unvalidated). Silently replaced bytes would otherwise train
+the model on garbage nobody saw.
 """
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import dataclasses
 import gzip
 import json
 import os
+import re
+import threading
 from typing import Iterator, Sequence
 
 PARQUET = (".parquet",)
 JSONL = (".jsonl", ".jsonl.txt")
 JSONL_GZ = (".jsonl.gz",)
 TFDS_UNIT_DOCS = 4096
+INVALID_UTF8 = ("error", "replace")   # config.data.invalid_utf8
+REPLACE_HINT = ("fix or remove the file, or set config.data.invalid_utf8='replace' to "
+                "replace bad bytes with U+FFFD (a count is printed)")
+TOKENIZER_FIX = "fix the file (convert it to UTF-8) or remove it from --input"
+_SCAN_BLOCK = 1 << 22
+_CONTROL_SHARE = 0.05
+_CONTROLS = bytes(b for b in range(32) if b not in b"\t\n\v\f\r") + b"\x7f"
+_CONTROL_RE = re.compile(b"[" + re.escape(_CONTROLS) + b"]")
 
 
 def kind_of(path: str) -> str:
@@ -64,6 +85,7 @@ class Unit:
   start: int = 0
   end: int = 0
   text_key: str = "text"
+  invalid_utf8: str = "error"   # 'error' | 'replace' (config.data.invalid_utf8)
 
 
 def _gcs(path: str) -> bool:
@@ -92,9 +114,154 @@ def _size(path: str) -> int:
   return file_stat(path)[0]
 
 
-def _text(path: str, errors: str = "strict") -> str:
+def _text(path: str, invalid_utf8: str = "error") -> str:
   with open_file(path, "rb") as f:
-    return f.read().decode("utf-8", errors=errors)
+    data = f.read()
+  nul = data.find(b"\0")
+  if nul >= 0:
+    raise _binary(path, f"a NUL byte at byte {nul}")
+  return decode(data, path, invalid_utf8)
+
+
+# --------------------------------------------------------------------- UTF-8 checking
+
+_COUNT = threading.local()
+
+
+def _count_and_replace(e: UnicodeDecodeError):
+  _COUNT.n = getattr(_COUNT, "n", 0) + 1
+  return "\ufffd", e.end
+
+
+codecs.register_error("growjax.count_replace", _count_and_replace)
+
+
+def check_mode(invalid_utf8: str) -> str:
+  if invalid_utf8 not in INVALID_UTF8:
+    raise ValueError(f"config.data.invalid_utf8={invalid_utf8!r} is unknown — use 'error' "
+                     f"(refuse invalid UTF-8, the default) or 'replace' (replace it with "
+                     f"U+FFFD and print a count).")
+  return invalid_utf8
+
+
+def _invalid(where: str, offset: int, byte: int, fix: str, what: str = "byte") -> ValueError:
+  return ValueError(f"{where}: invalid UTF-8 at {what} {offset} (0x{byte:02x}) — {fix}")
+
+
+def _binary(path: str, why: str, fix: str = REPLACE_HINT) -> ValueError:
+  listed = "--input" if fix == TOKENIZER_FIX else "config.data.train_files / validation_files"
+  return ValueError(f"{path} is a binary file, not UTF-8 text ({why}) — remove it from "
+                    f"the sources ({listed}).")
+
+
+def decode(data: bytes, where: str, invalid_utf8: str = "error", offset: int = 0,
+           fix: str = REPLACE_HINT, what: str = "byte") -> str:
+  """`data` as UTF-8: strict ('error': one line naming `where` and the file offset of the
+  first bad byte, `offset` being data[0]'s) or 'replace' (U+FFFD each, counted)."""
+  if invalid_utf8 == "replace":
+    return data.decode("utf-8", errors="growjax.count_replace")
+  try:
+    return data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise _invalid(where, offset + e.start, data[e.start], fix, what) from None
+
+
+def replaced_count() -> int:
+  """U+FFFD replacements made by `decode` in this thread so far (then reset)."""
+  n = getattr(_COUNT, "n", 0)
+  _COUNT.n = 0
+  return n
+
+
+def _raw_blocks(path: str, gz: bool) -> Iterator[bytes]:
+  with open_file(path, "rb") as raw:
+    f = gzip.open(raw, "rb") if gz else raw
+    try:
+      yield from iter(lambda: f.read(_SCAN_BLOCK), b"")
+    except (OSError, EOFError) as e:
+      raise ValueError(f"{path} cannot be read ({e}) — fix or remove it from the "
+                       f"sources.") from None
+
+
+def check_text(path: str, text_key: str = "text", invalid_utf8: str = "error",
+               fix: str = REPLACE_HINT) -> tuple[str, int]:
+  """Reads all of one source file before anything is written: refuses a binary file
+  (module docstring: any NUL byte, or > 5% control characters) and, in 'error' mode,
+  invalid UTF-8 (file, line for JSON-lines, byte offset). Returns (path, sequences that
+  'replace' will replace). One pass of decoding, far cheaper than tokenizing."""
+  kind = kind_of(path)
+  if kind == "parquet":
+    return path, _check_parquet(path, text_key, invalid_utf8, fix)
+  gz, lines = kind == "jsonl_gz", kind in ("jsonl", "jsonl_gz")
+  what = "uncompressed byte" if gz else "byte"
+  pending, base, newlines, size, controls, first_control = b"", 0, 0, 0, 0, None
+  errors = "growjax.count_replace" if invalid_utf8 == "replace" else "strict"
+  replaced_count()
+  for block in _raw_blocks(path, gz):
+    nul = block.find(b"\0")
+    data = pending + block
+    try:
+      _, used = codecs.utf_8_decode(data, errors, False)
+    except UnicodeDecodeError as e:  # whichever comes first: the bad byte or a NUL
+      if nul < 0 or base + e.start < size + nul:
+        line = newlines + data.count(b"\n", 0, e.start) + 1
+        where = f"{path}:{line}" if lines else path
+        raise _invalid(where, base + e.start, data[e.start], fix, what) from None
+    if nul >= 0:
+      raise _binary(path, f"a NUL byte at {what} {size + nul}", fix)
+    n_controls = len(block) - len(block.translate(None, _CONTROLS))
+    if n_controls and first_control is None:
+      first_control = size + _CONTROL_RE.search(block).start()
+    controls += n_controls
+    size += len(block)
+    if lines:
+      newlines += data.count(b"\n", 0, used)
+    pending, base = data[used:], base + used
+  if pending:
+    try:
+      codecs.utf_8_decode(pending, errors, True)
+    except UnicodeDecodeError as e:
+      where = f"{path}:{newlines + 1}" if lines else path
+      raise _invalid(where, base + e.start, pending[e.start], fix, what) from None
+  if size and controls > _CONTROL_SHARE * size:
+    raise _binary(path, f"{100 * controls / size:.0f}% of its bytes are control "
+                        f"characters, the first at {what} {first_control}", fix)
+  return path, replaced_count()
+
+
+def _parquet_strings(path: str, column, row0: int, invalid_utf8: str,
+                     fix: str, text_key: str) -> list[str] | None:
+  """The column's strings, or None when arrow finds them valid UTF-8 (read them the
+  fast way); invalid ones refused ('error': naming the row) or replaced and counted."""
+  import pyarrow as pa  # noqa: PLC0415
+  bad = False
+  for chunk in column.chunks:
+    try:
+      chunk.validate(full=True)
+    except pa.ArrowInvalid:
+      bad = True
+  if not bad:
+    return None
+  out, row = [], row0
+  for chunk in column.chunks:
+    binary = pa.large_binary() if pa.types.is_large_string(chunk.type) else pa.binary()
+    for value in chunk.view(binary).to_pylist():
+      out.append("" if value is None else decode(
+          value, f"{path}: row {row}, column {text_key!r}", invalid_utf8, fix=fix,
+          what="string byte"))
+      row += 1
+  return out
+
+
+def _check_parquet(path: str, text_key: str, invalid_utf8: str, fix: str) -> int:
+  pf = _parquet(path)
+  replaced_count()
+  row = 0
+  for g in range(pf.metadata.num_row_groups):
+    column = pf.read_row_group(g, columns=[text_key]).column(0)
+    _parquet_strings(path, column, row, invalid_utf8, fix, text_key)
+    row += len(column)
+  return replaced_count()
 
 
 def _parquet(path: str):
@@ -102,7 +269,8 @@ def _parquet(path: str):
   return pq.ParquetFile(open_file(path, "rb"))
 
 
-def plan_units(files: Sequence[str], text_key: str, unit_bytes: int) -> list[Unit]:
+def plan_units(files: Sequence[str], text_key: str, unit_bytes: int,
+               invalid_utf8: str = "error") -> list[Unit]:
   """The units of a split made of `files` (in the given order), from metadata only."""
   units: list[Unit] = []
   group: list[str] = []
@@ -111,7 +279,7 @@ def plan_units(files: Sequence[str], text_key: str, unit_bytes: int) -> list[Uni
   def flush():
     nonlocal group, group_bytes
     if group:
-      units.append(Unit("text", tuple(group), text_key=text_key))
+      units.append(Unit("text", tuple(group), text_key=text_key, invalid_utf8=invalid_utf8))
     group, group_bytes = [], 0
 
   for path in files:
@@ -126,24 +294,26 @@ def plan_units(files: Sequence[str], text_key: str, unit_bytes: int) -> list[Uni
     if kind == "jsonl":
       size = _size(path)
       for start in range(0, max(size, 1), unit_bytes):
-        units.append(Unit("jsonl", (path,), start, min(start + unit_bytes, size), text_key))
+        units.append(Unit("jsonl", (path,), start, min(start + unit_bytes, size), text_key,
+                          invalid_utf8))
     elif kind == "jsonl_gz":
-      units.append(Unit("jsonl_gz", (path,), text_key=text_key))
+      units.append(Unit("jsonl_gz", (path,), text_key=text_key, invalid_utf8=invalid_utf8))
     else:
       groups = _parquet(path).metadata.num_row_groups
-      units += [Unit("parquet", (path,), g, g + 1, text_key) for g in range(groups)]
+      units += [Unit("parquet", (path,), g, g + 1, text_key, invalid_utf8)
+                for g in range(groups)]
   flush()
   return units
 
 
 def plan_tfds_units(name: str, split: str, data_dir: str, text_key: str,
-                    unit_docs: int = TFDS_UNIT_DOCS) -> list[Unit]:
+                    unit_docs: int = TFDS_UNIT_DOCS, invalid_utf8: str = "error") -> list[Unit]:
   source = _tfds_source(name, split, data_dir)
   n = len(source)
   if n and text_key not in source[0]:  # checked before anything is tokenized
     raise _missing_key(name, f"tfds dataset {name!r}", text_key, source[0])
-  return [Unit("tfds", (name, split, data_dir), s, min(s + unit_docs, n), text_key)
-          for s in range(0, n, unit_docs)]
+  return [Unit("tfds", (name, split, data_dir), s, min(s + unit_docs, n), text_key,
+               invalid_utf8) for s in range(0, n, unit_docs)]
 
 
 def _tfds_source(name: str, split: str, data_dir: str):
@@ -184,7 +354,8 @@ def _json_text(line: str, path: str, lineno: int | None, text_key: str) -> str:
   return text
 
 
-def check_sources(files: Sequence[str], text_key: str) -> None:
+def check_sources(files: Sequence[str], text_key: str, invalid_utf8: str = "error",
+                  fix: str = REPLACE_HINT) -> None:
   """Before any tokenizing: every parquet has a string column `text_key`, every JSON-lines
   file's first record has the field (later lines are checked as they are read)."""
   for path in files:
@@ -207,22 +378,28 @@ def check_sources(files: Sequence[str], text_key: str) -> None:
                          f"config.data.text_key to the text column.")
     elif kind in ("jsonl", "jsonl_gz"):
       try:
-        with _text_lines(path, kind == "jsonl_gz") as f:
-          for lineno, line in enumerate(f, 1):
-            if line.strip():
+        with _byte_lines(path, kind == "jsonl_gz") as f:
+          offset = 0
+          for lineno, raw in enumerate(f, 1):
+            if raw.strip():
+              line = decode(raw, f"{path}:{lineno}", invalid_utf8, offset, fix)
               _json_text(line, path, lineno, text_key)
               break
-      except (OSError, EOFError, UnicodeDecodeError) as e:
+            offset += len(raw)
+      except (OSError, EOFError) as e:
         raise ValueError(f"{path} cannot be read ({e}) — fix or remove it from the "
                          f"sources.") from None
 
 
-def _text_lines(path: str, gz: bool):
-  import io  # noqa: PLC0415
-  raw = open_file(path, "rb")
-  if gz:
-    return gzip.open(raw, "rt", encoding="utf-8")
-  return io.TextIOWrapper(raw, encoding="utf-8")
+@contextlib.contextmanager
+def _byte_lines(path: str, gz: bool):
+  """The file's lines as bytes (decoded by the caller, which knows the line number)."""
+  with open_file(path, "rb") as raw:
+    if not gz:
+      yield raw
+      return
+    with gzip.open(raw, "rb") as f:
+      yield f
 
 
 def _line_number(path: str, offset: int) -> int:
@@ -255,13 +432,15 @@ def _jsonl_range(unit: Unit) -> Iterator[str]:
       if raw.strip():
         try:
           line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+          line = decode(raw, f"{path}:{_line_number(path, pos)}", unit.invalid_utf8, pos)
+        try:
           record = json.loads(line)
           text = record[unit.text_key] if isinstance(record, dict) else None
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError):
+        except (json.JSONDecodeError, KeyError):
           text = None
         if not isinstance(text, str):
-          _json_text(raw.decode("utf-8", errors="replace"), path,
-                     _line_number(path, pos), unit.text_key)
+          text = _json_text(line, path, _line_number(path, pos), unit.text_key)
         yield text
       pos += len(raw)
 
@@ -270,7 +449,7 @@ def read_unit(unit: Unit) -> Iterator[str]:
   """The documents of `unit`, in source order."""
   if unit.kind == "text":
     for path in unit.paths:
-      yield _text(path, errors="replace")
+      yield _text(path, unit.invalid_utf8)
   elif unit.kind == "markdown_play":
     from growjax.data.sources import clean_markdown  # noqa: PLC0415 - one cleaning rule
     for path in unit.paths:
@@ -279,23 +458,36 @@ def read_unit(unit: Unit) -> Iterator[str]:
     yield from _jsonl_range(unit)
   elif unit.kind == "jsonl_gz":
     path = unit.paths[0]
-    with _text_lines(path, gz=True) as f:
-      for lineno, line in enumerate(f, 1):
-        if line.strip():
-          yield _json_text(line, path, lineno, unit.text_key)
+    try:
+      with _byte_lines(path, gz=True) as f:
+        offset = 0
+        for lineno, raw in enumerate(f, 1):
+          if raw.strip():
+            line = decode(raw, f"{path}:{lineno}", unit.invalid_utf8, offset)
+            yield _json_text(line, path, lineno, unit.text_key)
+          offset += len(raw)
+    except (OSError, EOFError) as e:
+      raise ValueError(f"{path} cannot be read ({e}) — fix or remove it from the "
+                       f"sources.") from None
   elif unit.kind == "parquet":
-    table = _parquet(unit.paths[0]).read_row_group(unit.start, columns=[unit.text_key])
-    for text in table.column(0).to_pylist():
+    pf = _parquet(unit.paths[0])
+    column = pf.read_row_group(unit.start, columns=[unit.text_key]).column(0)
+    row0 = sum(pf.metadata.row_group(g).num_rows for g in range(unit.start))
+    texts = _parquet_strings(unit.paths[0], column, row0, unit.invalid_utf8, REPLACE_HINT,
+                             unit.text_key)
+    for text in texts if texts is not None else column.to_pylist():
       yield text if text is not None else ""
   elif unit.kind == "tfds":
     name, split, data_dir = unit.paths
     source = _tfds_source(name, split, data_dir)
     for start in range(unit.start, unit.end, 256):
-      for row in source.__getitems__(range(start, min(start + 256, unit.end))):
+      rows = source.__getitems__(range(start, min(start + 256, unit.end)))
+      for i, row in enumerate(rows, start):
         if unit.text_key not in row:
           raise _missing_key(name, f"tfds dataset {name!r}", unit.text_key, row)
         text = row[unit.text_key]
-        yield text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)
+        yield decode(text, f"tfds dataset {name!r} example {i}", unit.invalid_utf8) \
+            if isinstance(text, bytes) else str(text)
   else:
     raise ValueError(f"unknown unit kind {unit.kind!r}")
 
@@ -317,12 +509,15 @@ def shakespeare_files(split: str) -> list[str]:
 
 def iter_documents(patterns: str | Sequence[str], text_key: str = "text") -> Iterator[str]:
   """Every document of the files `patterns` (comma-separated globs) matches, in order:
-  the text field of JSON-lines / parquet, whole files otherwise (checked first)."""
+  the text field of JSON-lines / parquet, whole files otherwise. Every file is checked
+  first (fields, UTF-8, binary), so a bad one is refused before a tokenizer trains."""
   from growjax.data.tokenizers import expand_globs  # noqa: PLC0415
   files = expand_globs(patterns)
   if not files:
     raise ValueError(f"{patterns!r} matches no file — check the path (globs are expanded "
                      f"from {os.getcwd()!r}).")
-  check_sources(files, text_key)
+  check_sources(files, text_key, fix=TOKENIZER_FIX)
+  for path in files:
+    check_text(path, text_key, "error", TOKENIZER_FIX)
   for unit in plan_units(files, text_key, 1 << 30):
     yield from read_unit(unit)

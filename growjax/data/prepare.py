@@ -16,6 +16,10 @@ windows plus index.json (`growjax.data.shards` is the format).
   records its counts and where the stream after it starts (unit, token offset). A rerun
   after a kill keeps the shards present (checked against those records), restarts at the
   unit holding the first missing window, and writes only the missing shards.
+- Text is checked first: every source file is read once for UTF-8 and binary content
+  (`formats.check_text`, over the workers) before the manifest or any shard is written;
+  invalid UTF-8 is refused naming file and byte unless `config.data.invalid_utf8` is
+  'replace', which prints how many sequences became U+FFFD.
 - Safe: `<out>/.prepare/manifest.json` says what is being prepared (sources with sizes
   and mtimes, tokenizer identity, seq_len, shard layout); an output dir holding another
   dataset, or files this command did not write, is refused, and nothing is deleted or
@@ -84,7 +88,7 @@ def _split_sources(data_cfg, split: str, unit_bytes: int) -> SplitSources | None
     if split == "validation" and not tfds_split:
       return None
     units = tuple(formats.plan_tfds_units(data_cfg.tfds_name, tfds_split, data_dir,
-                                          data_cfg.text_key))
+                                          data_cfg.text_key, invalid_utf8=_mode(data_cfg)))
     return SplitSources((), units, (("tfds", data_cfg.tfds_name, tfds_split, data_dir,
                                      units[-1].end if units else 0),))
   elif name == "text_files":
@@ -100,13 +104,33 @@ def _split_sources(data_cfg, split: str, unit_bytes: int) -> SplitSources | None
     if not files:
       raise ValueError(f"config.data.{field}={patterns!r} matches no file — check the "
                        f"path (globs are expanded from {os.getcwd()!r}).")
-    formats.check_sources(files, data_cfg.text_key)
-    units = tuple(formats.plan_units(files, data_cfg.text_key, unit_bytes))
+    formats.check_sources(files, data_cfg.text_key, _mode(data_cfg))
+    units = tuple(formats.plan_units(files, data_cfg.text_key, unit_bytes, _mode(data_cfg)))
   else:
     raise ValueError(f"config.data.name={name!r} cannot be prepared — use 'shakespeare', "
                      f"'text_files' or 'tfds'.")
   fingerprint = tuple((f, *formats.file_stat(f)) for f in files)
   return SplitSources(tuple(files), units, fingerprint)
+
+
+def _mode(data_cfg) -> str:
+  """config.data.invalid_utf8 (absent in configs saved before the field: 'error')."""
+  return formats.check_mode(data_cfg.get("invalid_utf8", "error"))
+
+
+def _check_texts(data_cfg, splits: dict, executor, in_flight: int,
+                 log: Callable[[str], None]) -> None:
+  """Every source file read once for UTF-8 / binary (`formats.check_text`) over the
+  workers, in file order, so the first bad file is the one named; in 'replace' mode, one
+  line counting what will be replaced."""
+  files = sorted({f for v in splits.values() for f in v.files
+                  if not any(u.kind == "markdown_play" for u in v.units)})
+  mode = _mode(data_cfg)
+  tasks = ((formats.check_text, f, data_cfg.text_key, mode) for f in files)
+  counts = [n for _, n in _ordered(executor, tasks, in_flight)]
+  if mode == "replace":
+    log(f"prepare-data: replaced {sum(counts):,} invalid UTF-8 sequences in "
+        f"{sum(1 for n in counts if n)} files with U+FFFD")
 
 
 def _unit_weight(unit: formats.Unit) -> float:
@@ -541,14 +565,6 @@ def prepare(data_cfg, out_dir: str, *, workers: int = 1, vocab_size: int | None 
       log(f"prepare-data: {out}: {n} shards verified against their sha256.")
     log(f"prepare-data: {out} is already prepared ({out / shards.INDEX}); nothing to do.")
     return index
-  if state == "new":
-    shards.write_json(_state_path(out, MANIFEST), manifest)
-  else:
-    log(f"prepare-data: resuming the preparation in {out}")
-    _remove_own_temporaries(out)
-
-  total = sum(_unit_weight(u) for v in splits.values() for u in v.units)
-  progress = _Progress(log, total)
   executor = _executor(workers)
   spill_dir = tempfile.mkdtemp(prefix="growjax-prepare-")
   # --workers N means N cores tokenizing: in-process too, the Rust tokenizers stay on
@@ -556,6 +572,14 @@ def prepare(data_cfg, out_dir: str, *, workers: int = 1, vocab_size: int | None 
   parallelism = os.environ.get("TOKENIZERS_PARALLELISM")
   os.environ["TOKENIZERS_PARALLELISM"] = "false"
   try:
+    _check_texts(data_cfg, splits, executor, 2 * workers, log)  # before anything is written
+    if state == "new":
+      shards.write_json(_state_path(out, MANIFEST), manifest)
+    else:
+      log(f"prepare-data: resuming the preparation in {out}")
+      _remove_own_temporaries(out)
+    total = sum(_unit_weight(u) for v in splits.values() for u in v.units)
+    progress = _Progress(log, total)
     summaries = {}
     for split, src in splits.items():
       summaries[split] = _prepare_split(out, split, src, spec, tok, dtype, seq_len,
