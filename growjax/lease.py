@@ -11,8 +11,9 @@ that writes a directory holds its lease (`with hold(DIR, command="train"):`):
   (os.replace; a generation-matched upload on gs://), as long as it is still its own;
 - a live holder refuses a second writer in one line naming it; a holder whose process is
   gone (same host, no such pid) or whose heartbeat is stale (older than
-  $GROWJAX_LEASE_STALE_S, default 10 heartbeats) is taken over, atomically too, with one
-  warning line;
+  $GROWJAX_LEASE_STALE_S, default 10 heartbeats) is taken over with one warning line,
+  atomically too: a replace of exactly the lease that was read (under a flock of the
+  directory locally, a generation precondition on gs://), so of racers one wins;
 - removed at the end, only if it is still this process's.
 
 Re-entrant: a process holding DIR holds every directory under it. Multi-process runs:
@@ -22,6 +23,7 @@ process 0 takes the lease and every process agrees on the outcome.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import socket
@@ -74,30 +76,66 @@ def _utc(t: float) -> str:
 
 
 class _Local:
+  """Changes run under an exclusive flock of the directory (released by the kernel if the
+  process dies), so a takeover or a heartbeat is a read-compare-replace that no other
+  lease taker interleaves with. The lease itself is created by a hard link, which fails if
+  it exists: atomic even where flock is not."""
+
   def __init__(self, directory: str):
+    self.directory = directory
     self.path = os.path.join(directory, LEASE_NAME)
 
-  def _tmp(self) -> str:
-    return f"{self.path}.{uuid.uuid4().hex}.tmp"
+  @contextlib.contextmanager
+  def _serialized(self, wait_s: float = 10.0):
+    try:
+      fd = os.open(self.directory, os.O_RDONLY)
+    except OSError:
+      yield
+      return
+    try:
+      deadline = time.monotonic() + wait_s
+      while True:   # non-blocking tries: a stopped (SIGSTOP) holder does not hang us
+        try:
+          fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+          break
+        except BlockingIOError:
+          if time.monotonic() > deadline:
+            break
+          time.sleep(0.01)
+        except OSError:   # no flock here (some network filesystems)
+          break
+      yield
+    finally:
+      os.close(fd)   # releases the lock
+
+  def _write_tmp(self, data: bytes) -> str:
+    tmp = f"{self.path}.{uuid.uuid4().hex}.tmp"
+    with open(tmp, "wb") as f:
+      f.write(data)
+    return tmp
+
+  def _read(self):
+    try:
+      with open(self.path, "rb") as f:
+        return f.read()
+    except FileNotFoundError:
+      return None
 
   def read(self):
     for _ in range(5):
-      try:
-        with open(self.path, "rb") as f:
-          data = f.read()
-      except FileNotFoundError:
+      data = self._read()
+      if data is None:
         return None
-      if data:   # empty: created by the O_EXCL fallback, not yet written
+      if data:   # empty: being written by the O_EXCL fallback
         return data, data
       time.sleep(0.05)
     return data, data
 
   def create(self, data: bytes):
-    tmp = self._tmp()
-    with open(tmp, "wb") as f:
-      f.write(data)
+    tmp = self._write_tmp(data)
     try:
-      os.link(tmp, self.path)   # fails if the lease exists: the atomic test-and-set
+      with self._serialized():
+        os.link(tmp, self.path)   # fails if the lease exists: the atomic test-and-set
       return data
     except FileExistsError:
       return None
@@ -113,41 +151,26 @@ class _Local:
       os.unlink(tmp)
 
   def refresh(self, data: bytes, version: bytes):
-    current = self.read()
-    if current is None or current[0] != version:
-      return None
-    tmp = self._tmp()
-    with open(tmp, "wb") as f:
-      f.write(data)
-    os.replace(tmp, self.path)
-    return data
-
-  def take_over(self, data: bytes, version: bytes):
-    """Moves exactly the lease that was read aside, then creates anew: of two racers
-    only one moves it, and the other's create then fails."""
-    aside = self._tmp()
+    """Replaces the lease with `data` if it still holds exactly `version`."""
+    tmp = self._write_tmp(data)
     try:
-      os.rename(self.path, aside)
-    except FileNotFoundError:
-      return None
-    with open(aside, "rb") as f:
-      moved = f.read()
-    if moved != version:   # it changed since it was read (a heartbeat, a faster racer)
-      try:
-        os.link(aside, self.path)   # put it back
-        os.unlink(aside)
-      except OSError:
-        pass   # another lease is in place meanwhile: leave the moved one beside it
-      return None
-    os.unlink(aside)
-    return self.create(data)
+      with self._serialized():
+        if self._read() != version:
+          return None
+        os.replace(tmp, self.path)
+        return data
+    finally:
+      if os.path.exists(tmp):
+        os.unlink(tmp)
+
+  take_over = refresh
 
   def delete(self, version: bytes) -> bool:
-    current = self.read()
-    if current is None or current[0] != version:
-      return False
-    os.unlink(self.path)
-    return True
+    with self._serialized():
+      if self._read() != version:
+        return False
+      os.unlink(self.path)
+      return True
 
   def move(self, to_directory: str) -> None:
     os.rename(self.path, os.path.join(to_directory, LEASE_NAME))
