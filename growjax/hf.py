@@ -17,6 +17,14 @@ Export writes config.json, safetensors (sharded with an index above
 host. Both write into a temporary directory renamed into place, so nothing
 half-written is ever left at the destination.
 
+Reruns: each writes a record (`growjax_import.json` / `growjax_export.json`) into the
+staging directory before the rename, holding the source, the options and a fingerprint
+of the source's files (relative path, size, mtime). A rerun whose destination holds that
+same record says "already imported / exported, nothing to do" and writes nothing, as
+`growjax grow` does; another source, other options or a changed source into a non-empty
+--to is refused, naming what differs. An unfinished attempt never reaches --to: its
+staging sibling `.NAME.partial` is this command's own and is cleared and redone.
+
 Layouts: HF's `nn.Linear` weights are (out, in); growjax's are (in, out...) with
 heads split ((embed, heads, head_dim) for q). Rotary embeddings: HF Llama rotates
 the two halves of each head (`rotate_half`) and so does `growjax.model._rope`, so
@@ -50,6 +58,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "tokenizer.model", "generation_config.json")
 HF_DIR = "hf"                         # inside an imported checkpoints dir: the files above
 MARKER = "growjax_import.json"        # what an import writes into --to
+EXPORT_MARKER = "growjax_export.json"  # what an export writes into --to
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral"}
 DTYPES = {"float32": np.float32, "bfloat16": "bfloat16", "float16": np.float16}
 # Tensors HF checkpoints may carry that growjax derives itself.
@@ -352,13 +361,84 @@ def _check_vocab(hf_dir: epath.Path, vocab: int, allow_padding: bool) -> str | N
   return name
 
 
-def _destination(to: str, flag: str) -> epath.Path:
+def _destination(to: str, flag: str, record: dict | None = None,
+                 marker: str = MARKER) -> epath.Path:
   out = epath.Path(ckpt_lib.absolute(to))
   if out.exists() and (not out.is_dir() or
                        [p for p in out.iterdir() if not lease.is_lease_file(p.name)]):
-    raise ValueError(f"{flag}={out} exists and is not empty — choose a new or empty "
-                     f"directory; nothing was written")
+    why = _differs(_read_record(out / marker), record) if record else None
+    raise ValueError(f"{flag}={out} exists and is not empty{why or ''} — choose a new or "
+                     f"empty directory; nothing was written")
   return out
+
+
+def _files_fingerprint(root: epath.Path, recursive: bool = True) -> list[list]:
+  """[relative path, bytes, mtime in ns] of every file under `root` (local or gs://):
+  what says the source is the one a finished import / export read."""
+  out = []
+
+  def walk(d: epath.Path):
+    for p in sorted(d.iterdir()):
+      if recursive and p.is_dir():
+        yield from walk(p)
+      else:
+        yield p
+
+  for p in walk(root):
+    if p.is_file() and not lease.is_lease_file(p.name):
+      if ckpt_lib.is_url(os.fspath(p)):
+        st = p.stat()
+        size, mtime = int(st.length), int(float(st.mtime or 0) * 1e9)
+      else:
+        st = os.stat(os.fspath(p))
+        size, mtime = st.st_size, st.st_mtime_ns
+      out.append([os.fspath(p.relative_to(root)), size, mtime])
+  return out
+
+
+def _read_record(path: epath.Path) -> dict | None:
+  try:
+    record = json.loads(path.read_text())
+  except (OSError, ValueError):
+    return None
+  return record if isinstance(record, dict) else None
+
+
+def _differs(old: dict | None, new: dict) -> str | None:
+  """Why a destination's record is not this command's: a clause for the refusal."""
+  if old is None or "options" not in old:
+    return None
+  if old.get("source") != new["source"]:
+    return f" (it holds the {new['what']} of {old.get('source')})"
+  if old.get("options") != new["options"]:
+    diff = [f"--{k}={old['options'].get(k)!r} there, {v!r} now"
+            for k, v in new["options"].items() if old["options"].get(k) != v]
+    return f" (it holds the {new['what']} of the same source with other options: " \
+        f"{'; '.join(diff)})"
+  return (f" (it holds the {new['what']} of the same source, whose files have changed "
+          f"since)")
+
+
+def _already_done(to: str, record: dict, marker: str, check=None) -> bool:
+  """Whether --to holds a finished run of this same command: its record (written last,
+  inside the staging dir renamed into place) equal to `record`, and `check(out)` (the
+  output still whole) passing. Decided once, on process 0, for all processes."""
+  out = epath.Path(ckpt_lib.absolute(to))
+  old = _read_record(out / marker) if out.is_dir() else None
+  same = old is not None and all(old.get(k) == v for k, v in record.items()
+                                 if k != "what")
+  if same and check is not None:
+    check(out)
+  return bool(distributed.agreed([int(same)])[0])
+
+
+def _step0_whole(out: epath.Path) -> None:
+  try:
+    ckpt_lib.resolve(os.fspath(out), 0, field="--to")
+  except (ValueError, FileNotFoundError):
+    raise ValueError(f"--to={out} holds the record of this same import ({MARKER}) but no "
+                     f"complete step 0 — it was damaged after the import: delete {out} "
+                     f"and rerun; nothing was written") from None
 
 
 def _staging(out: epath.Path) -> epath.Path:
@@ -414,10 +494,19 @@ def import_hf(hf_dir: str, to: str, *, mesh_spec: str = "", dtype: str = "bfloat
                      f"(the one save_pretrained wrote)")
   if dtype not in DTYPES:
     raise ValueError(f"--dtype={dtype!r} — choose one of {', '.join(DTYPES)}")
+  record = {"what": "import", "source": str(src),
+            "options": {"dtype": dtype, "mesh": mesh_spec,
+                        "allow_vocab_padding": bool(allow_vocab_padding)},
+            "source_files": _files_fingerprint(src, recursive=False)}
+  if _already_done(to, record, MARKER, _step0_whole):
+    out = ckpt_lib.absolute(to)
+    if jax.process_index() == 0:
+      log(f"already imported, nothing to do: {out} holds the import of {src}")
+    return {"out": out, "nothing_to_do": True}
   hf = _read_json(src / CONFIG, "fix or re-download config.json")
   fields = model_fields(hf, str(src / CONFIG))
   tokenizer = _check_vocab(src, fields["vocab_size"], allow_vocab_padding)
-  out = _destination(to, "--to")
+  out = _destination(to, "--to", record, MARKER)
   cfg = import_config(fields, dtype, params_io.parse_mesh(mesh_spec))
   setup = state_lib.build(cfg)
   model_cfg = setup.model_cfg
@@ -446,9 +535,10 @@ def import_hf(hf_dir: str, to: str, *, mesh_spec: str = "", dtype: str = "bfloat
       for name in copied:
         (src / name).copy(tmp / HF_DIR / name)
       (src / CONFIG).copy(tmp / HF_DIR / CONFIG)
-      (tmp / MARKER).write_text(json.dumps(
+      (tmp / MARKER).write_text(json.dumps(   # last: the finished import's record
           {"source": str(src), "architectures": hf.get("architectures"),
-           "tokenizer_files": copied, "dtype": dtype}, indent=1))
+           "tokenizer_files": copied, "dtype": dtype,
+           **{k: v for k, v in record.items() if k != "what"}}, indent=1))
     _publish(tmp, out)
   except BaseException:
     _abandon(tmp)
@@ -578,8 +668,21 @@ def export_hf(checkpoint: str, to: str, *, step: int | None = None, dtype: str =
   from safetensors.numpy import save_file
   t0 = time.perf_counter()
   limit = _shard_size(max_shard_size)
-  out = _destination(to, "--to")
-  loaded = params_io.load(checkpoint, step=step, mesh_spec=mesh_spec, field="--from")
+  directory, resolved = ckpt_lib.resolve(checkpoint, step, field="--from")
+  root = epath.Path(directory)
+  record = {"what": "export", "source": f"{directory}/{resolved}",
+            "options": {"dtype": dtype, "max_shard_size": limit},
+            "source_files": _files_fingerprint(root / str(resolved)) + (
+                [[f"{HF_DIR}/{f[0]}", *f[1:]] for f in _files_fingerprint(root / HF_DIR)]
+                if (root / HF_DIR).is_dir() else [])}
+  if _already_done(to, record, EXPORT_MARKER):
+    out = ckpt_lib.absolute(to)
+    if jax.process_index() == 0:
+      log(f"already exported, nothing to do: {out} holds the export of "
+          f"{directory}/{resolved}")
+    return {"out": out, "nothing_to_do": True}
+  out = _destination(to, "--to", record, EXPORT_MARKER)
+  loaded = params_io.load(checkpoint, step=resolved, mesh_spec=mesh_spec, field="--from")
   cfg = loaded.model_cfg
   side_dir, hf_meta = hf_side_files(loaded.directory, loaded.meta)
   if dtype == "auto":
@@ -639,6 +742,8 @@ def export_hf(checkpoint: str, to: str, *, step: int | None = None, dtype: str =
           if (side_dir / name).exists():
             (side_dir / name).copy(tmp / name)
             copied.append(name)
+      (tmp / EXPORT_MARKER).write_text(json.dumps(   # last: the finished export's record
+          {k: v for k, v in record.items() if k != "what"}, indent=1))
     _publish(tmp, out)
   except BaseException:
     _abandon(tmp)

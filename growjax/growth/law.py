@@ -76,6 +76,21 @@ def predict_d(coefficients: dict[str, float], params: float, flops: float) -> fl
   return 10 ** log10_d(coefficients, params, flops)
 
 
+def budget_where_d_fits(coefficients: dict[str, float], params: float) -> float | None:
+  """The budget C (FLOPs) above which the law's d is less than the whole budget's tokens
+  D = C / (6 N); below it the small stage alone would use every token the budget buys the
+  target, so the law's advice cannot be followed. With x = log10 C, d = D is
+  x^2 - (a log10 N + c + log10 6N) x - b = 0; the largest root > 0 (None: no root, the
+  law's d is below D at every budget or at none)."""
+  a, b, c = (coefficients[k] for k in COEFFICIENTS)
+  k = a * math.log10(params) + c + math.log10(6.0 * params)
+  disc = k * k + 4.0 * b
+  if disc < 0:
+    return None
+  x = (k + math.sqrt(disc)) / 2.0
+  return 10 ** x if x > 0 else None
+
+
 def _independent(x: np.ndarray) -> bool:
   """Whether the columns of x (rows: distinct points) are linearly independent; each
   column scaled to unit size first (1 / log10 C is ~0.05, log10 N ~ 9)."""

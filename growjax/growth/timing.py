@@ -2,7 +2,9 @@
 
 Du et al. fit `log10(d) = 0.88 log10(N) + 163.27 / log10(C) - 5.74`, with N the
 target model's parameters and C the compute budget in FLOPs, and found a growth
-factor g = 4 best. This module only evaluates that fit; it does not train.
+factor g = 4 best. This module only evaluates that fit; it does not train. Where the
+fit's d reaches the budget's own tokens D = C / (6 N) (small budgets), `plan` refuses:
+no token would be left for the grown model.
 """
 
 from __future__ import annotations
@@ -46,6 +48,32 @@ def budget_flops(params: float, tokens: float) -> float:
   return 6.0 * params * tokens
 
 
+def _up(x: float) -> str:
+  """x to 3 significant digits, rounded up: a bound the user can pass as it is printed."""
+  step = 10 ** (math.floor(math.log10(x)) - 2)
+  return f"{math.ceil(x / step - 1e-9) * step:.3g}"
+
+
+def check_within_budget(params: float, flops: float, d: float) -> None:
+  """Refuses a d at or past the whole budget's tokens D = C / (6 N): the small stage
+  alone would use every token the budget buys the target, so there is nothing left to
+  train the grown model on and growth cannot pay. The fit extrapolates there (small
+  budgets, inside its N range too), so its advice is impossible, not merely poor."""
+  tokens = flops / (6.0 * params)
+  if d < tokens:
+    return
+  from growjax.growth import law  # noqa: PLC0415
+  least = law.budget_where_d_fits(law.PAPER, params)
+  bigger = (f"give a budget above C = {_up(least)} FLOPs (--flops {_up(least)}, or "
+            f"--tokens {_up(least / (6.0 * params))}), where d falls below D, "
+            if least is not None else "give a larger budget, ")
+  raise ValueError(
+      f"growth timing d = {d:.4g} tokens is {d / tokens:.3g} times the whole budget's "
+      f"D = C/(6N) = {tokens:.4g} tokens (N = {params:.4g}, C = {flops:.4g} FLOPs): the "
+      f"small stage alone would take the whole budget, so growth cannot pay — {bigger}or "
+      f"train the target from scratch")
+
+
 def describe(params: float | None, flops: float | None, tokens: float | None = None,
              cfg: ml_collections.ConfigDict | None = None) -> str:
   """The `growjax plan` report: d, g, and what d means in steps of a config."""
@@ -61,6 +89,7 @@ def describe(params: float | None, flops: float | None, tokens: float | None = N
       raise ValueError("give --flops C or --tokens D (then C = 6 N D).")
     flops = budget_flops(params, tokens)
   d = growth_tokens(params, flops)
+  check_within_budget(params, flops, d)
   lines = [f"target model N = {params:.4g} parameters, budget C = {flops:.4g} FLOPs",
            f"growth timing d = {d:.4g} tokens on the small model (Du et al. 2024 fit)",
            f"growth factor g = {RECOMMENDED_G} (G_stack; the paper's best)"]
