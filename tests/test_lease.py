@@ -22,6 +22,7 @@ from growjax import distributed
 from growjax import hf
 from growjax import lease
 from growjax import params_io
+from test_gcs import BUCKET, gcs  # noqa: F401  (the GCS emulator fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
@@ -300,3 +301,66 @@ def test_other_processes_raise_process_0s_refusal(tmp_path, monkeypatch):
     with lease.hold(str(tmp_path / "x")):
       pass
   assert not os.path.exists(tmp_path / "x")   # only process 0 touches the directory
+
+
+@pytest.fixture
+def gcs_preconditions(gcs, monkeypatch):
+  """The emulator (tests/test_gcs.py) with GCS's ifGenerationMatch on uploads and deletes,
+  which it does not check itself: 412 unless the object's generation is the one given
+  (0: the object must not exist)."""
+  from http import HTTPStatus
+  from gcp_storage_emulator import server as emulator_server
+  from gcp_storage_emulator.handlers import objects as emulator_objects
+
+  def checked(handler):
+    def wrapped(request, response, storage, *args, **kwargs):
+      want = request.query.get("ifGenerationMatch")
+      if want:
+        name = (request.query.get("name") or [None])[0] or request.params.get("object_id")
+        if name is None and isinstance(request.data, dict):
+          name = request.data.get("meta", {}).get("name")
+        try:
+          have = storage.get_file_obj(request.params["bucket_name"], name)["generation"]
+        except Exception:  # noqa: BLE001 - the emulator's NotFound
+          have = "0"
+        if str(have) != want[0]:
+          response.status = HTTPStatus.PRECONDITION_FAILED
+          response.json({"error": {"code": 412, "message": "conditionNotMet"}})
+          return
+      handler(request, response, storage, *args, **kwargs)
+    return wrapped
+
+  for name in ("insert", "delete"):
+    original = getattr(emulator_objects, name)
+    for _, handlers in emulator_server.HANDLERS:
+      for method, fn in list(handlers.items()):
+        if fn is original:
+          monkeypatch.setitem(handlers, method, checked(original))
+  return gcs
+
+
+def test_gs_lease_by_generation_preconditions(gcs_preconditions, monkeypatch):
+  d = f"gs://{BUCKET}/lease/run"
+  monkeypatch.setenv(lease.HEARTBEAT_ENV, "0.2")
+  with lease.hold(d, command="train"):
+    store = lease._Gcs(d)
+    raw, generation = store.read()
+    assert json.loads(raw)["pid"] == os.getpid()
+    assert store.create(b"{}") is None   # exists: the create precondition fails
+    time.sleep(0.6)
+    raw2, generation2 = store.read()     # the heartbeat replaced it, generation matched
+    assert generation2 != generation and json.loads(raw2)["heartbeat"] > json.loads(raw)[
+        "heartbeat"]
+    assert store.take_over(b"{}", generation) is None   # an old generation loses
+  assert store.read() is None   # released
+  now = time.time()
+  other = {"command": "train", "host": "other-host", "pid": 7, "started": now,
+           "heartbeat": now, "heartbeat_s": 30.0, "token": "someone-else"}
+  generation = store.create(json.dumps(other).encode())
+  with pytest.raises(ValueError, match=r"is in use by growjax train \(pid 7 on host other-"):
+    with lease.hold(d, command="train"):
+      pass
+  store.refresh(json.dumps(dict(other, heartbeat=now - 1000)).encode(), generation)
+  with lease.hold(d, command="train"):
+    assert json.loads(store.read()[0])["pid"] == os.getpid()
+  assert store.read() is None
