@@ -4,7 +4,8 @@ growing or training from it.
 Reads only metadata: orbax's tree metadata of the `state` item (shapes and dtypes,
 no array is loaded), the `meta` and `data` JSON items, and the markers `growjax
 grow` (`growjax_grow.json`) and `growjax import-hf` (`growjax_import.json`) leave.
-It does not verify array contents (`growjax.checkpoint.verify_step` does, on resume).
+With `--verify` it also checks every step's files against the sizes and xxh3 checksums
+recorded when the save finished (`growjax.checkpoint.verify_step`, as a resume does).
 """
 
 from __future__ import annotations
@@ -132,7 +133,39 @@ def format_text(info: dict) -> str:
   return "\n".join(lines)
 
 
-def run(checkpoint: str, *, step: int | None = None, as_json: bool = False) -> dict:
+def verify(checkpoint: str, step: int | None = None) -> dict[int, str | None]:
+  """Every complete step (or `step`) of a checkpoint checked as a resume checks it
+  (`checkpoint.verify_step`: the step it was written as, each file's size and xxh3):
+  {step: None if intact, else 'FILE: what is wrong'}."""
+  directory, latest = ckpt_lib.resolve(checkpoint, step, field="CKPT_DIR")
+  steps = [latest] if step is not None else ckpt_lib.Checkpoints(
+      directory, use_async=False).complete_steps()
+  out = {}
+  for s in steps:
+    problem = ckpt_lib.verify_step(epath.Path(directory) / str(s))
+    out[s] = None if problem is None else f"{problem[0]}: {problem[1]}"
+  return out
+
+
+def run(checkpoint: str, *, step: int | None = None, as_json: bool = False,
+        check: bool = False) -> dict:
+  """Prints what a checkpoint holds; with `check`, first verifies every step's files
+  against their checksums and fails (one line) when one is damaged."""
+  checked = verify(checkpoint, step) if check else None
   info = describe(checkpoint, step)
-  print(json.dumps(info, indent=1) if as_json else format_text(info))
+  if checked is not None:
+    info["verified"] = {str(s): problem or "intact" for s, problem in checked.items()}
+  if as_json:
+    print(json.dumps(info, indent=1))
+  else:
+    print(format_text(info))
+    for s, problem in (checked or {}).items():
+      print(f"verify step {s}: " + ("intact (sizes and xxh3 checksums match)"
+                                    if problem is None else f"DAMAGED — {problem}"))
+  damaged = [s for s, problem in (checked or {}).items() if problem is not None]
+  if damaged:
+    raise ValueError(f"{len(damaged)} damaged step(s) in {checkpoint}: "
+                     f"{', '.join(map(str, damaged))} ({checked[damaged[-1]]}) — `growjax "
+                     f"train` sets a damaged step aside and resumes the newest intact one; "
+                     f"for grow/export pass --step of an intact one")
   return info

@@ -29,12 +29,14 @@ def test_plan_rejects_bad_input():
 def test_plan_warns_outside_the_fitted_range_and_refuses_flops_with_tokens(capsys):
   from growjax import cli
   assert timing.fit_range_warning(1e9, 1e21) is None
-  assert cli.main(["growjax", "plan", "--params", "1e7", "--tokens", "1e9"]) == 0
+  # (Issue 26: --tokens 1e9 at N = 1e7, and 2e10 at N = 1e9, put d past the whole
+  # budget's tokens and are refused now; tests/test_rerun_and_plan.py has those lines.)
+  assert cli.main(["growjax", "plan", "--params", "1e7", "--tokens", "1e11"]) == 0
   out = capsys.readouterr().out.strip().splitlines()
-  assert out[-1] == ("warning: N = 1e+07 and C = 6e+16 are outside the range of the paper's "
+  assert out[-1] == ("warning: N = 1e+07 and C = 6e+18 are outside the range of the paper's "
                      "runs (N 410M to 7B parameters, C 1e19 to 3.2e22 FLOPs): d is an "
                      "extrapolation of the fit")
-  assert cli.main(["growjax", "plan", "--params", "1e9", "--tokens", "2e10"]) == 0
+  assert cli.main(["growjax", "plan", "--params", "1e9", "--tokens", "1e11"]) == 0
   assert "warning" not in capsys.readouterr().out
   assert cli.main(["growjax", "plan", "--params", "7e9", "--flops", "8e22",
                    "--tokens", "2e12"]) == 2
