@@ -17,6 +17,7 @@ the tool:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import itertools
@@ -61,6 +62,10 @@ def _distributed_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_integer("num_processes", 0, "number of processes (multi-process).",
                        flag_values=fv)
   flags.DEFINE_integer("process_id", -1, "this process's index (multi-process).",
+                       flag_values=fv)
+  flags.DEFINE_integer("heartbeat_timeout", 0, "seconds without a heartbeat after which a "
+                       "process counts as lost and every other ends with one line naming "
+                       "it (default: $GROWJAX_HEARTBEAT_TIMEOUT_S, else JAX's 100).",
                        flag_values=fv)
 
 
@@ -428,11 +433,14 @@ def _define_inspect(fv):
                       "workdir, checkpoints dir or step dir.", flag_values=fv)
   flags.DEFINE_integer("step", None, "step (default: latest complete).", flag_values=fv)
   flags.DEFINE_boolean("json", False, "print JSON instead of text.", flag_values=fv)
+  flags.DEFINE_boolean("verify", False, "also check every step's files against the sizes "
+                       "and xxh3 checksums recorded at save (exit 2 if one is damaged).",
+                       flag_values=fv)
 
 
 def _run_inspect(fv):
   from growjax import inspect_checkpoint
-  inspect_checkpoint.run(fv.checkpoint, step=fv.step, as_json=fv.json)
+  inspect_checkpoint.run(fv.checkpoint, step=fv.step, as_json=fv.json, check=fv.verify)
 
 
 ISSUE13_COMMANDS = (
@@ -603,37 +611,77 @@ def _runtime_message(exc: BaseException) -> str:
     where = exc.filename or "the output directory"
     return (f"no space left on the device writing {where} — free space or lower "
             f"config.train.keep_checkpoints; the last complete checkpoint is kept")
-  first = (str(exc).strip().splitlines() or [""])[0][:300]
-  return (f"{type(exc).__name__}: {first} — rerun with --debug for the traceback")
+  first = (str(exc).strip().splitlines() or [""])[0]
+  if not type(exc).__module__.startswith("growjax"):   # growjax's own lines name paths
+    first = first[:300]
+  log = _LOG.get("path")
+  where = f"; library messages are in {log}" if log else ""
+  return (f"{type(exc).__name__}: {first} — rerun with --debug for the traceback{where}")
 
 
 def _classify(exc: BaseException) -> tuple[str, int]:
+  from growjax import console
   if isinstance(exc, CommandError):
     return str(exc), exc.code
   if isinstance(exc, (ValueError, FileNotFoundError)):
     return str(exc), BAD_INPUT
   if isinstance(exc, KeyboardInterrupt):
-    return "interrupted — rerun the same command to resume", RUNTIME_FAILURE
+    return "interrupted — rerun the same command to resume", console.INTERRUPTED
   return _runtime_message(exc), RUNTIME_FAILURE
 
 
 # The running command's own arguments (after its name): `growjax sweep --jobs` starts its
 # children with them.
 CURRENT_ARGV: list[str] = []
+_LOG: dict[str, str] = {}   # the running command's log file of library messages
+
+
+def _log_dir(cmd: Command, fv: flags.FlagValues) -> str | None:
+  """Where the command's library log goes: the run directory of train and sweep (which
+  hold only growjax's files). Commands whose output directory must be new or empty
+  (grow, import-hf, export-hf, prepare-data) and the rest log to a temp file."""
+  if cmd.name == "train":
+    return fv.workdir or default_workdir(fv["config"].config_filename)
+  if cmd.name == "sweep" and not fv.job:
+    return fv.workdir or default_workdir(fv["config"].config_filename) + "_sweep"
+  return None
 
 
 def run_command(cmd: Command, argv: list[str], debug: bool) -> int:
+  """Runs `cmd`; every failure, signal and lost process becomes one line (growjax.console:
+  library output goes to a log file unless --debug)."""
+  from growjax import console
   CURRENT_ARGV[:] = argv
-  try:
-    cmd.run(parse(cmd, argv))
-    return 0
-  except SystemExit:
-    raise
-  except BaseException as e:  # noqa: BLE001 - every failure becomes one line
-    message, code = _classify(e)
-    if debug:
-      traceback.print_exc()
-  print(f"growjax {cmd.name}: {message}", file=sys.stderr, flush=True)
+  _LOG.clear()
+  message, code = None, 0
+  with console.session(cmd.name):
+    try:
+      fv = parse(cmd, argv)
+      if "heartbeat_timeout" in fv and fv.heartbeat_timeout:
+        os.environ["GROWJAX_HEARTBEAT_TIMEOUT_S"] = str(fv.heartbeat_timeout)
+      with contextlib.ExitStack() as routing:
+        if not debug:
+          directory = _log_dir(cmd, fv)
+          if directory and "process_id" in fv and fv.process_id > 0:
+            directory = os.path.join(directory, "logs", f"process_{fv.process_id}")
+          _LOG["path"] = console.log_path(directory, cmd.name)
+          routing.enter_context(console.routed(_LOG["path"]))
+        cmd.run(fv)
+        message, code = console.after_run()
+    except SystemExit:
+      raise
+    except BaseException as e:  # noqa: BLE001 - every failure becomes one line
+      message, code = _classify(e)
+      if debug:
+        traceback.print_exc()
+    distributed = sys.modules.get("growjax.distributed")
+    if distributed is not None and distributed.multiprocess():
+      distributed.finish(failed=code not in (0, console.INTERRUPTED))
+    if message:
+      print(f"growjax {cmd.name}: {message}", file=sys.stderr, flush=True)
+    if code and distributed is not None and distributed.multiprocess():
+      sys.stdout.flush()
+      os._exit(code)   # JAX's teardown would wait for (or abort on) a lost peer
   return code
 
 
@@ -656,6 +704,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{usage()}", file=sys.stderr)
     return BAD_INPUT
   debug = "--debug" in argv or os.environ.get("GROWJAX_DEBUG", "") not in ("", "0")
+  if not debug:
+    from growjax import console
+    console.native_log_defaults()
   return run_command(COMMANDS[name], argv[2:], debug)
 
 
