@@ -364,3 +364,46 @@ def test_gs_lease_by_generation_preconditions(gcs_preconditions, monkeypatch):
   with lease.hold(d, command="train"):
     assert json.loads(store.read()[0])["pid"] == os.getpid()
   assert store.read() is None
+
+
+MULTI = """
+import json, os, re, sys
+address, pid, held, free = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+os.environ["XLA_FLAGS"] = re.sub(r"--xla_force_host_platform_device_count=\\\\d+", "",
+                                 os.environ.get("XLA_FLAGS", ""))
+os.environ["JAX_PLATFORMS"] = "cpu"
+from growjax import distributed, lease
+distributed.maybe_initialize(address, 2, pid)
+out = {}
+try:
+  with lease.hold(held, command="train"):
+    out["held"] = "taken"
+except ValueError as e:
+  out["held"] = str(e)
+with lease.hold(free, command="train"):
+  with open(os.path.join(free, lease.LEASE_NAME)) as f:
+    out["holder"] = json.load(f)["pid"]
+  distributed.agreed([0])   # both looked before process 0 releases it
+print(json.dumps(out), flush=True)
+"""
+
+
+def test_two_processes_agree_process_0_holds(tmp_path, live_holder):
+  """jax.distributed over 2 processes: process 0 alone takes the lease; a refusal is the
+  same one line on both."""
+  held, free = str(tmp_path / "held"), str(tmp_path / "free")
+  _write_lease(held, pid=live_holder.pid)
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    address = f"127.0.0.1:{s.getsockname()[1]}"
+  procs = [subprocess.Popen([sys.executable, "-c", MULTI, address, str(i), held, free],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for i in range(2)]
+  results = [p.communicate(timeout=120) for p in procs]
+  assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in results]
+  outs = [json.loads(out.strip().splitlines()[-1]) for out, _ in results]
+  assert outs[0]["held"] == outs[1]["held"]
+  assert outs[0]["held"].startswith(f"--workdir={held} is in use by growjax train (pid "
+                                    f"{live_holder.pid} on host {HOST}")
+  assert outs[0]["holder"] == outs[1]["holder"] == procs[0].pid
+  assert not os.path.exists(free)   # released, and the directory made for it removed
