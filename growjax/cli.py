@@ -614,9 +614,7 @@ def _runtime_message(exc: BaseException) -> str:
   first = (str(exc).strip().splitlines() or [""])[0]
   if not type(exc).__module__.startswith("growjax"):   # growjax's own lines name paths
     first = first[:300]
-  log = _LOG.get("path")
-  where = f"; library messages are in {log}" if log else ""
-  return (f"{type(exc).__name__}: {first} — rerun with --debug for the traceback{where}")
+  return (f"{type(exc).__name__}: {first} — rerun with --debug for the traceback")
 
 
 def _classify(exc: BaseException) -> tuple[str, int]:

@@ -17,6 +17,7 @@ state, compiling) end the command at once with one line. Inside the loop
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -212,6 +213,8 @@ def routed(path: str):
   real = sys.stderr is sys.__stderr__ and _stderr_fd() is not None
   log_file = open(path, "a", buffering=1, encoding="utf-8", errors="backslashreplace")
   log_file.write(f"==== {_state['command']} (pid {os.getpid()})\n")
+  if os.path.dirname(path) == tempfile.gettempdir():   # a command without a workdir
+    atexit.register(_remove_if_quiet, path, log_file.tell())
 
   def to_log(*parts):
     with contextlib.suppress(ValueError, OSError):   # closed: an in-process run ended
@@ -265,6 +268,13 @@ def routed(path: str):
       threading.excepthook = saved["threading_excepthook"]
       warnings.showwarning = saved["showwarning"]
       log_file.close()
+
+
+def _remove_if_quiet(path: str, header: int) -> None:
+  """A temp log that holds only its header is not worth keeping."""
+  with contextlib.suppress(OSError):
+    if os.path.getsize(path) <= header:
+      os.remove(path)
 
 
 def _stderr_fd() -> int | None:
