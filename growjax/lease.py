@@ -178,7 +178,11 @@ class _Local:
 
 class _Gcs:
   def __init__(self, directory: str):
-    from google.cloud import storage
+    try:
+      from google.cloud import storage
+    except ImportError:
+      raise ValueError(f"{directory}: a gs:// output's lease needs google-cloud-storage — "
+                       f"pip install 'growjax[gcs]'") from None
     bucket, _, prefix = directory.removeprefix("gs://").partition("/")
     self.name = f"{prefix.strip('/')}/{LEASE_NAME}" if prefix.strip("/") else LEASE_NAME
     self.bucket = storage.Client().bucket(bucket)
