@@ -316,13 +316,19 @@ class Lease:
   def release(self) -> None:
     self._stop.set()
     self._thread.join()
-    with self._lock:
-      removed = not self.lost and self.store.delete(self.version)
+    try:
+      with self._lock:
+        removed = not self.lost and self.store.delete(self.version)
+      current = None if removed else self.store.read()
+    except Exception as e:  # noqa: BLE001 - the command's own outcome matters more
+      print(f"warning: could not remove the lease on {self.label} ({e}) — "
+            f"the next command there takes it over once its heartbeat is stale",
+            file=sys.stderr, flush=True)
+      return
     if not removed:
-      current = self.store.read()
       other = _decode(current[0]) if current else None
-      print(f"warning: the lease on {self.label} was taken over while this command ran"
-            + (f", by {_holder(other)})" if other else "")
+      print(f"warning: the lease on {self.label} was taken over or removed while this "
+            f"command ran" + (f", now held by {_holder(other)})" if other else "")
             + " — check that no other command wrote there meanwhile", file=sys.stderr,
             flush=True)
 

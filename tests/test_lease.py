@@ -204,7 +204,7 @@ def test_stale_heartbeat_is_taken_over_and_a_fresh_one_refused(tmp_path, capsys,
     taker = _write_lease(d, host="other-host")
     time.sleep(0.3)
   assert json.load(open(_lease_path(d))) == taker   # not removed, not overwritten
-  assert "was taken over while this command ran" in capsys.readouterr().err
+  assert "was taken over or removed while this command ran, now held by growjax train" in capsys.readouterr().err
 
 
 RACER = """
