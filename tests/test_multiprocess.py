@@ -61,6 +61,7 @@ def _run(logdir, data_dir, spec, nproc=2):
   return _finish(*_start(logdir, data_dir, spec, nproc), spec)
 
 
+@pytest.mark.slow
 def test_grow_run_two_processes_match_one_and_agree_on_the_stage(tmp_path, data_dir):
   """A whole grow run over 2 x 4 devices, stopped and resumed, equals one process; on
   resume, process 1 is shown a filesystem where every stage looks done, and follows
@@ -159,6 +160,7 @@ def launched(tmp_path_factory, data_dir):
               singles=singles, straight=straight, fp8_single=fp8_single)
 
 
+@pytest.mark.slow
 def test_meshes_spanning_processes_get_the_rows_their_sharding_names(launched):
   """One device per process, the mesh axis across the processes. With tensor=2 both
   processes hold the whole global batch (rows replicated over tensor); with fsdp=2
@@ -185,6 +187,7 @@ def test_meshes_spanning_processes_get_the_rows_their_sharding_names(launched):
                                [single[s] for s in steps], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_process_stops_both_at_the_same_step(launched):
   """SIGTERM to process 1 only: JAX's preemption service agrees one step, both
   processes save it and exit 0, and the resumed run equals an uninterrupted one."""
@@ -205,12 +208,14 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(launched):
                              [straight[s] for s in range(1, steps + 1)], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_workdir_the_processes_do_not_share_is_refused(launched):
   for out in launched["first"]:
     assert "is not shared: processes [1]" in out["unshared"]["error"]
   assert not list((launched["root"] / "w" / "p0").iterdir())  # the marker is removed
 
 
+@pytest.mark.slow
 def test_delayed_fp8_histories_are_the_same_on_every_process(launched):
   """Delayed FP8 over 2 processes: both calibrate at the first step and hold identical
   copies of the replicated amax histories, which match one process's run on the same
