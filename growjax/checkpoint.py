@@ -330,11 +330,11 @@ class Checkpoints:
     state = out.state
     if target is not abstract_state and not keep_fp8_history:
       state = state.replace(fp8_history=None)
-    return state, out.data, out.meta
+    return state, out.data, _without_step(out.meta)
 
   def meta(self, step: int) -> dict:
-    return self.manager.restore(step, args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore())).meta
+    return _without_step(self.manager.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore())).meta)
 
   def data(self, step: int) -> dict:
     """The `data` item (the loader position) alone, without the state."""
@@ -353,6 +353,11 @@ class Checkpoints:
 
   def close(self) -> None:
     self.manager.close()
+
+
+def _without_step(meta: dict) -> dict:
+  """The metadata a caller saved: the step `save` adds (for `verify_step`) left out."""
+  return {k: v for k, v in (meta or {}).items() if k != STEP_META}
 
 
 FP8_HISTORY_META = "fp8_history"   # meta key: length of the amax histories a step holds
@@ -444,7 +449,7 @@ def read_meta(directory: str, step: int) -> dict:
   for name in ("meta/metadata", "meta"):
     p = step_dir / name
     if p.exists() and not p.is_dir():
-      return json.loads(p.read_text())
+      return _without_step(json.loads(p.read_text()))
   return Checkpoints(directory, use_async=False).meta(step)
 
 

@@ -371,9 +371,10 @@ def _define_export_hf(fv):
 
 def _run_export_hf(fv):
   _init_distributed(fv)
-  from growjax import hf
-  hf.export_hf(fv["from"].value, fv.to, step=fv.step, dtype=fv.dtype,
-               max_shard_size=fv.max_shard_size, mesh_spec=fv.mesh)
+  from growjax import hf, lease
+  with lease.hold(fv.to, command="export-hf", flag="--to"):
+    hf.export_hf(fv["from"].value, fv.to, step=fv.step, dtype=fv.dtype,
+                 max_shard_size=fv.max_shard_size, mesh_spec=fv.mesh)
 
 
 def _define_eval(fv):

@@ -176,14 +176,12 @@ _console_err = None   # the console's stderr while fd 2 goes to the log file
 
 
 def log_path(directory: str | None, command: str) -> str:
-  """WORKDIR/growjax.log for a local workdir; a temp file for a command without one (or
-  a gs:// one: the log is written with plain file calls)."""
-  if directory and "://" not in directory:
-    try:
-      os.makedirs(directory, exist_ok=True)
-      return os.path.join(directory, LOG_NAME)
-    except OSError:
-      pass
+  """WORKDIR/growjax.log for a local workdir that exists already (a resumed run); a temp
+  file for a new workdir (a command refused before it writes anything must not create
+  one), for a command without one, or a gs:// one (the log is written with plain file
+  calls)."""
+  if directory and "://" not in directory and os.path.isdir(directory):
+    return os.path.join(directory, LOG_NAME)
   return os.path.join(tempfile.gettempdir(), f"growjax-{command}-{os.getpid()}.log")
 
 

@@ -8,9 +8,11 @@ and a good checkpoint is never lost:
 - a run of NaN/Inf steps (a *streak*) blocks checkpoint saves while it lasts, and
   `max_bad_steps` of them in a row stop the run;
 - a loss far above the recent window (z-score over `spike_zscore` and a rise over
-  `spike_min_rise` of its mean), or an eval loss that is not finite or rose that much
-  since the last eval, is a *spike*: the loop rolls back to the newest good checkpoint;
-  a spike with nothing to roll back to counts as a bad step;
+  `spike_min_rise` of its mean), or an eval loss that rose that much since the last
+  eval, is a *spike*: the loop rolls back to the newest good checkpoint; a spike with
+  nothing to roll back to counts as a bad step;
+- a model with non-finite params or eval loss is never saved, and a run whose last step
+  is untrusted fails instead of ending with it;
 - a checkpoint is *known good* once a finite, unspiked step has run on the very model it
   holds; the newest known good one is never rotated out (`Checkpoints.mark_good`).
 
@@ -67,6 +69,7 @@ class Guard:
     self.streak_start: int | None = None
     self.last_applied = start_step   # the newest step whose update was applied
     self.unconfirmed: int | None = None   # the newest checkpoint saved, not yet confirmed
+    self.eval_failed: int | None = None   # the step whose eval loss was not finite
     # The checkpoint this call resumed from is the newest known good to start with.
     self.good_step: int | None = start_step if resumed_checkpoint else None
 
@@ -108,11 +111,13 @@ class Guard:
     return z if z > self.zscore and loss > mean * (1 + self.min_rise) else None
 
   def observe_eval(self, step: int, loss: float) -> Spike | None:
-    """An eval of the model of step `step`: not finite, or risen by more than
-    `spike_min_rise` since the last eval (with the spike guard on), is a spike."""
-    previous, self.last_eval = self.last_eval, loss
+    """An eval of the model of step `step`. Not finite: that model is not saved (and the
+    run fails if it is the last). Risen by more than `spike_min_rise` since the last
+    eval (with the spike guard on): a spike."""
     if not math.isfinite(loss):
-      return Spike(step, f"eval loss {loss} at step {step}")
+      self.eval_failed = step
+      return None
+    previous, self.last_eval = self.last_eval, loss
     if self.zscore > 0 and previous is not None and loss > previous * (1 + self.min_rise):
       return Spike(step, f"eval loss spike at step {step} ({loss:.4g} after {previous:.4g}, "
                          f"more than config.train.spike_min_rise={self.min_rise} above)")
@@ -133,6 +138,8 @@ class Guard:
     """None when the model of `step` may be saved, else why not (one clause)."""
     if not params_finite:
       return "its parameters are not all finite"
+    if self.eval_failed == step:
+      return "its eval loss is not finite"
     if self.in_streak:
       return (f"it is inside a run of {self.bad_in_a_row} NaN/Inf steps (since step "
               f"{self.streak_start})")

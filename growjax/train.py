@@ -10,8 +10,6 @@ evaluates, saves, and on SIGTERM saves and returns cleanly.
 from __future__ import annotations
 
 import dataclasses
-import signal
-import threading
 import time
 from typing import Any, Callable
 
@@ -26,10 +24,12 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from growjax import attention_choice
 from growjax import checkpoint as ckpt_lib
 from growjax import config as config_lib
+from growjax import console
 from growjax import data as data_lib
 from growjax import distributed
 from growjax import faults
 from growjax import fp8
+from growjax import guard as guard_lib
 from growjax import loss as loss_lib
 from growjax import mask_ramp
 from growjax import metrics as metrics_lib
@@ -290,31 +290,6 @@ def to_global(batch: dict, batch_sharding: NamedSharding) -> dict:
   return HostBatches(batch_sharding, n, np.arange(n)).to_global(batch)
 
 
-class _StopSignal:
-  """SIGTERM (a preemption, `launch/tpu_vm.sh stop`) -> save and return.
-
-  One process: a Python handler sets a flag the loop reads after each step.
-  Several processes: JAX's preemption service (started by `jax.distributed`)
-  catches SIGTERM on whichever process gets it and agrees one step for all;
-  the loop asks orbax's `reached_preemption`. No Python handler is installed
-  then: it would replace the service's and leave each process on its own flag,
-  saving at different steps and deadlocking.
-  """
-
-  def __init__(self):
-    self.event = threading.Event()
-    self._previous = None
-
-  def __enter__(self):
-    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, lambda *_: self.event.set())
-    return self
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-
 def restore_or_init(setup: Setup, checkpoints: ckpt_lib.Checkpoints, data_iter, writer
                     ) -> tuple[TrainState, dict]:
   """Latest own checkpoint, else `train.init_from` (e.g. a grown model), else fresh.
@@ -342,6 +317,8 @@ def restore_or_init(setup: Setup, checkpoints: ckpt_lib.Checkpoints, data_iter, 
             latest, abstract_state(setup, mask_ramp.restored(meta), latest),
             keep_fp8_history=True)
         state = with_fp8_history(setup, state)
+        if int(to_host(state.step)) != latest:   # a step dir renamed or swapped
+          problem = (step_dir, f"holds the state of step {int(to_host(state.step))}")
       except Exception as e:  # noqa: BLE001 - a restore failure of a checked step = damage
         problem = (step_dir, f"restore failed ({type(e).__name__}: "
                              f"{(str(e).strip().splitlines() or [''])[0][:160]})")
@@ -395,6 +372,8 @@ def restore_or_init(setup: Setup, checkpoints: ckpt_lib.Checkpoints, data_iter, 
     # The grown checkpoint's FLOPs are the small stage's: kept apart so that
     # `growjax speedup` can check a grown run counts them.
     meta = dict(meta, small_stage_flops=float(meta.get("flops_seen", 0.0)))
+    for key in (guard_lib.WINDOW_META, guard_lib.EVAL_META):   # another model's losses
+      meta.pop(key, None)
     if ramp is not None:
       state = state.replace(masks=ramp.initial(setup.mesh, step))
       meta[mask_ramp.META_KEY] = ramp.to_meta()
@@ -598,17 +577,28 @@ class _Profile:
 
 
 class BadStepsError(FloatingPointError):
-  """`config.train.max_bad_steps` consecutive non-finite steps: the run stops (exit 1)."""
+  """The run stops (exit 1) on a model it cannot trust: `config.train.max_bad_steps`
+  consecutive non-finite steps, the run's end inside such a streak, or a loss spike that
+  comes back after every rollback. Names the newest good checkpoint."""
+
+
+MAX_ROLLBACKS = 3   # rollbacks to one checkpoint before a recurring spike stops the run
+
+
+def _all_finite(params) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]))
 
 
 class _Loop:
   """One call of `train`: restore, then step, report, evaluate and save until done.
 
-  Bad numbers: a step whose loss or gradient norm is not finite is skipped inside the
-  jitted step (params and optimizer state kept) and counted here, one step late (its
-  `skipped` flag is read after the next step is dispatched); `max_bad_steps` in a row
-  stop the run. With `spike_zscore` > 0, a step loss that far above the running window
-  rolls back to the last checkpoint and skips the batches since it.
+  Bad numbers (`growjax.guard` decides): a step whose loss or gradient norm is not
+  finite is skipped inside the jitted step (params and optimizer state kept) and read
+  here one step late (its flags are read after the next step is dispatched, and at
+  each save before the save); no checkpoint is written inside a streak of them or with
+  non-finite params, and `max_bad_steps` in a row stop the run. A loss spike (and an
+  eval loss that is not finite or jumps) rolls back to the newest good checkpoint and
+  skips the batches since it. Checkpoints of a model known bad are set aside.
   """
 
   def __init__(self, setup: Setup, writer, checkpoints: ckpt_lib.Checkpoints,
@@ -636,10 +626,13 @@ class _Loop:
     self.history: dict[str, Any] = {"loss": {}, "eval_loss": {}, "stopped_at": None,
                                     "skipped": [], "rollbacks": []}
     self.bad_steps_total = 0
-    self.bad_in_a_row = 0
+    self.guard = guard_lib.Guard(setup.cfg.train, self.step, restored_meta,
+                                 resumed_checkpoint=self.step in checkpoints.complete_steps())
+    self.checkpoints.mark_good(self.guard.good_step)
+    self.rollbacks_to: dict[int, int] = {}   # checkpoint step -> rollbacks to it
+    self.params_finite = jax.jit(_all_finite, out_shardings=sharding.replicated(setup.mesh))
     self.last = None                  # (step, metrics) of the last dispatched step
     self.replay_batch = None          # a batch to feed again after a rollback
-    self.losses: list[float] = []     # the spike guard's running window
 
   def report(self, step: int, device_metrics: dict, eval_loss: float | None) -> None:
     values, eta = self.account.values(step, device_metrics, eval_loss)
@@ -668,12 +661,40 @@ class _Loop:
         self.stop_after_steps is not None and
         self.step - self.start_step >= self.stop_after_steps)
 
-  def save(self, force: bool) -> None:
-    if force or self.checkpoints.manager.should_save(self.step):
-      meta = dict(self.meta, flops_seen=self.account.flops_seen(self.step))
-      self.account.stalls.timed("checkpoint_s", self.state, lambda: self.checkpoints.save(
-          self.step, self.state, self.data_iter.get_state(), meta, force=force))
-      faults.maybe_kill("mid_save")
+  def save(self, force: bool) -> str | None:
+    """Saves the model of this step when it is due (or `force`) and trusted: its own
+    step's numbers are read first. Returns None when no save was due, else 'saved',
+    'not saved' (an untrusted model) or 'rolled back' (that read found a spike)."""
+    if not (force or self.checkpoints.manager.should_save(self.step)):
+      return None
+    if self.last is not None and self.last[0] == self.step:
+      last, self.last = self.last, None
+      if self.check_numbers(*last):
+        return "rolled back"
+    why_not = self.guard.why_not_save(self.step,
+                                      bool(to_host(self.params_finite(self.state.params))))
+    if why_not is not None:
+      if self.step == self.setup.cfg.train.steps and self.guard.in_streak:
+        self.stop_bad(f"the run ended inside {self.guard.bad_in_a_row} NaN/Inf steps in a "
+                      f"row (steps {self.guard.streak_start}..{self.step})",
+                      self.guard.first_bad_of_streak())
+      if self.step == self.setup.cfg.train.steps:
+        self.stop_bad(f"the run's final model (step {self.step}) is untrusted: {why_not}",
+                      self.step)
+      self.writer.text(f"not saving step {self.step}: {why_not}; the newest good "
+                       f"checkpoint is {self._good_text()}")
+      return "not saved"
+    meta = dict(self.meta, flops_seen=self.account.flops_seen(self.step),
+                **self.guard.to_meta())
+    self.account.stalls.timed("checkpoint_s", self.state, lambda: self.checkpoints.save(
+        self.step, self.state, self.data_iter.get_state(), meta, force=force))
+    self.guard.saved(self.step)
+    faults.maybe_kill("mid_save")
+    return "saved"
+
+  def _good_text(self) -> str:
+    good = self.guard.good_step
+    return "none yet" if good is None else f"step {good}"
 
   def one_step(self, pending):
     """Dispatches a step, then reads the previous step's metrics (the device already
@@ -711,41 +732,60 @@ class _Loop:
     if (tc.eval_every and self.step % tc.eval_every == 0) or self.step == tc.steps:
       eval_loss = self.account.stalls.timed("eval_s", self.state, self.evaluate)
       self.history["eval_loss"][self.step] = eval_loss
+      spike = self.guard.observe_eval(self.step, eval_loss)
+      if spike is not None:
+        self.last = None              # this step's batch is among those skipped
+        if self.roll_back(self.step, spike):
+          return None
     if self.step % tc.log_every == 0 or self.step == tc.steps or eval_loss is not None:
       return (self.step, step_metrics, eval_loss)
     return None
 
   def check_numbers(self, step: int, step_metrics: dict, _batch, spike_guard=True) -> bool:
-    """Counts a skipped step (stops after max_bad_steps in a row) and runs the spike
-    guard on `step`'s loss; True when it rolled back to the last checkpoint."""
-    tc = self.setup.cfg.train
+    """Reads `step`'s skipped flag and loss into the guard: stops the run after
+    max_bad_steps NaN/Inf steps in a row, rolls back on a spike. True when it rolled
+    back to a checkpoint."""
     t0 = time.perf_counter()   # the host waits here for the step's result
     skipped, loss = to_host((step_metrics["skipped"], step_metrics["loss"]))
     self.account.stalls.add("device_s", time.perf_counter() - t0)
     if float(skipped):
       self.bad_steps_total += 1
-      self.bad_in_a_row += 1
       self.history["skipped"].append(step)
-      if self.bad_in_a_row >= tc.max_bad_steps:
-        self.checkpoints.wait()
-        raise BadStepsError(
-            f"{self.bad_in_a_row} NaN/Inf steps in a row (config.train.max_bad_steps="
-            f"{tc.max_bad_steps}), the last at step {step}: lower config.optimizer.peak_lr "
-            f"and rerun to resume from the last good checkpoint, step "
-            f"{self.checkpoints.latest_step()} in {self.checkpoints.directory}")
-      return False
-    self.bad_in_a_row = 0
-    loss = float(loss)
-    if tc.spike_zscore > 0 and spike_guard:
-      window = self.losses[-int(tc.spike_window):]
-      if len(window) >= min(int(tc.spike_window), 8):
-        std = float(np.std(window))
-        z = (loss - float(np.mean(window))) / std if std > 0 else 0.0
-        if z > tc.spike_zscore:
-          return self.roll_back(step, loss, z)
-      self.losses.append(loss)
-      del self.losses[:-int(tc.spike_window)]
-    return False
+    try:
+      spike = self.guard.observe(step, bool(float(skipped)), float(loss), spike_guard)
+    except guard_lib.BadStreak as e:
+      self.stop_bad(e.why, e.first_bad)
+    self.checkpoints.mark_good(self.guard.good_step)   # kept through rotation
+    return spike is not None and self.roll_back(step, spike)
+
+  def stop_bad(self, why: str, first_bad: int):
+    """Sets aside the checkpoints of a model known bad and stops, naming the newest good
+    checkpoint (or saying the rerun starts again from the beginning)."""
+    moved = self.set_aside_from(first_bad)
+    good = self.guard.good_step
+    aside = (f"checkpoints {', '.join(map(str, moved))} (the model of step {first_bad} on) "
+             f"set aside as <step>.bad-<n>; " if moved else "")
+    where = (f"resume from the last good checkpoint, step {good} in "
+             f"{self.checkpoints.directory}" if good is not None else
+             f"start again from the beginning (no checkpoint before step {first_bad})")
+    raise BadStepsError(f"{why}: {aside}lower config.optimizer.peak_lr and rerun to {where}")
+
+  def set_aside_from(self, first_bad: int) -> list[int]:
+    """Renames every checkpoint from `first_bad` on to `<step>.bad-<n>` (process 0;
+    never deleted), so no rerun or rollback resumes a model known bad."""
+    self.checkpoints.wait()
+    bad = [s for s in self.checkpoints.complete_steps() if s >= first_bad]
+    if jax.process_index() == 0:
+      for s in bad:
+        self.checkpoints.set_aside(s, "bad")
+    distributed.agreed([0])   # renamed before anyone lists again
+    if jax.process_index() != 0:
+      self.checkpoints.manager.reload()
+    remaining = [s for s in self.checkpoints.complete_steps() if s < first_bad]
+    [newest] = distributed.agreed([remaining[-1] if remaining else -1])
+    self.guard.forget_from(first_bad, [newest] if newest >= 0 else [])
+    self.checkpoints.mark_good(self.guard.good_step)
+    return bad
 
   def _arm_fp8_calibration(self) -> None:
     """Delayed FP8 scaling from zero histories (a fresh, grown or imported model, a
@@ -754,28 +794,39 @@ class _Loop:
     self.fp8_calibration = None if state_lib.fp8_calibrated(self.state) else (
         make_fp8_calibration(self.setup, self.ramp if self.state.masks is not None else None))
 
-  def roll_back(self, step: int, loss: float, z: float) -> bool:
-    """Restores the last checkpoint in-process; the batches after it up to and
-    including `step`'s are skipped (the one dispatched after `step` is fed again)."""
-    self.checkpoints.wait()
-    latest = self.checkpoints.latest_step()
+  def roll_back(self, step: int, spike: guard_lib.Spike) -> bool:
+    """Restores the newest good checkpoint in-process (those of the spiked model set
+    aside); the batches after it up to and including `step`'s are skipped (one
+    dispatched after `step` is fed again). A spike with no checkpoint before it counts
+    as a bad step; one that comes back after MAX_ROLLBACKS rollbacks stops the run."""
+    moved = self.set_aside_from(spike.first_bad)
+    latest = self.guard.good_step
     if latest is None:
-      self.writer.text(f"loss spike at step {step} (loss {loss:.4g}, z-score {z:.1f} > "
-                       f"config.train.spike_zscore={self.setup.cfg.train.spike_zscore}) but "
-                       f"no checkpoint to roll back to; continuing")
+      self.writer.text(f"{spike.why}, but no checkpoint before step {spike.first_bad} to "
+                       f"roll back to: counted as a bad step, nothing saved until the loss "
+                       f"is back")
+      try:
+        self.guard.unrollable(step)
+      except guard_lib.BadStreak as e:
+        self.stop_bad(e.why, e.first_bad)
       return False
-    self.state, _, _ = self.checkpoints.restore(
+    self.rollbacks_to[latest] = self.rollbacks_to.get(latest, 0) + 1
+    if self.rollbacks_to[latest] > MAX_ROLLBACKS:
+      self.stop_bad(f"{spike.why}, after {MAX_ROLLBACKS} rollbacks to step {latest}: the "
+                    f"loss keeps spiking", spike.first_bad)
+    self.state, _, meta = self.checkpoints.restore(
         latest, abstract_state(self.setup, self.ramp, latest), keep_fp8_history=True)
     self.state = with_fp8_history(self.setup, self.state)
     self._arm_fp8_calibration()   # a checkpoint written before delayed FP8 holds none
-    self.replay_batch = self.last[2]
+    self.guard.rolled_back(latest, meta)
+    self.replay_batch = self.last[2] if self.last is not None else None
     self.last = None
     self.step = int(to_host(self.state.step))
     self.history["rollbacks"].append((step, latest))
-    self.writer.text(f"loss spike at step {step} (loss {loss:.4g}, z-score {z:.1f} > "
-                     f"config.train.spike_zscore={self.setup.cfg.train.spike_zscore}): "
-                     f"rolled back to checkpoint step {latest}, skipping the "
-                     f"{step - latest} batches of steps {latest + 1}..{step}")
+    aside = (f"; checkpoints {', '.join(map(str, moved))} set aside as <step>.bad-<n>"
+             if moved else "")
+    self.writer.text(f"{spike.why}: rolled back to checkpoint step {latest}, skipping the "
+                     f"{step - latest} batches of steps {latest + 1}..{step}{aside}")
     return True
 
   def run(self) -> dict[str, Any]:
@@ -789,15 +840,20 @@ class _Loop:
         f"{setup.tokens_per_step} tokens/step, steps {self.step}->{tc.steps}")
     pending = None
     profile = _Profile(config_lib.profile_steps(tc), self.writer)
-    with _StopSignal() as self.signal, jax.set_mesh(setup.mesh), profile:
+    # SIGTERM (a preemption) or Ctrl-C -> save and return (growjax.console.StopSignal).
+    with console.StopSignal() as self.signal, jax.set_mesh(setup.mesh), profile:
       while self.step < tc.steps:
         profile.before(self.step + 1)
         pending = self.one_step(pending)
         profile.after(self.step, self.state)
         interrupted = self.should_stop()
-        self.save(force=interrupted or self.step == tc.steps)
+        saved = self.save(force=interrupted or self.step == tc.steps)
+        if saved == "rolled back":
+          pending = None              # the pending report is of dropped steps
         if interrupted:
-          self.writer.text(f"stopping at step {self.step}: checkpoint saved")
+          self.writer.text(f"stopping at step {self.step}: " + (
+              "checkpoint saved" if saved != "not saved" else
+              f"not saved; the rerun resumes from {self._good_text()}"))
           self.history["stopped_at"] = self.step if self.step < tc.steps else None
           break
       if self.last is not None:

@@ -37,3 +37,9 @@ def data_dir(tmp_path_factory):
   d = tmp_path_factory.mktemp("tfds")
   os.environ["GROWJAX_DATA_DIR"] = str(d)
   return str(d)
+
+
+def pytest_configure(config):
+  config.addinivalue_line(
+      "markers", "slow: multi-process and other long tests (`pytest -m 'not slow'` skips "
+      "them for a fast inner loop; CI runs everything)")
