@@ -36,7 +36,7 @@ STEP_DIR = re.compile(r"^\d+$")
 COMMIT_SUCCESS = "commit_success.txt"   # orbax's "this save finished" marker on GCS
 FILES = "growjax_files.json"            # a finished step's files, sizes and checksums
 MANIFEST_FORMAT = "growjax-files/2"     # FILES with the step and each file's xxh3
-STEP_META = "step"                      # meta key: the step a checkpoint was saved as
+STEP_META = "saved_as_step"             # meta key: the step a checkpoint was saved as
 _CHUNK = 16 << 20                       # bytes read at a time while checksumming
 
 
@@ -312,7 +312,8 @@ class Checkpoints:
     return moved
 
   def complete_steps(self) -> list[int]:
-    return _complete_steps(epath.Path(self.directory))
+    root = epath.Path(self.directory)
+    return _complete_steps(root) if root.exists() else []   # gs:// before its first save
 
   def restore(self, step: int, abstract_state: Any, keep_fp8_history: bool = False
               ) -> tuple[Any, dict, dict]:

@@ -176,13 +176,22 @@ _console_err = None   # the console's stderr while fd 2 goes to the log file
 
 
 def log_path(directory: str | None, command: str) -> str:
-  """WORKDIR/growjax.log for a local workdir that exists already (a resumed run); a temp
-  file for a new workdir (a command refused before it writes anything must not create
-  one), for a command without one, or a gs:// one (the log is written with plain file
-  calls)."""
-  if directory and "://" not in directory and os.path.isdir(directory):
-    return os.path.join(directory, LOG_NAME)
+  """WORKDIR/growjax.log for a local workdir (created if missing: `routed` removes both
+  again when the command ended without a word from any library, so a command refused
+  before it ran leaves nothing behind); a temp file for a command without one (or a
+  gs:// one: the log is written with plain file calls)."""
+  if directory and "://" not in directory:
+    try:
+      if not os.path.isdir(directory):
+        os.makedirs(directory)
+        _created_dirs.add(os.path.abspath(directory))
+      return os.path.join(directory, LOG_NAME)
+    except OSError:
+      pass
   return os.path.join(tempfile.gettempdir(), f"growjax-{command}-{os.getpid()}.log")
+
+
+_created_dirs: set[str] = set()   # workdirs `log_path` created for the log alone
 
 
 class _OwnWarningsToConsole:
@@ -209,10 +218,10 @@ def routed(path: str):
   tests), everything is restored afterwards and fd 2 is left alone."""
   global _console_err
   real = sys.stderr is sys.__stderr__ and _stderr_fd() is not None
+  created = not os.path.exists(path)
   log_file = open(path, "a", buffering=1, encoding="utf-8", errors="backslashreplace")
   log_file.write(f"==== {_state['command']} (pid {os.getpid()})\n")
-  if os.path.dirname(path) == tempfile.gettempdir():   # a command without a workdir
-    atexit.register(_remove_if_quiet, path, log_file.tell())
+  quiet_size = log_file.tell() if created else None   # a log of ours holding nothing
 
   def to_log(*parts):
     with contextlib.suppress(ValueError, OSError):   # closed: an in-process run ended
@@ -253,12 +262,20 @@ def routed(path: str):
                         errors="backslashreplace")
     os.dup2(log_file.fileno(), 2)
     sys.stderr = _console_err
+  failed = False
   try:
     yield
+  except BaseException:
+    failed = True   # a command refused before it ran leaves no log of its own behind
+    raise
   finally:
+    tidy = quiet_size is not None and (failed or os.path.dirname(path) ==
+                                       tempfile.gettempdir())
     if real:   # the process ends next: library noise at exit goes to the log too
       with contextlib.suppress(Exception):
         _console_err.flush()
+      if tidy:
+        atexit.register(_remove_if_quiet, path, quiet_size)
     else:
       root.handlers, absl_logger.handlers = saved_handlers, saved_absl
       root.setLevel(saved_level)
@@ -266,13 +283,19 @@ def routed(path: str):
       threading.excepthook = saved["threading_excepthook"]
       warnings.showwarning = saved["showwarning"]
       log_file.close()
+      if tidy:
+        _remove_if_quiet(path, quiet_size)
 
 
 def _remove_if_quiet(path: str, header: int) -> None:
-  """A temp log that holds only its header is not worth keeping."""
+  """A log this command created that holds only its header is not worth keeping, nor the
+  workdir `log_path` created for it alone (removed only while empty)."""
   with contextlib.suppress(OSError):
     if os.path.getsize(path) <= header:
       os.remove(path)
+      directory = os.path.dirname(os.path.abspath(path))
+      if directory in _created_dirs:
+        os.rmdir(directory)
 
 
 def _stderr_fd() -> int | None:

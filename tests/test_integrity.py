@@ -158,7 +158,7 @@ def test_manifest_records_checksums_and_its_step(runs):
   for name, entry in manifest["files"].items():
     assert entry["size"] == os.path.getsize(step_dir / name)
     assert entry["xxh3"] == ckpt_lib.file_digest(step_dir / name)
-  assert json.loads((step_dir / "meta" / "metadata").read_text())["step"] == 8
+  assert json.loads((step_dir / "meta" / "metadata").read_text())["saved_as_step"] == 8
 
 
 def test_a_manifest_without_checksums_still_verifies_sizes(runs, tmp_path):
