@@ -25,7 +25,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from growjax import checkpoint as ckpt_lib  # noqa: E402
-from growjax import state as state_lib  # noqa: E402
+from growjax.train import state as state_lib  # noqa: E402
 
 
 def load_config(spec: str):

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from growjax import config as config_lib
-from growjax import model, state as state_lib, train
+from growjax.train import state as state_lib, train
+from growjax.model import transformer as model   # _masked_attention is swapped below
 
 import step_benchmark  # benchmarks/, beside this script
 

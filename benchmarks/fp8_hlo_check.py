@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from growjax import config as config_lib
-from growjax import state as state_lib, train
+from growjax.train import state as state_lib, train
 
 
 def compiled_step(precision: str, batch: int = 8):

@@ -4,7 +4,7 @@
 
 Trains the same model twice through `growjax train`, once with
 `config.model.matmul_precision='bf16'` and once with `'fp8'` (every block projection
-through FP8 GEMMs, `growjax/fp8.py`), same seed, data order and schedule: a
+through FP8 GEMMs, `growjax/model/fp8.py`), same seed, data order and schedule: a
 12L x 768 LLaMA (85M parameters, byte vocabulary) on the stdlib + Shakespeare
 corpus (`growjax.data.corpora.stdlib_and_plays`, ~35M byte tokens; 2,000 steps of
 32 x 1024 tokens are under two passes), evaluated every 100 steps on the held-out

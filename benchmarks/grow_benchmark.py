@@ -28,7 +28,7 @@ def run_case(spec: str, method: str, workdir: str) -> dict:
   from growjax import checkpoint as ckpt_lib
   from growjax import config as config_lib
   from growjax.growth import offline
-  from growjax import state as state_lib
+  from growjax.train import state as state_lib
 
   src_preset, dst = spec.split(":")
   dst_preset, _, layers = dst.partition("@")

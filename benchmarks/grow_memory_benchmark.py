@@ -57,7 +57,7 @@ def _configs(case: str):
 
 def _params_only() -> None:
   import optax
-  from growjax import optimizer as opt_lib
+  from growjax.train import optimizer as opt_lib
   opt_lib.make_optimizer = lambda opt_cfg, schedule, axes: optax.sgd(schedule)
 
 
@@ -78,7 +78,7 @@ def _streamed_copy(pieces, writer) -> tuple[float, float]:
 def step_source(case: str, work: str) -> dict:
   import jax
   from growjax import checkpoint as ckpt_lib
-  from growjax import state as state_lib
+  from growjax.train import state as state_lib
   from growjax.growth import stream
   src_cfg, _ = _configs(case)
   setup = state_lib.build(src_cfg)
@@ -95,7 +95,7 @@ def step_source(case: str, work: str) -> dict:
 def step_read(case: str, work: str) -> dict:
   import jax
   from growjax import checkpoint as ckpt_lib
-  from growjax import state as state_lib
+  from growjax.train import state as state_lib
   src_cfg, _ = _configs(case)
   setup = state_lib.build(src_cfg)
   t = time.perf_counter()
@@ -122,7 +122,7 @@ def step_copy(case: str, work: str) -> dict:
   """Reads the grown checkpoint back piece by piece and writes it again (pure I/O)."""
   import jax
   from growjax import checkpoint as ckpt_lib
-  from growjax import state as state_lib
+  from growjax.train import state as state_lib
   from growjax.growth import stream
   _, dst_cfg = _configs(case)
   setup = state_lib.build(dst_cfg)
@@ -147,7 +147,7 @@ def step_copy(case: str, work: str) -> dict:
 def plan_only(case: str) -> dict:
   """The streamed plan of a growth, from shapes alone (nothing is allocated)."""
   import jax
-  from growjax import state as state_lib
+  from growjax.train import state as state_lib
   from growjax.growth import offline
   from growjax.growth import spec as spec_lib
   src_cfg, dst_cfg = _configs(case)

@@ -27,7 +27,7 @@ import numpy as np
 def growjax_logits(checkpoint: str, tokens: np.ndarray) -> tuple[np.ndarray, dict]:
   import jax
   jax.config.update("jax_default_matmul_precision", "highest")
-  from growjax import params_io
+  from growjax.interop import params_io
   from growjax.model import Transformer
   loaded = params_io.load(checkpoint)
   cfg = loaded.model_cfg.replace(dtype="float32", attention_impl="xla", remat_policy="none")
@@ -62,7 +62,7 @@ def main() -> int:
             "logits_shape": list(ref.shape), "max_rel_diff": rel, "tol": args.tol,
             "greedy_agree": float((ours.argmax(-1) == ref.argmax(-1)).mean())}
   if os.path.exists(os.path.join(args.export, "tokenizer.json")):
-    from growjax import sample
+    from growjax.interop import sample
     text = "To be, or not to be: that is the question."
     hf_ids = transformers.AutoTokenizer.from_pretrained(args.export)(
         text, add_special_tokens=False)["input_ids"]

@@ -6,7 +6,7 @@
 
 Each device count runs in its own process on the CPU with that many fake devices
 (`--xla_force_host_platform_device_count`, set before jax is imported). There
-the real config is built (`growjax.state.build`) on an fsdp mesh of all devices,
+the real config is built (`growjax.train.state.build`) on an fsdp mesh of all devices,
 and the functions growjax runs are compiled ahead of time on abstract, sharded
 inputs (nothing is allocated): the train step (`train.make_train_step`, lowered on
 `setup.abstract_state` and a batch in `setup.batch_sharding`), and growth (the
@@ -87,7 +87,7 @@ def train_case(cfg, per_device: int, remat: str = "") -> dict:
   import jax
   import jax.numpy as jnp
 
-  from growjax import state as state_lib
+  from growjax.train import state as state_lib
   from growjax import train
   n = jax.device_count()
   cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 1, -1, 1
@@ -116,7 +116,7 @@ def grow_case(cfg, name: str) -> dict:
   from growjax.growth import offline
   from growjax import growth
   from growjax.growth import stages
-  from growjax import state as state_lib
+  from growjax.train import state as state_lib
   from growjax.model import ModelConfig
 
   cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 1, -1, 1

@@ -105,8 +105,8 @@ def main() -> None:
   import numpy as np
 
   from growjax import config as config_lib
-  from growjax import state as state_lib
-  from growjax import fp8
+  from growjax.train import state as state_lib
+  from growjax.model import fp8
   from growjax import train
 
   parts = a.case.split(":")

@@ -15,7 +15,7 @@
 Document lengths are geometric, and each row starts a document: a geometric length is
 memoryless, so a row is distributed as a window cut at a random point of a stream of such
 documents (the rest of the document it starts in is again geometric). `--cudnn_packing
-auto` resolves as `growjax train` does (growjax.attention_choice: ragged where it fits the
+auto` resolves as `growjax train` does (growjax.train.attention_choice: ragged where it fits the
 device limit, else mask; one extra compile); the memory limit follows
 XLA_PYTHON_CLIENT_MEM_FRACTION, which this script leaves to the caller (the `growjax`
 command sets 0.94 where unset).
@@ -49,11 +49,11 @@ def run_case(preset: str, batch: int, remat: str, seq: int, steps: int, warmup: 
   import jax
   import numpy as np
 
-  from growjax import attention_choice
+  from growjax.train import attention_choice
   from growjax import config as config_lib
-  from growjax import metrics
-  from growjax import state as state_lib
-  from growjax import fp8
+  from growjax.train import metrics
+  from growjax.train import state as state_lib
+  from growjax.model import fp8
   from growjax import train
 
   cfg = config_lib.base_config(preset)

@@ -26,7 +26,7 @@ from growjax.config import base_config, parse_arg
 
 def tokenizer_spec(directory: str, meta: dict) -> str:
   """The checkpoint's own tokenizer, following a grown checkpoint back to its import."""
-  from growjax.hf import hf_side_files  # noqa: PLC0415
+  from growjax.interop.hf import hf_side_files  # noqa: PLC0415
   side, _ = hf_side_files(directory, meta)
   if side is not None:
     if (side / "tokenizer.json").exists():

@@ -317,20 +317,24 @@ class Checkpoints:
 
   def restore(self, step: int, abstract_state: Any, keep_fp8_history: bool = False
               ) -> tuple[Any, dict, dict]:
-    """Restores into `abstract_state`'s structure, dtypes and shardings. A delayed-FP8
-    training run's amax histories come back at their saved shapes with
-    `keep_fp8_history` (the trainer fits them to its run), and stay on disk otherwise
-    (growth, export, evaluation read the model's state)."""
-    target = abstract_state
-    if getattr(abstract_state, "fp8_history", 0) is None:
-      target = _with_saved_fp8_history(abstract_state, self.meta(step))
+    """Restores into `abstract_state`'s structure, dtypes and shardings. Train-state
+    extras the checkpoint holds beyond what a reader asks for (delayed FP8's amax
+    histories: `SAVED_EXTRAS`, registered by `growjax.train.state`) come back at their
+    saved shapes with `keep_fp8_history` (the trainer fits them to its run), and stay on
+    disk otherwise (growth, export, evaluation read the model's state)."""
+    target, meta = abstract_state, None
+    for extra in SAVED_EXTRAS:
+      if extra.applies(target):
+        meta = self.meta(step) if meta is None else meta
+        target = extra.abstract(target, meta)
     out = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target),
         data=ocp.args.JsonRestore(),
         meta=ocp.args.JsonRestore()))
     state = out.state
     if target is not abstract_state and not keep_fp8_history:
-      state = state.replace(fp8_history=None)
+      for extra in SAVED_EXTRAS:
+        state = extra.drop(state)
     return state, out.data, _without_step(out.meta)
 
   def meta(self, step: int) -> dict:
@@ -363,18 +367,13 @@ def _without_step(meta: dict) -> dict:
 
 FP8_HISTORY_META = "fp8_history"   # meta key: length of the amax histories a step holds
 
-
-def _with_saved_fp8_history(abstract_state: Any, meta: dict) -> Any:
-  """`abstract_state` with the amax histories the checkpoint holds (its meta's
-  `fp8_history` length, the model of its meta; replicated like the step counter), so
-  that a reader of the model's state restores a delayed-FP8 training checkpoint."""
-  length = int(meta.get(FP8_HISTORY_META, 0) or 0)
-  if not length or "model" not in meta:
-    return abstract_state
-  from growjax.model import ModelConfig
-  from growjax.state import saved_fp8_history
-  return abstract_state.replace(fp8_history=saved_fp8_history(
-      ModelConfig.from_config(meta["model"]), length, abstract_state.step.sharding))
+# Train-state extras a checkpoint may hold that a reader of the model does not ask for:
+# objects with `applies(abstract_state)` (the reader left the extra out), `abstract(
+# abstract_state, meta) -> abstract_state` (what to restore into) and `drop(state) ->
+# state` (leave it out again), registered by the module that owns the
+# extra (`growjax.train.state` for delayed FP8's amax histories), so this module knows no
+# model and no trainer.
+SAVED_EXTRAS: list = []
 
 
 def _disk_full_error(e: BaseException, directory: str, step: int | None) -> BaseException:

@@ -347,7 +347,7 @@ def _define_import_hf(fv):
 
 def _run_import_hf(fv):
   _init_distributed(fv)
-  from growjax import hf, lease
+  from growjax.interop import hf, lease
   with lease.hold(fv.to, command="import-hf", flag="--to"):
     hf.import_hf(fv["from"].value, fv.to, mesh_spec=fv.mesh, dtype=fv.dtype,
                  allow_vocab_padding=fv.allow_vocab_padding)
@@ -371,7 +371,7 @@ def _define_export_hf(fv):
 
 def _run_export_hf(fv):
   _init_distributed(fv)
-  from growjax import hf, lease
+  from growjax.interop import hf, lease
   with lease.hold(fv.to, command="export-hf", flag="--to"):
     hf.export_hf(fv["from"].value, fv.to, step=fv.step, dtype=fv.dtype,
                  max_shard_size=fv.max_shard_size, mesh_spec=fv.mesh)
@@ -396,7 +396,7 @@ def _define_eval(fv):
 
 def _run_eval(fv):
   _init_distributed(fv)
-  from growjax import evaluate
+  from growjax.interop import evaluate
   evaluate.run(fv.config, fv.checkpoint, step=fv.step, batches=fv.batches,
                tasks=fv.tasks, batch_size=fv.batch_size, mesh_spec=fv.mesh, out=fv.out)
 
@@ -423,7 +423,7 @@ def _define_sample(fv):
 
 def _run_sample(fv):
   _init_distributed(fv)
-  from growjax import sample
+  from growjax.interop import sample
   sample.run(fv.checkpoint, fv.prompt, tokenizer=fv.tokenizer,
              max_new_tokens=fv.max_new_tokens, temperature=fv.temperature, top_k=fv.top_k,
              top_p=fv.top_p, seed=fv.seed, step=fv.step, mesh_spec=fv.mesh)
@@ -440,7 +440,7 @@ def _define_inspect(fv):
 
 
 def _run_inspect(fv):
-  from growjax import inspect_checkpoint
+  from growjax.interop import inspect_checkpoint
   inspect_checkpoint.run(fv.checkpoint, step=fv.step, as_json=fv.json, check=fv.verify)
 
 
@@ -686,7 +686,7 @@ def run_command(cmd: Command, argv: list[str], debug: bool) -> int:
 
 # JAX preallocates 75% of a GPU's memory by default; MaxText's GPU recipes run at 0.94,
 # where the faster cuDNN packed layout for document masking fits at 1.1B, batch 24
-# (growjax.attention_choice, whose line names the value). Set only where the user has not,
+# (growjax.train.attention_choice, whose line names the value). Set only where the user has not,
 # before JAX creates its GPU client; CPU and TPU ignore it.
 GPU_MEM_FRACTION = "0.94"
 

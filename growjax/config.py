@@ -17,7 +17,6 @@ import jax
 import ml_collections
 
 from growjax import data as data_lib
-from growjax import mask_ramp
 from growjax import sharding
 from growjax.model import ModelConfig, abstract_params, logical_axes
 
@@ -105,7 +104,7 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
                                      # intact step) or 'refuse' (stop with an error)
       max_bad_steps=10,              # stop after this many consecutive non-finite steps (a
                                      # NaN/Inf loss or gradient norm: the update is skipped)
-      spike_zscore=6.0,              # loss-spike guard (growjax.guard): a step loss this
+      spike_zscore=6.0,              # loss-spike guard (growjax.train.guard): a step loss this
                                      # many std above the running window, and more than
                                      # spike_min_rise above its mean, rolls back to the
                                      # newest good checkpoint and skips the batches since
@@ -117,7 +116,7 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
       profile_steps="",              # 'A,B': a jax.profiler trace of steps A..B into
                                      # WORKDIR/profile (TensorBoard / XProf); '' = off
       final_sample_tokens=0,         # > 0: end the run by printing a greedy sample of this
-      final_sample_prompt="",        # many tokens after this prompt (growjax.sample)
+      final_sample_prompt="",        # many tokens after this prompt (growjax.interop.sample)
   ))
   c.optimizer = ml_collections.ConfigDict(dict(
       peak_lr=3e-4, end_lr=3e-5, warmup_steps=3000, decay_steps=0,  # 0: = train.steps
@@ -146,7 +145,7 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
       schedule="continue",           # continue the LR schedule (the paper) or restart
       mask_ramp_steps=0,             # MSG growth: new layers / units enter through a mask
                                      # ramped 0 -> 1 over this many steps of the run started
-                                     # from the grown checkpoint (growjax.mask_ramp); 0 = off
+                                     # from the grown checkpoint (growjax.train.mask_ramp); 0 = off
       events="",                     # several growths in one run (gradual stacking):
                                      # 'LAYERS@STEP[:METHOD[:OPT_STATE]],...', e.g.
                                      # '4@100,8@200' = small_model grows to 4 layers at
@@ -154,7 +153,7 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
                                      # growth at small_steps (growjax.growth.stages)
   ))
   c.metrics = ml_collections.ConfigDict(dict(
-      peak_tflops_per_chip=0.0,      # 0: look up the chip in growjax.metrics.PEAK_TFLOPS
+      peak_tflops_per_chip=0.0,      # 0: look up the chip in growjax.train.metrics.PEAK_TFLOPS
       tensorboard=True,
   ))
   c.lock()
@@ -209,7 +208,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]
                      f"{t.spike_window}.")
   profile_steps(t)
   if "growth" in cfg:
-    mask_ramp.check_steps(cfg.growth.get("mask_ramp_steps", 0))
+    check_mask_ramp_steps(cfg.growth.get("mask_ramp_steps", 0))
   o = cfg.optimizer
   if o.peak_lr <= 0 or o.end_lr < 0 or o.end_lr > o.peak_lr:
     raise ValueError(f"config.optimizer: need 0 <= end_lr <= peak_lr and peak_lr > 0, got "
@@ -247,3 +246,11 @@ def validate_data(cfg: ml_collections.ConfigDict) -> None:
   training corpus on the machine."""
   data_lib.check_data_config(cfg.data)
   data_lib.check_against_model(cfg.data, int(cfg.model.vocab_size))
+
+
+def check_mask_ramp_steps(value) -> None:
+  """`config.growth.mask_ramp_steps`: a whole number of steps, 0 for off."""
+  if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+    raise ValueError(f"config.growth.mask_ramp_steps={value!r} is not a step count — give "
+                     f"the steps over which new layers and units ramp in from 0 to 1 "
+                     f"(e.g. 100), or 0 for no masks")

@@ -39,7 +39,7 @@ from test_train import tiny_config  # noqa: E402
 
 from growjax import data, train  # noqa: E402
 from growjax.growth import stages  # noqa: E402
-from growjax import state as state_lib  # noqa: E402
+from growjax.train import state as state_lib  # noqa: E402
 
 assert jax.process_count() == nproc and jax.device_count() == spec["devices"] * nproc
 

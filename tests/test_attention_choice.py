@@ -1,10 +1,10 @@
 """config.model.cudnn_packing='auto': the choice between cuDNN's packed layout and the
-boolean mask, made from the compiled program's memory (growjax.attention_choice)."""
+boolean mask, made from the compiled program's memory (growjax.train.attention_choice)."""
 
 import jax
 import jax.numpy as jnp
 
-from growjax import attention_choice
+from growjax.train import attention_choice, memory_probe
 from growjax.config import base_config
 from growjax.model import ModelConfig
 
@@ -22,11 +22,11 @@ def test_auto_is_the_default_and_means_mask_off_the_gpu():
 
 def test_the_packed_layout_is_kept_only_where_it_fits():
   gib = 2 ** 30
-  assert attention_choice.fits(50 * gib, 60 * gib)
-  assert not attention_choice.fits(67 * gib, 60 * gib)    # 1.1B, batch 24, ragged at 0.75
-  assert attention_choice.fits(67 * gib, 75 * gib)        # the same at 0.94
-  assert not attention_choice.fits(59 * gib, 60 * gib)    # inside the headroom
-  assert attention_choice.fits(10 ** 15, None)            # a backend that does not say
+  assert memory_probe.fits(50 * gib, 60 * gib)
+  assert not memory_probe.fits(67 * gib, 60 * gib)    # 1.1B, batch 24, ragged at 0.75
+  assert memory_probe.fits(67 * gib, 75 * gib)        # the same at 0.94
+  assert not memory_probe.fits(59 * gib, 60 * gib)    # inside the headroom
+  assert memory_probe.fits(10 ** 15, None)            # a backend that does not say
 
 
 def test_program_bytes_counts_donated_state_once():
@@ -34,7 +34,7 @@ def test_program_bytes_counts_donated_state_once():
   f = jax.jit(lambda a: a * 2.0 + 1.0, donate_argnums=0)
   compiled = f.lower(x).compile()
   m = compiled.memory_analysis()
-  got = attention_choice.program_bytes(compiled)
+  got = memory_probe.program_bytes(compiled)
   assert got == (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
                  + m.temp_size_in_bytes)
   assert got >= x.nbytes

@@ -12,7 +12,7 @@ import pytest
 
 from growjax import checkpoint as ckpt_lib
 from growjax import cli
-from growjax import state as state_lib
+from growjax.train import state as state_lib
 from growjax import train
 from test_train import _batches, tiny_config
 
@@ -33,7 +33,7 @@ def _poisoned_loss(factor):
 
 
 def test_nan_step_is_skipped_counted_and_keeps_params(monkeypatch, data_dir):
-  monkeypatch.setattr(train, "loss_fn", _poisoned_loss(jnp.nan))
+  monkeypatch.setattr(train.step, "loss_fn", _poisoned_loss(jnp.nan))
   batches = _batches(3)
   for b in batches:
     b["inputs"][0, 0] = 1
@@ -80,7 +80,7 @@ def test_consecutive_bad_steps_stop_the_run_keeping_the_last_good_checkpoint(
   code, _, err = _cli_train(monkeypatch, capsys, workdir, "--config.train.steps=4")
   assert code == 0, err
   # Every step from here on is NaN: three in a row stop the run.
-  monkeypatch.setattr(train, "loss_fn",
+  monkeypatch.setattr(train.step, "loss_fn",
                       lambda *a: jax.tree.map(lambda x: x * jnp.nan, train_loss(*a)))
   code, out, err = _cli_train(monkeypatch, capsys, workdir, "--config.train.steps=12",
                               "--config.train.max_bad_steps=3")
@@ -119,16 +119,16 @@ class _CountingIterator:
 
 
 def test_loss_spike_rolls_back_and_skips_the_batches(tmp_path, monkeypatch, capsys, data_dir):
-  monkeypatch.setattr(train, "loss_fn", _poisoned_loss(20.0))
+  monkeypatch.setattr(train.step, "loss_fn", _poisoned_loss(20.0))
   iterators = []
-  open_data = train._open_data
+  open_data = train.loop._open_data
 
   def counting_open_data(setup):
     host, it, eval_data = open_data(setup)
     iterators.append(_CountingIterator(it, spike_at=10))
     return host, iterators[-1], eval_data
 
-  monkeypatch.setattr(train, "_open_data", counting_open_data)
+  monkeypatch.setattr(train.loop, "_open_data", counting_open_data)
   cfg = tiny_config(fsdp=2)
   cfg.train.steps = 12
   cfg.train.spike_zscore = 4.0

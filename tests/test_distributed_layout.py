@@ -13,7 +13,7 @@ from growjax import checkpoint as ckpt_lib
 from growjax import config as config_lib
 from growjax import sharding
 from growjax.growth import stages
-from growjax import state as state_lib
+from growjax.train import state as state_lib
 from growjax import train
 from test_stages import grow_config
 

@@ -13,8 +13,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from growjax import loss as loss_lib
-from growjax import model, train
+from growjax.model import loss as loss_lib
+from growjax import train
+from growjax.model import transformer as model
 from growjax.model import ModelConfig, Transformer, init_params
 
 CFG = ModelConfig(vocab_size=64, num_layers=2, embed_dim=32, num_heads=4, num_kv_heads=2,

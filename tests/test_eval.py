@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from growjax import cli, evaluate
+from growjax import cli
+from growjax.interop import evaluate
 
 FACTS = ["the cat sat on the mat.", "a bird flew over the tree.",
          "my dog ate the red apple.", "the sun rises in the east."]
@@ -166,7 +167,7 @@ def test_lm_eval_adapter_runs_a_local_task(trained, tmp_path, monkeypatch):
   from lm_eval.api.instance import Instance
   from lm_eval.tasks import TaskManager
 
-  from growjax.lm_eval_adapter import GrowjaxLM
+  from growjax.interop.lm_eval_adapter import GrowjaxLM
   monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
   monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_datasets"))
   tmp, _, _, _ = trained

@@ -17,7 +17,7 @@ import numpy as np
 import optax
 import pytest
 
-from growjax import fp8
+from growjax.model import fp8
 
 
 def _rel(a, b):

@@ -1,4 +1,4 @@
-"""Delayed FP8 scaling (`config.model.fp8_scaling='delayed'`, growjax.fp8).
+"""Delayed FP8 scaling (`config.model.fp8_scaling='delayed'`, growjax.model.fp8).
 
 Histories filled from this step's tensors reproduce current scaling exactly; each
 projection reports the amax it saw through the gradient (a shared input once, micro-
@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 
 from growjax import checkpoint as ckpt_lib
-from growjax import fp8
-from growjax import state as state_lib
+from growjax.model import fp8
+from growjax.train import state as state_lib
 from growjax import train
+from growjax.train import memory_probe
 from growjax.model import ModelConfig, Transformer, init_fp8_history, init_params
 
 from test_train import _batches, tiny_config
@@ -183,7 +184,7 @@ def test_histories_resume_bit_identically_and_every_reader_opens_the_checkpoint(
   a = ckpt_lib.Checkpoints(str(tmp_path / "a/checkpoints"), use_async=False)
   other, _, _ = a.restore(6, setup.abstract_state, keep_fp8_history=True)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state), jax.device_get(other))
-  from growjax import inspect_checkpoint
+  from growjax.interop import inspect_checkpoint
   assert inspect_checkpoint.describe(str(tmp_path / "b"))["fp8_history"] == {
       "tensors": 11, "length": 16, "values": 11 * 2 * 16}
   # A reader of the model's state (growth, export, eval) leaves them on disk.
@@ -212,8 +213,8 @@ def test_the_lowered_step_takes_the_histories():
   abstract = train.step_abstract_state(setup)
   assert jax.tree.structure(abstract.fp8_history) == jax.tree.structure(
       init_fp8_history(setup.model_cfg))
-  from growjax import attention_choice
-  train.make_train_step(setup).lower(abstract, attention_choice.abstract_batch(setup))
+  from growjax.train import attention_choice
+  train.make_train_step(setup).lower(abstract, memory_probe.abstract_batch(setup))
 
 
 @pytest.mark.parametrize("flag,match", [

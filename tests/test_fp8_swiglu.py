@@ -1,5 +1,5 @@
 """Delayed FP8's one-pass SwiGLU backward (`config.model.fp8_swiglu_kernel`,
-growjax.fp8_swiglu): the Pallas kernel (run here by Pallas' interpreter) gives the jnp
+growjax.model.fp8_swiglu): the Pallas kernel (run here by Pallas' interpreter) gives the jnp
 math bit for bit; its gradients are autodiff's to float8 rounding and its amaxes are
 autodiff's exactly; a model on the kernel reads and writes the same histories as the two
 projections it replaces and trains the same; a remat policy that saves the float8 operand
@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from growjax import fp8
-from growjax import fp8_swiglu
+from growjax.model import fp8
+from growjax.model import fp8_swiglu
 from growjax.model import ModelConfig, Transformer, init_fp8_history, init_params
 
 CFG = ModelConfig(vocab_size=64, num_layers=2, embed_dim=64, num_heads=4, num_kv_heads=2,

@@ -39,7 +39,7 @@ from gcp_storage_emulator.handlers import objects as emulator_objects  # noqa: E
 
 from growjax import checkpoint as ckpt_lib  # noqa: E402
 from growjax import config as config_lib  # noqa: E402
-from growjax import metrics as metrics_lib  # noqa: E402
+from growjax.train import metrics as metrics_lib  # noqa: E402
 from growjax import train  # noqa: E402
 
 BUCKET = "growjax-test"

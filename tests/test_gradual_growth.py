@@ -22,8 +22,8 @@ from growjax import checkpoint as ckpt_lib
 from growjax import cli
 from growjax import config as config_lib
 from growjax import faults
-from growjax import optimizer as opt_lib
-from growjax import state as state_lib
+from growjax.train import optimizer as opt_lib
+from growjax.train import state as state_lib
 from growjax.growth import offline, speedup, stages
 from growjax.model import ModelConfig
 

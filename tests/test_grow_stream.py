@@ -13,7 +13,7 @@ import pytest
 
 from growjax import checkpoint as ckpt_lib
 from growjax import config as config_lib
-from growjax import state as state_lib
+from growjax.train import state as state_lib
 from growjax.growth import offline, stream
 from growjax.growth import spec as spec_lib
 from growjax.model import ModelConfig

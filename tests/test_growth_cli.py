@@ -11,7 +11,7 @@ import pytest
 from growjax import checkpoint as ckpt_lib
 from growjax import cli
 from growjax import config as config_lib
-from growjax import state as state_lib
+from growjax.train import state as state_lib
 from growjax.growth import offline, stages
 from test_stages import grow_config, train_small_stage
 

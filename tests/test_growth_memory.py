@@ -16,7 +16,7 @@ from growjax import config as config_lib
 from growjax.growth import offline
 from growjax import sharding
 from growjax.growth import stages
-from growjax import state as state_lib
+from growjax.train import state as state_lib
 from growjax.growth import grow, placement, width
 from growjax.model import ModelConfig, init_params
 

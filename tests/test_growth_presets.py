@@ -13,7 +13,7 @@ import pytest
 from growjax import checkpoint as ckpt_lib
 from growjax import cli
 from growjax import config as config_lib
-from growjax import state as state_lib
+from growjax.train import state as state_lib
 from growjax.growth import depth, grow, layout, offline
 from growjax.growth import spec as spec_lib
 from growjax.model import WRITES, ModelConfig, Transformer, init_params

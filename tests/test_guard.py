@@ -15,8 +15,8 @@ import pytest
 
 from growjax import checkpoint as ckpt_lib
 from growjax import cli
-from growjax import guard as guard_lib
-from growjax import state as state_lib
+from growjax.train import guard as guard_lib
+from growjax.train import state as state_lib
 from growjax import train
 
 TINY = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.py")
@@ -106,7 +106,7 @@ def test_a_run_that_ends_inside_a_streak_fails(tmp_path, monkeypatch, capsys, da
                             "--config.train.checkpoint_every=4")
   assert code == 0, err
   real_loss = train.loss_fn
-  monkeypatch.setattr(train, "loss_fn",
+  monkeypatch.setattr(train.step, "loss_fn",
                       lambda *a: jax.tree.map(lambda x: x * math.nan, real_loss(*a)))
   code, out, err = _cli_train(monkeypatch, capsys, workdir, "--config.train.steps=6",
                               "--config.train.checkpoint_every=4")

@@ -17,7 +17,8 @@ import pytest
 from safetensors.numpy import load_file
 
 import hf_dirs
-from growjax import cli, hf, params_io
+from growjax import cli
+from growjax.interop import hf, params_io
 from growjax.model import Transformer
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "hf")
@@ -77,7 +78,7 @@ def test_import_matches_transformers_and_round_trips_exactly(name, tmp_path, mon
   # The tokenizer travels: copied byte for byte, and it tokenizes as transformers did.
   for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
     assert open(os.path.join(ck, "hf", f), "rb").read() == open(os.path.join(src, f), "rb").read()
-  from growjax import sample
+  from growjax.interop import sample
   text = json.load(open(os.path.join(src, "reference_text.json")))
   tok = sample.make_tokenizer(f"hf:{ck}/hf/tokenizer.json")
   assert [int(i) for i in tok.encode(text["text"])] == text["ids"]
@@ -149,7 +150,7 @@ def test_growth_recipes_on_an_imported_model(tmp_path, monkeypatch, capsys):
   import dataclasses
 
   from growjax import checkpoint as ckpt_lib
-  from growjax import state as state_lib
+  from growjax.train import state as state_lib
   grown = str(tmp_path / "pro_ck")
   cfg = cli.parse(cli.COMMANDS["train"], [f"--config={HF_CONFIG}:checkpoint={grown},seq=32",
                                           f"--config.train.init_from={grown}"]).config

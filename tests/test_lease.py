@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from growjax import cli
-from growjax import hf
+from growjax.interop import hf
 from growjax import lease
-from growjax import params_io
+from growjax.interop import params_io
 from test_gcs import BUCKET, gcs  # noqa: F401  (the GCS emulator fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -17,12 +17,12 @@ import pytest
 from growjax import checkpoint as ckpt_lib
 from growjax import cli
 from growjax import config as config_lib
-from growjax import mask_ramp
-from growjax import state as state_lib
+from growjax.train import mask_ramp
+from growjax.train import state as state_lib
 from growjax import train
 from growjax.growth import grow, masks, offline
 from growjax.growth import spec as spec_lib
-from growjax import model as model_lib
+from growjax.model import transformer as model_lib   # masked_units is patched below
 from growjax.model import ModelConfig, Transformer, init_params
 
 S = ModelConfig(vocab_size=64, num_layers=2, embed_dim=32, num_heads=4, num_kv_heads=2,

@@ -11,7 +11,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from growjax import model, optimizer, sharding
+from growjax import model, sharding
+from growjax.train import optimizer
 from growjax.model import (EMBED, MLP, PARAMS, READS, VOCAB, WRITES, ModelConfig, Transformer,
                            check_params, init_params, logical_axes)
 

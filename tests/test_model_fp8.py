@@ -1,4 +1,4 @@
-"""`config.model.matmul_precision='fp8'`: the block projections go through growjax.fp8.
+"""`config.model.matmul_precision='fp8'`: the block projections go through growjax.model.fp8.
 
 The fp8 model must stay close to the bf16 one (e4m3 keeps about 2 significant
 digits per operand, so logits agree to a few percent), its gradients must be

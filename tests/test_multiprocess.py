@@ -17,7 +17,7 @@ import pytest
 from growjax import checkpoint as ckpt_lib
 from growjax import data
 from growjax.growth import stages
-from growjax import state as state_lib
+from growjax.train import state as state_lib
 from growjax import train
 from test_stages import grow_config
 from test_train import tiny_config

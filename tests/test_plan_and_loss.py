@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from growjax import loss
+from growjax.model import loss
 from growjax.growth import timing
 
 

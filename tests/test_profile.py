@@ -12,7 +12,7 @@ import pytest
 
 from growjax import cli
 from growjax import config as config_lib
-from growjax import metrics as metrics_lib
+from growjax.train import metrics as metrics_lib
 from growjax import train
 
 

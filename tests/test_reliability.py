@@ -13,7 +13,7 @@ import pytest
 
 from growjax import checkpoint as ckpt_lib
 from growjax import cli
-from growjax import state as state_lib
+from growjax.train import state as state_lib
 from growjax import train
 from test_train import tiny_config
 

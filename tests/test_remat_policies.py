@@ -85,7 +85,7 @@ def test_fp8_scales_are_kept_so_the_backward_does_not_reduce_operands_again(
     remat, amax_reductions):
   """FP8 current scaling reduces amax(|x|) of every operand it quantizes. Under `dots`
   the backward recomputes the norm and SwiGLU outputs the forward quantized; the policy
-  keeps their scales (float32 scalars, growjax.fp8.SCALE_NAME), so it does not reduce
+  keeps their scales (float32 scalars, growjax.model.fp8.SCALE_NAME), so it does not reduce
   them a second time: as many amax reductions as with nothing recomputed (3 layers in
   one scan body: 7 + 7 operands forward, 7 output gradients backward). `full` keeps
   nothing and reduces 14 again. The remaining reduce_max of each program is the XLA

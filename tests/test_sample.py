@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import hf_dirs
-from growjax import cli, params_io, sample
+from growjax import cli
+from growjax.interop import params_io, sample
 from growjax.model import Transformer
 
 
@@ -19,7 +20,7 @@ def model(tmp_path_factory):
   onto fsdp=4 x tensor=2."""
   d = tmp_path_factory.mktemp("sample")
   hf_dirs.write(str(d / "hf"), vocab=64, layers=2, heads=4, kv_heads=2)
-  from growjax import hf
+  from growjax.interop import hf
   hf.import_hf(str(d / "hf"), str(d / "ck"), dtype="float32", log=lambda *_: None)
   loaded = params_io.load(str(d / "ck"), mesh_spec="fsdp=4,tensor=2")
   return loaded, str(d / "ck")

@@ -14,7 +14,7 @@ import pytest
 
 from growjax import cli
 from growjax import config as config_lib
-from growjax import state as state_lib
+from growjax.train import state as state_lib
 from growjax import train
 
 B, T = 8, 32
@@ -153,7 +153,7 @@ def test_the_cli_sets_the_gpu_memory_fraction_only_where_unset(monkeypatch, caps
 
 
 def test_the_choice_line_names_the_memory_fraction_in_effect(monkeypatch):
-  from growjax import attention_choice
+  from growjax.train import attention_choice
   monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.94")
   assert attention_choice.memory_fraction() == "XLA_PYTHON_CLIENT_MEM_FRACTION=0.94"
   monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION")
@@ -185,12 +185,12 @@ def test_with_grad_accumulation_each_micro_batch_chooses_and_equals_the_masked_s
 def test_the_choice_line_on_a_gpu_names_the_fraction_and_the_fast_path(monkeypatch):
   """attention_choice.choose's GPU decision, run on CPU (its compiled program is the real
   cond step; the device limit is faked): the line names the fraction and the fast path."""
-  from growjax import attention_choice
+  from growjax.train import attention_choice, memory_probe
   monkeypatch.setattr(attention_choice, "needs_choice", lambda cfg: True)
   monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.94")
   lines = []
   for limit in (2 ** 40, 2 ** 10):
-    monkeypatch.setattr(attention_choice, "device_limit", lambda devices: limit)
+    monkeypatch.setattr(memory_probe, "device_limit", lambda devices: limit)
     chosen = attention_choice.choose(_cfg("on"), log=lines.append)
     assert chosen.model.cudnn_packing == ("ragged" if limit > 2 ** 30 else "mask")
   fast = ("; batches of single-document rows: plain causal attention "

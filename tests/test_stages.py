@@ -10,7 +10,7 @@ from growjax import cli
 from growjax import config as config_lib
 from growjax.growth import offline
 from growjax.growth import stages
-from growjax import state as state_lib
+from growjax.train import state as state_lib
 from growjax import train
 
 

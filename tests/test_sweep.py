@@ -216,8 +216,8 @@ def test_jobs_auto_divides_the_memory_limit_by_the_compiled_step(tiny_config, tm
   assert "== sweep run 2/2: d2_g2_stack: " in out and not (work / "logs").exists()
   assert (work / sweep.SUMMARY_FILE).exists()
   # Where the backend reports a limit, auto compiles the target's step and divides.
-  from growjax import attention_choice
-  monkeypatch.setattr(attention_choice, "device_limit", lambda devices: 10 * gib)
+  from growjax.train import memory_probe
+  monkeypatch.setattr(memory_probe, "device_limit", lambda devices: 10 * gib)
   lines = []
   assert sweep.auto_jobs(load(tiny_config), most=4, log=lines.append) == (4, True)
   assert lines[0].startswith("== sweep: --jobs auto: the target's train step needs 0.0 GiB "

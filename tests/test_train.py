@@ -8,7 +8,7 @@ import pytest
 
 from growjax import checkpoint as ckpt_lib
 from growjax import config as config_lib
-from growjax import state as state_lib
+from growjax.train import state as state_lib
 from growjax import train
 
 

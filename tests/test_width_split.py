@@ -20,7 +20,7 @@ from growjax import checkpoint as ckpt_lib
 from growjax import cli
 from growjax import config as config_lib
 from growjax import sharding
-from growjax import state as state_lib
+from growjax.train import state as state_lib
 from growjax.growth import grow, grow_opt_state, layout, learn, offline, width
 from growjax.model import (EMBED, HEADS, KV_HEADS, MLP, ModelConfig, Transformer, init_params,
                            logical_axes)

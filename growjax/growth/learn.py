@@ -36,7 +36,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from growjax import loss as loss_lib
+from growjax.model import loss as loss_lib
 from growjax.growth import layout, placement, width
 from growjax.model import (ACT_BATCH, ACT_LENGTH, EMBED, LAYERS, ModelConfig, Transformer,
                            head_kernel)

@@ -1,7 +1,7 @@
 """MSG-style masked growth, the growth side: which large layers and units are new.
 
 For a resolved growth (`spec.GrowthSpec`) `record` gives, per axis that has new
-members, every member's mask at ramp 0 (`growjax.mask_ramp`, which ramps them in
+members, every member's mask at ramp 0 (`growjax.train.mask_ramp`, which ramps them in
 training): 0 for a new one, 1 for one the small model has, and under width `direct`
 the copy count c of a kept unit (direct divided its outgoing weights among its c
 copies; at 0 the kept unit alone, times c, gives what the copies give together).
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from growjax import mask_ramp
+from growjax.train import mask_ramp
 from growjax.growth import depth, width
 from growjax.growth.spec import GrowthSpec
 from growjax.model import EMBED, HEADS, LAYERS, MLP

@@ -32,9 +32,9 @@ from growjax import checkpoint as ckpt_lib
 from growjax import distributed
 from growjax import faults
 from growjax import lease
-from growjax import optimizer as opt_lib
-from growjax import state as state_lib
-from growjax import mask_ramp
+from growjax.train import optimizer as opt_lib
+from growjax.train import state as state_lib
+from growjax.train import mask_ramp
 from growjax.growth import masks, operators, optimizer_state, placement, stream
 from growjax.growth import spec as spec_lib
 from growjax.model import ModelConfig, Transformer, logical_axes

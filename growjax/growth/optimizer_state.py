@@ -1,7 +1,7 @@
 """Optimizer state across growth: start fresh (the paper) or grow the moments too.
 
 `reset` is `tx.init(grown_params)`: zero moments and a step count of zero
-(bias correction restarts; `growjax.optimizer.set_schedule_step` keeps the LR
+(bias correction restarts; `growjax.train.optimizer.set_schedule_step` keeps the LR
 schedule going). `grow` maps every params-shaped part of any optax state with
 the operator that grew the params, found by `optax.tree_map_params`, and keeps
 everything else (step counts) as it was. Depth: moments of a copied layer are

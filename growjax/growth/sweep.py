@@ -385,8 +385,8 @@ def parse_jobs(value: int | str) -> int | str:
 def jobs_that_fit(need_bytes: int, limit_bytes: int, most: int) -> int:
   """Runs side by side on one device: each job gets limit/N of it and needs `need_bytes`
   under attention_choice's headroom; at least 1, at most `most`."""
-  from growjax import attention_choice
-  return max(1, min(most, int(attention_choice.HEADROOM * limit_bytes // max(need_bytes, 1))))
+  from growjax.train import memory_probe
+  return max(1, min(most, int(memory_probe.HEADROOM * limit_bytes // max(need_bytes, 1))))
 
 
 def auto_jobs(cfg: ml_collections.ConfigDict, most: int,
@@ -396,22 +396,18 @@ def auto_jobs(cfg: ml_collections.ConfigDict, most: int,
   Returns (jobs, whether to run them as child processes): (1, False) where the backend
   reports no limit (CPU), which trains in this process."""
   import jax
-  from growjax import attention_choice
-  from growjax import state as state_lib
-  from growjax import train as train_lib
+  from growjax.train import attention_choice, memory_probe
+  from growjax.train import state as state_lib
   c = cfg.copy_and_resolve_references()
   if c.model.cudnn_packing == "auto":   # each job chooses its own; size the smaller layout
     c.model.cudnn_packing = "mask"
   setup = state_lib.build(c)
-  limit = attention_choice.device_limit(setup.mesh.devices.flat)
+  limit = memory_probe.device_limit(setup.mesh.devices.flat)
   if limit is None:
     log(f"== sweep: --jobs auto: the {jax.default_backend()} backend reports no memory "
         f"limit — one run at a time")
     return 1, False
-  with jax.set_mesh(setup.mesh):
-    compiled = train_lib.make_train_step(setup).lower(
-        train_lib.step_abstract_state(setup), attention_choice.abstract_batch(setup)).compile()
-  need = attention_choice.program_bytes(compiled)
+  need = memory_probe.train_step_bytes(setup)
   n = jobs_that_fit(need, limit, most)
   gib = 2 ** 30
   log(f"== sweep: --jobs auto: the target's train step needs {need / gib:.1f} GiB per "
@@ -529,7 +525,7 @@ def execute_parallel(cfg: ml_collections.ConfigDict, workdir: str, runs: Sequenc
 
 
 def _duration(seconds: float) -> str:
-  from growjax.metrics import format_duration
+  from growjax.train.metrics import format_duration
   return format_duration(seconds)
 
 

@@ -18,8 +18,9 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from growjax import checkpoint as ckpt_lib
 from growjax import config as config_lib
-from growjax import optimizer as opt_lib
+from growjax.train import optimizer as opt_lib
 from growjax import sharding
 from growjax.model import (ModelConfig, init_fp8_history, init_params, logical_axes,
                            uses_fp8_history)
@@ -27,9 +28,9 @@ from growjax.model import (ModelConfig, init_fp8_history, init_params, logical_a
 
 @dataclasses.dataclass(frozen=True)
 class TrainState:
-  """`masks`: the MSG mask values of a grown run's ramp (`growjax.mask_ramp`), None
+  """`masks`: the MSG mask values of a grown run's ramp (`growjax.train.mask_ramp`), None
   otherwise. `fp8_history`: the amax histories of delayed FP8 scaling
-  (`growjax.fp8`; not optimizer state: each step shifts in the amaxes it saw), None
+  (`growjax.model.fp8`; not optimizer state: each step shifts in the amaxes it saw), None
   otherwise. A None field is no part of the pytree (not even an empty node), so a state
   without them has exactly the leaves, key paths and checkpoint tree it always had."""
   step: jax.Array
@@ -198,3 +199,27 @@ def json_safe(obj):
   if isinstance(obj, (str, int, float, bool)) or obj is None:
     return obj
   return str(obj)
+
+
+class _SavedFp8History:
+  """A delayed-FP8 training checkpoint's amax histories, for readers that left them out
+  of their abstract state (`fp8_history=None`): restored at the saved length (its meta's
+  `fp8_history`) for the model of its meta, replicated like the step counter, so growth,
+  export and evaluation read such a checkpoint; dropped again unless the trainer keeps
+  them (`Checkpoints.restore(..., keep_fp8_history=True)`)."""
+
+  def applies(self, abstract_state: Any) -> bool:
+    return getattr(abstract_state, "fp8_history", 0) is None
+
+  def abstract(self, abstract_state: Any, meta: dict) -> Any:
+    length = int(meta.get(ckpt_lib.FP8_HISTORY_META, 0) or 0)
+    if not length or "model" not in meta:
+      return abstract_state
+    return abstract_state.replace(fp8_history=saved_fp8_history(
+        ModelConfig.from_config(meta["model"]), length, abstract_state.step.sharding))
+
+  def drop(self, state: Any) -> Any:
+    return state.replace(fp8_history=None)
+
+
+ckpt_lib.SAVED_EXTRAS.append(_SavedFp8History())

@@ -27,7 +27,7 @@ staging sibling `.NAME.partial` is this command's own and is cleared and redone.
 
 Layouts: HF's `nn.Linear` weights are (out, in); growjax's are (in, out...) with
 heads split ((embed, heads, head_dim) for q). Rotary embeddings: HF Llama rotates
-the two halves of each head (`rotate_half`) and so does `growjax.model._rope`, so
+the two halves of each head (`rotate_half`) and so does `growjax.model.rope`, so
 q / k need no permutation (tests/test_hf.py checks the logits against
 transformers'). Not here: biases (Qwen2), rope scaling, sliding windows, MoE.
 """
@@ -49,8 +49,8 @@ from etils import epath
 from growjax import checkpoint as ckpt_lib
 from growjax import distributed
 from growjax import lease
-from growjax import params_io
-from growjax import state as state_lib
+from growjax.interop import params_io
+from growjax.train import state as state_lib
 from growjax.model import AXIS_FIELDS, LAYERS, ModelConfig
 
 CONFIG, INDEX, SINGLE = "config.json", "model.safetensors.index.json", "model.safetensors"

@@ -18,7 +18,7 @@ from etils import epath
 from jax.sharding import PartitionSpec as P
 
 from growjax import checkpoint as ckpt_lib
-from growjax import mask_ramp
+from growjax.train import mask_ramp
 from growjax import sharding
 from growjax.model import ModelConfig, abstract_params, logical_axes
 

@@ -70,7 +70,7 @@ def describe(checkpoint: str, step: int | None = None) -> dict:
       "tensors": [{"name": n, "shape": list(s), "dtype": d} for n, s, d in params],
       "optimizer_state": {"present": bool(opt), "tensors": len(opt),
                           "values": int(sum(int(np.prod(s)) for _, s, _ in opt))},
-      # delayed FP8 scaling's amax histories (growjax.fp8): a training run's state
+      # delayed FP8 scaling's amax histories (growjax.model.fp8): a training run's state
       "fp8_history": {"tensors": len(history), "length": int(meta.get(ckpt_lib.FP8_HISTORY_META, 0)),
                       "values": int(sum(int(np.prod(s)) for _, s, _ in history))},
       "data_position": _read_json(step_dir / "data" / "metadata") or None,

@@ -5,14 +5,14 @@ role it plays for the residual stream (reads, writes or scales it) and its
 weight-decay class. The modules create their parameters from that table (shape
 from `AXIS_FIELDS`, the one axis -> config field table), and everything else
 reads it: sharding (`growjax.sharding`), growth (`growjax.growth`) and the
-weight-decay mask (`growjax.optimizer`). The blocks are applied with `nn.scan`:
+weight-decay mask (`growjax.train.optimizer`). The blocks are applied with `nn.scan`:
 each per-layer parameter carries a leading `layers` axis and compile time does
 not grow with depth. `scan_unroll` unrolls that loop (same parameters, same
 outputs); 0 unrolls every layer, which is faster on GPU (no while loop, so no stacking
 of saved residuals; benchmarks/RESULTS.md) at the cost of memory and compile time.
 
 This module only computes logits or final hidden states; the loss lives in
-`growjax.loss`.
+`growjax.model.loss`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import ml_collections
 from jax.ad_checkpoint import checkpoint_name
 
-from growjax import fp8
-from growjax import fp8_swiglu
+from growjax.model import fp8
+from growjax.model import fp8_swiglu
 
 # Logical axis names of parameters, and the config field that sizes each.
 VOCAB, EMBED, MLP, HEADS, KV_HEADS, HEAD_DIM, LAYERS = (
@@ -55,7 +55,7 @@ def attention_kernel_saveable(prim, *_, **__) -> bool:
 
 _either = jax.checkpoint_policies.save_from_both_policies
 # matmul outputs, and FP8's per-tensor scales (scalars: the backward does not reduce the
-# operands it recomputes a second time; growjax.fp8.SCALE_NAME)
+# operands it recomputes a second time; growjax.model.fp8.SCALE_NAME)
 _DOTS = _either(jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
                 jax.checkpoint_policies.save_only_these_names(fp8.SCALE_NAME))
 
@@ -88,7 +88,7 @@ ROLE_RULES = {
             f"from its other axes",
     SCALES: f"a norm scale has the one axis '{EMBED}'",
 }
-# Weight-decay classes (`growjax.optimizer.decay_mask`): matrices are always decayed;
+# Weight-decay classes (`growjax.train.optimizer.decay_mask`): matrices are always decayed;
 # vocab-sized tables and norm scales as config.optimizer.decay_embeddings / decay_norms say.
 DECAY_MATRIX, DECAY_TABLE, DECAY_NORM = "matrix", "table", "norm"
 # Initialisers: normal(init_std); normal(init_std / sqrt(2 num_layers)) for the output
@@ -192,7 +192,7 @@ class ModelConfig:
   # no extra memory) or 'ragged' (cuDNN's packed layout: faster, keeps softmax statistics
   # for max_segments documents per window, and folds documents past that into the
   # last); 'auto': the trainer takes ragged where it fits the device
-  # (growjax.attention_choice), elsewhere it means 'mask'.
+  # (growjax.train.attention_choice), elsewhere it means 'mask'.
   cudnn_packing: str = "auto"
   max_segments: int = 16
   # Document masking's fast path (growjax.train): a (micro-)batch whose rows are each one
@@ -200,16 +200,16 @@ class ModelConfig:
   # `lax.cond` around the gradient. 'auto': on where the devices are GPUs; 'on' | 'off'.
   single_document_fast_path: str = "auto"
   # 'bf16' | 'fp8': the block projections (q, k, v, o, gate, up, down) as FP8 GEMMs with
-  # per-tensor scaling (growjax.fp8); attention core, head and loss stay bf16.
+  # per-tensor scaling (growjax.model.fp8); attention core, head and loss stay bf16.
   matmul_precision: str = "bf16"
   # FP8 scales: 'delayed' (the largest amax of the last fp8_amax_history steps, kept in
-  # the train state: the cast fuses into the op that makes the tensor; growjax.fp8) or
+  # the train state: the cast fuses into the op that makes the tensor; growjax.model.fp8) or
   # 'current' (this step's amax of each tensor). Delayed is Transformer Engine's and
   # MaxText's recipe, the faster (1.1B on an H100: 1.31x bf16 with the SwiGLU kernel,
   # current 1.21x) and within 1% of bf16's loss over 2,000 steps (benchmarks/RESULTS.md).
   fp8_scaling: str = "delayed"
   fp8_amax_history: int = 16
-  # Delayed FP8's SwiGLU backward as one pass (growjax.fp8_swiglu): 'pallas' | 'off';
+  # Delayed FP8's SwiGLU backward as one pass (growjax.model.fp8_swiglu): 'pallas' | 'off';
   # 'auto': the Pallas kernel on a single GPU.
   fp8_swiglu_kernel: str = "auto"
 
@@ -338,7 +338,7 @@ def rotary_tables(positions_BxT: jax.Array, head_dim: int, theta: float):
   return jnp.sin(angle_BxTxF)[:, :, None, :], jnp.cos(angle_BxTxF)[:, :, None, :]
 
 
-def _rope(x_BxTxNxH: jax.Array, rotary) -> jax.Array:
+def rope(x_BxTxNxH: jax.Array, rotary) -> jax.Array:
   """Rotary position embedding (half-split layout), computed in float32."""
   sin, cos = rotary
   x = x_BxTxNxH.astype(jnp.float32)
@@ -465,15 +465,15 @@ class Attention(nn.Module):
     q = nn.with_logical_constraint(q, (ACT_BATCH, ACT_LENGTH, ACT_HEADS, None))
     k = nn.with_logical_constraint(k, (ACT_BATCH, ACT_LENGTH, ACT_KV_HEADS, None))
     v = nn.with_logical_constraint(v, (ACT_BATCH, ACT_LENGTH, ACT_KV_HEADS, None))
-    q = checkpoint_name(_rope(q, rotary), "q_proj")
-    k = checkpoint_name(_rope(k, rotary), "k_proj")
+    q = checkpoint_name(rope(q, rotary), "q_proj")
+    k = checkpoint_name(rope(k, rotary), "k_proj")
     v = checkpoint_name(v, "v_proj")
     impl = _attention_impl(c)
     if self.is_initializing():
       impl = "xla"  # init traces a short dummy sequence, where XLA's path serves
     if impl == "splash":  # Pallas TPU kernel (interpreted
       # elsewhere, for tests); init traces a short dummy sequence, where XLA's path serves.
-      from growjax import splash
+      from growjax.model import splash
       out_BxTxNxH = splash.causal_attention(
           q, k, v, q_axes=(ACT_BATCH, ACT_LENGTH, ACT_HEADS, None),
           kv_axes=(ACT_BATCH, ACT_LENGTH, ACT_KV_HEADS, None),
@@ -555,7 +555,7 @@ class Transformer(nn.Module):
     embedding_VxE = _param(self, "embedding")
     x_BxTxE = jnp.take(embedding_VxE, tokens_BxT, axis=0).astype(dt)
     units, extra, extra_axes = None, (), ()
-    if masks is not None:   # MSG growth's ramp (growjax.mask_ramp); see `masked_units`
+    if masks is not None:   # MSG growth's ramp (growjax.train.mask_ramp); see `masked_units`
       units = masked_units(masks, c)
       extra = (masks.get(LAYERS, jnp.ones((c.num_layers,), jnp.float32)), units)
       extra_axes = (0, nn.broadcast)   # one layer mask per scanned layer
@@ -593,7 +593,7 @@ class Transformer(nn.Module):
 
 
 def masked_units(masks: dict, cfg: ModelConfig) -> dict:
-  """MSG growth's mask values (`growjax.mask_ramp`: per large layer `layers` (L,), per
+  """MSG growth's mask values (`growjax.train.mask_ramp`: per large layer `layers` (L,), per
   unit `mlp` (M,), `heads` (N,), `embed` (E,), any of them absent) as the blocks apply
   them, in the compute dtype: new neurons' and heads' outputs and new stream components
   of every residual write and of the embedding are multiplied by their mask. With an

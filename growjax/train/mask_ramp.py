@@ -31,13 +31,13 @@ the trainer never imports growth), how the model applies the masks (`growjax.mod
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from growjax import config as config_lib
 from growjax.model import EMBED, HEADS, LAYERS, MLP
 
 META_KEY = "mask_ramp"          # a checkpoint's metadata: the plan of the run's ramp
@@ -145,9 +145,4 @@ def from_grown(meta: dict, step: int, ramp: int, where: str) -> Plan | None:
               tuple((a, decode(record[a])) for a in AXES if a in record))
 
 
-def check_steps(value: Any) -> None:
-  """`config.growth.mask_ramp_steps`: a whole number of steps, 0 for off."""
-  if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-    raise ValueError(f"config.growth.mask_ramp_steps={value!r} is not a step count — give "
-                     f"the steps over which new layers and units ramp in from 0 to 1 "
-                     f"(e.g. 100), or 0 for no masks")
+check_steps = config_lib.check_mask_ramp_steps   # growth.masks checks it too

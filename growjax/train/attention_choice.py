@@ -31,49 +31,17 @@ from __future__ import annotations
 import os
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
-HEADROOM = 0.97   # of bytes_limit: XLA's own buffers outside the program's
-
-
-def program_bytes(compiled) -> int:
-  """Per-device bytes a compiled program holds at its peak: arguments, outputs not
-  aliased to arguments (donated state), and temporaries."""
-  m = compiled.memory_analysis()
-  return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
-             + m.temp_size_in_bytes)
-
-
-def device_limit(devices) -> int | None:
-  """The smallest memory limit of `devices` (None where the backend does not say)."""
-  limits = []
-  for d in devices:
-    stats = d.memory_stats() if hasattr(d, "memory_stats") else None
-    if not stats or "bytes_limit" not in stats:
-      return None
-    limits.append(int(stats["bytes_limit"]))
-  return min(limits) if limits else None
-
-
-def fits(need: int, limit: int | None) -> bool:
-  """Whether a program of `need` bytes per device fits under `limit` (unknown: yes)."""
-  return limit is None or need <= HEADROOM * limit
-
+from growjax.train import memory_probe
+from growjax.train import state as state_lib
+from growjax.train import step as step_lib
 
 def needs_choice(cfg: ml_collections.ConfigDict) -> bool:
   m = cfg.model
   return (m.cudnn_packing == "auto" and cfg.data.get("document_masking", True)
           and jax.default_backend() == "gpu" and m.attention_impl in ("auto", "cudnn")
           and m.dtype in ("bfloat16", "float16"))
-
-
-def abstract_batch(setup) -> dict:
-  """The global batch the train step takes, as shapes (with document keys)."""
-  from growjax.data.packing import BATCH_KEYS
-  shape = (setup.cfg.train.global_batch_size, setup.cfg.data.seq_len)
-  return {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=setup.batch_sharding)
-          for k in BATCH_KEYS}
 
 
 def choose(cfg: ml_collections.ConfigDict, devices=None, log=None
@@ -85,23 +53,18 @@ def choose(cfg: ml_collections.ConfigDict, devices=None, log=None
   if not needs_choice(cfg):
     out.model.cudnn_packing = "mask"   # unused off the cuDNN path
     return out
-  from growjax import state as state_lib
-  from growjax import train as train_lib
   out.model.cudnn_packing = "ragged"
   setup = state_lib.build(out, devices)
-  with jax.set_mesh(setup.mesh):
-    compiled = train_lib.make_train_step(setup).lower(
-        train_lib.step_abstract_state(setup), abstract_batch(setup)).compile()
-  need = program_bytes(compiled)
-  limit = device_limit(setup.mesh.devices.flat)
+  need = memory_probe.train_step_bytes(setup)
+  limit = memory_probe.device_limit(setup.mesh.devices.flat)
   gib = 2 ** 30
   if log is None:  # flushed now: a run killed later must not lose the line
     log = (lambda *_: None) if jax.process_index() else (lambda m: print(m, flush=True))
   fraction = memory_fraction()
   fast = ("; batches of single-document rows: plain causal attention "
           "(config.model.single_document_fast_path)"
-          if train_lib.fast_path_enabled(setup) else "")
-  if fits(need, limit):
+          if step_lib.fast_path_enabled(setup) else "")
+  if memory_probe.fits(need, limit):
     log(f"document masking: cuDNN packed layout (config.model.cudnn_packing=ragged, "
         f"max_segments={out.model.max_segments}): {need / gib:.1f} GiB per device"
         + (f" of {limit / gib:.1f} ({fraction})" if limit else "") + fast)

@@ -5,12 +5,12 @@ Importing this module registers `GrowjaxLM` under the name `growjax`
 growjax, so run it through this module, which registers and then hands over to
 lm-eval's command line:
 
-  python -m growjax.lm_eval_adapter --model growjax \
+  python -m growjax.interop.lm_eval_adapter --model growjax \
       --model_args checkpoint=runs/tiny,batch_size=16 --tasks my_task --include_path tasks/
 
 or, in Python, `lm_eval.simple_evaluate(model=GrowjaxLM(checkpoint=...), tasks=[...])`.
-Log-likelihoods come from `growjax.evaluate.Scorer` (batched, sharded on the mesh);
-generation from `growjax.sample` (KV cache, greedy unless the task asks to sample).
+Log-likelihoods come from `growjax.interop.evaluate.Scorer` (batched, sharded on the mesh);
+generation from `growjax.interop.sample` (KV cache, greedy unless the task asks to sample).
 Needs the `lm-eval` package (the `test` extra installs it; no torch needed).
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from growjax import evaluate, params_io, sample
+from growjax.interop import evaluate, params_io, sample
 
 
 @register_model("growjax")
@@ -101,7 +101,7 @@ class GrowjaxLM(LM):
 
 
 def main() -> None:
-  """`python -m growjax.lm_eval_adapter ...`: lm-eval's command with growjax registered."""
+  """`python -m growjax.interop.lm_eval_adapter ...`: lm-eval's command with growjax registered."""
   from lm_eval.__main__ import cli_evaluate
   cli_evaluate()
 

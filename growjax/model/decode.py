@@ -1,16 +1,9 @@
-"""`growjax sample`: text from a checkpoint — greedy, temperature, top-k, top-p — with
-a KV cache, batched prompts, on the checkpoint's mesh; prints tokens/s.
-
-Decoding is a pure function over the model's own parameter tree (`growjax.model.PARAMS`
-layout) and its rotary helpers (`rotary_tables`, `_rope`): the prompt fills a cache
-of keys / values per layer in one pass (prefill), then each new token attends to
-the cache. Prompts of different lengths are left-padded: each row's rotary
-positions start at its first real token and padded keys are masked, so a row
-decodes as it would alone. `tests/test_sample.py` checks the prefill logits equal
-`growjax.model.Transformer`'s and cached greedy output equals greedy decoding by
-full recomputation. It does not train, and does not batch requests arriving over
-time (one batch of prompts per call).
-"""
+"""Decoding with a KV cache over the model's PARAMS tree: the prompt fills a cache in
+one pass, then each new token is one step of `lax.fori_loop`, greedy or sampled
+(temperature, top-k, top-p). The same math as `growjax.model.transformer` (its parameter
+layout and its rotary helpers `rotary_tables`, `rope`), checked against recomputing the
+whole sequence (tests/test_sample.py). Used by `growjax sample`, evaluation and the
+end-of-run sample of `growjax train`."""
 
 from __future__ import annotations
 
@@ -22,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from growjax import model as model_lib
+from growjax.model import transformer as model_lib
 from growjax.model import ModelConfig
 
 
@@ -38,8 +31,8 @@ def _layer(cfg: ModelConfig, p: dict, x_BxTxE, rotary, cache_k, cache_v, start, 
   dt = cfg.compute_dtype
   h = _rms(x_BxTxE, p["attn_norm"]["scale"], cfg.norm_eps, dt)
   a = p["attn"]
-  q = model_lib._rope(jnp.einsum("bte,enh->btnh", h, a["q"].astype(dt)), rotary)  # noqa: SLF001
-  k = model_lib._rope(jnp.einsum("bte,ekh->btkh", h, a["k"].astype(dt)), rotary)  # noqa: SLF001
+  q = model_lib.rope(jnp.einsum("bte,enh->btnh", h, a["q"].astype(dt)), rotary)
+  k = model_lib.rope(jnp.einsum("bte,ekh->btkh", h, a["k"].astype(dt)), rotary)
   v = jnp.einsum("bte,ekh->btkh", h, a["v"].astype(dt))
   cache_k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), start, 1)
   cache_v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), start, 1)
@@ -158,25 +151,6 @@ def make_generate(cfg: ModelConfig, max_new_tokens: int, temperature: float = 0.
   return generate
 
 
-def make_tokenizer(spec: str):
-  """`growjax.data.make_tokenizer` ('byte', 'spm:', 'hf:' tokenizer.json, 'tiktoken:')."""
-  from growjax.data import make_tokenizer as data_tokenizer
-  return data_tokenizer(spec)
-
-
-def checkpoint_tokenizer(directory: str, meta: dict) -> str:
-  """The checkpoint's own tokenizer spec: an imported model's tokenizer files (also
-  through a grow), else the run config's `data.tokenizer`."""
-  import os
-  from growjax import hf
-  side, _ = hf.hf_side_files(directory, meta)
-  if side is not None and (side / "tokenizer.json").exists():
-    return f"hf:{os.fspath(side / 'tokenizer.json')}"
-  if side is not None and (side / "tokenizer.model").exists():
-    return f"spm:{os.fspath(side / 'tokenizer.model')}"
-  return ((meta.get("config") or {}).get("data") or {}).get("tokenizer") or "byte"
-
-
 def encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
   out = []
   for text in prompts:
@@ -230,46 +204,3 @@ def generate_text(model_cfg: ModelConfig, params: Any, tokenizer, prompts: Seque
   generated = out.size
   return texts, {"compile_s": t1 - t0, "decode_s": t2 - t1,
                  "tokens_per_s": generated / max(t2 - t1, 1e-9), "tokens": int(generated)}
-
-
-def run(checkpoint: str, prompts: Sequence[str], *, tokenizer: str = "",
-        max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
-        top_p: float = 1.0, seed: int = 0, step: int | None = None, mesh_spec: str = "",
-        log=print) -> list[str]:
-  """`growjax sample`: prints each prompt's continuation and tokens/s."""
-  from growjax import params_io
-  check_settings(max_new_tokens, temperature, top_k, top_p)
-  loaded = params_io.load(checkpoint, step=step, mesh_spec=mesh_spec)
-  spec = tokenizer or checkpoint_tokenizer(loaded.directory, loaded.meta)
-  tok = make_tokenizer(spec)
-  with jax.set_mesh(loaded.mesh):
-    texts, t = generate_text(loaded.model_cfg, loaded.params, tok, prompts,
-                             max_new_tokens=max_new_tokens, temperature=temperature,
-                             top_k=top_k, top_p=top_p, seed=seed, mesh=loaded.mesh)
-  if jax.process_index() == 0:
-    for prompt, text in zip(prompts, texts):
-      log(f"{prompt}{text}")
-      log("---")
-    how = "greedy" if temperature <= 0 else (
-        f"temperature {temperature}, top_k {top_k or 'all'}, top_p {top_p}")
-    log(f"{t['tokens']} tokens ({len(prompts)} prompt(s) x {max_new_tokens}, {how}) in "
-        f"{t['decode_s']:.2f}s: {t['tokens_per_s']:.1f} tokens/s (compile "
-        f"{t['compile_s']:.1f}s, tokenizer {spec})")
-  return texts
-
-
-def final_sample(setup, params: Any, writer, log=None) -> str | None:
-  """The end of `growjax train`: a short greedy sample of `config.train.final_sample_prompt`
-  (`config.train.final_sample_tokens` tokens), so a run shows what its model writes."""
-  tc, cfg = setup.cfg.train, setup.cfg
-  n = int(tc.get("final_sample_tokens", 0) or 0)
-  if n <= 0:
-    return None
-  tok = make_tokenizer(cfg.data.tokenizer)
-  prompt = tc.get("final_sample_prompt", "") or ""
-  with jax.set_mesh(setup.mesh):
-    [text], t = generate_text(setup.model_cfg, params, tok, [prompt], max_new_tokens=n,
-                              mesh=setup.mesh)
-  writer.text(f"sample of the trained model ({n} tokens, greedy, "
-              f"{t['tokens_per_s']:.0f} tokens/s):\n{prompt}{text}")
-  return text

@@ -24,7 +24,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from growjax import fp8
+from growjax.model import fp8
 
 KERNELS = ("auto", "pallas", "off")
 _BLOCK = 1024   # columns per step of a row program

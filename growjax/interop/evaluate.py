@@ -9,8 +9,8 @@ log-probabilities of the continuation's tokens after the context (`whole =
 encode(context + choice)`, the continuation being what follows `encode(context)`);
 `acc` takes the best sum, `acc_norm` the best sum divided by the choice's length in
 UTF-8 bytes. Scoring is batched, rows sharded over the mesh's data axes; the
-lm-evaluation-harness adapter (`growjax.lm_eval_adapter`) calls the same scorer.
-This module does not generate text (`growjax.sample`) or train.
+lm-evaluation-harness adapter (`growjax.interop.lm_eval_adapter`) calls the same scorer.
+This module does not generate text (`growjax.interop.sample`) or train.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from growjax import mask_ramp
-from growjax import params_io
+from growjax.train import mask_ramp
+from growjax.interop import params_io
 from growjax import sharding
 from growjax.model import ModelConfig, Transformer, head_kernel
 
@@ -273,8 +273,8 @@ def run(cfg: ml_collections.ConfigDict, checkpoint: str, *, step: int | None = N
   """`growjax eval`: the config's data and mesh, the checkpoint's model and params."""
   from growjax import checkpoint as ckpt_lib
   from growjax import config as config_lib
-  from growjax import sample
-  from growjax import state as state_lib
+  from growjax.interop import sample
+  from growjax.train import state as state_lib
   examples = {t: read_task(t) for t in tasks}   # bad task files fail before any compute
   directory, step = ckpt_lib.resolve(checkpoint, step, field="--checkpoint")
   meta = ckpt_lib.read_meta(directory, step)
