@@ -153,10 +153,10 @@ def plan_only(case: str) -> dict:
   src_cfg, dst_cfg = _configs(case)
   large = state_lib.build(dst_cfg)
   meta = {"model": src_cfg.model.to_dict(), "config": src_cfg.to_dict()}
-  src_model, src_tx, src_abstract = offline._source_setup(meta, large)
+  src_model, src_tx, src_abstract = offline.source_setup(meta, large)
   spec = spec_lib.resolve(src_model, large.model_cfg, "stack", None, None)
   from growjax.growth import stream
-  fn = offline._grow_fn(spec, src_tx, large, opt_state="reset", schedule="continue")
+  fn = offline.grow_function(spec, src_tx, large, opt_state="reset", schedule="continue")
   with jax.set_mesh(large.mesh):
     p = stream.plan(fn, src_abstract, jax.random.key(0), large.abstract_state,
                     large.state_shardings)

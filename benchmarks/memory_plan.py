@@ -130,7 +130,7 @@ def grow_case(cfg, name: str) -> dict:
   large = state_lib.build(stages.large_stage_config(cfg, ""))
   small = stages.small_stage_config(cfg)
   meta = {"model": small.model.to_dict(), "config": small.to_dict()}
-  src_model, src_tx, src_abstract = offline._source_setup(meta, large)
+  src_model, src_tx, src_abstract = offline.source_setup(meta, large)
   with jax.set_mesh(large.mesh), nn.logical_axis_rules(large.rules):
     t0 = time.perf_counter()
     lowered = offline.grow_state(

@@ -16,10 +16,10 @@ LEVELS = {
     "core": 2,      # sharding, config: the mesh rules and the run config
     "train": 3,
     "growth": 4, "interop": 4,
-    "cli": 5,       # cli, __main__
+    "cli": 5,       # cli, commands, __main__
 }
 CORE = {"growjax.sharding", "growjax.config"}
-CLI = {"growjax.cli", "growjax.__main__"}
+CLI = {"growjax.cli", "growjax.commands", "growjax.__main__"}
 
 
 def wing(module: str) -> str:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from growjax import cli
+from growjax import cli, commands
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 TINY = os.path.join(CONFIGS, "tiny.py")
@@ -94,7 +94,7 @@ def test_runtime_failure_is_one_line_and_debug_adds_the_traceback(monkeypatch, c
   def boom(fv):
     raise RuntimeError("the device fell over\nsecond line")
   monkeypatch.setitem(cli.COMMANDS, "plan", cli.Command(
-      "plan", "x", "growjax plan", cli._define_plan, boom))
+      "plan", "x", "growjax plan", commands._define_plan, boom))
   code, _, err = run(monkeypatch, capsys, "plan", "--params=1e9")
   assert code == 1
   assert err.strip() == ("growjax plan: RuntimeError: the device fell over — rerun with "

@@ -95,9 +95,9 @@ def test_pieces_read_only_their_own_source_leaves():
   small, large = _cfg(), _cfg(num_layers=4)
   setup = state_lib.build(large)
   meta = {"model": small.model.to_dict(), "config": small.to_dict()}
-  src_model, src_tx, src_abstract = offline._source_setup(meta, setup)
+  src_model, src_tx, src_abstract = offline.source_setup(meta, setup)
   spec = spec_lib.resolve(src_model, setup.model_cfg, "stack", None, None)
-  fn = offline._grow_fn(spec, src_tx, setup, opt_state="reset", schedule="continue")
+  fn = offline.grow_function(spec, src_tx, setup, opt_state="reset", schedule="continue")
   with jax.set_mesh(setup.mesh):
     plan = stream.plan(fn, src_abstract, jax.random.key(0), setup.abstract_state,
                        setup.state_shardings)

@@ -44,7 +44,7 @@ def _grow_memory(cfg, devices: int) -> tuple[dict, object, state_lib.Setup]:
   devs = jax.devices()[:devices]
   large = state_lib.build(stages.large_stage_config(cfg, ""), devs)
   small = stages.small_stage_config(cfg)
-  src_model, src_tx, src_abstract = offline._source_setup(
+  src_model, src_tx, src_abstract = offline.source_setup(
       {"model": small.model.to_dict(), "config": small.to_dict()}, large)
   g = cfg.growth
   compiled = offline.grow_state(

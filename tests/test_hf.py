@@ -18,7 +18,7 @@ from safetensors.numpy import load_file
 
 import hf_dirs
 from growjax import cli
-from growjax.interop import hf, params_io
+from growjax.interop import hf, hf_import, params_io
 from growjax.model import Transformer
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "hf")
@@ -245,7 +245,7 @@ def test_a_failure_while_writing_leaves_nothing_and_a_full_destination_is_refuse
 
   real_write = ckpt_lib.PieceWriter.write
   with monkeypatch.context() as m:
-    m.setattr(hf, "PIECE_BYTES", 1)   # one leaf per piece
+    m.setattr(hf_import, "PIECE_BYTES", 1)   # one leaf per piece
     m.setattr(ckpt_lib.PieceWriter, "write", broken_write)
     code, _, err = run(monkeypatch, capsys, "import-hf", f"--from={src}",
                        f"--to={tmp_path / 'dest'}")

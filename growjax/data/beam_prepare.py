@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from growjax.data import formats, prepare, shards
+from growjax.data import formats, prepare, prepare_sources, prepare_workers, shards
 from growjax.data.tokenizers import make_tokenizer
 
 CONFIG_ENV = "GROWJAX_PREPARE_CONFIG"
@@ -74,7 +74,7 @@ def _load(path: str, args: str):
 
 def _tokenize(unit_and_index, spec: str, dtype: str):
   index, unit = unit_and_index
-  tok = prepare._tokenizer(spec)  # noqa: SLF001 - one tokenizer per worker process
+  tok = prepare_workers.cached_tokenizer(spec)   # one tokenizer per worker process
   parts, docs = [], 0
   for ids, n in prepare.iter_unit_tokens(unit, tok, dtype):
     parts.append(ids)
@@ -153,7 +153,7 @@ class GrowjaxPrepared(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       cfg[k] = ""
     out = {}
     for split in shards.SPLITS:
-      src = prepare._split_sources(cfg, split, self.builder_config.unit_bytes)  # noqa: SLF001
+      src = prepare_sources.split_sources(cfg, split, self.builder_config.unit_bytes)
       if src is not None:
         out[split] = self._generate_examples(list(enumerate(src.units)), split)
     return out

@@ -44,8 +44,10 @@ SCHEDULES = ("continue", "restart")
 PROBE_ROWS, PROBE_LEN = 4, 64  # random tokens measuring an inexact growth's logit change
 
 
-def _source_setup(meta: dict, large: state_lib.Setup):
-  """The small model's config, optimizer and state layout, placed on the large mesh."""
+def source_setup(meta: dict, large: state_lib.Setup):
+  """The small model's config, optimizer and state layout, placed on the large mesh:
+  what the growth reads, built from the checkpoint's metadata alone (no restore), so the
+  memory tests and benchmarks trace the same growth `grow_checkpoint` runs."""
   src_model = ModelConfig(**meta["model"])
   src_cfg = ml_collections.ConfigDict(meta["config"])
   schedule = opt_lib.make_schedule(src_cfg.optimizer, src_cfg.train.steps)
@@ -63,10 +65,11 @@ def data_position_in_windows(data_state: dict | None, meta: dict) -> dict | None
   return data_state
 
 
-def _grow_fn(spec: spec_lib.GrowthSpec, src_tx, large: state_lib.Setup, *, opt_state: str,
-             schedule: str):
+def grow_function(spec: spec_lib.GrowthSpec, src_tx, large: state_lib.Setup, *,
+                  opt_state: str, schedule: str):
   """The whole growth as one function `(small state, rng, learned params or None) -> large
-  state`: what `grow_state` jits, and what the streamed path cuts into pieces."""
+  state`: what `grow_state` jits, and what the streamed path cuts into pieces. Public so
+  the memory tests and benchmarks lower exactly the program `growjax grow` runs."""
   on_mesh = dict(mesh=large.mesh, rules=large.rules)
 
   def grown(state, rng, learned):
@@ -112,7 +115,7 @@ def grow_state(src_state, src_model: ModelConfig, src_tx, large: state_lib.Setup
     learned = operators.grow_by(spec, src_state.params, rng=rng, learn_batches=learn_batches,
                                 learn_steps=LEARN_STEPS, **on_mesh)
 
-  grown = _grow_fn(spec, src_tx, large, opt_state=opt_state, schedule=schedule)
+  grown = grow_function(spec, src_tx, large, opt_state=opt_state, schedule=schedule)
   jitted = jax.jit(grown, out_shardings=large.state_shardings)
   return jitted.lower(src_state, rng, learned) if lower else jitted(src_state, rng, learned)
 
@@ -328,7 +331,7 @@ def _grow_streamed(directory, step, src_abstract, meta, src_tx, large, spec, out
   writer = ckpt_lib.PieceWriter(out_dir)
   out_step = None
   with jax.set_mesh(large.mesh), nn.logical_axis_rules(large.rules):
-    grown = _grow_fn(spec, src_tx, large, opt_state=opt_state, schedule=schedule)
+    grown = grow_function(spec, src_tx, large, opt_state=opt_state, schedule=schedule)
     plan = stream.plan(grown, src_abstract, rng, large.abstract_state, large.state_shardings)
     pieces = stream.run(plan, read, rng)
     while True:
@@ -377,7 +380,7 @@ def grow_checkpoint(source: str, out_dir: str, large_cfg: ml_collections.ConfigD
                      f"— grow a step >= {ramp.end}, or train with a shorter "
                      f"config.growth.mask_ramp_steps")
   large = state_lib.build(large_cfg)
-  src_model, src_tx, src_abstract = _source_setup(meta, large)
+  src_model, src_tx, src_abstract = source_setup(meta, large)
   spec = spec_lib.resolve(src_model, large.model_cfg, method, width_method, layer_map, g=g,
                           allow_inexact=allow_inexact, width_noise=width_noise, names=names)
   _check_run_args(spec, opt_state, schedule, names)

@@ -1,7 +1,7 @@
 """Streamed offline growth: the growth function cut into pieces of output leaves, so
 host memory stays near the largest array instead of the whole grown state.
 
-`offline._grow_fn` is one function from the small train state to the large one.
+`offline.grow_function` is one function from the small train state to the large one.
 It is traced once; for every output leaf (a grown parameter, an Adam moment, a
 step count) dead-code elimination of the trace (`pe.dce_jaxpr`, the pass `jax.jit`
 itself runs) tells which input leaves it reads: depth and width operators read

@@ -1,0 +1,202 @@
+"""The Hugging Face LLaMA layout, shared by import and export: which HF tensor each
+growjax parameter is and how its axes are merged and ordered (`MAPPINGS`, `layout`),
+config.json <-> growjax's model fields, and where an imported checkpoint keeps its HF
+side files. One table for both directions, so import -> export is exact.
+
+Layouts: HF's `nn.Linear` weights are (out, in); growjax's are (in, out...) with
+heads split ((embed, heads, head_dim) for q). Rotary embeddings: HF Llama rotates
+the two halves of each head (`rotate_half`) and so does `growjax.model.rope`, so
+q / k need no permutation (tests/test_hf.py checks the logits against
+transformers'). Not here: biases (Qwen2), rope scaling, sliding windows, MoE.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+
+import numpy as np
+from etils import epath
+
+from growjax import checkpoint as ckpt_lib
+from growjax.model import AXIS_FIELDS, LAYERS, ModelConfig
+
+CONFIG, INDEX, SINGLE = "config.json", "model.safetensors.index.json", "model.safetensors"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "tokenizer.model", "generation_config.json")
+HF_DIR = "hf"                         # inside an imported checkpoints dir: the files above
+ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral"}
+DTYPES = {"float32": np.float32, "bfloat16": "bfloat16", "float16": np.float16}
+# Tensors HF checkpoints may carry that growjax derives itself.
+DERIVED = re.compile(r"^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Mapping:
+  """One growjax parameter <-> HF tensor: `hf` (name, `{i}` the layer), `groups`
+  (the HF tensor's axes, each a tuple of growjax axes merged into it, in order),
+  so hf shape = products of the groups, and growjax shape = the groups' axes
+  flattened then permuted to the growjax parameter's axis order."""
+  hf: str
+  groups: tuple[tuple[str, ...], ...]
+
+
+_L = "model.layers.{i}."
+MAPPINGS: dict[str, Mapping] = {
+    "embedding": Mapping("model.embed_tokens.weight", (("vocab",), ("embed",))),
+    "layers/attn_norm/scale": Mapping(_L + "input_layernorm.weight", (("embed",),)),
+    "layers/attn/q": Mapping(_L + "self_attn.q_proj.weight", (("heads", "head_dim"), ("embed",))),
+    "layers/attn/k": Mapping(_L + "self_attn.k_proj.weight",
+                             (("kv_heads", "head_dim"), ("embed",))),
+    "layers/attn/v": Mapping(_L + "self_attn.v_proj.weight",
+                             (("kv_heads", "head_dim"), ("embed",))),
+    "layers/attn/o": Mapping(_L + "self_attn.o_proj.weight", (("embed",), ("heads", "head_dim"))),
+    "layers/mlp_norm/scale": Mapping(_L + "post_attention_layernorm.weight", (("embed",),)),
+    "layers/mlp/gate": Mapping(_L + "mlp.gate_proj.weight", (("mlp",), ("embed",))),
+    "layers/mlp/up": Mapping(_L + "mlp.up_proj.weight", (("mlp",), ("embed",))),
+    "layers/mlp/down": Mapping(_L + "mlp.down_proj.weight", (("embed",), ("mlp",))),
+    "final_norm/scale": Mapping("model.norm.weight", (("embed",),)),
+    "lm_head": Mapping("lm_head.weight", (("vocab",), ("embed",))),
+}
+
+
+def param_axes(path: str) -> tuple[str, ...]:
+  from growjax.model import PARAMS
+  return PARAMS[path].axes
+
+
+def layout(path: str, cfg: ModelConfig):
+  """(hf shape, mid shape (groups flattened), perm: growjax axis j = mid axis perm[j])."""
+  m = MAPPINGS[path]
+  size = lambda a: getattr(cfg, AXIS_FIELDS[a])  # noqa: E731
+  mid_axes = [a for g in m.groups for a in g]
+  axes = [a for a in param_axes(path) if a != LAYERS]
+  hf_shape = tuple(int(np.prod([size(a) for a in g])) for g in m.groups)
+  return hf_shape, tuple(size(a) for a in mid_axes), tuple(mid_axes.index(a) for a in axes)
+
+
+def param_paths(cfg: ModelConfig) -> list[str]:
+  return [p for p in MAPPINGS if not (p == "lm_head" and cfg.tie_embeddings)]
+
+
+def hf_names(path: str, cfg: ModelConfig) -> list[str]:
+  m = MAPPINGS[path]
+  if path.startswith(LAYERS + "/"):
+    return [m.hf.format(i=i) for i in range(cfg.num_layers)]
+  return [m.hf]
+
+
+# ------------------------------------------------------------------------ config.json
+
+
+def read_json(path: epath.Path, what: str) -> dict:
+  try:
+    out = json.loads(path.read_text())
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path}: not valid JSON ({e}) — {what}") from None
+  if not isinstance(out, dict):
+    raise ValueError(f"{path}: not a JSON object — {what}")
+  return out
+
+
+def model_fields(hf: dict, where: str) -> dict:
+  """growjax `config.model` fields from an HF config.json; refuses what the model
+  cannot represent, naming the config key."""
+  arch = hf.get("architectures") or []
+  model_type = hf.get("model_type")
+  known = [a for a in arch if a in ARCHITECTURES]
+  if not known and model_type not in ARCHITECTURES.values():
+    raise ValueError(f"{where}: architectures={arch} (model_type={model_type!r}) is not a "
+                     f"LLaMA-family model — growjax imports {', '.join(ARCHITECTURES)} "
+                     f"(model_type llama / mistral)")
+  for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+              "num_attention_heads"):
+    if not isinstance(hf.get(key), int) or hf[key] <= 0:
+      raise ValueError(f"{where}: {key}={hf.get(key)!r} — a LLaMA config.json gives it as "
+                       f"a positive integer")
+
+  def refuse(key, value, why):
+    raise ValueError(f"{where}: {key}={value!r} {why} — growjax's LLaMA cannot represent "
+                     f"it; import a model without it")
+
+  if hf.get("hidden_act", "silu") != "silu":
+    refuse("hidden_act", hf["hidden_act"], "is not SwiGLU's silu")
+  for key in ("attention_bias", "mlp_bias"):
+    if hf.get(key):
+      refuse(key, hf[key], "asks for biases")
+  rope = hf.get("rope_scaling")
+  params = hf.get("rope_parameters") or {}   # transformers >= 5 keeps rope_theta here
+  for key, value in (("rope_scaling", rope), ("rope_parameters", params or None)):
+    if value is not None:
+      kind = value.get("rope_type", value.get("type")) if isinstance(value, dict) else value
+      if kind not in (None, "default"):
+        refuse(key, value, f"is rope scaling of type {kind!r} (not implemented)")
+  window = hf.get("sliding_window")
+  if window is not None and hf.get("use_sliding_window", True) and \
+      window < hf.get("max_position_embeddings", 0):
+    refuse("sliding_window", window, "is a sliding attention window")
+  for key in ("num_local_experts", "num_experts", "n_routed_experts", "moe_intermediate_size"):
+    if hf.get(key):
+      refuse(key, hf[key], "is a mixture of experts")
+  if hf.get("quantization_config"):
+    refuse("quantization_config", "...", "is a quantized checkpoint")
+  heads = hf["num_attention_heads"]
+  kv = hf.get("num_key_value_heads") or heads
+  head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
+  if hf.get("head_dim") is None and hf["hidden_size"] % heads:
+    raise ValueError(f"{where}: hidden_size={hf['hidden_size']} is not a multiple of "
+                     f"num_attention_heads={heads} and head_dim is not given — give head_dim")
+  return dict(vocab_size=hf["vocab_size"], num_layers=hf["num_hidden_layers"],
+              embed_dim=hf["hidden_size"], num_heads=heads, num_kv_heads=kv,
+              head_dim=head_dim, mlp_dim=hf["intermediate_size"],
+              rope_theta=float(params.get("rope_theta", hf.get("rope_theta", 10_000.0))),
+              norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+              tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
+
+
+def hf_config(model: ModelConfig, source: dict | None, dtype: str) -> dict:
+  """An HF config.json for `model`: the imported source's keys kept (token ids,
+  max positions), the shape keys set from `model`."""
+  out = {k: v for k, v in (source or {}).items()
+         if k not in ("rope_parameters", "transformers_version", "_name_or_path")}
+  out.update({
+      "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+      "vocab_size": model.vocab_size, "hidden_size": model.embed_dim,
+      "intermediate_size": model.mlp_dim, "num_hidden_layers": model.num_layers,
+      "num_attention_heads": model.num_heads, "num_key_value_heads": model.num_kv_heads,
+      "head_dim": model.head_dim, "hidden_act": "silu", "rms_norm_eps": model.norm_eps,
+      "rope_theta": model.rope_theta, "rope_scaling": None, "attention_bias": False,
+      "mlp_bias": False, "tie_word_embeddings": model.tie_embeddings, "torch_dtype": dtype,
+  })
+  if (source or {}).get("rope_parameters"):   # transformers >= 5 spells rope this way
+    out["rope_parameters"] = {"rope_theta": model.rope_theta, "rope_type": "default"}
+    del out["rope_theta"], out["rope_scaling"]
+  if "dtype" in (source or {}):
+    out["dtype"] = dtype
+  out.setdefault("max_position_embeddings", 2048)
+  out.setdefault("initializer_range", 0.02)
+  out.setdefault("use_cache", True)
+  out.setdefault("pretraining_tp", 1)
+  out.setdefault("attention_dropout", 0.0)
+  out.pop("sliding_window", None)
+  return out
+
+
+# ------------------------------------------------------------------ imported side files
+
+
+def hf_side_files(directory: str, meta: dict, depth: int = 0) -> tuple[epath.Path | None, dict]:
+  """The `hf/` dir and the `hf` metadata of an imported checkpoint, following a grown
+  checkpoint's `grown_from` back to its import."""
+  d = epath.Path(directory)
+  if meta.get("hf") or (d / HF_DIR).is_dir():
+    return ((d / HF_DIR) if (d / HF_DIR).is_dir() else None), meta.get("hf") or {}
+  source = (meta.get("grown_from") or {}).get("checkpoint")
+  if not source or depth > 16:
+    return None, {}
+  try:
+    src_dir, src_step = ckpt_lib.resolve(source, field="grown_from")
+    return hf_side_files(src_dir, ckpt_lib.read_meta(src_dir, src_step), depth + 1)
+  except (ValueError, FileNotFoundError, OSError):
+    return None, {}
