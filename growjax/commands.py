@@ -258,7 +258,7 @@ def _run_speedup(fv):
   speedup.run(fv.scratch, fv.grown, fv.target_loss, fv.out)
 
 
-# --- issue 16: growjax sweep (logic in growjax/growth/sweep.py) ---
+# --- issue 16: growjax sweep (logic in growjax/growth/sweep.py and growjax/growth/study/) ---
 
 
 def _define_sweep(fv):

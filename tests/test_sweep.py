@@ -16,7 +16,7 @@ from growjax import cli
 from growjax import config as config_lib
 from growjax.growth import law
 from growjax.growth import speedup
-from growjax.growth import sweep
+from growjax.growth.study import analysis, grid, jobs, plots, report, runner
 from growjax.growth import timing
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -78,7 +78,7 @@ def test_sweep_runs_a_2x2_grid_writes_summary_and_plots_and_a_rerun_skips(
   assert "== sweep run 1/5 done in" in out and "sweep ETA" in out
   assert "grid done" in out
 
-  summary = json.loads((work / sweep.SUMMARY_FILE).read_text())
+  summary = json.loads((work / report.SUMMARY_FILE).read_text())
   rows = {r["name"]: r for r in summary["runs"]}
   assert list(rows) == names
   # Equal FLOPs: the large stage takes what the small stage left, to within one step.
@@ -114,7 +114,7 @@ def test_sweep_runs_a_2x2_grid_writes_summary_and_plots_and_a_rerun_skips(
   assert summary["recommendation"]["d_tokens"] == pytest.approx(point["d_tokens"])
   assert "only c fitted, a = 0.88 and b = 163.27 fixed at the paper's" in out
   assert "recommendation at C = " in out and "(this sweep's budget)" in out
-  for png in sweep.PLOTS:
+  for png in plots.PLOTS:
     assert (work / png).read_bytes()[:8] == PNG
 
   # A rerun trains only what is unfinished: a run killed before its end (its last
@@ -131,7 +131,7 @@ def test_sweep_runs_a_2x2_grid_writes_summary_and_plots_and_a_rerun_skips(
   assert "== sweep: 5 runs, 4 done" in out
   assert "steps 8->10" in out and "1-layer model" not in out     # only the large stage
   assert {n: metrics(n) for n in names[:-1]} == before
-  again = json.loads((work / sweep.SUMMARY_FILE).read_text())
+  again = json.loads((work / report.SUMMARY_FILE).read_text())
   assert {r["name"]: r["final_loss"] for r in again["runs"]} == \
       {r["name"]: r["final_loss"] for r in summary["runs"]}
   assert again["recommendation"]["budget_flops"] == pytest.approx(budget * 100)
@@ -175,14 +175,14 @@ def test_jobs_trains_runs_side_by_side_with_the_sequential_results(
     log = (par / "logs" / f"{name}.log").read_text()
     assert "step 4/" in log and "Traceback" not in log
   assert "grid done" in out and "d2_g2_stack" not in out
-  seq = json.loads((tmp_path / "seq" / sweep.SUMMARY_FILE).read_text())
-  got = json.loads((par / sweep.SUMMARY_FILE).read_text())
+  seq = json.loads((tmp_path / "seq" / report.SUMMARY_FILE).read_text())
+  got = json.loads((par / report.SUMMARY_FILE).read_text())
   assert [r["name"] for r in got["runs"]] == names
   for a, b in zip(seq["runs"], got["runs"]):
     assert a["name"] == b["name"]
     assert b["final_loss"] == pytest.approx(a["final_loss"], rel=1e-5)
     assert b["flops"] == a["flops"]
-  for png in sweep.PLOTS:
+  for png in plots.PLOTS:
     assert (par / png).read_bytes()[:8] == PNG
   # A rerun finds everything done and trains nothing.
   assert sweep_cli(*common, f"--workdir={par}", "--jobs=2") == 0
@@ -204,9 +204,9 @@ def test_jobs_auto_divides_the_memory_limit_by_the_compiled_step(tiny_config, tm
   gib = 2 ** 30
   # A 16L x 512 replica job needing 22 GiB under the CLI's 0.94 of an 80 GB H100 (74.4
   # GiB): three fit (each gets 24.8 GiB, 22 under the 0.97 headroom); capped by the runs.
-  assert sweep.jobs_that_fit(22 * gib, int(74.4 * gib), most=5) == 3
-  assert sweep.jobs_that_fit(22 * gib, int(74.4 * gib), most=2) == 2
-  assert sweep.jobs_that_fit(80 * gib, int(74.4 * gib), most=5) == 1
+  assert jobs.jobs_that_fit(22 * gib, int(74.4 * gib), most=5) == 3
+  assert jobs.jobs_that_fit(22 * gib, int(74.4 * gib), most=2) == 2
+  assert jobs.jobs_that_fit(80 * gib, int(74.4 * gib), most=5) == 1
   # CPU reports no memory limit: auto is one run at a time, in this process.
   work = tmp_path / "auto"
   assert sweep_cli(f"--config={tiny_config}", f"--workdir={work}", "--d=2", "--g=2",
@@ -214,12 +214,12 @@ def test_jobs_auto_divides_the_memory_limit_by_the_compiled_step(tiny_config, tm
   out = capsys.readouterr().out
   assert "--jobs auto: the cpu backend reports no memory limit — one run at a time" in out
   assert "== sweep run 2/2: d2_g2_stack: " in out and not (work / "logs").exists()
-  assert (work / sweep.SUMMARY_FILE).exists()
+  assert (work / report.SUMMARY_FILE).exists()
   # Where the backend reports a limit, auto compiles the target's step and divides.
   from growjax.train import memory_probe
   monkeypatch.setattr(memory_probe, "device_limit", lambda devices: 10 * gib)
   lines = []
-  assert sweep.auto_jobs(load(tiny_config), most=4, log=lines.append) == (4, True)
+  assert jobs.auto_jobs(load(tiny_config), most=4, log=lines.append) == (4, True)
   assert lines[0].startswith("== sweep: --jobs auto: the target's train step needs 0.0 GiB "
                              "per device of 10.0 GiB") and lines[0].endswith(": 4 at a time")
 
@@ -243,12 +243,12 @@ def test_jobs_under_jax_distributed_is_refused_before_the_backend(tiny_config, t
 def test_a_failed_job_is_one_line_naming_its_log(tiny_config, tmp_path, data_dir):
   import sys
   cfg = load(tiny_config)
-  runs = sweep.plan(cfg, [2], [2], ["stack"])
+  runs = grid.plan(cfg, [2], [2], ["stack"])
   child = [sys.executable, "-c",
            "import sys; print('JaxRuntimeError: RESOURCE_EXHAUSTED: Out of memory'); sys.exit(3)"]
   lines = []
-  with pytest.raises(sweep.JobsFailed) as failed:
-    sweep.execute_parallel(cfg, str(tmp_path), runs, 2, child, log=lines.append, poll_s=0.05)
+  with pytest.raises(runner.JobsFailed) as failed:
+    runner.execute_parallel(cfg, str(tmp_path), runs, 2, child, log=lines.append, poll_s=0.05)
   for run in runs:
     assert any(l.startswith(f"== sweep run {run.name} failed (exit 3) after ") and
                l.endswith("RESOURCE_EXHAUSTED: Out of memory — out of accelerator memory at "
@@ -301,7 +301,7 @@ def test_jobs_pass_sigterm_to_every_child_and_a_rerun_resumes(tiny_config, tmp_p
   assert "2 runs, 0 done" in done.stdout and "grid done" in done.stdout
   for p in logs:   # each resumed where it stopped, not from its start
     assert f"steps {stopped[p.stem]}->400" in p.read_text()
-  summary = json.loads((work / sweep.SUMMARY_FILE).read_text())
+  summary = json.loads((work / report.SUMMARY_FILE).read_text())
   assert [r["total_flops"] for r in summary["runs"]] == pytest.approx(
       [r["flops"] for r in summary["runs"]], rel=1e-9)
 
@@ -344,10 +344,10 @@ def test_d_beyond_the_run_names_the_largest_d(tiny_config, tmp_path, capsys):
   err = capsys.readouterr().err
   max_d = int(err.split("give d <= ")[1].split()[0])
   cfg = load(tiny_config)
-  runs = sweep.plan(cfg, [max_d], [2], ["stack"])
+  runs = grid.plan(cfg, [max_d], [2], ["stack"])
   assert runs[1].large_steps == 1                           # the largest d that fits
   with pytest.raises(ValueError, match="leaves no step"):
-    sweep.plan(cfg, [max_d + 1], [2], ["stack"])
+    grid.plan(cfg, [max_d + 1], [2], ["stack"])
 
 
 def test_dry_run_prints_the_grid_and_computes_nothing(tiny_config, tmp_path, capsys):
@@ -363,7 +363,7 @@ def test_dry_run_prints_the_grid_and_computes_nothing(tiny_config, tmp_path, cap
   assert "9 runs" in out and "total: " in out
   # d1_g4: 1 small step of a 1-layer model, then the 4-layer model to the budget.
   cfg = load(tiny_config)
-  scratch, d1_g4 = sweep.plan(cfg, [1], [4], ["stack"])
+  scratch, d1_g4 = grid.plan(cfg, [1], [4], ["stack"])
   assert rows[3] == ["d1_g4_stack", "4", "1", "1", "256", str(d1_g4.large_steps),
                      str(d1_g4.steps), f"{d1_g4.flops:.4g}",
                      f"{d1_g4.flops / scratch.flops:.4f}"]
@@ -386,7 +386,7 @@ def write_curve(path, points):
 
 def test_analysis_on_synthetic_runs_with_known_savings(tiny_config, tmp_path):
   cfg = load(tiny_config)
-  runs = sweep.plan(cfg, [1, 2, 4], [2, 4], ["stack"])
+  runs = grid.plan(cfg, [1, 2, 4], [2, 4], ["stack"])
   budget = runs[0].flops
   work = str(tmp_path)
   # Scratch falls linearly 4 -> 2 over the budget: it reaches 2.0 at `budget`.
@@ -400,7 +400,7 @@ def test_analysis_on_synthetic_runs_with_known_savings(tiny_config, tmp_path):
     write_curve(f"{work}/{name}/large", [(0.1 * budget, 3.0), (0.95 * budget, 2.2)]
                 if frac is None else
                 [(0.1 * budget, 3.0), (frac * budget, 2.0), ((frac + 0.05) * budget, 1.9)])
-  s = sweep.analyse(cfg, work, runs)
+  s = analysis.analyse(cfg, work, runs)
   rows = {r["name"]: r for r in s["runs"]}
   assert s["target_loss"] == 2.0
   for name, frac in reach.items():
@@ -416,7 +416,7 @@ def test_analysis_on_synthetic_runs_with_known_savings(tiny_config, tmp_path):
   a2, a1, _ = np.polyfit(x, y, 2)
   assert g4["how"] == "parabola" and g4["d_tokens"] == pytest.approx(10 ** (-a1 / (2 * a2)))
   assert s["best"]["g"] == 2 and s["best"]["flops_saved"] == pytest.approx(0.4)
-  n = sweep.target_params(cfg)
+  n = grid.target_params(cfg)
   c = math.log10(512) - 0.88 * math.log10(n) - 163.27 / math.log10(budget)
   assert s["law"]["coefficients"]["c"] == pytest.approx(c)
   assert s["law"]["coefficients"]["a"] == 0.88 and s["law"]["coefficients"]["b"] == 163.27
@@ -430,16 +430,16 @@ def test_analysis_on_synthetic_runs_with_known_savings(tiny_config, tmp_path):
   for i, (other_n, other_c) in enumerate([(n * 30, budget * 1e3), (n * 3, budget * 1e6)]):
     other = tmp_path / f"other{i}"
     other.mkdir()
-    (other / sweep.SUMMARY_FILE).write_text(json.dumps({"law_point": {
+    (other / report.SUMMARY_FILE).write_text(json.dumps({"law_point": {
         "params": other_n, "flops": other_c,
         "d_tokens": law.predict_d(known, other_n, other_c)}}))
-  three = sweep.analyse(cfg, work, runs, also=[str(tmp_path / "other0"),
+  three = analysis.analyse(cfg, work, runs, also=[str(tmp_path / "other0"),
                                                str(tmp_path / "other1")])
   assert three["law"]["fitted"] == ["a", "b", "c"]
   for k, v in known.items():
     assert three["law"]["coefficients"][k] == pytest.approx(v, abs=1e-6)
-  assert "with 2 point(s) of --also" in sweep.report(three)
-  text = sweep.report({**s})
+  assert "with 2 point(s) of --also" in report.report(three)
+  text = report.report({**s})
   assert "best d for g=2 (stack): 2 steps = 512 tokens, 40.0% saved" in text
   assert "d4_g2_stack" in text and "never" in text
   assert "best g: 2 (stack), 40.0% of FLOPs saved at d = 2 steps" in text
@@ -500,11 +500,11 @@ def test_repro_sweep_config_plans_the_documented_grid():
   path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       "configs", "repro", "sweep.py")
   cfg = load(path)
-  runs = sweep.plan(cfg, [50, 150, 300], [2, 4], ["stack"])
+  runs = grid.plan(cfg, [50, 150, 300], [2, 4], ["stack"])
   assert len(runs) == 7 and sum(r.steps for r in runs) == 4816
   assert sum(r.d_steps for r in runs) == 1000
   assert sum(r.flops for r in runs) == pytest.approx(1.644e15, rel=1e-3)
-  sweep.check(cfg, runs, 8)
+  grid.check(cfg, runs, 8)
   assert config_lib.validate(cfg, 8)["fsdp"] == 8
   # d = 150 at g = 4 is the operator table's G_stack run: the same equal-FLOPs steps.
   ops = importlib.util.spec_from_file_location(
@@ -519,17 +519,17 @@ def test_best_d_at_the_edge_suggests_the_next_d_on_the_grids_spacing(tiny_config
   """The replica's sweeps both peaked at their largest d: the report names the d to add,
   on the grid's own spacing and within the budget (plan() accepts them)."""
   cfg = load(tiny_config)
-  assert sweep.widen_d(cfg, [1, 2], 2, 4, "stack") == [4, 8]      # ratio 2 past the top
-  assert sweep.widen_d(cfg, [2, 4], 2, 4, "stack") == [1]         # below the bottom: >= 1
-  assert sweep.widen_d(cfg, [4, 8], 8, 2, "stack") == []          # the budget stops it:
+  assert analysis.widen_d(cfg, [1, 2], 2, 4, "stack") == [4, 8]      # ratio 2 past the top
+  assert analysis.widen_d(cfg, [2, 4], 2, 4, "stack") == [1]         # below the bottom: >= 1
+  assert analysis.widen_d(cfg, [4, 8], 8, 2, "stack") == []          # the budget stops it:
   with pytest.raises(ValueError, match="leaves no step"):
-    sweep.plan(cfg, [16], [2], ["stack"])
-  runs = sweep.plan(cfg, [1, 2], [4], ["stack"])
+    grid.plan(cfg, [16], [2], ["stack"])
+  runs = grid.plan(cfg, [1, 2], [4], ["stack"])
   budget = runs[0].flops
   write_curve(f"{tmp_path}/scratch", [(budget * k / 4, 4 - 0.5 * k) for k in range(1, 5)])
   for name, frac in {"d1_g4_stack": 0.9, "d2_g4_stack": 0.7}.items():
     write_curve(f"{tmp_path}/{name}/small", [(0.05 * budget, 3.5)])
     write_curve(f"{tmp_path}/{name}/large", [(0.1 * budget, 3.0), (frac * budget, 2.0)])
-  s = sweep.analyse(cfg, str(tmp_path), runs)
+  s = analysis.analyse(cfg, str(tmp_path), runs)
   assert s["best_d_per_g"]["stack"]["4"]["widen_d_steps"] == [4, 8]
-  assert "widen --d, e.g. --d=1,2,4,8" in sweep.report(s)
+  assert "widen --d, e.g. --d=1,2,4,8" in report.report(s)

@@ -71,15 +71,15 @@ from ml_collections import config_dict
 
 from growjax.config import model_config, parse_arg
 from growjax.data import corpora
+from growjax.growth.budget import equal_flops_steps
 from growjax.model import ModelConfig
 
-# The replica's rule for equal FLOPs, one definition (loaded by path, as sweep.py loads
-# operators.py: config files are not a package).
+# The replica's recipe (loaded by path, as sweep.py loads operators.py: config files are
+# not a package).
 _SPEC = importlib.util.spec_from_file_location(
     "configs_repro_replica", os.path.join(os.path.dirname(__file__), "replica.py"))
 replica = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(replica)
-equal_flops_steps = replica.equal_flops_steps
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOKENIZER = os.path.join(HERE, "larger_tokenizer", "tokenizer.json")

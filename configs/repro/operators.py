@@ -27,10 +27,9 @@ SMALL_STEPS steps and spends the FLOPs of SCRATCH_STEPS scratch steps in all: a 
 source spends more of them before growth, so it has fewer large steps after.
 """
 
-import math
-
 from growjax.config import base_config, model_config
 from growjax.data import corpora
+from growjax.growth.budget import equal_flops_steps
 from growjax.model import ModelConfig
 
 LARGE = dict(vocab_size=384, num_layers=8, embed_dim=256, num_heads=4, num_kv_heads=4,
@@ -88,10 +87,8 @@ def get_config(arg=None):
                        f"config.growth.mask_ramp_steps (masked growth), which this checkout "
                        f"does not have — drop ,msg")
     c.growth.mask_ramp_steps = MSG_RAMP_STEPS
-  seq = c.data.seq_len
-  saved = small_steps * (ModelConfig(**small).flops_per_token(seq)
-                         / ModelConfig(**LARGE).flops_per_token(seq))
-  c.train.steps = small_steps + math.floor(SCRATCH_STEPS - saved)
+  c.train.steps = equal_flops_steps(ModelConfig(**LARGE), ModelConfig(**small),
+                                    c.data.seq_len, SCRATCH_STEPS, small_steps)
   return c
 
 

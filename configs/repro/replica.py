@@ -28,24 +28,16 @@ run's FLOPs. (The paper's fit for d gives more tokens than this whole budget at 
 FLOPs, far outside its fitted range, so d is set by hand to a third of the tokens.)
 """
 
-import math
-
 from ml_collections import config_dict
 
 from growjax.config import base_config, model_config, parse_arg
 from growjax.data import corpora
+from growjax.growth.budget import equal_flops_steps
 from growjax.model import ModelConfig
 
 LARGE = dict(vocab_size=384, num_layers=16, embed_dim=512, num_heads=8, num_kv_heads=8,
              head_dim=64, mlp_dim=1536)
 GROWTH_FACTORS = (2, 4)
-
-
-def equal_flops_steps(large: ModelConfig, small: ModelConfig, seq_len: int,
-                      scratch_steps: int, small_steps: int) -> int:
-  """Total steps of the grow run whose FLOPs equal `scratch_steps` of the large model."""
-  saved = small_steps * small.flops_per_token(seq_len) / large.flops_per_token(seq_len)
-  return small_steps + math.floor(scratch_steps - saved)
 
 
 def get_config(arg=None):

@@ -36,7 +36,9 @@ The package holds the pure operators (`operators`, `depth`, `width`, `learn`,
 `optimizer_state`, `spec`, `layout`, `placement`), importable without the
 trainer, and the growth workflow built on them, imported by name:
 `offline` (grow a saved checkpoint), `stages` (a whole small -> grow -> large
-run), `timing` (the paper's d and g), `speedup` (did growth pay).
+run), `timing` (the paper's d and g), `speedup` (did growth pay), `budget`
+(equal FLOPs: a grow run's steps at a scratch run's budget), `law` (the d law fit)
+and `sweep` with its rooms in `study` (`growjax sweep`: the d and g study).
 """
 
 from growjax.growth import depth, layout, learn, placement, width

@@ -1,6 +1,6 @@
 """What a compiled program needs per device, read from the compiler, and what a device
 has: the one memory probe below the trainer's choices (`attention_choice`) and the
-study's (`growth.sweep --jobs auto`)."""
+study's (`growth.study.jobs`, `growjax sweep --jobs auto`)."""
 
 from __future__ import annotations
 
