@@ -178,10 +178,11 @@ _LOG: dict[str, str] = {}   # the running command's log file of library messages
 def _log_dir(cmd: Command, fv: flags.FlagValues) -> str | None:
   """Where the command's library log goes: the run directory of train and sweep (which
   hold only growjax's files). Commands whose output directory must be new or empty
-  (grow, import-hf, export-hf, prepare-data) and the rest log to a temp file."""
+  (grow, import-hf, export-hf, prepare-data), a sweep's --dry_run (it writes nothing) and
+  the rest log to a temp file."""
   if cmd.name == "train":
     return fv.workdir or default_workdir(fv["config"].config_filename)
-  if cmd.name == "sweep" and not fv.job:
+  if cmd.name == "sweep" and not fv.job and not fv.dry_run:
     return fv.workdir or default_workdir(fv["config"].config_filename) + "_sweep"
   return None
 
