@@ -25,21 +25,21 @@ import numpy as np
 
 from growjax import config as config_lib
 from growjax.train import state as state_lib, train
-from growjax.model import transformer as model   # _masked_attention is swapped below
+from growjax.model import attention   # masked_attention is swapped below
 
 import step_benchmark  # benchmarks/, beside this script
 
 
-def _xla_path(q, k, v, segment_ids_BxT, impl, max_segments):
+def _xla_path(q, k, v, segment_ids_BxT, impl, cfg):
   same = segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :]
   return jax.nn.dot_product_attention(q, k, v, mask=same[:, None], is_causal=True,
                                       implementation="xla")
 
 
 def run(variant: str, batch: int, steps: int) -> dict:
-  original = model._masked_attention
+  original = attention.masked_attention
   if variant == "xla":
-    model._masked_attention = _xla_path
+    attention.masked_attention = _xla_path
   try:
     cfg = config_lib.base_config("1b")
     cfg.data.seq_len = 2048
@@ -78,7 +78,7 @@ def run(variant: str, batch: int, steps: int) -> dict:
         out["error"] = str(e)[:300]
     return out
   finally:
-    model._masked_attention = original
+    attention.masked_attention = original
 
 
 def main():

@@ -15,7 +15,7 @@ import pytest
 
 from growjax.model import loss as loss_lib
 from growjax import train
-from growjax.model import transformer as model
+from growjax.model import attention
 from growjax.model import ModelConfig, Transformer, init_params
 
 CFG = ModelConfig(vocab_size=64, num_layers=2, embed_dim=32, num_heads=4, num_kv_heads=2,
@@ -59,14 +59,14 @@ def test_packed_window_equals_each_document_alone(impl):
 
 def test_documents_past_max_segments_share_the_last_segment():
   ids = jnp.array([[1, 1, 2, 3, 4, 4, 0, 0]])
-  np.testing.assert_array_equal(model.document_segments(ids, 3),
+  np.testing.assert_array_equal(attention.document_segments(ids, 3),
                                 [[1, 1, 2, 3, 3, 3, 0, 0]])
 
 
 def test_cudnn_packed_layout_is_read_off_the_segment_ids():
   ids = jnp.array([[1, 1, 1, 2, 2, 3, 0, 0],
                    [1, 1, 1, 1, 1, 1, 1, 1]])
-  lengths, offsets = model._cudnn_ragged(ids, 4)
+  lengths, offsets = attention.cudnn_ragged(ids, 4)
   np.testing.assert_array_equal(lengths, [[3, 2, 1, -1], [8, -1, -1, -1]])
   np.testing.assert_array_equal(offsets, [[0, 3, 5, -1, -1], [0, -1, -1, -1, -1]])
 

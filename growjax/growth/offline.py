@@ -140,7 +140,7 @@ def logit_change(spec: spec_lib.GrowthSpec, src_params: Any, grown_params: Any,
                                         lambda i: tokens[i].astype(np.int32))
 
   def logits(cfg, params, t):  # no logical-axis rules in context: no activation constraints
-    cfg = cfg.replace(dtype="float32", remat_policy="none", attention_impl="xla")
+    cfg = cfg.for_exact_logits()
     return Transformer(cfg).apply({"params": params}, t)
 
   def change(small, grown, t):

@@ -80,7 +80,7 @@ class Scorer:
       dp *= self.mesh.shape[axis]
     # Rows are split over the data axes: a whole number of rows per shard.
     self.batch_size = max(dp, -(-self.batch_size // dp) * dp)
-    cfg = self.model_cfg.replace(remat_policy="none")
+    cfg = self.model_cfg.for_inference()
 
     def score(params, tokens_BxT, targets_BxT, mask_BxT):
       with sharding.activation_sharding(self.mesh, self.rules):

@@ -1,15 +1,22 @@
 """The network and its kernels: what a model is and how it is computed.
 
-`transformer` (the LLaMA decoder, its parameter table with axes and roles, `ModelConfig`),
-`loss` (chunked cross-entropy), `fp8` and `fp8_swiglu` (FP8 projections), `splash` (TPU
-attention). The decoder's public names are handed on here, so `growjax.model.ModelConfig`
-reads as the model's own; nothing in this wing imports the trainer, growth or interop.
+`config` (`ModelConfig`, each field declared as architecture or compute), `params` (the
+parameter table: logical axes, roles, decay classes), `transformer` (the LLaMA decoder's
+flax modules), `attention` (its backends and rotary positions), `remat` (the remat
+policies), `loss` (chunked cross-entropy), `fp8` and `fp8_swiglu` (FP8 projections),
+`splash` (TPU attention), `decode` (KV-cache sampling). The decoder's public names are
+handed on here, so `growjax.model.ModelConfig` reads as the model's own; nothing in this
+wing imports the trainer, growth or interop.
 """
 
-from growjax.model.transformer import (  # noqa: F401 - the model's public face
-    ACT_BATCH, ACT_LENGTH, ATTENTION_KERNELS, AXIS_FIELDS, DECAY_MATRIX, DECAY_NORM,
-    DECAY_TABLE, EMBED, HEAD_DIM, HEADS, KV_HEADS, LAYERS, MLP, PARAMS, READS, SCALES,
-    VOCAB, WRITES, ModelConfig, Param, Transformer, abstract_params,
-    attention_kernel_saveable, check_params, document_segments, head_kernel,
-    init_fp8_history, init_params, logical_axes, masked_units, param_at, param_table,
-    rope, rotary_tables, uses_fp8_history)
+# The model's public face, handed on.
+from growjax.model.attention import document_segments, rope, rotary_tables  # noqa: F401
+from growjax.model.config import ModelConfig  # noqa: F401
+from growjax.model.params import (  # noqa: F401
+    ACT_BATCH, ACT_LENGTH, AXIS_FIELDS, DECAY_MATRIX, DECAY_NORM, DECAY_TABLE, EMBED,
+    HEAD_DIM, HEADS, KV_HEADS, LAYERS, MLP, PARAMS, READS, SCALES, VOCAB, WRITES, Param,
+    check_params, logical_axes, param_at, param_table)
+from growjax.model.remat import ATTENTION_KERNELS, attention_kernel_saveable  # noqa: F401
+from growjax.model.transformer import (  # noqa: F401
+    Transformer, abstract_params, head_kernel, init_fp8_history, init_params, masked_units,
+    uses_fp8_history)

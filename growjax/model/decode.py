@@ -1,7 +1,7 @@
 """Decoding with a KV cache over the model's PARAMS tree: the prompt fills a cache in
 one pass, then each new token is one step of `lax.fori_loop`, greedy or sampled
 (temperature, top-k, top-p). The same math as `growjax.model.transformer` (its parameter
-layout and its rotary helpers `rotary_tables`, `rope`), checked against recomputing the
+layout, and `growjax.model.attention`'s rotary helpers `rotary_tables`, `rope`), checked against recomputing the
 whole sequence (tests/test_sample.py). Used by `growjax sample`, evaluation and the
 end-of-run sample of `growjax train`."""
 
@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from growjax.model import attention
 from growjax.model import transformer as model_lib
 from growjax.model import ModelConfig
 
@@ -31,8 +32,8 @@ def _layer(cfg: ModelConfig, p: dict, x_BxTxE, rotary, cache_k, cache_v, start, 
   dt = cfg.compute_dtype
   h = _rms(x_BxTxE, p["attn_norm"]["scale"], cfg.norm_eps, dt)
   a = p["attn"]
-  q = model_lib.rope(jnp.einsum("bte,enh->btnh", h, a["q"].astype(dt)), rotary)
-  k = model_lib.rope(jnp.einsum("bte,ekh->btkh", h, a["k"].astype(dt)), rotary)
+  q = attention.rope(jnp.einsum("bte,enh->btnh", h, a["q"].astype(dt)), rotary)
+  k = attention.rope(jnp.einsum("bte,ekh->btkh", h, a["k"].astype(dt)), rotary)
   v = jnp.einsum("bte,ekh->btkh", h, a["v"].astype(dt))
   cache_k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), start, 1)
   cache_v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), start, 1)
@@ -60,7 +61,7 @@ def forward(cfg: ModelConfig, params: Any, tokens_BxT, positions_BxT, cache, sta
   (`k`, `v`: (layers, B, S, K, H))."""
   dt = cfg.compute_dtype
   x = jnp.take(params["embedding"], tokens_BxT, axis=0).astype(dt)
-  rotary = model_lib.rotary_tables(positions_BxT, cfg.head_dim, cfg.rope_theta)
+  rotary = attention.rotary_tables(positions_BxT, cfg.head_dim, cfg.rope_theta)
 
   def body(x, layer):
     p, ck, cv = layer
@@ -182,7 +183,7 @@ def generate_text(model_cfg: ModelConfig, params: Any, tokenizer, prompts: Seque
                      f"{model_cfg.vocab_size} — sample with the model's own tokenizer "
                      f"(--tokenizer)")
   tokens, pads = left_pad(ids, getattr(tokenizer, "pad_id", 0))
-  cfg = model_cfg.replace(remat_policy="none")
+  cfg = model_cfg.for_inference()
   # Prompts go in as numpy (replicated on every process); the output comes back
   # replicated, so each process reads it whole.
   out_sharding = None if mesh is None else NamedSharding(mesh, P())

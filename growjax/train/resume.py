@@ -10,6 +10,7 @@ import jax
 
 from growjax import checkpoint as ckpt_lib
 from growjax import distributed
+from growjax.model import ModelConfig
 from growjax.train import guard as guard_lib
 from growjax.train import mask_ramp
 from growjax.train.state import (Setup, TrainState, init_state, to_host,
@@ -112,12 +113,13 @@ def restore_or_init(setup: Setup, checkpoints: ckpt_lib.Checkpoints, data_iter, 
 
 # How the model is computed, not what it is: a run started from a checkpoint may change
 # these (remat, attention kernel, FP8, the cuDNN packing the trainer resolves from 'auto').
-COMPUTE_FIELDS = ("remat_policy", "remat_prevent_cse", "scan_unroll", "attention_impl",
-                  "cudnn_packing", "max_segments", "matmul_precision", "fp8_scaling",
-                  "fp8_amax_history", "fp8_swiglu_kernel", "single_document_fast_path")
+# Declared on `ModelConfig`'s fields; kept here under its old name.
+COMPUTE_FIELDS = ModelConfig.compute_fields()
 
 
 def _model_identity(model: dict | None) -> dict | None:
+  """A checkpoint's recorded model less its compute fields: what it is. The recorded dict
+  is kept whole (fields of older growjax versions included), not rebuilt as a config."""
   return None if model is None else {k: v for k, v in model.items()
                                      if k not in COMPUTE_FIELDS}
 
