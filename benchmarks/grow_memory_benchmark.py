@@ -77,7 +77,7 @@ def _streamed_copy(pieces, writer) -> tuple[float, float]:
 
 def step_source(case: str, work: str) -> dict:
   import jax
-  from growjax import checkpoint as ckpt_lib
+  from growjax import checkpoint_pieces as ckpt_pieces
   from growjax.train import state as state_lib
   from growjax.growth import stream
   src_cfg, _ = _configs(case)
@@ -86,7 +86,7 @@ def step_source(case: str, work: str) -> dict:
   rng = jax.random.key(0)
   with jax.set_mesh(setup.mesh):
     plan = stream.plan(fresh, {}, rng, setup.abstract_state, setup.state_shardings)
-    writer = ckpt_lib.PieceWriter(os.path.join(work, "src"))
+    writer = ckpt_pieces.PieceWriter(os.path.join(work, "src"))
     _, write_s = _streamed_copy(stream.run(plan, lambda paths: {}, rng), writer)
   writer.finish(100, {}, state_lib.run_meta(setup))
   return {"write_s": write_s, "params": setup.model_cfg.num_params()}
@@ -122,6 +122,7 @@ def step_copy(case: str, work: str) -> dict:
   """Reads the grown checkpoint back piece by piece and writes it again (pure I/O)."""
   import jax
   from growjax import checkpoint as ckpt_lib
+  from growjax import checkpoint_pieces as ckpt_pieces
   from growjax.train import state as state_lib
   from growjax.growth import stream
   _, dst_cfg = _configs(case)
@@ -130,11 +131,11 @@ def step_copy(case: str, work: str) -> dict:
   step = ckpt_lib.latest_complete_step(src)
   ident = lambda state, rng, _: state
   rng = jax.random.key(0)
-  read = lambda paths: ckpt_lib.restore_leaves(src, step, setup.abstract_state, paths)
+  read = lambda paths: ckpt_pieces.restore_leaves(src, step, setup.abstract_state, paths)
   with jax.set_mesh(setup.mesh):
     plan = stream.plan(ident, setup.abstract_state, rng, setup.abstract_state,
                        setup.state_shardings)
-    writer = ckpt_lib.PieceWriter(os.path.join(work, "copy"))
+    writer = ckpt_pieces.PieceWriter(os.path.join(work, "copy"))
     read_s, write_s = _streamed_copy(stream.run(plan, read, rng), writer)
   t = time.perf_counter()
   writer.finish(step, {}, {})

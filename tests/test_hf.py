@@ -233,7 +233,7 @@ def test_a_failure_while_writing_leaves_nothing_and_a_full_destination_is_refuse
     tmp_path, monkeypatch, capsys):
   src = str(tmp_path / "hf")
   hf_dirs.write(src)
-  from growjax import checkpoint as ckpt_lib
+  from growjax import checkpoint_pieces as ckpt_pieces
 
   writes = []
 
@@ -243,10 +243,10 @@ def test_a_failure_while_writing_leaves_nothing_and_a_full_destination_is_refuse
       raise OSError("disk on fire")
     real_write(self, pairs)
 
-  real_write = ckpt_lib.PieceWriter.write
+  real_write = ckpt_pieces.PieceWriter.write
   with monkeypatch.context() as m:
     m.setattr(hf_import, "PIECE_BYTES", 1)   # one leaf per piece
-    m.setattr(ckpt_lib.PieceWriter, "write", broken_write)
+    m.setattr(ckpt_pieces.PieceWriter, "write", broken_write)
     code, _, err = run(monkeypatch, capsys, "import-hf", f"--from={src}",
                        f"--to={tmp_path / 'dest'}")
   assert code == 1 and "disk on fire" in err and writes == [1, 1]

@@ -29,6 +29,7 @@ from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from growjax import checkpoint as ckpt_lib
+from growjax import checkpoint_pieces as ckpt_pieces
 from growjax import distributed
 from growjax import faults
 from growjax import lease
@@ -322,13 +323,13 @@ def _grow_streamed(directory, step, src_abstract, meta, src_tx, large, spec, out
 
   def read(paths):   # runs inside the pieces: its time is moved from grow_s to read_s
     t = time.perf_counter()
-    leaves = ckpt_lib.restore_leaves(directory, step, src_abstract, paths)
+    leaves = ckpt_pieces.restore_leaves(directory, step, src_abstract, paths)
     times["read_s"] += time.perf_counter() - t
     times["grow_s"] -= time.perf_counter() - t
     return leaves
 
   rng = jax.random.key(seed)
-  writer = ckpt_lib.PieceWriter(out_dir)
+  writer = ckpt_pieces.PieceWriter(out_dir)
   out_step = None
   with jax.set_mesh(large.mesh), nn.logical_axis_rules(large.rules):
     grown = grow_function(spec, src_tx, large, opt_state=opt_state, schedule=schedule)

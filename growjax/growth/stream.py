@@ -9,9 +9,9 @@ one source leaf per grown leaf, `reset` moments read none (zeros), the `zero` /
 `random` initialiser reads only the rng (its other leaves are eliminated). Output
 leaves are packed in order into pieces no bigger than the costliest single leaf
 (its inputs + itself); each piece restores just its inputs from the source
-checkpoint (`checkpoint.restore_leaves`), runs the pruned trace under `jax.jit`
+checkpoint (`checkpoint_pieces.restore_leaves`), runs the pruned trace under `jax.jit`
 with the large model's shardings, is written as one part of the step
-(`checkpoint.PieceWriter`) and freed before the next piece.
+(`checkpoint_pieces.PieceWriter`) and freed before the next piece.
 
 The values are those of the whole-state path bit for bit: each piece runs the same
 operations on the same inputs (tests/test_grow_stream.py compares every leaf).
@@ -38,7 +38,7 @@ import numpy as np
 from jax._src import core as jax_core
 from jax._src.interpreters import partial_eval as pe
 
-from growjax import checkpoint as ckpt_lib
+from growjax import checkpoint_pieces as ckpt_pieces
 
 
 def _nbytes(aval) -> int:
@@ -113,7 +113,7 @@ def plan(grow_fn: Callable, src_abstract: Any, rng: jax.Array, out_abstract: Any
     outs.append(j)
     ins = grown_ins
   pieces.append(_piece(outs, ins, out_bytes, in_bytes, n_const))
-  empties = [p for p, v in ckpt_lib.state_leaves(out_abstract) if v is None]
+  empties = [p for p, v in ckpt_pieces.state_leaves(out_abstract) if v is None]
   return Plan(jaxpr, consts, in_paths, out_paths, shardings, pieces, empties)
 
 

@@ -5,7 +5,7 @@ of a `LlamaForCausalLM` (Llama, TinyLlama) or a `MistralForCausalLM` without a s
 window, checks every key and tensor header first, then streams tensor by tensor: each
 device's shard of each growjax parameter is read from the memory-mapped safetensors
 (`jax.make_array_from_callback`) and the step is written leaf by leaf
-(`checkpoint.PieceWriter`; one whole save when several processes import), so memory
+(`checkpoint_pieces.PieceWriter`; one whole save when several processes import), so memory
 holds about one parameter at a time, never the whole model (benchmarks/RESULTS.md:
 1.1B). The result is an ordinary growjax checkpoint (step 0, fresh optimizer state,
 empty data position, metadata with a model config derived from config.json) that
@@ -27,6 +27,7 @@ import numpy as np
 from etils import epath
 
 from growjax import checkpoint as ckpt_lib
+from growjax import checkpoint_pieces as ckpt_pieces
 from growjax.interop import params_io
 from growjax.interop.hf_layout import (CONFIG, DERIVED, DTYPES, HF_DIR, INDEX, MAPPINGS,
                                        TOKENIZER_FILES, hf_names, layout, model_fields,
@@ -312,14 +313,14 @@ PIECE_BYTES = 1 << 29   # leaves gathered into one orbax partial save up to this
 
 def _write_in_pieces(directory: str, setup: state_lib.Setup, tensors: Tensors,
                      meta: dict) -> None:
-  """Step 0 written leaf by leaf (`checkpoint.PieceWriter`): each parameter is read into
+  """Step 0 written leaf by leaf (`checkpoint_pieces.PieceWriter`): each parameter is read into
   its sharding, written and freed before the next, and the fresh optimizer state
   (optax's AdamW starts at all zeros) likewise, so host and device memory hold about one
   leaf at a time, not the model."""
-  writer = ckpt_lib.PieceWriter(directory)
+  writer = ckpt_pieces.PieceWriter(directory)
   piece, size = [], 0
-  for key_path, leaf in ckpt_lib.state_leaves(setup.abstract_state):
-    keys = [str(k) for k in ckpt_lib.ocp_keys(key_path)]
+  for key_path, leaf in ckpt_pieces.state_leaves(setup.abstract_state):
+    keys = [str(k) for k in ckpt_pieces.ocp_keys(key_path)]
     if leaf is None:
       value = None
     elif keys[0] == "params":
