@@ -34,8 +34,7 @@ import numpy as np  # noqa: E402
 
 jax.config.update("jax_threefry_partitionable", True)
 sys.path.insert(0, os.path.dirname(__file__))
-from test_stages import grow_config  # noqa: E402
-from test_train import tiny_config  # noqa: E402
+from tiny import grow_config, tiny_config  # noqa: E402
 
 from growjax import data, train  # noqa: E402
 from growjax.growth import stages  # noqa: E402

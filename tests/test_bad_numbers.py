@@ -14,7 +14,7 @@ from growjax import checkpoint as ckpt_lib
 from growjax import cli
 from growjax.train import state as state_lib
 from growjax import train
-from test_train import _batches, tiny_config
+from tiny import random_batches, tiny_config
 
 POISON = 383          # a token id of the tiny model that the byte tokenizer never emits
 
@@ -34,7 +34,7 @@ def _poisoned_loss(factor):
 
 def test_nan_step_is_skipped_counted_and_keeps_params(monkeypatch, data_dir):
   monkeypatch.setattr(train.step, "loss_fn", _poisoned_loss(jnp.nan))
-  batches = _batches(3)
+  batches = random_batches(3)
   for b in batches:
     b["inputs"][0, 0] = 1
   batches[1]["inputs"][0, 0] = POISON

@@ -2,7 +2,6 @@
 library noise goes to WORKDIR/growjax.log so a failure is one line; Ctrl-C saves and
 exits 130, a second Ctrl-C stops at once, a signal during start-up is one line."""
 
-import json
 import os
 import signal
 import subprocess
@@ -12,16 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from test_reliability import _damage
+from tiny import ROOT, damage_checkpoint, logged_losses, subprocess_env, write_console_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TESTS = os.path.dirname(os.path.abspath(__file__))
-CONFIG = """from test_reliability import config
-def get_config(arg=None):
-  c = config()
-  c.train.update({updates})
-  return c
-"""
 NOISE = ("Traceback", "Event loop is closed", "ERROR:absl", "RuntimeError", "Warning")
 
 # ENOSPC at step 8, with the noise orbax makes on a full disk: absl errors and a
@@ -46,36 +37,16 @@ sys.exit(cli.main(["growjax"] + sys.argv[1:]))
 """
 
 
-def _env(data_dir):
-  return dict(os.environ, GROWJAX_DATA_DIR=data_dir, PYTHONUNBUFFERED="1",
-              PYTHONPATH=os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")]))
-
-
-def _config(tmp_path, name, **updates):
-  path = tmp_path / f"{name}.py"
-  path.write_text(CONFIG.format(updates=updates))
-  return str(path)
-
-
 def _train(args, data_dir, script=None, **kw):
   head = [sys.executable, "-c", script] if script else [sys.executable, "-m", "growjax"]
-  return subprocess.run(head + ["train", *args], cwd=ROOT, env=_env(data_dir),
+  return subprocess.run(head + ["train", *args], cwd=ROOT, env=subprocess_env(data_dir),
                         capture_output=True, text=True, timeout=300, **kw)
 
 
 def _start(args, data_dir, out):
   return subprocess.Popen([sys.executable, "-m", "growjax", "train", *args], cwd=ROOT,
-                          env=_env(data_dir), stdout=out, stderr=subprocess.STDOUT, text=True)
-
-
-def _losses(workdir):
-  out = {}
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      record = json.loads(line)
-      if "loss" in record:
-        out[record["step"]] = record["loss"]
-  return out
+                          env=subprocess_env(data_dir), stdout=out, stderr=subprocess.STDOUT,
+                          text=True)
 
 
 def _wait_for_step(workdir, step, proc, timeout=120):
@@ -83,7 +54,7 @@ def _wait_for_step(workdir, step, proc, timeout=120):
   while time.time() < deadline:
     assert proc.poll() is None, "the run ended before the signal"
     try:
-      if max(_losses(workdir), default=0) >= step:
+      if max(logged_losses(workdir), default=0) >= step:
         return
     except (OSError, ValueError):
       pass
@@ -100,7 +71,7 @@ def _no_noise(text):
 
 
 def test_disk_full_is_one_line_and_the_noise_goes_to_the_log(tmp_path, data_dir):
-  config = _config(tmp_path, "full")
+  config = write_console_config(tmp_path, "full")
   workdir = tmp_path / "full"
   done = _train([f"--config={config}", f"--workdir={workdir}"], data_dir, script=DISK_FULL)
   console = done.stdout + done.stderr
@@ -120,11 +91,11 @@ def test_disk_full_is_one_line_and_the_noise_goes_to_the_log(tmp_path, data_dir)
 def test_a_recovered_damaged_checkpoint_says_one_warning_and_no_traceback(tmp_path,
                                                                           data_dir):
   workdir = tmp_path / "run"
-  first = _train([f"--config={_config(tmp_path, 'eight', async_checkpointing=True)}",
+  first = _train([f"--config={write_console_config(tmp_path, 'eight', async_checkpointing=True)}",
                   f"--workdir={workdir}"], data_dir)
   assert first.returncode == 0, first.stderr[-3000:]
-  _damage(workdir / "checkpoints" / "8", "truncated_array")
-  more = _config(tmp_path, "twelve", steps=12, async_checkpointing=True)
+  damage_checkpoint(workdir / "checkpoints" / "8", "truncated_array")
+  more = write_console_config(tmp_path, "twelve", steps=12, async_checkpointing=True)
   done = _train([f"--config={more}", f"--workdir={workdir}"], data_dir)
   console = done.stdout + done.stderr
   assert done.returncode == 0, console[-3000:]
@@ -139,7 +110,7 @@ def test_ctrl_c_saves_exits_130_and_the_rerun_continues_the_same_losses(tmp_path
                                                                         data_dir):
   """SIGINT while training: the loop saves the step it is at and the command exits 130
   with one line; the rerun resumes there and logs the losses an uninterrupted run logs."""
-  config = _config(tmp_path, "sixty", steps=60, checkpoint_every=1000, eval_every=0)
+  config = write_console_config(tmp_path, "sixty", steps=60, checkpoint_every=1000, eval_every=0)
   workdir = tmp_path / "stopped"
   with open(tmp_path / "stopped.out", "w+") as out:
     proc = _start([f"--config={config}", f"--workdir={workdir}"], data_dir, out)
@@ -156,19 +127,20 @@ def test_ctrl_c_saves_exits_130_and_the_rerun_continues_the_same_losses(tmp_path
                                  "checkpoint of the step above is saved — rerun the same "
                                  "command to resume")
   assert (workdir / "checkpoints" / str(step)).is_dir()
-  stopped = _losses(workdir)
+  stopped = logged_losses(workdir)
   rerun = _train([f"--config={config}", f"--workdir={workdir}"], data_dir)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert f"steps {step}->60" in rerun.stdout
   lone = _train([f"--config={config}", f"--workdir={tmp_path / 'lone'}"], data_dir)
   assert lone.returncode == 0, lone.stderr[-3000:]
-  got, want = {**stopped, **_losses(workdir)}, _losses(tmp_path / "lone")
+  got, want = {**stopped, **logged_losses(workdir)}, logged_losses(tmp_path / "lone")
   assert sorted(got) == sorted(want) == list(range(1, 61))
   np.testing.assert_allclose([got[s] for s in want], list(want.values()), rtol=1e-5)
 
 
 def test_a_second_ctrl_c_stops_at_once_in_one_line(tmp_path, data_dir):
-  config = _config(tmp_path, "long", steps=100000, checkpoint_every=100000, eval_every=0)
+  config = write_console_config(tmp_path, "long", steps=100000, checkpoint_every=100000,
+                                eval_every=0)
   workdir = tmp_path / "twice"
   with open(tmp_path / "twice.out", "w+") as out:
     proc = _start([f"--config={config}", f"--workdir={workdir}"], data_dir, out)
@@ -187,7 +159,7 @@ def test_a_second_ctrl_c_stops_at_once_in_one_line(tmp_path, data_dir):
 
 
 def test_sigterm_during_start_up_is_one_line(tmp_path, data_dir):
-  config = _config(tmp_path, "start")
+  config = write_console_config(tmp_path, "start")
   workdir = tmp_path / "start"
   with open(tmp_path / "start.out", "w+") as out:
     proc = _start([f"--config={config}", f"--workdir={workdir}"], data_dir, out)

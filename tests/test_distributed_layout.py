@@ -15,7 +15,7 @@ from growjax import sharding
 from growjax.growth import stages
 from growjax.train import state as state_lib
 from growjax import train
-from test_stages import grow_config
+from tiny import grow_config
 
 
 def _config(**mesh):

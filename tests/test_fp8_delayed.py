@@ -23,7 +23,7 @@ from growjax import train
 from growjax.train import memory_probe
 from growjax.model import ModelConfig, Transformer, init_fp8_history, init_params
 
-from test_train import _batches, tiny_config
+from tiny import random_batches, tiny_config
 
 CFG = ModelConfig(vocab_size=64, num_layers=2, embed_dim=64, num_heads=4, num_kv_heads=2,
                   head_dim=16, mlp_dim=128, dtype="float32", attention_impl="xla",
@@ -146,7 +146,7 @@ def _delayed_config(**mesh):
 
 
 def test_micro_batches_combine_amaxes_by_max_not_sum(data_dir):
-  batch = _batches(1)[0]
+  batch = random_batches(1)[0]
   cfg = _delayed_config()
   setup = state_lib.build(cfg, jax.devices()[:1])
   state = state_lib.init_state(setup, jax.random.key(0))
@@ -239,7 +239,7 @@ def test_bad_fp8_fields_are_refused_in_one_line_before_any_compute(flag, match, 
 
 
 def test_on_a_mesh_the_histories_are_replicated_and_hold_the_global_amax(data_dir):
-  batches = _batches(3)
+  batches = random_batches(3)
 
   def run(cfg, devices):
     setup = state_lib.build(cfg, devices)

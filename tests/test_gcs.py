@@ -17,7 +17,6 @@ import importlib.util
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -41,15 +40,10 @@ from growjax import checkpoint as ckpt_lib  # noqa: E402
 from growjax import config as config_lib  # noqa: E402
 from growjax.train import metrics as metrics_lib  # noqa: E402
 from growjax import train  # noqa: E402
+from tiny import free_port, tiny_base  # noqa: E402
 
 BUCKET = "growjax-test"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def _with_generation_headers(download):
@@ -70,7 +64,7 @@ def gcs():
   process and returned for subprocesses."""
   assert gcsfs.GCSFileSystem is gcsfs.core.GCSFileSystem, (
       "gcsfs was imported before GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false was set")
-  url = f"http://127.0.0.1:{_free_port()}"
+  url = f"http://127.0.0.1:{free_port()}"
   env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
          "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator", "NO_GCE_CHECK": "true",
          "FSSPEC_GCS_TOKEN": "anon", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
@@ -185,11 +179,7 @@ def test_metric_writer_on_gcs(gcs, tmp_path):
 
 
 def _tiny(**overrides):
-  c = config_lib.base_config("tiny")
-  c.model.dtype = "float32"
-  c.model.num_layers = 2
-  c.data.seq_len = 32
-  c.train.global_batch_size = 8
+  c = tiny_base()
   c.mesh.fsdp = 1
   for k, v in overrides.items():
     setattr(c.train, k, v)

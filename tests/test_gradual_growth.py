@@ -27,7 +27,7 @@ from growjax.train import state as state_lib
 from growjax.growth import offline, speedup, stages
 from growjax.model import ModelConfig
 
-from test_stages import grow_config  # tests/ is on sys.path (rootdir conftest)
+from tiny import grow_config  # tests/ is on sys.path (rootdir conftest)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVENTS = "2@2,4@4:stack:grow"   # 1 layer to step 2, 2 layers to step 4, 4 layers to 10

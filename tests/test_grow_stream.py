@@ -17,16 +17,15 @@ from growjax.train import state as state_lib
 from growjax.growth import offline, stream
 from growjax.growth import spec as spec_lib
 from growjax.model import ModelConfig
+from tiny import tiny_base
 
 SMALL = dict(vocab_size=256, num_layers=2, embed_dim=64, num_heads=4, num_kv_heads=2,
              head_dim=16, mlp_dim=128, dtype="float32")
 
 
 def _cfg(**model):
-  c = config_lib.base_config("tiny")
+  c = tiny_base()
   c.model = config_lib.model_config("tiny", **{**SMALL, **model})
-  c.data.seq_len = 32
-  c.train.global_batch_size = 8
   return c
 
 

@@ -7,13 +7,11 @@ from growjax import checkpoint as ckpt_lib
 from growjax import cli
 from growjax import train
 from growjax.growth import stages
-from test_stages import grow_config
+from tiny import grow_config
 
-LARGE = """from growjax.config import base_config
+LARGE = """from tiny import tiny_base
 def get_config(arg=None):
-  c = base_config('tiny')
-  c.model.dtype, c.model.num_layers = 'float32', 4
-  c.data.seq_len, c.train.global_batch_size = 32, 8
+  c = tiny_base(num_layers=4)
   c.data.name = 'text_files'                        # a corpus this machine does not have
   c.data.train_files = '/no/such/corpus/train/*.txt'
   c.data.validation_files = '/no/such/corpus/valid/*.txt'

@@ -10,16 +10,14 @@ import pytest
 
 from growjax import checkpoint as ckpt_lib
 from growjax import cli
-from growjax import config as config_lib
 from growjax.train import state as state_lib
 from growjax.growth import offline, stages
-from test_stages import grow_config, train_small_stage
+from tiny import grow_config, tiny_base, train_small_stage
 
 
 def _large_config(layers: int, embed: int):
-  c = config_lib.base_config("tiny")
-  c.model.dtype, c.model.num_layers, c.model.embed_dim = "float32", layers, embed
-  c.data.seq_len, c.train.global_batch_size = 32, 8
+  c = tiny_base(num_layers=layers)
+  c.model.embed_dim = embed
   return c
 
 

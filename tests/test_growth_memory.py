@@ -19,6 +19,7 @@ from growjax.growth import stages
 from growjax.train import state as state_lib
 from growjax.growth import grow, placement, width
 from growjax.model import ModelConfig, init_params
+from tiny import tiny_base
 
 SMALL = dict(vocab_size=512, num_layers=2, embed_dim=128, num_heads=4, num_kv_heads=2,
              head_dim=32, mlp_dim=384, dtype="float32")
@@ -27,10 +28,8 @@ DEEP = dict(SMALL, num_layers=8)                                               #
 
 
 def _config(small: dict, large: dict, method: str, width_method: str = ""):
-  c = config_lib.base_config("tiny")
+  c = tiny_base()
   c.model = config_lib.model_config("tiny", **large)
-  c.data.seq_len = 32
-  c.train.global_batch_size = 8
   c.growth.enabled = True
   c.growth.small_model = config_lib.model_config("tiny", **small)
   c.growth.small_steps = 1

@@ -17,6 +17,7 @@ from growjax.train import state as state_lib
 from growjax.growth import depth, grow, layout, offline
 from growjax.growth import spec as spec_lib
 from growjax.model import WRITES, ModelConfig, Transformer, init_params
+from tiny import tiny_base
 
 S4 = ModelConfig(vocab_size=64, num_layers=4, embed_dim=32, num_heads=4, num_kv_heads=2,
                  head_dim=8, mlp_dim=48, dtype="float32")
@@ -106,10 +107,8 @@ SMALL = dict(vocab_size=256, num_layers=4, embed_dim=64, num_heads=4, num_kv_hea
 
 
 def _cfg(**model):
-  c = config_lib.base_config("tiny")
+  c = tiny_base()
   c.model = config_lib.model_config("tiny", **{**SMALL, **model})
-  c.data.seq_len = 32
-  c.train.global_batch_size = 8
   return c
 
 
@@ -186,7 +185,7 @@ def test_bad_sizes_are_refused_in_one_line(source, tmp_path, capsys, method, n_d
 
 
 def test_grow_run_configs_take_the_presets():
-  from test_stages import grow_config         # 2 -> 4 layers
+  from tiny import grow_config         # 2 -> 4 layers
   assert offline.check_grow_run(grow_config("llama_pro")).layer_map == (0, 0, 1, 1)
   assert offline.check_grow_run(grow_config("middle")).layer_map == (0, 1, 0, 1)
   cfg = grow_config("solar")

@@ -18,6 +18,7 @@ from growjax import cli
 from growjax.train import guard as guard_lib
 from growjax.train import state as state_lib
 from growjax import train
+from tiny import tiny_base
 
 TINY = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.py")
 COMMON = ("--config.model.num_layers=2", "--config.data.seq_len=32",
@@ -37,11 +38,7 @@ def _cli_train(monkeypatch, capsys, workdir, *overrides):
 
 def _restored_params(ckpts, step):
   """The params of checkpoint `step`, restored as `growjax train` would."""
-  from growjax import config as config_lib
-  cfg = config_lib.base_config("tiny")
-  cfg.model.num_layers, cfg.model.dtype, cfg.data.seq_len = 2, "float32", 32
-  cfg.train.global_batch_size = 8
-  setup = state_lib.build(cfg)
+  setup = state_lib.build(tiny_base())
   checkpoints = ckpt_lib.Checkpoints(str(ckpts), use_async=False)
   state, _, _ = checkpoints.restore(step, setup.abstract_state)
   checkpoints.close()

@@ -15,7 +15,7 @@ import pytest
 from growjax import checkpoint as ckpt_lib
 from growjax import cli
 from growjax import train
-from test_train import tiny_config
+from tiny import logged_losses, tiny_config
 
 CONFIG_FILE = """from test_integrity import config
 def get_config(arg=None):
@@ -48,16 +48,6 @@ def _cli(monkeypatch, capsys, *argv):
   code = cli.main()
   out = capsys.readouterr()
   return code, out.out, out.err
-
-
-def _losses(workdir):
-  """The last logged loss of each step in metrics.jsonl (a rerun appends)."""
-  out = {}
-  for line in open(os.path.join(workdir, "metrics.jsonl")):
-    row = json.loads(line)
-    if "loss" in row:
-      out[row["step"]] = row["loss"]
-  return out
 
 
 def _biggest_array(step_dir):
@@ -134,7 +124,7 @@ def test_damage_of_the_same_size_is_set_aside_and_the_newest_intact_step_resumes
   for step in set_aside:
     assert (ckpts / f"{step}.damaged-1").is_dir()            # set aside, never deleted
   # From the step it resumed at, exactly the run that was never damaged.
-  losses = _losses(workdir)
+  losses = logged_losses(workdir)
   assert {s: losses[s] for s in range(resumes_at + 1, 17)} == {
       s: lone_losses[s] for s in range(resumes_at + 1, 17)}
 

@@ -22,11 +22,10 @@ from growjax.interop import hf
 from growjax import lease
 from growjax.interop import params_io
 from test_gcs import BUCKET, gcs  # noqa: F401  (the GCS emulator fixture)
+from tiny import ROOT, TESTS, logged_losses
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TESTS = os.path.join(ROOT, "tests")
 STEPS = 8
-CONFIG = f"""from test_train import tiny_config
+CONFIG = f"""from tiny import tiny_config
 def get_config(arg=None):
   c = tiny_config(fsdp=-1)
   c.train.steps = {STEPS}
@@ -52,16 +51,6 @@ def _train(config, workdir, data_dir, **env):
 def _finish(proc, timeout=300):
   out, err = proc.communicate(timeout=timeout)
   return proc.returncode, out, err
-
-
-def _losses(workdir):
-  out = {}
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      record = json.loads(line)
-      if "loss" in record:
-        out[record["step"]] = record["loss"]   # a resumed step's last record wins
-  return out
 
 
 def _params(workdir):
@@ -106,7 +95,7 @@ def lone(config, data_dir, tmp_path_factory):
   code, _, err = _finish(_train(config, workdir, data_dir))
   assert code == 0, err[-3000:]
   assert not os.path.exists(_lease_path(workdir))   # released at the end
-  return workdir, _losses(workdir), _params(workdir)
+  return workdir, logged_losses(workdir), _params(workdir)
 
 
 @pytest.fixture
@@ -146,7 +135,7 @@ def test_second_train_is_refused_and_the_first_is_a_lone_run(config, lone, data_
   assert lines[0].endswith("s ago) — wait for it to finish, use another --workdir, or stop "
                            "that process"), lines[0]
   _, losses, params = lone
-  assert _losses(workdir) == losses   # floats compared exactly
+  assert logged_losses(workdir) == losses   # floats compared exactly
   got = _params(workdir)
   assert got.keys() == params.keys()
   assert all(np.array_equal(got[k], params[k]) for k in params)
@@ -168,7 +157,7 @@ def test_kill9_then_the_rerun_takes_over_and_resumes_exactly(config, lone, data_
   assert warnings == [f"warning: taking over the lease on --workdir={workdir} from growjax "
                       f"train (pid {dead['pid']} on host {HOST}): its process is gone"], err
   _, losses, params = lone
-  assert _losses(workdir) == losses
+  assert logged_losses(workdir) == losses
   got = _params(workdir)
   assert all(np.array_equal(got[k], params[k]) for k in params)
   assert not os.path.exists(_lease_path(workdir))

@@ -6,7 +6,6 @@ abort (a stack dump, SIGABRT) after its own 100 s."""
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,27 +13,22 @@ import time
 import pytest
 
 from growjax import data
-from test_console import ROOT, _config, _env, _losses
-from test_reliability import config as tiny
+from tiny import (ROOT, console_config, free_port, logged_losses, subprocess_env,
+                  write_console_config)
 
 TIMEOUT = 8
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_a_killed_process_ends_the_other_with_one_line(tmp_path, data_dir):
-  data.prepare_inline(tiny().data)   # once, here, not raced by the two processes
-  config = _config(tmp_path, "long", steps=100000, checkpoint_every=100000, eval_every=0)
+  data.prepare_inline(console_config().data)   # once, here, not raced by the two processes
+  config = write_console_config(tmp_path, "long", steps=100000, checkpoint_every=100000,
+                                eval_every=0)
   workdir = tmp_path / "run"
-  env = _env(data_dir)
+  env = subprocess_env(data_dir)
   env["XLA_FLAGS"] = re.sub(r"--xla_force_host_platform_device_count=\d+", "",
                             env.get("XLA_FLAGS", "")) + " --xla_force_host_platform_device_count=2"
-  address = f"127.0.0.1:{_free_port()}"
+  address = f"127.0.0.1:{free_port()}"
   outs = [open(tmp_path / f"out.{i}", "w+") for i in range(2)]
   procs = [subprocess.Popen(
       [sys.executable, "-m", "growjax", "train", f"--config={config}", f"--workdir={workdir}",
@@ -46,7 +40,7 @@ def test_a_killed_process_ends_the_other_with_one_line(tmp_path, data_dir):
     while time.time() < deadline:
       assert all(p.poll() is None for p in procs), "a process ended before the kill"
       try:
-        if max(_losses(workdir), default=0) >= 2:
+        if max(logged_losses(workdir), default=0) >= 2:
           break
       except (OSError, ValueError):
         pass

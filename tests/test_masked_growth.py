@@ -16,7 +16,6 @@ import pytest
 
 from growjax import checkpoint as ckpt_lib
 from growjax import cli
-from growjax import config as config_lib
 from growjax.train import mask_ramp
 from growjax.train import state as state_lib
 from growjax import train
@@ -24,6 +23,7 @@ from growjax.growth import grow, masks, offline
 from growjax.growth import spec as spec_lib
 from growjax.model import transformer as model_lib   # masked_units is patched below
 from growjax.model import ModelConfig, Transformer, init_params
+from tiny import tiny_base
 
 S = ModelConfig(vocab_size=64, num_layers=2, embed_dim=32, num_heads=4, num_kv_heads=2,
                 head_dim=8, mlp_dim=48, dtype="float32")
@@ -115,10 +115,8 @@ def test_ramp_values():
 # --------------------------------------------------------------- a grown run with a ramp
 
 def run_config(ramp=3, num_layers=4):
-  c = config_lib.base_config("tiny")
-  c.model.update(dtype="float32", num_layers=num_layers)
-  c.data.seq_len = 32
-  c.train.update(steps=9, global_batch_size=8, log_every=1, eval_every=0, eval_batches=1,
+  c = tiny_base(num_layers=num_layers)
+  c.train.update(steps=9, log_every=1, eval_every=0, eval_batches=1,
                  checkpoint_every=2, async_checkpointing=False)
   c.metrics.tensorboard = False
   c.optimizer.update(warmup_steps=2, peak_lr=1e-3)

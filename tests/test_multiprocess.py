@@ -5,7 +5,6 @@ checked directly, besides losses equal to one process's."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,20 +18,13 @@ from growjax import data
 from growjax.growth import stages
 from growjax.train import state as state_lib
 from growjax import train
-from test_stages import grow_config
-from test_train import tiny_config
+from tiny import free_port, grow_config, tiny_config
 
 WORKER = os.path.join(os.path.dirname(__file__), "multiprocess_worker.py")
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def _start(logdir, data_dir, spec, nproc=2):
-  address = f"127.0.0.1:{_free_port()}"
+  address = f"127.0.0.1:{free_port()}"
   env = dict(os.environ, GROWJAX_DATA_DIR=data_dir, PYTHONUNBUFFERED="1")  # the worker
   logdir.mkdir(parents=True, exist_ok=True)
   logs = [open(logdir / f"log.{i}", "w+") for i in range(nproc)]

@@ -11,17 +11,13 @@ import jax
 import pytest
 
 from growjax import cli
-from growjax import config as config_lib
 from growjax.train import metrics as metrics_lib
 from growjax import train
+from tiny import tiny_base
 
 
 def _cfg(**train_fields):
-  c = config_lib.base_config("tiny")
-  c.model.dtype = "float32"
-  c.model.num_layers = 2
-  c.data.seq_len = 32
-  c.train.global_batch_size = 8
+  c = tiny_base()
   c.train.steps = 6
   c.train.log_every = 2
   c.train.eval_every = 0

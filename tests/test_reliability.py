@@ -15,19 +15,14 @@ from growjax import checkpoint as ckpt_lib
 from growjax import cli
 from growjax.train import state as state_lib
 from growjax import train
-from test_train import tiny_config
+from tiny import console_config, damage_checkpoint
 
-CONFIG_FILE = """from test_reliability import config
+CONFIG_FILE = """from tiny import console_config
 def get_config(arg=None):
-  c = config()
+  c = console_config()
   c.model.num_layers = {layers}
   return c
 """
-
-
-def config():
-  """tiny_config on all 8 devices (the console entry point takes every device)."""
-  return tiny_config(fsdp=-1)
 
 
 def _files(root):
@@ -39,7 +34,7 @@ def _files(root):
 def run_dir(tmp_path_factory, data_dir):
   """A 2-layer tiny run of 8 steps: complete checkpoints at steps 4 and 8."""
   workdir = tmp_path_factory.mktemp("run")
-  train.train(config(), str(workdir))
+  train.train(console_config(), str(workdir))
   assert {4, 8} <= set(ckpt_lib.Checkpoints(str(workdir / "checkpoints")).complete_steps())
   return workdir
 
@@ -63,35 +58,14 @@ def _restore(workdir, cfg):
   return int(state.step), texts, seen.get("data")
 
 
-def _damage(step_dir, kind):
-  """Returns the file damaged."""
-  data = step_dir / "state" / "ocdbt.process_0" / "d"
-  biggest = max(data.iterdir(), key=lambda p: p.stat().st_size)
-  if kind == "truncated_array":
-    with open(biggest, "r+b") as f:
-      f.truncate(biggest.stat().st_size // 2)
-    return biggest
-  if kind == "empty_array":
-    open(biggest, "w").close()
-    return biggest
-  if kind == "missing_array":
-    biggest.unlink()
-    return biggest
-  if kind == "truncated_data":
-    f = step_dir / "data" / "metadata"
-    f.write_text(f.read_text()[:5])
-    return f
-  raise ValueError(kind)
-
-
 @pytest.mark.parametrize("kind", ["truncated_array", "empty_array", "missing_array",
                                   "truncated_data"])
 def test_damaged_latest_step_is_set_aside_and_the_previous_resumed(kind, run_dir, tmp_path):
   workdir = _copy(run_dir, tmp_path)
   step8 = workdir / "checkpoints" / "8"
-  damaged = _damage(step8, kind)
+  damaged = damage_checkpoint(step8, kind)
   before = _files(step8)
-  step, texts, data_state = _restore(workdir, config())
+  step, texts, data_state = _restore(workdir, console_config())
   assert step == 4 and data_state
   [warning] = [t for t in texts if t.startswith("WARNING")]
   assert "step 8 is damaged" in warning and "resuming from step 4" in warning, warning
@@ -102,8 +76,8 @@ def test_damaged_latest_step_is_set_aside_and_the_previous_resumed(kind, run_dir
 
 def test_refuse_mode_names_the_step_the_file_and_the_flag(run_dir, tmp_path):
   workdir = _copy(run_dir, tmp_path)
-  damaged = _damage(workdir / "checkpoints" / "8", "missing_array")
-  cfg = config()
+  damaged = damage_checkpoint(workdir / "checkpoints" / "8", "missing_array")
+  cfg = console_config()
   cfg.train.damaged_checkpoint = "refuse"
   with pytest.raises(ValueError) as e:
     _restore(workdir, cfg)
@@ -114,7 +88,7 @@ def test_refuse_mode_names_the_step_the_file_and_the_flag(run_dir, tmp_path):
 
 def test_existing_checkpoints_win_over_init_from_and_say_so(run_dir, tmp_path):
   workdir = _copy(run_dir, tmp_path)
-  cfg = config()
+  cfg = console_config()
   cfg.train.init_from = str(run_dir)
   step, texts, _ = _restore(workdir, cfg)
   assert step == 8

@@ -13,20 +13,17 @@ import numpy as np
 import pytest
 
 from growjax import cli
-from growjax import config as config_lib
 from growjax.train import state as state_lib
 from growjax import train
+from tiny import tiny_base
 
 B, T = 8, 32
 
 
 def _cfg(mode: str):
-  c = config_lib.base_config("tiny")
-  c.model.dtype = "float32"
-  c.model.num_layers = 2
+  c = tiny_base()
+  c.data.seq_len, c.train.global_batch_size = T, B
   c.model.single_document_fast_path = mode
-  c.data.seq_len = T
-  c.train.global_batch_size = B
   return c
 
 

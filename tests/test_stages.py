@@ -7,36 +7,11 @@ import pytest
 
 from growjax import checkpoint as ckpt_lib
 from growjax import cli
-from growjax import config as config_lib
 from growjax.growth import offline
 from growjax.growth import stages
 from growjax.train import state as state_lib
 from growjax import train
-
-
-def grow_config(method="stack"):
-  c = config_lib.base_config("tiny")
-  c.model.dtype = "float32"
-  c.model.num_layers = 4
-  c.data.seq_len = 32
-  c.train.global_batch_size = 8
-  c.train.steps = 10
-  c.train.log_every = 1
-  c.train.eval_every = 0
-  c.train.eval_batches = 1
-  c.train.checkpoint_every = 2
-  c.train.async_checkpointing = False
-  c.metrics.tensorboard = False
-  c.optimizer.warmup_steps = 2
-  c.optimizer.peak_lr = 1e-3
-  c.mesh.data, c.mesh.fsdp = 2, -1           # large stage: 2 x 4 on 8 devices
-  c.growth.enabled = True
-  c.growth.small_model = config_lib.model_config("tiny", dtype="float32", num_layers=2)
-  c.growth.small_steps = 4
-  c.growth.small_mesh.fsdp = -1              # small stage: its own mesh, 4 x 2
-  c.growth.small_mesh.data = 4
-  c.growth.method = method
-  return c
+from tiny import grow_config, train_small_stage
 
 
 def test_grow_run_resumes_in_every_stage_with_identical_losses(tmp_path, data_dir):
@@ -92,14 +67,6 @@ def test_offline_growth_onto_another_mesh(tmp_path, data_dir):
   assert sorted(hist["loss"]) == [3, 4]
 
 
-def train_small_stage(workdir):
-  """The small stage of `grow_config` trained one step into `workdir`; its config."""
-  small_cfg = stages.small_stage_config(grow_config())
-  small_cfg.train.steps = 1
-  train.train(small_cfg, str(workdir))
-  return small_cfg
-
-
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory, data_dir):
   """A 1-step run of the small stage: the source the refusals below read (trained once)."""
@@ -119,10 +86,9 @@ def test_grow_command_refuses_bad_input(argv, match, tmp_path, data_dir, request
     argv = [f"--from={src}", f"--to={tmp_path / 'out'}"] + argv
   config_path = str(tmp_path / "large.py")
   with open(config_path, "w") as f:
-    f.write("from growjax.config import base_config\n"
+    f.write("from tiny import tiny_base\n"
             "def get_config(arg=None):\n"
-            "  c = base_config('tiny')\n  c.model.dtype = 'float32'\n  c.model.num_layers = 4\n"
-            "  c.data.seq_len = 32\n  c.train.global_batch_size = 8\n  return c\n")
+            "  return tiny_base(num_layers=4)\n")
   assert cli.main(["growjax", "grow", f"--config={config_path}"] + argv) == 2
   err = capsys.readouterr().err.strip()
   assert err.startswith("growjax grow: ") and match in err and len(err.splitlines()) == 1

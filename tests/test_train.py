@@ -10,37 +10,7 @@ from growjax import checkpoint as ckpt_lib
 from growjax import config as config_lib
 from growjax.train import state as state_lib
 from growjax import train
-
-
-def tiny_config(**mesh):
-  c = config_lib.base_config("tiny")
-  c.model.dtype = "float32"
-  c.model.num_layers = 2
-  c.data.seq_len = 32
-  c.train.global_batch_size = 8
-  c.train.steps = 8
-  c.train.log_every = 1
-  c.train.eval_every = 4
-  c.train.eval_batches = 1
-  c.train.checkpoint_every = 4
-  c.train.async_checkpointing = False
-  c.metrics.tensorboard = False
-  c.optimizer.warmup_steps = 2
-  c.optimizer.peak_lr = 1e-3
-  shape = dict(data=1, fsdp=1, tensor=1)
-  shape.update(mesh)
-  for k, v in shape.items():
-    c.mesh[k] = v
-  return c
-
-
-def _batches(n, b=8, t=32, vocab=259):
-  rng = np.random.default_rng(0)
-  out = []
-  for _ in range(n):
-    x = rng.integers(0, vocab, (b, t + 1), dtype=np.int32)
-    out.append({"inputs": x[:, :-1], "targets": x[:, 1:]})
-  return out
+from tiny import random_batches, tiny_config
 
 
 def _run_steps(cfg, devices, batches):
@@ -56,7 +26,7 @@ def _run_steps(cfg, devices, batches):
 
 
 def test_sharded_step_equals_single_device(data_dir):
-  batches = _batches(3)
+  batches = random_batches(3)
   one_losses, one_params = _run_steps(tiny_config(), jax.devices()[:1], batches)
   eight_losses, eight_params = _run_steps(tiny_config(data=2, fsdp=2, tensor=2), jax.devices(),
                                           batches)
@@ -67,7 +37,7 @@ def test_sharded_step_equals_single_device(data_dir):
 
 
 def test_grad_accumulation_matches_full_batch(data_dir):
-  batches = _batches(2)
+  batches = random_batches(2)
   full, _ = _run_steps(tiny_config(fsdp=2), jax.devices()[:2], batches)
   cfg = tiny_config(fsdp=2)
   cfg.train.grad_accum_steps = 2
@@ -135,7 +105,7 @@ def test_bad_config_fails_before_compute(change, match, data_dir):
 def test_splash_attention_step_equals_xla_on_a_mesh(data_dir):
   """The TPU splash kernel (Pallas interpreter on CPU) inside shard_map on a
   data x fsdp x tensor mesh gives the XLA attention's loss and update."""
-  batches = _batches(1, t=128)
+  batches = random_batches(1, t=128)
   results = {}
   for impl in ("xla", "splash"):
     cfg = tiny_config(data=2, fsdp=2, tensor=2)

@@ -24,6 +24,7 @@ from growjax.train import state as state_lib
 from growjax.growth import grow, grow_opt_state, layout, learn, offline, width
 from growjax.model import (EMBED, HEADS, KV_HEADS, MLP, ModelConfig, Transformer, init_params,
                            logical_axes)
+from tiny import tiny_base
 
 S = ModelConfig(vocab_size=64, num_layers=2, embed_dim=32, num_heads=4, num_kv_heads=2,
                 head_dim=8, mlp_dim=48, dtype="float32")
@@ -197,10 +198,8 @@ WIDE_RUN = dict(SMALL_RUN, embed_dim=128, num_heads=8, num_kv_heads=4, mlp_dim=2
 
 
 def _cfg(**model):
-  c = config_lib.base_config("tiny")
+  c = tiny_base()
   c.model = config_lib.model_config("tiny", **{**SMALL_RUN, **model})
-  c.data.seq_len = 32
-  c.train.global_batch_size = 8
   return c
 
 
