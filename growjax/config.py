@@ -120,6 +120,9 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
   ))
   c.optimizer = ml_collections.ConfigDict(dict(
       peak_lr=3e-4, end_lr=3e-5, warmup_steps=3000, decay_steps=0,  # 0: = train.steps
+      schedule="cosine",             # 'cosine' or 'wsd' (warmup-stable-decay: peak_lr held,
+      decay_fraction=0.2,            # then the last decay_fraction of decay_steps down to
+      decay_shape="1-sqrt",          # end_lr by decay_shape: '1-sqrt', 'linear', 'cosine')
       b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0,
       decay_embeddings=False, decay_norms=False,
   ))
@@ -215,6 +218,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]
                      f"peak_lr={o.peak_lr}, end_lr={o.end_lr}.")
   if o.warmup_steps < 0:
     raise ValueError(f"config.optimizer.warmup_steps must be >= 0, got {o.warmup_steps}.")
+  check_schedule(o, int(t.steps))
   if t.init_from:
     from etils import epath   # local paths and gs:// alike
     if not epath.Path(os.path.expanduser(t.init_from)).exists():
@@ -254,3 +258,35 @@ def check_mask_ramp_steps(value) -> None:
     raise ValueError(f"config.growth.mask_ramp_steps={value!r} is not a step count — give "
                      f"the steps over which new layers and units ramp in from 0 to 1 "
                      f"(e.g. 100), or 0 for no masks")
+
+
+SCHEDULES = ("cosine", "wsd")             # config.optimizer.schedule
+DECAY_SHAPES = ("1-sqrt", "linear", "cosine")   # config.optimizer.decay_shape (WSD)
+
+
+def wsd_decay_start(total_steps: int, decay_fraction: float) -> int:
+  """The first step of a WSD schedule's decay: the last `decay_fraction` of the steps."""
+  return total_steps - int(round(total_steps * decay_fraction))
+
+
+def check_schedule(o: ml_collections.ConfigDict, train_steps: int) -> None:
+  """`config.optimizer.schedule` and, for 'wsd', a decay that fits after the warmup."""
+  schedule = o.get("schedule", "cosine")
+  if schedule not in SCHEDULES:
+    raise ValueError(f"config.optimizer.schedule={schedule!r} — choose one of "
+                     f"{', '.join(SCHEDULES)}")
+  if schedule != "wsd":
+    return
+  fraction, shape = float(o.get("decay_fraction", 0.2)), o.get("decay_shape", "1-sqrt")
+  if not 0 < fraction <= 1:
+    raise ValueError(f"config.optimizer.decay_fraction={fraction} — give the share of the "
+                     f"steps the WSD decay takes, in (0, 1] (e.g. 0.2)")
+  if shape not in DECAY_SHAPES:
+    raise ValueError(f"config.optimizer.decay_shape={shape!r} — choose one of "
+                     f"{', '.join(DECAY_SHAPES)}")
+  total = int(o.decay_steps or train_steps)
+  start = wsd_decay_start(total, fraction)
+  if start < int(o.warmup_steps):
+    raise ValueError(f"config.optimizer: the WSD decay starts at step {start} "
+                     f"(decay_fraction={fraction} of {total} steps), inside the warmup of "
+                     f"{o.warmup_steps} steps — lower decay_fraction or warmup_steps")

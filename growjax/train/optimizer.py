@@ -1,4 +1,5 @@
-"""AdamW with global-norm clipping and warmup + cosine decay, all from optax.
+"""AdamW with global-norm clipping and warmup + cosine decay from optax, or warmup-stable-
+decay (WSD).
 
 Defaults are the paper's recipe (betas 0.9/0.95, weight decay 0.1, clip 1.0,
 peak 3e-4 cosine to 3e-5). Norm scales and embeddings are not decayed unless
@@ -11,18 +12,51 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from growjax import model
+from growjax.config import wsd_decay_start
 
 
 def make_schedule(opt_cfg: Any, total_steps: int) -> optax.Schedule:
-  """Linear warmup to `peak_lr`, cosine to `end_lr` at `decay_steps` (default: the run)."""
+  """`config.optimizer.schedule`: 'cosine' (the default: linear warmup to `peak_lr`,
+  cosine to `end_lr` at `decay_steps`, default the run) or 'wsd' (`wsd_schedule`).
+  A pure function of the step, so a grown run that continues the step count continues
+  the schedule, and a resumed one resumes it exactly."""
   decay_steps = int(opt_cfg.decay_steps or total_steps)
   warmup = int(opt_cfg.warmup_steps)
+  if opt_cfg.get("schedule", "cosine") == "wsd":
+    return wsd_schedule(opt_cfg.peak_lr, opt_cfg.end_lr, warmup, decay_steps,
+                        float(opt_cfg.get("decay_fraction", 0.2)),
+                        opt_cfg.get("decay_shape", "1-sqrt"))
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=opt_cfg.peak_lr, warmup_steps=warmup,
       decay_steps=max(decay_steps, warmup + 1), end_value=opt_cfg.end_lr)
+
+
+def wsd_schedule(peak_lr: float, end_lr: float, warmup_steps: int, total_steps: int,
+                 decay_fraction: float, decay_shape: str) -> optax.Schedule:
+  """Warmup-stable-decay: linear warmup from 0 to `peak_lr` over `warmup_steps`, `peak_lr`
+  held until the last `decay_fraction` of `total_steps`, then down to `end_lr` at
+  `total_steps` by `decay_shape` ('1-sqrt': 1 - sqrt(t), which Hägele et al. 2024 find
+  matches cosine's final loss; 'linear'; 'cosine'), `end_lr` after. The stable phase is
+  where growth events go: a model grown there trains on at the same learning rate, and
+  one run's schedule serves every length whose decay starts later (Hu et al. 2024,
+  MiniCPM)."""
+  start = wsd_decay_start(total_steps, decay_fraction)
+  length = max(total_steps - start, 1)
+  shapes = {"1-sqrt": lambda t: 1.0 - jnp.sqrt(t), "linear": lambda t: 1.0 - t,
+            "cosine": lambda t: 0.5 * (1.0 + jnp.cos(jnp.pi * t))}
+  shape = shapes[decay_shape]
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    warm = peak_lr * step / max(warmup_steps, 1)
+    t = jnp.clip((step - start) / length, 0.0, 1.0)
+    return jnp.where(step < warmup_steps, warm, end_lr + (peak_lr - end_lr) * shape(t))
+
+  return schedule
 
 
 def decay_mask(logical_axes: Any, opt_cfg: Any) -> Any:
