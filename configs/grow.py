@@ -5,6 +5,7 @@ schedule with fresh optimizer state, the paper's recipe.
 
   growjax train --config configs/grow.py:recipe=tiny --workdir runs/grow_tiny
   growjax train --config configs/grow.py:recipe=gradual --workdir runs/grow_gradual
+  growjax train --config configs/grow.py:recipe=late,expand=zero --workdir runs/grow_late
 
 recipe=gradual grows several times in one run (config.growth.events, see
 growjax/growth/stages.py): each growth continues the step count, the LR schedule,
@@ -28,6 +29,14 @@ Args (comma-separated key=value after the colon):
                  model grown to 4 layers at step 75 and to 8 at step 150
                  (config.growth.events='4@75,8@150'; stages stage_0/ grown_1/
                  stage_1/ grown_2/ stage_2/ in the workdir), 300 steps in all.
+          late   on CPU: the late single expansion (arXiv 2511.04981): the tiny recipe's
+                 8-layer target reached from a 1-layer model that trains for `fraction`
+                 of the run's steps (default 0.8) and is expanded once, by `expand`
+                 (copy: G_stack of its one layer; zero: new layers that start as the
+                 identity), under warmup-stable-decay (the expansion in the stable
+                 phase); the run's FLOPs equal `scratch_steps` (default 300) of the
+                 target from scratch, by construction (growjax/growth/budget.py), so
+                 the shallow model sees more tokens. No muP yet (growjax has none).
           paper, 7b and 28b: sequence 2048, bf16; tokens are at the default batch.
   batch   the global batch in sequences (default 16 for tiny, else 1024, ~2M tokens).
   method  the depth operator (growth.method): stack (default, G_stack), interpolate,
@@ -48,6 +57,8 @@ the growth at 8-256 devices: benchmarks/RESULTS.md (`benchmarks/memory_plan.py`)
 from ml_collections import config_dict
 
 from growjax.config import base_config, model_config, parse_arg
+from growjax.growth import budget
+from growjax.model import ModelConfig
 
 # recipe: (large preset, its remat, small preset, small steps, train steps); sequence 2048
 RECIPES = {
@@ -76,6 +87,23 @@ def gradual(batch):
   return c
 
 
+def late(batch, fraction, expand, scratch_steps):
+  """The late single expansion at the FLOPs of `scratch_steps` of the tiny 8-layer run."""
+  c = tiny(batch)
+  c.growth.small_model = model_config("tiny", dtype="float32", num_layers=1)
+  large, small = (ModelConfig.from_config(m) for m in (c.model, c.growth.small_model))
+  small_steps, steps = budget.late_expansion_steps(large, small, c.data.seq_len,
+                                                   scratch_steps, fraction)
+  c.growth.small_steps = small_steps
+  c.train.update(steps=steps, eval_every=max(steps // 8, 1), checkpoint_every=max(steps // 8, 1))
+  c.optimizer.update(schedule="wsd", decay_fraction=min(0.2, (1 - fraction) / 2),
+                     decay_shape="1-sqrt", warmup_steps=min(30, max(small_steps // 10, 1)))
+  methods = {"copy": "stack", "zero": "zero"}
+  if expand not in methods:
+    raise ValueError(f"configs/grow.py: expand={expand!r} is not one of copy, zero")
+  return c, methods[expand]
+
+
 def paper_scale(recipe, batch):
   large, remat, small, small_steps, steps = RECIPES[recipe]
   c = base_config(large)
@@ -90,8 +118,13 @@ def paper_scale(recipe, batch):
 
 def get_config(arg=None):
   args = parse_arg(arg, "configs/grow.py", recipe="", batch=config_dict.placeholder(int),
-                   method="stack", mask_ramp=0)
-  if args.recipe == "tiny":
+                   method="stack", mask_ramp=0, fraction=0.8, expand="copy",
+                   scratch_steps=300)
+  method = args.method
+  if args.recipe == "late":
+    c, method = late(16 if args.batch is None else args.batch, args.fraction, args.expand,
+                     args.scratch_steps)
+  elif args.recipe == "tiny":
     c = tiny(16 if args.batch is None else args.batch)
   elif args.recipe == "gradual":
     c = gradual(16 if args.batch is None else args.batch)
@@ -99,8 +132,8 @@ def get_config(arg=None):
     c = paper_scale(args.recipe, 1024 if args.batch is None else args.batch)
   else:
     raise ValueError(f"configs/grow.py: recipe={args.recipe!r} is not one of tiny, gradual, "
-                     f"{', '.join(RECIPES)} (e.g. configs/grow.py:recipe=tiny)")
+                     f"{', '.join(RECIPES)}, late (e.g. configs/grow.py:recipe=tiny)")
   c.growth.enabled = True
-  c.growth.method = args.method
+  c.growth.method = method
   c.growth.mask_ramp_steps = args.mask_ramp
   return c

@@ -41,3 +41,29 @@ def equal_flops_steps(large: ModelConfig, small: ModelConfig, seq_len: int,
   `scratch_steps` of the large model, both stages at the same batch."""
   return small_steps + large_steps(scratch_steps, large.flops_per_token(seq_len),
                                    small_steps, small.flops_per_token(seq_len))
+
+
+def late_expansion_steps(large: ModelConfig, small: ModelConfig, seq_len: int,
+                         scratch_steps: int, fraction: float) -> tuple[int, int]:
+  """(small-stage steps, config.train.steps) of a run that trains `small` for `fraction`
+  of its steps and the large model for the rest, at the FLOPs of `scratch_steps` of the
+  large model (both stages at the same batch): the late, single expansion of arXiv
+  2511.04981, where a shallow model sees most of the tokens. With r = small/large FLOPs
+  per token, s = fraction * S / (1 - fraction + fraction * r) small steps leave the
+  large model the rest of the budget (`equal_flops_steps`, rounded down)."""
+  if not 0 < fraction < 1:
+    raise ValueError(f"the expansion fraction={fraction} must be in (0, 1) — e.g. 0.8")
+  f_large, f_small = large.flops_per_token(seq_len), small.flops_per_token(seq_len)
+  aim = int(fraction * scratch_steps / (1 - fraction + fraction * f_small / f_large))
+  most = largest_small_steps(scratch_steps, f_large, f_small)
+
+  def unspent(s):   # the budget left over after the whole large steps, in large steps
+    return scratch_steps - (s * f_small / f_large) - large_steps(scratch_steps, f_large, s,
+                                                                 f_small)
+
+  # Of the small-stage lengths near the aim, the one that leaves the least of the budget
+  # unspent (whole large steps round it down), so the FLOPs match scratch's closely.
+  slack = max(3, aim // 20)
+  near = range(max(1, aim - slack), min(most, aim + slack) + 1)
+  small_steps = min(near, key=lambda s: (round(unspent(s), 9), abs(s - aim)), default=most)
+  return small_steps, equal_flops_steps(large, small, seq_len, scratch_steps, small_steps)
