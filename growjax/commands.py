@@ -176,11 +176,19 @@ def _define_plan(fv):
   flags.DEFINE_float("tokens", None, "alternatively the target's training tokens D; "
                      "C = 6 N D.", flag_values=fv)
   _config_flag(fv, "optional run config: d in steps.")
+  flags.DEFINE_string("sweep", "", "a finished `growjax sweep` workdir: say whether this "
+                      "plan's d lies past the crossover it measured.", flag_values=fv)
 
 
 def _run_plan(fv):
   from growjax.growth import timing
   print(timing.describe(fv.params, fv.flops, fv.tokens, fv.config))
+  if fv.sweep:   # where growth stopped paying on the user's own runs
+    from growjax.growth.study import analysis, grid
+    params = fv.params or grid.target_params(fv.config)
+    flops = fv.flops or timing.budget_flops(params, fv.tokens)
+    print(analysis.crossover_warning(fv.sweep, timing.growth_tokens(params, flops),
+                                     params / timing.RECOMMENDED_G))
 
 
 def _define_tokenizer(fv):
