@@ -24,7 +24,9 @@ import json
 import os
 import re
 import shutil
+import sys
 import threading
+import time
 from typing import Any
 
 import orbax.checkpoint as ocp
@@ -402,8 +404,63 @@ def disk_full_error(e: BaseException, directory: str, step: int | None) -> BaseE
   return DiskFull(msg, directory)
 
 
-def resolve(path: str, step: int | None = None, field: str = "--from") -> tuple[str, int]:
-  """A checkpoint directory (or a workdir, or one step's directory) -> (checkpoints dir, step).
+# A grow run's stage directories under its workdir (`growth.stages.run_dirs` makes them):
+# small/ grown/ large/ for one growth, stage_0/ grown_1/ stage_1/ ... for several.
+_STAGE_DIR = re.compile(r"^(small|grown|large|stage_(\d+)|grown_(\d+))$")
+
+
+def _stage_order(name: str) -> int:
+  """Where a stage directory comes in its run: stage_i before grown_{i+1} before stage_{i+1}."""
+  m = _STAGE_DIR.match(name)
+  if m[2] is not None:
+    return 2 * int(m[2])
+  if m[3] is not None:
+    return 2 * int(m[3]) - 1
+  return {"small": 0, "grown": 1, "large": 2}[name]
+
+
+def _stage_checkpoints(d: epath.Path) -> epath.Path:
+  """A stage's checkpoints: a run dir's checkpoints/, a grown dir itself."""
+  return d / "checkpoints" if (d / "checkpoints").is_dir() else d
+
+
+def run_stage(path: str, field: str = "--from", say=None) -> str | None:
+  """A grow run's workdir -> the checkpoints of its last stage holding a complete one
+  (large/ once it has saved, else the newest before it), said through `say`; None when
+  `path` is not a grow run's workdir. Raises ValueError naming the stage directories
+  when none holds a complete checkpoint."""
+  p = epath.Path(absolute(path))
+  if not p.is_dir() or (p / "checkpoints").is_dir() or (STEP_DIR.match(p.name) and
+                                                       (p / "state").is_dir()):
+    return None
+  stages = sorted((d for d in p.iterdir() if _STAGE_DIR.match(d.name) and d.is_dir()),
+                  key=lambda d: _stage_order(d.name))
+  if not stages:
+    return None
+  for d in reversed(stages):
+    steps = _complete_steps(_stage_checkpoints(d)) if _stage_checkpoints(d).is_dir() else []
+    if steps:
+      if say is not None:
+        later = [x.name for x in stages if _stage_order(x.name) > _stage_order(d.name)]
+        note = (f" ({', '.join(f'{x}/' for x in later)} holds none yet)" if later else "")
+        say(f"{field}={path}: a grow run's workdir; using its last stage {d.name}/, "
+            f"step {steps[-1]}{note}: {_stage_checkpoints(d)}/{steps[-1]}")
+      return str(_stage_checkpoints(d))
+  names = ", ".join(f"{d.name}/" for d in stages)
+  raise ValueError(f"{field}={path!r} is a grow run's workdir, but none of its stages "
+                   f"({names}) holds a complete checkpoint yet — let the run save one "
+                   f"(config.train.checkpoint_every) or give a step dir such as "
+                   f"{p / stages[-1].name / 'checkpoints'}/<step>")
+
+
+def to_stderr(line: str) -> None:
+  print(line, file=sys.stderr, flush=True)
+
+
+def resolve(path: str, step: int | None = None, field: str = "--from", say=to_stderr
+            ) -> tuple[str, int]:
+  """A checkpoint directory (or a workdir, a grow run's workdir, or one step's directory)
+  -> (checkpoints dir, step); which stage of a grow run it picked is said through `say`.
 
   Local or `gs://`. Fails with a message naming `field` when nothing complete is there.
   """
@@ -420,17 +477,23 @@ def resolve(path: str, step: int | None = None, field: str = "--from") -> tuple[
       raise ValueError(f"{field}={path!r} is step {p.name}, but step {step} was asked for — "
                        f"give its checkpoints dir with --step {step}, or drop --step")
     return str(p.parent), int(p.name)
+  stage = run_stage(path, field, say)
+  if stage is not None:
+    path, p = stage, epath.Path(stage)
   if (p / "checkpoints").is_dir():
     p = p / "checkpoints"
     path = str(p)
   steps = _complete_steps(p)
   if not steps:
     raise ValueError(f"{field}={path!r} holds no complete growjax checkpoint (no step "
-                     f"directory with a 'state' item); incomplete saves are ignored.")
+                     f"directory with a 'state' item; incomplete saves are ignored) — give "
+                     f"a run's workdir once it has saved (config.train.checkpoint_every), "
+                     f"its checkpoints dir or one step's dir")
   if step is None:
     return path, steps[-1]
   if step not in steps:
-    raise ValueError(f"{field}={path!r} has no step {step}; complete steps: {steps}.")
+    raise ValueError(f"{field}={path!r} has no step {step}; complete steps: {steps} — give "
+                     f"one of them as --step, or drop --step for the newest")
   return path, step
 
 
@@ -438,7 +501,7 @@ def latest_complete_step(path: str) -> int | None:
   """The latest complete step under a checkpoints dir or a workdir (local or `gs://`);
   None when there is none or `path` does not exist."""
   try:
-    return resolve(path)[1]
+    return resolve(path, say=None)[1]
   except (ValueError, FileNotFoundError):
     return None
 

@@ -171,11 +171,13 @@ def _run_grow(fv):
 
 
 def _define_plan(fv):
-  flags.DEFINE_float("params", None, "target model parameters N (e.g. 7e9).", flag_values=fv)
+  flags.DEFINE_float("params", None, "target model parameters N (e.g. 7e9; default: "
+                     "--config's model).", flag_values=fv)
   flags.DEFINE_float("flops", None, "compute budget C in FLOPs (e.g. 8.4e22).", flag_values=fv)
   flags.DEFINE_float("tokens", None, "alternatively the target's training tokens D; "
                      "C = 6 N D.", flag_values=fv)
-  _config_flag(fv, "optional run config: d in steps.")
+  _config_flag(fv, "optional run config: d in steps (and N, D from it when --params, "
+               "--flops and --tokens are not given).")
 
 
 def _run_plan(fv):
@@ -468,7 +470,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             "--config configs/llama.py:size=24l_2048 --method stack --g 4",
             _define_grow, _run_grow, ("from", "to", "config")),
     Command("plan", "the paper's growth timing d and factor g for a model size and budget",
-            "growjax plan --params 7e9 --tokens 2e12", _define_plan, _run_plan, ("params",)),
+            "growjax plan --params 7e9 --tokens 7e11", _define_plan, _run_plan),
     Command("tokenizer", "train a SentencePiece (or HF BPE) tokenizer on local files",
             "growjax tokenizer --input 'corpus/*.jsonl' --vocab_size 32000 --model_prefix tok",
             _define_tokenizer, _run_tokenizer, ("input", "model_prefix")),
