@@ -251,8 +251,12 @@ class Checkpoints:
   otherwise the newest `keep` and the newest known good (`mark_good`)."""
 
   def __init__(self, directory: str, *, save_every: int = 1, keep: int | None = 3,
-               use_async: bool = True):
+               use_async: bool = True, on_saved=None):
     self.directory = absolute(directory)
+    # on_saved(step, seconds, bytes | None): called once a save finished (process 0), from
+    # orbax's finalize thread for an async one; seconds from the save's start.
+    self.on_saved = on_saved
+    self._started: dict[int, float] = {}
     self._keep_good = _KeepGood()
     self._manifest_lock = threading.Lock()
     policy = (preservation_policy.PreserveAll() if keep is None else
@@ -278,6 +282,7 @@ class Checkpoints:
            force: bool = False) -> bool:
     """Saves if `step` is on the interval (or `force`); returns whether it saved.
     A full disk (ENOSPC) raises `DiskFull`; the last complete checkpoint is kept."""
+    self._started[int(step)] = time.perf_counter()
     try:
       saved = self.manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),
@@ -285,21 +290,30 @@ class Checkpoints:
           meta=ocp.args.JsonSave(dict(meta, **{STEP_META: int(step)}))), force=force)
       if saved:
         self._record_finished()
+      else:
+        self._started.pop(int(step), None)
       return saved
     except Exception as e:  # noqa: BLE001 - only a full disk is translated
       raise self._disk_full(e, step) from e
 
   def _record_finished(self) -> None:
-    """A file manifest for each finished step that lacks one (process 0, local disks).
-    An async save still in flight is not a complete step yet, so it is skipped. Called
-    after each save, from orbax's finalize thread for an async one."""
+    """A file manifest for each finished step that lacks one (process 0, local disks),
+    and `on_saved` for each save this object started that has finished. An async save
+    still in flight is not a complete step yet, so it is skipped. Called after each
+    save, from orbax's finalize thread for an async one."""
     import jax   # noqa: PLC0415 - the module stays importable without initialising jax
-    if jax.process_index() != 0 or is_url(self.directory):
+    if jax.process_index() != 0 or (is_url(self.directory) and not self._started):
       return
     root = epath.Path(self.directory)
     with self._manifest_lock:
       for s in (_complete_steps(root) if root.exists() else []):
-        write_manifest(root / str(s))
+        write_manifest(root / str(s))   # local disks only
+        started = self._started.pop(s, None)
+        if started is not None and self.on_saved is not None:
+          manifest = None if is_url(root) else read_manifest(root / str(s))
+          size = (sum(f["size"] for f in manifest["files"].values())
+                  if manifest is not None else None)
+          self.on_saved(s, time.perf_counter() - started, size)
 
   def _disk_full(self, e: BaseException, step: int | None) -> BaseException:
     return disk_full_error(e, self.directory, step)
@@ -454,7 +468,10 @@ def run_stage(path: str, field: str = "--from", say=None) -> str | None:
 
 
 def to_stderr(line: str) -> None:
-  print(line, file=sys.stderr, flush=True)
+  """A note on the console's stderr (process 0), apart from a command's own output."""
+  jax = sys.modules.get("jax")
+  if jax is None or jax.process_index() == 0:
+    print(line, file=sys.stderr, flush=True)
 
 
 def resolve(path: str, step: int | None = None, field: str = "--from", say=to_stderr
@@ -464,7 +481,7 @@ def resolve(path: str, step: int | None = None, field: str = "--from", say=to_st
 
   Local or `gs://`. Fails with a message naming `field` when nothing complete is there.
   """
-  path = absolute(path)
+  given, path = path, absolute(path)
   p = epath.Path(path)
   if not p.is_dir():
     raise ValueError(f"{field}={path!r} does not exist or is not a directory — give a "
@@ -477,7 +494,7 @@ def resolve(path: str, step: int | None = None, field: str = "--from", say=to_st
       raise ValueError(f"{field}={path!r} is step {p.name}, but step {step} was asked for — "
                        f"give its checkpoints dir with --step {step}, or drop --step")
     return str(p.parent), int(p.name)
-  stage = run_stage(path, field, say)
+  stage = run_stage(given, field, say)
   if stage is not None:
     path, p = stage, epath.Path(stage)
   if (p / "checkpoints").is_dir():

@@ -86,7 +86,8 @@ def format_duration(seconds: float) -> str:
   return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
-def format_progress(step: int, total: int, values: Mapping[str, float], eta_s: float) -> str:
+def format_progress(step: int, total: int, values: Mapping[str, float], eta_s: float,
+                    run_eta_s: float | None = None) -> str:
   parts = [f"step {step}/{total}"]
   for key, fmt in (("loss", "loss {:.4f}"), ("eval_loss", "eval {:.4f}"), ("lr", "lr {:.2e}"),
                    ("grad_norm", "gnorm {:.3f}"), ("tokens_per_second", "{:,.0f} tok/s"),
@@ -99,7 +100,8 @@ def format_progress(step: int, total: int, values: Mapping[str, float], eta_s: f
   if values.get("step_s"):
     parts.append(f"step {values['step_s']:.3g}s = device {values['step_device_frac']:.0%} "
                  f"+ data {values['step_data_frac']:.0%} + host {values['step_host_frac']:.0%}")
-  parts.append(f"ETA {format_duration(eta_s)}")
+  parts.append(f"ETA {format_duration(eta_s)}" if run_eta_s is None else
+               f"ETA {format_duration(run_eta_s)} (this stage {format_duration(eta_s)})")
   return " | ".join(parts)
 
 
