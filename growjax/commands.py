@@ -207,13 +207,13 @@ def _run_tokenizer(fv):
   if first is None:
     raise CommandError(f"--input {','.join(fv.input)} holds no document — give non-empty "
                        f"files")
-  docs = itertools.chain([first], docs)
-  if fv.kind == "hf_bpe":
-    path = tokenizers.train_hf_bpe(docs, fv.vocab_size, fv.model_prefix)
-    print(f"wrote {path}; use it with --config.data.tokenizer=hf:{path}")
-    return
-  path = tokenizers.train_sentencepiece(docs, fv.vocab_size, fv.model_prefix)
-  print(f"wrote {path}; use it with --config.data.tokenizer=spm:{path}")
+  from growjax import progress
+  train, spec = ((tokenizers.train_hf_bpe, "hf") if fv.kind == "hf_bpe" else
+                 (tokenizers.train_sentencepiece, "spm"))
+  with progress.Reading(f"tokenizer {fv.kind} ({fv.vocab_size} tokens)") as reading:
+    path = train(reading.count(itertools.chain([first], docs)), fv.vocab_size,
+                 fv.model_prefix)
+  print(f"wrote {path}; use it with --config.data.tokenizer={spec}:{path}")
 
 
 def _define_prepare_data(fv):
