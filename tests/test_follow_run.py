@@ -6,12 +6,15 @@ mode; `plan` flags a small stage longer than the config's run; `growjax tokenize
 reports its reading. One toy grow run is shared by the module."""
 
 import contextlib
+import importlib.machinery
 import io
 import json
 import os
 import re
 import stat
+import subprocess
 import sys
+import types
 
 import pytest
 
@@ -45,18 +48,46 @@ def console(*args) -> tuple[int, str, str]:
   return code, out.getvalue(), err.getvalue()
 
 
+class FakeWandb(types.ModuleType):
+  """The `wandb` calls growjax makes, recorded (CI has no wandb; a real offline run is
+  `test_wandb_offline_writes_the_run_locally_and_sends_nothing`)."""
+
+  def __init__(self):
+    super().__init__("wandb")
+    self.__spec__ = importlib.machinery.ModuleSpec("wandb", None)
+    self.runs = []
+
+  def Settings(self, **kw):   # noqa: N802 - wandb's name
+    return kw
+
+  def init(self, **kw):
+    run = types.SimpleNamespace(init=kw, logged=[], finished=False)
+    run.log = lambda values, step: run.logged.append((step, values))
+    run.finish = lambda: setattr(run, "finished", True)
+    self.runs.append(run)
+    return run
+
+
 @pytest.fixture(scope="module")
 def grow_run(tmp_path_factory, data_dir):
+  """The toy grow recipe, logging to a fake W&B beside metrics.jsonl."""
   workdir = tmp_path_factory.mktemp("runs") / "grow"
-  code, out, err = console("train", "--config", f"{GROW}:recipe=tiny", "--workdir",
-                           str(workdir), *TOY)
+  fake, saved = FakeWandb(), sys.modules.get("wandb")
+  sys.modules["wandb"] = fake
+  try:
+    code, out, err = console("train", "--config", f"{GROW}:recipe=tiny", "--workdir",
+                             str(workdir), *TOY, "--config.train.loggers=wandb")
+  finally:
+    sys.modules.pop("wandb")
+    if saved is not None:
+      sys.modules["wandb"] = saved
   assert code == 0, err
-  return workdir, out
+  return workdir, out, fake.runs
 
 
 @pytest.mark.slow   # the module's one toy grow run, ~15 s on 2 cores
 def test_a_grow_run_says_where_it_writes_what_it_does_and_how_it_ended(grow_run):
-  workdir, out = grow_run
+  workdir, out, _ = grow_run
   lines = out.splitlines()
   assert lines[0].startswith(f"workdir {workdir}: checkpoints, metrics.jsonl, growjax.log")
   assert len([l for l in lines if l == "compiling the train step ..."]) == 2   # two stages
@@ -94,7 +125,7 @@ def test_a_grow_run_says_where_it_writes_what_it_does_and_how_it_ended(grow_run)
 
 @pytest.mark.slow
 def test_sample_inspect_and_export_take_the_grow_runs_workdir(grow_run, tmp_path):
-  workdir, _ = grow_run
+  workdir, _, _ = grow_run
   picked = (f"a grow run's workdir; using its last stage large/, step 6: "
             f"{workdir}/large/checkpoints/6")
   code, out, err = console("sample", "--checkpoint", str(workdir), "--prompt", "ROMEO",
@@ -117,7 +148,7 @@ def test_sample_inspect_and_export_take_the_grow_runs_workdir(grow_run, tmp_path
 @pytest.mark.slow
 def test_a_grow_run_midway_resolves_to_its_newest_stage_and_an_empty_one_names_them(
     grow_run, tmp_path):
-  workdir, _ = grow_run
+  workdir, _, _ = grow_run
   midway = tmp_path / "midway"
   (midway / "large").mkdir(parents=True)
   os.symlink(workdir / "small", midway / "small")
@@ -204,3 +235,54 @@ def test_progress_ticks_while_a_library_reads_then_trains():
   assert reading.documents == 2 and reading.bytes == 5
   assert lines[-1].startswith("work: done in ") and lines[-1].endswith(
       "2 documents (0.0 MB) read")
+
+
+@pytest.mark.slow
+def test_wandb_logs_each_stage_as_its_run_with_metrics_jsonls_values(grow_run):
+  workdir, _, runs = grow_run
+  assert [r.init["name"] for r in runs] == ["grow/small", "grow/large"]
+  for run, stage in zip(runs, ("small", "large")):
+    records = [json.loads(l) for l in (workdir / stage / "metrics.jsonl").read_text().splitlines()]
+    assert run.init["id"] == (workdir / stage / "wandb_run_id").read_text().strip()
+    assert (run.init["project"], run.init["resume"], run.init["dir"]) == (
+        "growjax", "allow", str(workdir / stage))
+    assert run.init["settings"] == {"console": "off"}
+    assert run.init["config"]["train"]["loggers"] == "wandb"
+    assert [(step, v["loss"]) for step, v in run.logged] == [(r["step"], r["loss"])
+                                                            for r in records]
+    assert all(None not in v.values() for _, v in run.logged) and run.finished
+  assert not (workdir / "small" / "tb").exists()   # loggers=wandb: no TensorBoard
+
+
+def test_an_unknown_logger_or_a_missing_wandb_is_refused_before_compute(tmp_path, monkeypatch):
+  code, out, err = console("train", "--config", TINY, "--workdir", str(tmp_path / "r"),
+                           "--config.train.loggers=tensorboard,mlflow")
+  assert code == 2 and err.splitlines()[-1] == (
+      "growjax train: config.train.loggers='tensorboard,mlflow': unknown logger 'mlflow' — "
+      "choose from tensorboard, wandb (comma-separated), or '' for metrics.jsonl alone")
+  monkeypatch.setitem(sys.modules, "wandb", None)   # find_spec: not importable
+  import importlib.util
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+  code, out, err = console("train", "--config", TINY, "--workdir", str(tmp_path / "r"),
+                           "--config.train.loggers=wandb")
+  assert code == 2 and err.splitlines()[-1] == (
+      "growjax train: config.train.loggers='wandb' names wandb, but the wandb package is not "
+      "installed — pip install 'growjax[wandb]', or drop wandb from config.train.loggers")
+
+
+def test_wandb_offline_writes_the_run_locally_and_sends_nothing(tmp_path, data_dir):
+  """The real package (the `wandb` extra), where installed: WANDB_MODE=offline, and a
+  W&B server address nothing listens on."""
+  pytest.importorskip("wandb")
+  env = dict(os.environ, WANDB_MODE="offline", WANDB_BASE_URL="http://127.0.0.1:9",
+             WANDB_SILENT="true", PYTHONPATH=os.pathsep.join(sys.path))
+  run = subprocess.run(
+      [sys.executable, "-m", "growjax", "train", "--config", TINY, "--workdir",
+       str(tmp_path / "r"), "--config.train.steps=2", "--config.train.log_every=1",
+       "--config.data.seq_len=32", "--config.train.global_batch_size=8",
+       "--config.train.final_sample_tokens=0", "--config.train.loggers=wandb"],
+      env=env, capture_output=True, text=True, timeout=300)
+  assert run.returncode == 0, run.stderr
+  run_id = (tmp_path / "r" / "wandb_run_id").read_text().strip()
+  [record] = (tmp_path / "r" / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
+  assert b"loss" in record.read_bytes()

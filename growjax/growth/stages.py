@@ -31,6 +31,7 @@ import ml_collections
 from etils import epath
 
 from growjax import checkpoint as ckpt_lib
+from growjax import config as config_lib
 from growjax import distributed
 from growjax import faults
 from growjax.growth import offline
@@ -302,7 +303,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str,
   lead = jax.process_index() == 0
   if lead:
     log(f"workdir {ckpt_lib.absolute(workdir)}: checkpoints, metrics.jsonl, growjax.log"
-        + (", TensorBoard files in tb/" if cfg.metrics.tensorboard else "")
+        + (", TensorBoard files in tb/" if cfg.metrics.tensorboard and
+           "tensorboard" in config_lib.loggers(cfg.train) else "")
         + (" (a grow run: one directory per stage)" if cfg.growth.enabled else ""))
   if not cfg.growth.enabled:
     history = train_lib.train(cfg, workdir, stop_after_steps=stop_after_steps)

@@ -59,8 +59,12 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, devices=None,
   setup = build(cfg, devices)
   config_lib.validate_data(cfg)
   tc = cfg.train
-  writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0,
-                                    tensorboard=cfg.metrics.tensorboard)
+  loggers = config_lib.loggers(tc)
+  writer = metrics_lib.MetricWriter(
+      workdir, enabled=jax.process_index() == 0,
+      tensorboard=cfg.metrics.tensorboard and "tensorboard" in loggers,
+      wandb="wandb" in loggers, wandb_project=tc.get("wandb_project", ""),
+      config=cfg.to_dict())
   checkpoints = ckpt_lib.Checkpoints(str(epath.Path(workdir) / "checkpoints"),
                                      save_every=tc.checkpoint_every, keep=tc.keep_checkpoints,
                                      use_async=tc.async_checkpointing,

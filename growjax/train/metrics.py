@@ -168,14 +168,46 @@ class _EventFiles:
     """Nothing to make: GCS has no directories."""
 
 
+WANDB_ID = "wandb_run_id"   # WORKDIR/wandb_run_id: a resumed run logs to the same W&B run
+
+
+class _Wandb:
+  """A Weights & Biases run for one workdir (`config.train.loggers` with 'wandb'): named
+  after the workdir, its id kept in WORKDIR/wandb_run_id so a resumed run continues the
+  same W&B run; its local files in WORKDIR/wandb (a temp dir for a gs:// workdir).
+  WANDB_MODE=offline writes them there and sends nothing (`wandb sync` later). W&B's
+  console capture is off: growjax's console routing owns stdout and stderr."""
+
+  def __init__(self, root: epath.Path, project: str, config: dict | None):
+    import uuid
+    import wandb   # the optional extra; config.loggers checked it is importable
+    id_file = root / WANDB_ID
+    run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
+    if not id_file.exists():
+      id_file.write_text(run_id + "\n")
+    local = os.fspath(root) if "://" not in os.fspath(root) else None
+    name = "/".join(epath.Path(os.fspath(root)).parts[-2:])
+    self.run = wandb.init(project=project or "growjax", name=name, id=run_id,
+                          resume="allow", dir=local, config=config or {},
+                          settings=wandb.Settings(console="off"))
+
+  def log(self, step: int, values: Mapping[str, float | None]) -> None:
+    self.run.log({k: float(v) for k, v in values.items() if v is not None}, step=step)
+
+  def close(self) -> None:
+    self.run.finish()
+
+
 class MetricWriter:
-  """Console + TensorBoard (`WORKDIR/tb`) + `WORKDIR/metrics.jsonl`; a no-op writer
-  on processes other than 0. `workdir` may be local or `gs://`."""
+  """Console + `WORKDIR/metrics.jsonl` + the loggers asked for: TensorBoard
+  (`WORKDIR/tb`), Weights & Biases (`_Wandb`); a no-op writer on processes other than
+  0. `workdir` may be local or `gs://`."""
 
   def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True,
-               flush_secs: float = 10.0):
+               flush_secs: float = 10.0, wandb: bool = False, wandb_project: str = "",
+               config: dict | None = None):
     self.enabled, self.workdir = enabled, workdir
-    self._tb = self._jsonl = None
+    self._tb = self._jsonl = self._wandb = None
     if not enabled:
       return
     root = epath.Path(workdir)
@@ -186,10 +218,14 @@ class MetricWriter:
       from tensorboardX import record_writer
       record_writer.register_writer_factory("gs", _EventFiles())
       self._tb = SummaryWriter(logdir=os.fspath(root / "tb"), flush_secs=flush_secs)
+    if wandb:
+      self._wandb = _Wandb(root, wandb_project, config)
 
   def scalars(self, step: int, values: Mapping[str, float | None]) -> None:
     if self._jsonl is not None:
       self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
+    if self._wandb is not None:
+      self._wandb.log(step, values)
     if self._tb is None:
       return
     for k, v in values.items():
@@ -203,6 +239,8 @@ class MetricWriter:
   def close(self) -> None:
     if self._jsonl is not None:
       self._jsonl.close()
+    if self._wandb is not None:
+      self._wandb.close()
     if self._tb is not None:
       self._tb.flush()
       self._tb.close()
