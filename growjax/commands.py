@@ -442,6 +442,21 @@ def _run_inspect(fv):
   inspect_checkpoint.run(fv.checkpoint, step=fv.step, as_json=fv.json, check=fv.verify)
 
 
+def _define_convert_mc(fv):
+  flags.DEFINE_list("input", None, "the task's public files: .parquet (Hugging Face) or "
+                    ".jsonl / .json rows.", flag_values=fv)
+  flags.DEFINE_string("out", None, "output JSONL for `growjax eval --tasks`.", flag_values=fv)
+  flags.DEFINE_string("format", "auto", "hellaswag, arc, piqa, winogrande, or auto (from "
+                      "the rows' fields).", flag_values=fv)
+  flags.DEFINE_string("labels", "", "a labels file, one per row (PIQA's original "
+                      "valid-labels.lst).", flag_values=fv)
+
+
+def _run_convert_mc(fv):
+  from growjax.interop import mc_tasks
+  mc_tasks.convert(fv.input, fv.out, fv.format, fv.labels)
+
+
 ISSUE13_COMMANDS = (
     Command("import-hf", "a local Hugging Face LLaMA directory -> a growjax checkpoint",
             "growjax import-hf --from ~/models/TinyLlama-1.1B --to runs/tinyllama",
@@ -455,6 +470,9 @@ ISSUE13_COMMANDS = (
     Command("sample", "generate text from a checkpoint (greedy, temperature, top-k, top-p)",
             "growjax sample --checkpoint runs/tiny --prompt 'ROMEO:' --max_new_tokens 64",
             _define_sample, _run_sample, ("checkpoint", "prompt")),
+    Command("convert-mc", "HellaSwag / ARC / PIQA / Winogrande files -> eval's task JSONL",
+            "growjax convert-mc --input hellaswag/validation.parquet --out hellaswag.jsonl",
+            _define_convert_mc, _run_convert_mc, ("input", "out")),
     Command("inspect", "what a checkpoint holds, read from its metadata only",
             "growjax inspect runs/tiny", _define_inspect, _run_inspect, ("checkpoint",),
             positional="checkpoint"),

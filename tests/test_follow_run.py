@@ -286,3 +286,32 @@ def test_wandb_offline_writes_the_run_locally_and_sends_nothing(tmp_path, data_d
   run_id = (tmp_path / "r" / "wandb_run_id").read_text().strip()
   [record] = (tmp_path / "r" / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
   assert b"loss" in record.read_bytes()
+
+
+@pytest.mark.slow
+def test_eval_on_the_workdir_scores_converted_winogrande_by_its_own_contexts(grow_run, tmp_path):
+  """README's eval line on the grow run's workdir, its task from `growjax convert-mc`: a
+  Winogrande example scores each option's context against the shared rest of the
+  sentence, as two single-context examples would."""
+  workdir, _, _ = grow_run
+  rows = tmp_path / "wino.jsonl"
+  rows.write_text(json.dumps({"sentence": "The cat sat on the _ all day.", "option1": "mat",
+                              "option2": "roof", "answer": "1"}) + "\n")
+  code, out, err = console("convert-mc", "--input", str(rows), "--out", str(tmp_path / "w.jsonl"))
+  assert code == 0, err
+  single = tmp_path / "single.jsonl"
+  single.write_text("".join(json.dumps({"context": f"The cat sat on the {o}",
+                                        "choices": [" all day.", " x"], "gold": 0}) + "\n"
+                            for o in ("mat", "roof")))
+  code, out, err = console("eval", "--config", TINY, "--checkpoint", str(workdir), "--tasks",
+                           f"{tmp_path / 'w.jsonl'},{single}", "--out", str(tmp_path / "r.json"),
+                           "--config.data.seq_len=32")
+  assert code == 0, err
+  assert out.splitlines()[0] == (
+      "perplexity on the embedded Shakespeare plays (config.data.name='shakespeare'), "
+      "prepared inline on first use: 4 batches of 32 tokens, tokenizer byte "
+      "(--batches=-1 skips it)")
+  tasks = json.loads((tmp_path / "r.json").read_text())["tasks"]
+  [wino] = tasks[str(tmp_path / "w.jsonl")]["predictions"]
+  by_context = [p["loglik"][0] for p in tasks[str(single)]["predictions"]]
+  assert wino["loglik"] == pytest.approx(by_context, abs=1e-4)
