@@ -56,7 +56,8 @@ def convert(tmp_path, *args):
   finally:
     sys.argv = saved
   out = tmp_path / "out.jsonl"
-  return code, ([json.loads(l) for l in out.read_text().splitlines()] if out.exists() else None)
+  rows = [json.loads(x) for x in out.read_text().splitlines()] if out.exists() else None
+  return code, rows
 
 
 def parquet(path, rows):

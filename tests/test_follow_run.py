@@ -90,20 +90,20 @@ def test_a_grow_run_says_where_it_writes_what_it_does_and_how_it_ended(grow_run)
   workdir, out, _ = grow_run
   lines = out.splitlines()
   assert lines[0].startswith(f"workdir {workdir}: checkpoints, metrics.jsonl, growjax.log")
-  assert len([l for l in lines if l == "compiling the train step ..."]) == 2   # two stages
-  assert len([l for l in lines if re.fullmatch(r"compiled the train step in \d+\.\ds", l)]) == 2
-  saved = [int(m[1]) for l in lines
-           if (m := re.fullmatch(r"checkpoint step (\d+) saved in \d+\.\ds, [\d.]+ MiB", l))]
+  assert lines.count("compiling the train step ...") == 2   # two stages
+  assert len([x for x in lines if re.fullmatch(r"compiled the train step in \d+\.\ds", x)]) == 2
+  saved = [int(m[1]) for line in lines
+           if (m := re.fullmatch(r"checkpoint step (\d+) saved in \d+\.\ds, [\d.]+ MiB", line))]
   assert {3, 6} <= set(saved)
   # The small stage's ETA covers the whole run; the last stage's is the run's own.
-  small_step = next(l for l in lines if l.startswith("step 3/3"))
+  small_step = next(line for line in lines if line.startswith("step 3/3"))
   assert re.search(r"ETA \w+ \(this stage \w+\)$", small_step)
-  assert re.search(r"\| ETA \w+$", next(l for l in lines if l.startswith("step 6/6")))
+  assert re.search(r"\| ETA \w+$", next(line for line in lines if line.startswith("step 6/6")))
 
   summary = json.loads((workdir / "summary.json").read_text())
   large = workdir / "large" / "checkpoints"
   meta = ckpt_lib.read_meta(str(large), 6)
-  records = [json.loads(l) for l in (workdir / "large" / "metrics.jsonl").read_text().splitlines()]
+  records = [json.loads(x) for x in (workdir / "large" / "metrics.jsonl").read_text().splitlines()]
   small_meta = ckpt_lib.read_meta(str(workdir / "small" / "checkpoints"), 3)
   small = ModelConfig(**small_meta["model"]).flops_per_token(32)
   big = ModelConfig(**meta["model"]).flops_per_token(32)
@@ -114,7 +114,8 @@ def test_a_grow_run_says_where_it_writes_what_it_does_and_how_it_ended(grow_run)
       "tokens": 6 * 8 * 32, "wall_time_s": summary["wall_time_s"],
       "checkpoint": f"{large}/6", "flops": meta["flops_seen"],
       "stages": ["small/ 2 layers, steps 0..3", "large/ 4 layers, steps 3..6"],
-      "scratch_flops": 6 * 8 * 32 * big, "flops_vs_scratch": meta["flops_seen"] / (6 * 8 * 32 * big)}
+      "scratch_flops": 6 * 8 * 32 * big,
+      "flops_vs_scratch": meta["flops_seen"] / (6 * 8 * 32 * big)}
   assert meta["flops_seen"] == pytest.approx(3 * 8 * 32 * (small + big), rel=1e-9)
   block = out[out.index("== run finished"):].splitlines()
   assert block[0] == f"== run finished: {workdir}"
@@ -214,8 +215,8 @@ def test_tokenizer_reports_its_reading_and_training(tmp_path):
   assert code == 0, err
   lines = out.splitlines()
   size = sum(len(f"line {i} of a tiny corpus") for i in range(50))
-  assert re.fullmatch(rf"tokenizer hf_bpe \(300 tokens\): read 50 documents \(0\.0 MB\) in "
-                      rf"\d+\.\ds; training \.\.\.", lines[0])
+  assert re.fullmatch(r"tokenizer hf_bpe \(300 tokens\): read 50 documents \(0\.0 MB\) in "
+                      r"\d+\.\ds; training \.\.\.", lines[0])
   assert re.fullmatch(r"tokenizer hf_bpe \(300 tokens\): done in \d+\.\ds, 50 documents "
                       r"\(0\.0 MB\) read", lines[1])
   assert size < 5e4   # 0.0 MB as printed
@@ -227,10 +228,10 @@ def test_progress_ticks_while_a_library_reads_then_trains():
   with progress.Reading("work", lines.append, every_s=0.01) as reading:
     docs = reading.count(iter(["ab", "cde"]))
     next(docs)
-    while not any("reading, 1 documents" in l for l in lines):
+    while not any("reading, 1 documents" in line for line in lines):
       release.wait(0.005)
     list(docs)
-    while not any("training on 2 documents" in l for l in lines):
+    while not any("training on 2 documents" in line for line in lines):
       release.wait(0.005)
   assert reading.documents == 2 and reading.bytes == 5
   assert lines[-1].startswith("work: done in ") and lines[-1].endswith(
@@ -242,7 +243,7 @@ def test_wandb_logs_each_stage_as_its_run_with_metrics_jsonls_values(grow_run):
   workdir, _, runs = grow_run
   assert [r.init["name"] for r in runs] == ["grow/small", "grow/large"]
   for run, stage in zip(runs, ("small", "large")):
-    records = [json.loads(l) for l in (workdir / stage / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(x) for x in (workdir / stage / "metrics.jsonl").read_text().splitlines()]
     assert run.init["id"] == (workdir / stage / "wandb_run_id").read_text().strip()
     assert (run.init["project"], run.init["resume"], run.init["dir"]) == (
         "growjax", "allow", str(workdir / stage))
