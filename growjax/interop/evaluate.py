@@ -9,8 +9,8 @@ choice has a context of its own (Winogrande's partial scoring). Each choice is s
 as lm-evaluation-harness does: the sum of the log-probabilities of the continuation's
 tokens after the context (`whole = encode(context + choice)`, the continuation being
 what follows `encode(context)`); `acc` takes the best sum, `acc_norm` the best sum
-divided by the choice's length in UTF-8 bytes. Scoring is batched, rows sharded over the mesh's data axes; the
-lm-evaluation-harness adapter (`growjax.interop.lm_eval_adapter`) calls the same scorer.
+divided by the choice's length in UTF-8 bytes. Scoring is batched, rows sharded over
+the mesh's data axes; the lm-evaluation-harness adapter (`growjax.interop.lm_eval_adapter`) calls the same scorer.
 This module does not generate text (`growjax.interop.sample`) or train.
 """
 
