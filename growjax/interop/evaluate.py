@@ -5,14 +5,13 @@ zero-shot multiple-choice accuracy by log-likelihood on local JSONL tasks.
 Task files hold one object per line, `{"context": str, "choices": [str, ...], "gold":
 int}` (`growjax convert-mc` writes them from HellaSwag's, ARC's, PIQA's and Winogrande's
 public files), with an optional `"contexts"`, one per choice, where each choice has a
-context of its own (Winogrande's partial scoring). Each choice is scored as lm-
-evaluation-harness does: the sum of the log-probabilities of the continuation's tokens
+context of its own (Winogrande's partial scoring). Each choice is scored as
+lm-evaluation-harness does: the sum of the log-probabilities of the continuation's tokens
 after the context (`whole = encode(context + choice)`, the continuation being what
 follows `encode(context)`); `acc` takes the best sum, `acc_norm` the best sum divided by
 the choice's length in UTF-8 bytes. Scoring is batched, rows sharded over the mesh's
 data axes; the lm-evaluation-harness adapter (`growjax.interop.lm_eval_adapter`) calls
-the same scorer.
-This module does not generate text (`growjax.interop.sample`) or train.
+the same scorer. This module does not generate text (`growjax.interop.sample`) or train.
 """
 
 from __future__ import annotations
