@@ -136,6 +136,10 @@ def test_sample_inspect_and_export_take_the_grow_runs_workdir(grow_run, tmp_path
   code, out, err = console("inspect", str(workdir), "--json")
   assert code == 0 and err.splitlines() == [f"CKPT_DIR={workdir}: {picked}"]
   assert json.loads(out)["checkpoint"] == f"{workdir}/large/checkpoints/6"
+  code, out, err = console("grow", "--from", str(workdir), "--to", str(tmp_path / "g8"),
+                           "--config", f"{GROW}:recipe=tiny", "--g", "2")
+  assert code == 0 and err.splitlines() == [f"--from={workdir}: {picked}"]
+  assert ckpt_lib.read_meta(str(tmp_path / "g8"), 6)["model"]["num_layers"] == 8
   # Files written with the umask's mode: the exported model is 0644 under umask 022.
   old = os.umask(0o022)
   try:
