@@ -79,7 +79,7 @@ def grow_function(spec: spec_lib.GrowthSpec, src_tx, large: state_lib.Setup, *,
           spec, state.params, rng=rng, **on_mesh)
       step = state.step if schedule == "continue" else jnp.zeros((), jnp.int32)
       if opt_state == "grow":
-        new_opt = optimizer_state.grow_moments(spec, state.opt_state, src_tx)
+        new_opt = optimizer_state.grow_moments(spec, state.opt_state, src_tx, rng)
       else:
         new_opt = large.tx.init(params)
       new_opt = opt_lib.set_schedule_step(new_opt, step)
