@@ -143,6 +143,8 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
       width_method="",               # '' (none) or direct / split / zero / random / learn
       width_noise=1.0,               # split: zero-sum noise on the copies, std relative to a
                                      # copy's RMS (breaks their symmetry; function kept)
+      drop_fraction=0.0,             # dense small_model -> MoE model: Drop-Upcycling re-draws
+                                     # this fraction of each expert's units (0: exact)
       layer_map=(),                  # explicit depth map (-1: a new layer); () or []: none
       allow_inexact=False,           # accept width direct to a non-whole embed factor (the
                                      # logits move; the change is measured and printed)

@@ -3,6 +3,8 @@ granular upcycling and E -> 2E expert growth keep the logits (float32), also com
 depth growth; Drop-Upcycling re-draws exactly its fraction of units and moves the logits
 by a measured amount; the optimizer state follows; bad combinations are refused."""
 
+import json
+import os
 import warnings
 
 import jax
@@ -10,10 +12,12 @@ import numpy as np
 import optax
 import pytest
 
-from growjax.growth import experts, grow, grow_opt_state, resolve
+from growjax import cli
+from growjax.growth import experts, grow, grow_opt_state, resolve, stages
 from growjax.growth.operators import InexactGrowthWarning
 from growjax.model import ModelConfig, Transformer, init_params, logical_axes
 from growjax.train import optimizer as opt_lib
+from tiny import ROOT
 
 DENSE = ModelConfig(vocab_size=64, num_layers=2, embed_dim=16, num_heads=2, num_kv_heads=2,
                     head_dim=8, mlp_dim=32, dtype="float32")
@@ -145,3 +149,56 @@ def test_bad_expert_growth_is_refused():
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     assert resolve(DENSE, _moe()).experts == experts.UPCYCLE
+
+
+# --- a grow run dense -> MoE: configs/grow.py:recipe=upcycle ---------------------------
+
+RUN_OVERRIDES = dict(steps=6, checkpoint_every=2, log_every=1, eval_every=0,
+                     global_batch_size=8)
+
+
+def _recipe(arg):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("grow_cfg", f"{ROOT}/configs/grow.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config(arg)
+  c.train.update(RUN_OVERRIDES)
+  c.data.seq_len = 32
+  c.growth.small_steps = 3
+  c.metrics.tensorboard = False
+  return c
+
+
+def _rows(workdir):
+  out = {}
+  for stage in ("small", "large"):
+    for line in open(os.path.join(workdir, stage, "metrics.jsonl")):
+      row = json.loads(line)
+      if "loss" in row:
+        out[row["step"]] = row
+  return out
+
+
+@pytest.mark.slow
+def test_recipe_upcycle_runs_end_to_end_and_resumes_exactly(tmp_path, capsys, data_dir):
+  arg = "recipe=upcycle,experts=4,layers=8"
+  argv = ["growjax", "train", f"--config={ROOT}/configs/grow.py:{arg}",
+          f"--workdir={tmp_path / 'whole'}", "--config.metrics.tensorboard=False",
+          "--config.data.seq_len=32", "--config.growth.small_steps=3",
+          *(f"--config.train.{k}={v}" for k, v in RUN_OVERRIDES.items())]
+  assert cli.main(argv) == 0, capsys.readouterr().err
+  out = capsys.readouterr().out
+  assert "by stack + experts upcycle at step 3" in out, out
+  whole = _rows(tmp_path / "whole")
+  assert sorted(whole) == list(range(1, 7))
+  assert "moe_balance_loss" not in whole[3] and whole[4]["moe_dropped"] == 0.0
+  assert {f"moe_balance_l{i}" for i in range(8)} <= set(whole[4])
+  # Stopped every 2 steps of a stage (after 2, in the large stage after the growth at 3,
+  # at 6), and resumed: the same run.
+  cfg = _recipe(arg)
+  for _ in range(3):
+    stages.run(cfg, str(tmp_path / "resumed"), stop_after_steps=2)
+  resumed = _rows(tmp_path / "resumed")
+  assert {s: r["loss"] for s, r in resumed.items()} == {s: r["loss"] for s, r in whole.items()}
+  assert resumed[6]["moe_balance_l7"] == whole[6]["moe_balance_l7"]
