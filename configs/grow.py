@@ -42,7 +42,7 @@ Args (comma-separated key=value after the colon):
                  copy of the MLP, the router from the initialiser: the function is kept;
                  growjax/growth/experts.py) for the rest of the 300 steps; `drop` > 0
                  re-draws that fraction of each expert's units (Drop-Upcycling, r = 0.5
-                 in the paper), `layers` > 4 grows depth by G_stack in the same growth.
+                 in the paper), `depth` > 4 grows it by G_stack in the same growth.
                  The MoE's load-balancing and router z-losses are logged per layer.
           paper, 7b and 28b: sequence 2048, bf16; tokens are at the default batch.
   batch   the global batch in sequences (default 16 for tiny, else 1024, ~2M tokens).
@@ -54,9 +54,9 @@ Args (comma-separated key=value after the colon):
           through a mask ramped 0 -> 1 over this many steps after the growth, so any
           operator starts function-preserving (default 0: off); e.g.
           configs/grow.py:recipe=tiny,method=random,mask_ramp=50.
-  experts, drop, layers  upcycle's experts (default 8), Drop-Upcycling fraction
+  experts, drop, depth  upcycle's experts (default 8), Drop-Upcycling fraction
           (growth.drop_fraction, default 0) and large depth (default 4); e.g.
-          configs/grow.py:recipe=upcycle,drop=0.5,layers=8.
+          configs/grow.py:recipe=upcycle,drop=0.5,depth=8.
 
 For paper / 7b / 28b set data (your corpus and tokenizer) and batch for your cluster;
 `growjax plan --params N --tokens D --config configs/grow.py:recipe=...` gives the
@@ -114,14 +114,14 @@ def late(batch, fraction, expand, scratch_steps):
   return c, methods[expand]
 
 
-def upcycle(batch, experts, drop, layers):
+def upcycle(batch, experts, drop, depth):
   """The tiny recipe's dense model upcycled into a mixture of `experts` experts (top-2,
   each a copy of the MLP; growjax/growth/experts.py), `drop` of each expert's units
-  re-drawn (Drop-Upcycling), and grown in depth to `layers` layers (G_stack) at the same
+  re-drawn (Drop-Upcycling), and grown in depth to `depth` layers (G_stack) at the same
   time: 100 dense steps of 300."""
   c = tiny(batch)
   c.growth.small_model = model_config("tiny", dtype="float32", num_layers=4)
-  c.model.update(num_layers=layers, num_experts=experts, experts_per_token=2,
+  c.model.update(num_layers=depth, num_experts=experts, experts_per_token=2,
                  expert_mlp_dim=c.model.mlp_dim)
   c.growth.drop_fraction = drop
   return c
@@ -142,7 +142,7 @@ def paper_scale(recipe, batch):
 def get_config(arg=None):
   args = parse_arg(arg, "configs/grow.py", recipe="", batch=config_dict.placeholder(int),
                    method="stack", mask_ramp=0, fraction=0.8, expand="copy",
-                   scratch_steps=300, experts=8, drop=0.0, layers=4)
+                   scratch_steps=300, experts=8, drop=0.0, depth=4)
   method = args.method
   if args.recipe == "late":
     c, method = late(16 if args.batch is None else args.batch, args.fraction, args.expand,
@@ -151,7 +151,7 @@ def get_config(arg=None):
     c = tiny(16 if args.batch is None else args.batch)
   elif args.recipe == "upcycle":
     c = upcycle(16 if args.batch is None else args.batch, args.experts, args.drop,
-                args.layers)
+                args.depth)
   elif args.recipe == "gradual":
     c = gradual(16 if args.batch is None else args.batch)
   elif args.recipe in RECIPES:

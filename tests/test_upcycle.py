@@ -182,7 +182,7 @@ def _rows(workdir):
 
 @pytest.mark.slow
 def test_recipe_upcycle_runs_end_to_end_and_resumes_exactly(tmp_path, capsys, data_dir):
-  arg = "recipe=upcycle,experts=4,layers=8"
+  arg = "recipe=upcycle,experts=4,depth=8"
   argv = ["growjax", "train", f"--config={ROOT}/configs/grow.py:{arg}",
           f"--workdir={tmp_path / 'whole'}", "--config.metrics.tensorboard=False",
           "--config.data.seq_len=32", "--config.growth.small_steps=3",
