@@ -10,12 +10,15 @@ import pytest
 
 from growjax import config as config_lib
 from growjax import sharding
-from growjax.model import ModelConfig, init_params
+from growjax.model import ModelConfig
+from growjax.model import init_params as _init_params
 from growjax.model import moe
 from growjax.train import state as state_lib
 from growjax.train import step as step_lib
 from tiny import random_batches, tiny_base
 
+
+init_params = jax.jit(_init_params, static_argnums=0)
 
 def _cfg(**kw):
   base = dict(vocab_size=64, num_layers=2, embed_dim=16, num_heads=2, num_kv_heads=2,
@@ -181,3 +184,18 @@ def test_bad_moe_fields_are_refused_before_compute():
   c = _moe_run_config(expert=8)
   with pytest.raises(ValueError, match="num_experts=4 does not divide over mesh axes"):
     config_lib.validate(c, 8)
+
+
+def test_kv_cache_decoding_is_the_models_greedy_continuation_with_moe():
+  """Decoding (growjax.model.decode, what `growjax sample` and eval's generation use) takes
+  the MoE branch: its greedy tokens are the argmax of the model's own logits."""
+  from growjax.model import Transformer, decode
+  cfg = _cfg(shared_mlp_dim=8)
+  params = init_params(cfg, jax.random.key(0))
+  tokens, pads = decode.left_pad([[3, 4, 5, 6], [7, 8, 9, 10]])
+  new = np.asarray(jax.jit(decode.make_generate(cfg, 6))(params, tokens, pads,
+                                                         jax.random.key(0)))
+  full = np.concatenate([tokens, new], axis=1)
+  logits = Transformer(cfg).apply({"params": params}, full)
+  np.testing.assert_array_equal(np.argmax(logits[:, 3:-1], axis=-1), new)
+  assert len(set(new.ravel().tolist())) > 1

@@ -15,9 +15,12 @@ import pytest
 from growjax import cli
 from growjax.growth import experts, grow, grow_opt_state, resolve, stages
 from growjax.growth.operators import InexactGrowthWarning
-from growjax.model import ModelConfig, Transformer, init_params, logical_axes
+from growjax.model import ModelConfig, Transformer, logical_axes
+from growjax.model import init_params as _init_params
 from growjax.train import optimizer as opt_lib
 from tiny import ROOT
+
+init_params = jax.jit(_init_params, static_argnums=0)
 
 DENSE = ModelConfig(vocab_size=64, num_layers=2, embed_dim=16, num_heads=2, num_kv_heads=2,
                     head_dim=8, mlp_dim=32, dtype="float32")
@@ -105,12 +108,12 @@ def test_optimizer_state_follows_the_upcycling():
     return opt_lib.make_optimizer(_opt_cfg(), optax.constant_schedule(1e-3),
                                   logical_axes(cfg))
 
-  state = tx(DENSE).init(PARAMS)
   grads = jax.tree.map(lambda x: 0.1 * x, PARAMS)
-  _, state = tx(DENSE).update(grads, state, PARAMS)
-  grown = grow(PARAMS, DENSE, dst, method="stack")
-  new = grow_opt_state(state, tx(DENSE), DENSE, dst, "stack", mode="grow")
-  want = tx(dst).init(grown)
+  state = jax.jit(lambda g, p: tx(DENSE).update(g, tx(DENSE).init(p), p)[1])(grads, PARAMS)
+  new = jax.jit(lambda s: grow_opt_state(s, tx(DENSE), DENSE, dst, "stack", mode="grow"))(
+      state)
+  want = jax.eval_shape(tx(dst).init, jax.eval_shape(
+      lambda p: grow(p, DENSE, dst, method="stack"), PARAMS))
   assert jax.tree.structure(new) == jax.tree.structure(want)
   adam = new[1][0]
   mu_src, nu_src = state[1][0].mu["layers"]["mlp"], state[1][0].nu["layers"]["mlp"]

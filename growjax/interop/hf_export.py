@@ -23,7 +23,7 @@ from growjax.interop.hf_layout import (CONFIG, DTYPES, HF_DIR, INDEX, SINGLE,
                                        layout, param_paths)
 from growjax.interop.hf_records import (EXPORT_MARKER, abandon, already_done, destination,
                                         files_fingerprint, publish, staging)
-from growjax.model import LAYERS, ModelConfig
+from growjax.model import ModelConfig
 
 def _to_hf(path: str, cfg: ModelConfig, value: np.ndarray) -> np.ndarray:
   """One layer's growjax tensor -> the HF tensor."""
