@@ -149,6 +149,8 @@ def test_bad_expert_growth_is_refused():
     resolve(_moe(), _moe(num_experts=8, experts_per_token=2))
   with pytest.raises(ValueError, match="growth does not turn experts back"):
     resolve(_moe(), DENSE)
+  with pytest.raises(ValueError, match="width growth of a mixture of experts is not built"):
+    resolve(_moe(), _moe(embed_dim=32))
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     assert resolve(DENSE, _moe()).experts == experts.UPCYCLE

@@ -300,6 +300,10 @@ def _check_experts(src: ModelConfig, dst: ModelConfig, drop_fraction: float,
                      f"{src.num_experts} — growth does not turn experts back into one MLP: "
                      f"set {n.large('num_experts')} >= {src.num_experts}")
   what = experts.kind(src, dst)
+  if grows_width and src.num_experts:
+    raise ValueError(f"{n.small('num_experts')}={src.num_experts}: width growth of a "
+                     f"mixture of experts is not built — grow the dense model's widths "
+                     f"first, then upcycle it")
   if not 0.0 <= float(drop_fraction) < 1.0 or (drop_fraction and what != experts.UPCYCLE):
     raise ValueError(f"{n.arg('drop_fraction', drop_fraction)}: Drop-Upcycling re-draws a "
                      f"fraction in [0, 1) of the experts a dense model is upcycled into — "
