@@ -60,9 +60,6 @@ def _grown(src, out, large_cfg, stream_it, **kw):
     ("stack", None, "reset", dict(num_layers=4)),
     ("zero", "direct", "grow", dict(num_layers=4, embed_dim=128, num_heads=8,
                                     num_kv_heads=4, mlp_dim=256)),
-    # dense -> MoE upcycling (random router) with G_stack and the moments copied
-    ("stack", None, "grow", dict(num_layers=4, num_experts=4, experts_per_token=2,
-                                 expert_mlp_dim=128)),
 ])
 def test_streamed_growth_is_bit_identical_to_the_whole_state_path(
     source, tmp_path, method, width, opt_state, large):
