@@ -88,6 +88,34 @@ def test_capacity_drops_exactly_the_rows_it_reports():
   np.testing.assert_allclose(out.reshape(24, 16), want, rtol=1e-5, atol=1e-6)
 
 
+def test_expert_parallel_capacity_equals_each_devices_tokens_alone():
+  """With a capacity each device drops among its own tokens: under expert x fsdp x tensor
+  the output equals each of the 4 token shards dispatched alone, drops counted over all."""
+  import flax.linen as nn
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  cfg = _cfg(capacity_factor=0.5)
+  p = _layer0(cfg)
+  p["router"] = p["router"].at[:, :2].add(0.5)
+  x = jax.random.normal(jax.random.key(1), (8, 6, 16))
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 2, "expert": 2, "tensor": 2})
+  rules = sharding.DEFAULT_RULES
+  axes = {"router": ("embed", "experts"), "gate": ("embed", "experts", "expert_mlp"),
+          "up": ("embed", "experts", "expert_mlp"), "down": ("experts", "expert_mlp", "embed")}
+  p_sh = {k: NamedSharding(mesh, nn.logical_to_mesh_axes(v, rules)) for k, v in axes.items()}
+  x_sh = NamedSharding(mesh, P(("data", "fsdp", "expert")))
+
+  def ep(p, x):
+    with sharding.activation_sharding(mesh, rules):
+      return moe.apply_moe(cfg, p, x)
+
+  out, stats = jax.jit(ep, in_shardings=(p_sh, x_sh))(p, x)
+  alone = jax.jit(lambda p, x: moe.apply_moe(cfg, p, x))
+  parts = [alone(p, x[2 * i:2 * i + 2]) for i in range(4)]
+  np.testing.assert_allclose(out, np.concatenate([o for o, _ in parts]), rtol=1e-5, atol=1e-6)
+  dropped = sum(float(s["dropped"]) for _, s in parts) / 4
+  assert dropped > 0 and float(stats["dropped"]) == pytest.approx(dropped)
+
+
 def _moe_run_config(**mesh):
   c = tiny_base(num_layers=1)
   c.model.update(num_experts=4, experts_per_token=2, expert_mlp_dim=64, shared_mlp_dim=32)

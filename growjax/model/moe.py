@@ -12,10 +12,12 @@ tests) the same function runs on one device.
 
 Dropless (`capacity_factor` 0): every routed row is computed. With a capacity factor each
 expert takes at most `capacity` rows of a device's tokens, first come (token order) first
-served; the rest are dropped (their share of the output is zero) and counted. Rows sent
-between devices use buffers of the worst case (all of a device's rows to one device), so
-the result never depends on the placement: expert-parallel equals one device (tested);
-the buffers are not yet cut to the capacity.
+served; the rest are dropped (their share of the output is zero) and counted, and the
+buffers are static: `capacity` rows per expert, each expert one dense batched SwiGLU.
+Dropless rows sent between devices use buffers of the worst case (all of a device's rows
+to one device), so the result never depends on the placement: expert-parallel equals one
+device (tested); with a capacity, each device drops among its own tokens, so
+expert-parallel equals each device's tokens dispatched alone (tested).
 
 What this module does not do: the losses (`growjax.train.step` adds the statistics' losses
 with config.train.moe_balance_loss / moe_router_z_loss), FP8 projections, interleaved
@@ -88,6 +90,10 @@ def dispatch(x_NxE, weights_Nxk, experts_Nxk, gate_ExXxM, up_ExXxM, down_XxMxE, 
   """The routed experts' output (N, E) float32 for N tokens, and how many routed rows
   were dropped (int32). The weights hold `num_experts / ep` experts, this device's
   (`ep_axis`: the mesh axes they are split over, under `shard_map`; None: all here)."""
+  if cap:
+    return _dispatch_capacity(x_NxE, weights_Nxk, experts_Nxk, gate_ExXxM, up_ExXxM,
+                              down_XxMxE, num_experts=num_experts, cap=cap, dt=dt,
+                              ep_axis=ep_axis, ep=ep)
   n, k = experts_Nxk.shape
   a = n * k
   local = num_experts // ep
@@ -96,7 +102,7 @@ def dispatch(x_NxE, weights_Nxk, experts_Nxk, gate_ExXxM, up_ExXxM, down_XxMxE, 
   expert_A = flat_A[order_A]
   sizes_X = jnp.bincount(flat_A, length=num_experts)
   starts_X = jnp.cumsum(sizes_X) - sizes_X
-  keep_A = (jnp.arange(a) - starts_X[expert_A]) < cap if cap else jnp.ones((a,), bool)
+  keep_A = jnp.ones((a,), bool)
   rows_AxE = x_NxE.astype(dt)[order_A // k]
   # Send buffers: to device d the rows of its experts, padded to A (the worst case).
   dest_A = expert_A // local
@@ -124,6 +130,42 @@ def dispatch(x_NxE, weights_Nxk, experts_Nxk, gate_ExXxM, up_ExXxM, down_XxMxE, 
   w_A = weights_Nxk.reshape(-1)[order_A] * keep_A
   out_NxE = jnp.zeros((n, y_AxE.shape[-1]), jnp.float32).at[order_A // k].add(
       y_AxE * w_A[:, None])
+  return out_NxE, jnp.sum(~keep_A).astype(jnp.int32)
+
+
+def _dispatch_capacity(x_NxE, weights_Nxk, experts_Nxk, gate_ExXxM, up_ExXxM, down_XxMxE, *,
+                       num_experts: int, cap: int, dt, ep_axis, ep: int):
+  """`dispatch` with a capacity: each expert's first `cap` rows (token order) of this
+  device, the rest dropped. The buffers are static, `cap` rows per expert: device d is
+  sent (num_experts / ep) x cap rows, its experts' rows at slot (expert mod local) x cap +
+  their position, empty slots zero (a zero row's SwiGLU is zero), and every expert runs
+  one dense batched SwiGLU over its ep x cap rows."""
+  n, k = experts_Nxk.shape
+  a, e = n * k, x_NxE.shape[-1]
+  local = num_experts // ep
+  flat_A = experts_Nxk.reshape(-1)
+  order_A = jnp.argsort(flat_A, stable=True)          # rows grouped by expert, token order
+  expert_A = flat_A[order_A]
+  sizes_X = jnp.bincount(flat_A, length=num_experts)
+  pos_A = jnp.arange(a) - (jnp.cumsum(sizes_X) - sizes_X)[expert_A]
+  keep_A = pos_A < cap
+  dest_A = jnp.where(keep_A, expert_A // local, ep)  # past the buffers: dropped
+  slot_A = (expert_A % local) * cap + jnp.minimum(pos_A, cap - 1)
+  send = jnp.zeros((ep, local * cap, e), dt).at[dest_A, slot_A].set(
+      x_NxE.astype(dt)[order_A // k], mode="drop")
+  if ep > 1:
+    send = jax.lax.all_to_all(send.reshape(ep * local * cap, e), ep_axis, 0, 0, tiled=True)
+  recv = send.reshape(ep, local, cap, e).swapaxes(0, 1).reshape(local, ep * cap, e)
+  proj = lambda w: jnp.einsum("xre,exm->xrm", recv, w.astype(dt),  # noqa: E731
+                              preferred_element_type=jnp.float32).astype(dt)
+  y = jnp.einsum("xrm,xme->xre", nn.silu(proj(gate_ExXxM)) * proj(up_ExXxM),
+                 down_XxMxE.astype(dt), preferred_element_type=jnp.float32)
+  y = y.reshape(local, ep, cap, e).swapaxes(0, 1).reshape(ep * local * cap, e)
+  if ep > 1:
+    y = jax.lax.all_to_all(y, ep_axis, 0, 0, tiled=True)
+  y_AxE = y.reshape(ep, local * cap, e)[jnp.minimum(dest_A, ep - 1), slot_A]
+  w_A = weights_Nxk.reshape(-1)[order_A] * keep_A
+  out_NxE = jnp.zeros((n, e), jnp.float32).at[order_A // k].add(y_AxE * w_A[:, None])
   return out_NxE, jnp.sum(~keep_A).astype(jnp.int32)
 
 
