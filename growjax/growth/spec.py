@@ -27,8 +27,8 @@ import dataclasses
 import math
 from typing import Any, Sequence
 
-from growjax.growth import depth, experts, width
-from growjax.model import AXIS_FIELDS, HEAD_DIM, LAYERS, VOCAB, ModelConfig
+from growjax.growth import depth, experts, mup_carry, width
+from growjax.model import AXIS_FIELDS, HEAD_DIM, LAYERS, VOCAB, ModelConfig, mup
 
 DEPTH_METHODS = depth.PRESETS + ("direct", "zero", "random", "learn")
 WIDTH_METHODS = ("direct", "split", "zero", "random", "learn")
@@ -311,6 +311,10 @@ def _check_experts(src: ModelConfig, dst: ModelConfig, drop_fraction: float,
                      f"{n.large('num_experts')}, or set {n.arg('drop_fraction', 0.0)}")
   if what is None:
     return None
+  if mup.is_mup(dst):
+    raise ValueError(f"{n.large('parametrization')}={dst.parametrization!r}: expert growth "
+                     f"of a μP model is not built (its multipliers are not carried into "
+                     f"experts) — upcycle under 'sp'")
   if grows_width:
     raise ValueError(f"the experts and the widths ({', '.join(WIDTH_FIELDS)}) grow in one "
                      f"step — grow the widths first (a dense width growth), then upcycle "
@@ -380,6 +384,7 @@ def resolve(src: ModelConfig, dst: ModelConfig, method: str = "stack",
   explicit = tuple(int(i) for i in layer_map) if layer_map else None
   lmap = _depth_map(method, explicit, src.num_layers, dst.num_layers, n)
   grows_width = any(getattr(src, f) != getattr(dst, f) for f in WIDTH_FIELDS)
+  mup_carry.check(src, dst, grows_width, n)
   wm = (width_method or DEFAULT_WIDTH[method]) if grows_width else None
   what = _check_experts(src, dst, drop_fraction, grows_width, n)
   spec = GrowthSpec(src, dst, dst.replace(num_layers=src.num_layers), method, wm, lmap,

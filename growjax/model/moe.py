@@ -34,8 +34,9 @@ import jax
 import jax.numpy as jnp
 
 from growjax.model.config import ModelConfig
+from growjax.model.create import make_param
 from growjax.model.params import (ACT_BATCH, ACT_EMBED, ACT_LENGTH, EMBED, EXPERT_MLP,
-                                  EXPERTS, make_param)
+                                  EXPERTS)
 
 STATS_COLLECTION = "moe"   # the per-layer statistics each MoE block sows (scan-stacked)
 
