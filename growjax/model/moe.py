@@ -102,8 +102,6 @@ def dispatch(x_NxE, weights_Nxk, experts_Nxk, gate_ExXxM, up_ExXxM, down_XxMxE, 
   order_A = jnp.argsort(flat_A, stable=True)          # rows grouped by expert, token order
   expert_A = flat_A[order_A]
   sizes_X = jnp.bincount(flat_A, length=num_experts)
-  starts_X = jnp.cumsum(sizes_X) - sizes_X
-  keep_A = jnp.ones((a,), bool)
   rows_AxE = x_NxE.astype(dt)[order_A // k]
   # Send buffers: to device d the rows of its experts, padded to A (the worst case).
   dest_A = expert_A // local
@@ -113,9 +111,8 @@ def dispatch(x_NxE, weights_Nxk, experts_Nxk, gate_ExXxM, up_ExXxM, down_XxMxE, 
   valid_DxA = jnp.arange(a)[None, :] < dsizes_D[:, None]
   slot_DxA = jnp.minimum(slot_DxA, a - 1)
   send_DxAxE = jnp.where(valid_DxA[..., None], rows_AxE[slot_DxA], 0)
-  # A dropped or padding row carries expert id `local`: past every group, never computed.
-  live_DxA = valid_DxA & keep_A[slot_DxA]
-  ids_DxA = jnp.where(live_DxA, expert_A[slot_DxA] - jnp.arange(ep)[:, None] * local, local)
+  # A padding row carries expert id `local`: past every group, never computed.
+  ids_DxA = jnp.where(valid_DxA, expert_A[slot_DxA] - jnp.arange(ep)[:, None] * local, local)
   send, ids = send_DxAxE.reshape(ep * a, -1), ids_DxA.reshape(ep * a)
   if ep > 1:
     send = jax.lax.all_to_all(send, ep_axis, 0, 0, tiled=True)
@@ -128,10 +125,10 @@ def dispatch(x_NxE, weights_Nxk, experts_Nxk, gate_ExXxM, up_ExXxM, down_XxMxE, 
     y_R = jax.lax.all_to_all(y_R, ep_axis, 0, 0, tiled=True)
   # Back at the source: row i of the sorted rows sat in slot i - dstarts[d] of buffer d.
   y_AxE = y_R.reshape(ep, a, -1)[dest_A, jnp.arange(a) - dstarts_D[dest_A]]
-  w_A = weights_Nxk.reshape(-1)[order_A] * keep_A
+  w_A = weights_Nxk.reshape(-1)[order_A]
   out_NxE = jnp.zeros((n, y_AxE.shape[-1]), jnp.float32).at[order_A // k].add(
       y_AxE * w_A[:, None])
-  return out_NxE, jnp.sum(~keep_A).astype(jnp.int32)
+  return out_NxE, jnp.zeros((), jnp.int32)
 
 
 def _dispatch_capacity(x_NxE, weights_Nxk, experts_Nxk, gate_ExXxM, up_ExXxM, down_XxMxE, *,
