@@ -140,6 +140,9 @@ def _define_grow(fv):
                       "random, learn.", flag_values=fv)
   flags.DEFINE_float("width_noise", None, "split's noise std relative to a copy's RMS "
                      "(default 1.0).", flag_values=fv)
+  flags.DEFINE_float("drop_fraction", 0.0, "Drop-Upcycling, when a dense model is grown "
+                     "into an MoE config: re-draw this fraction of every expert's hidden "
+                     "units (0: exact upcycling).", flag_values=fv)
   flags.DEFINE_integer("g", None, "growth factor; checked against the configs' depths.",
                        flag_values=fv)
   flags.DEFINE_list("layer_map", None, "explicit layer map: one source layer per large "
@@ -167,7 +170,7 @@ def _run_grow(fv):
         fv["from"].value, fv.to, fv.config, method=fv.method, width_method=fv.width_method,
         step=fv.step, g=fv.g, layer_map=layer_map, opt_state=fv.opt_state,
         schedule=fv.schedule, allow_inexact=fv.allow_inexact, seed=fv.seed,
-        width_noise=fv.width_noise)
+        width_noise=fv.width_noise, drop_fraction=fv.drop_fraction)
 
 
 def _define_plan(fv):

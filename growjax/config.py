@@ -91,6 +91,8 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
       global_batch_size=32,          # sequences per optimizer step, over all devices
       grad_accum_steps=1,            # micro-batches per step (each global_batch/accum rows)
       z_loss=1e-4,                   # PaLM z-loss weight on log(Z)^2
+      moe_balance_loss=0.01,         # MoE models: weight of the router's load-balancing
+      moe_router_z_loss=1e-3,        # loss and of its z-loss, each the mean over layers
       loss_chunk_len=512,            # sequence positions per LM-head chunk in the loss
       log_every=10,
       eval_every=200,                # 0 disables periodic evaluation
@@ -131,7 +133,7 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
       b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0,
       decay_embeddings=False, decay_norms=False,
   ))
-  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, expert=1, tensor=1))
   c.sharding_rules = [list(r) for r in sharding.DEFAULT_RULES]
   # A whole grow run (`growjax train` with growth.enabled): the small model trains
   # small_steps steps, is grown into config.model, and the large model trains on to
@@ -141,11 +143,13 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
       small_model=model_config(model),
       small_steps=0,                 # tokens d = small_steps x small batch x seq_len
       small_global_batch_size=0,     # 0: config.train.global_batch_size
-      small_mesh=ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1)),
+      small_mesh=ml_collections.ConfigDict(dict(data=1, fsdp=-1, expert=1, tensor=1)),
       method="stack",                # depth operator (growjax.growth; e.g. llama_pro, solar)
       width_method="",               # '' (none) or direct / split / zero / random / learn
       width_noise=1.0,               # split: zero-sum noise on the copies, std relative to a
                                      # copy's RMS (breaks their symmetry; function kept)
+      drop_fraction=0.0,             # dense small_model -> MoE model: Drop-Upcycling re-draws
+                                     # this fraction of each expert's units (0: exact)
       layer_map=(),                  # explicit depth map (-1: a new layer); () or []: none
       allow_inexact=False,           # accept width direct to a non-whole embed factor (the
                                      # logits move; the change is measured and printed)

@@ -19,12 +19,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from growjax.model import AXIS_FIELDS
 
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("data", "fsdp", "expert", "tensor")
 
-# Default rules: batch over data x fsdp, weights' embed axis over fsdp (ZeRO-3
-# style), heads / mlp / vocab over tensor (Megatron style).
+# Default rules: batch over data x fsdp (x expert), weights' embed axis over fsdp (ZeRO-3
+# style), heads / mlp / vocab over tensor (Megatron style), an MoE's experts over expert
+# (expert parallelism: each device's tokens travel to their experts' device and back).
 DEFAULT_RULES = (
-    ("act_batch", ("data", "fsdp")),
+    ("act_batch", ("data", "fsdp", "expert")),
     ("act_length", None),
     ("act_embed", None),
     ("act_heads", "tensor"),
@@ -38,12 +39,15 @@ DEFAULT_RULES = (
     ("kv_heads", "tensor"),
     ("head_dim", None),
     ("layers", None),
+    ("experts", "expert"),
+    ("expert_mlp", "tensor"),
+    ("shared_mlp", "tensor"),
 )
 
 
 def mesh_shape(mesh_cfg: Any, num_devices: int) -> dict[str, int]:
   """Resolves `config.mesh` (one entry may be -1: 'the rest') against the device count."""
-  shape = {a: int(mesh_cfg[a]) for a in MESH_AXES}
+  shape = {a: int(mesh_cfg.get(a, 1)) for a in MESH_AXES}  # expert: 1 unless given
   unknown = set(dict(mesh_cfg)) - set(MESH_AXES)
   if unknown:
     raise ValueError(f"config.mesh has unknown axes {sorted(unknown)}; use {MESH_AXES}.")

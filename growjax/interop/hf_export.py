@@ -20,11 +20,11 @@ from growjax import checkpoint as ckpt_lib
 from growjax import filemode
 from growjax.interop import params_io
 from growjax.interop.hf_layout import (CONFIG, DTYPES, HF_DIR, INDEX, SINGLE,
-                                       TOKENIZER_FILES, hf_config, hf_names, hf_side_files,
+                                       TOKENIZER_FILES, hf_config, hf_pieces, hf_side_files,
                                        layout, param_paths)
 from growjax.interop.hf_records import (EXPORT_MARKER, abandon, already_done, destination,
                                         files_fingerprint, publish, staging)
-from growjax.model import LAYERS, ModelConfig
+from growjax.model import ModelConfig
 
 def _to_hf(path: str, cfg: ModelConfig, value: np.ndarray) -> np.ndarray:
   """One layer's growjax tensor -> the HF tensor."""
@@ -83,10 +83,8 @@ def export_hf(checkpoint: str, to: str, *, step: int | None = None, dtype: str =
       leaf = loaded.params
       for key in path.split("/"):
         leaf = leaf[key]
-      names = hf_names(path, cfg)
-      for i, name in enumerate(names):
-        value = _host(leaf[i] if path.startswith(LAYERS + "/") else leaf)
-        yield name, _to_hf(path, cfg, value).astype(np_dtype)
+      for name, index in hf_pieces(path, cfg):
+        yield name, _to_hf(path, cfg, _host(leaf[index])).astype(np_dtype)
 
   tmp = staging(out)
   try:

@@ -30,7 +30,8 @@ from growjax import checkpoint as ckpt_lib
 from growjax import checkpoint_pieces as ckpt_pieces
 from growjax.interop import params_io
 from growjax.interop.hf_layout import (CONFIG, DERIVED, DTYPES, HF_DIR, INDEX, MAPPINGS,
-                                       TOKENIZER_FILES, hf_names, layout, model_fields,
+                                       TOKENIZER_FILES, expert_axis, hf_names, layout,
+                                       model_fields, per_expert,
                                        param_paths, read_json)
 from growjax.interop.hf_records import (MARKER, abandon, already_done, destination,
                                         files_fingerprint, publish, staging)
@@ -277,9 +278,20 @@ def _param_array(tensors: Tensors, cfg: ModelConfig, path: str, sh) -> jax.Array
   names = hf_names(path, cfg)
   _, mid_shape, perm = layout(path, cfg)
   shape = tuple(mid_shape[p] for p in perm)
+  if per_expert(path):
+    x = expert_axis(path)
+    shape = shape[:x] + (cfg.num_experts,) + shape[x:]
   scanned = path.startswith(LAYERS + "/")
   if scanned:
     shape = (cfg.num_layers,) + shape
+
+  def layer_block(i, index):
+    if not per_expert(path):
+      return _read_block(tensors, names[i], path, cfg, index)
+    x = expert_axis(path)   # one HF tensor per expert, stacked on the experts axis
+    rest = index[:x] + index[x + 1:]
+    return np.stack([_read_block(tensors, names[i * cfg.num_experts + j], path, cfg, rest)
+                     for j in range(*index[x].indices(cfg.num_experts))], axis=x)
 
   def block(index):
     if not scanned:
@@ -287,7 +299,7 @@ def _param_array(tensors: Tensors, cfg: ModelConfig, path: str, sh) -> jax.Array
     layers = range(*index[0].indices(cfg.num_layers))
     out = None
     for k, i in enumerate(layers):
-      layer = _read_block(tensors, names[i], path, cfg, index[1:])
+      layer = layer_block(i, index[1:])
       if out is None:
         out = np.empty((len(layers),) + layer.shape, layer.dtype)
       out[k] = layer

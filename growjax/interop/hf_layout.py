@@ -7,7 +7,11 @@ Layouts: HF's `nn.Linear` weights are (out, in); growjax's are (in, out...) with
 heads split ((embed, heads, head_dim) for q). Rotary embeddings: HF Llama rotates
 the two halves of each head (`rotate_half`) and so does `growjax.model.rope`, so
 q / k need no permutation (tests/test_hf.py checks the logits against
-transformers'). Not here: biases (Qwen2), rope scaling, sliding windows, MoE.
+transformers'). Mixtral (MixtralForCausalLM): the router and each expert's w1 / w3 / w2
+are one HF tensor per layer and expert (`{j}` in the name), the growjax parameter's
+`experts` axis indexed by j; its routing (softmax, top-k, renormalised) is growjax's
+'topk_softmax'. Not here: biases (Qwen2), rope scaling, sliding windows, Qwen3-MoE
+(its q / k norms), shared experts.
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ from etils import epath
 
 from growjax import checkpoint as ckpt_lib
 from growjax.model import AXIS_FIELDS, LAYERS, ModelConfig
+from growjax.model.params import EXPERTS, present
 
 CONFIG, INDEX, SINGLE = "config.json", "model.safetensors.index.json", "model.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "tokenizer.model", "generation_config.json")
 HF_DIR = "hf"                         # inside an imported checkpoints dir: the files above
-ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral"}
+ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral",
+                 "MixtralForCausalLM": "mixtral"}
 DTYPES = {"float32": np.float32, "bfloat16": "bfloat16", "float16": np.float16}
 # Tensors HF checkpoints may carry that growjax derives itself.
 DERIVED = re.compile(r"^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$")
@@ -59,6 +65,14 @@ MAPPINGS: dict[str, Mapping] = {
     "final_norm/scale": Mapping("model.norm.weight", (("embed",),)),
     "lm_head": Mapping("lm_head.weight", (("vocab",), ("embed",))),
 }
+# Mixtral's mixture of experts: one HF tensor per layer {i} and expert {j}.
+_X = _L + "block_sparse_moe."
+MAPPINGS.update({
+    "layers/moe/router": Mapping(_X + "gate.weight", (("experts",), ("embed",))),
+    "layers/moe/gate": Mapping(_X + "experts.{j}.w1.weight", (("expert_mlp",), ("embed",))),
+    "layers/moe/up": Mapping(_X + "experts.{j}.w3.weight", (("expert_mlp",), ("embed",))),
+    "layers/moe/down": Mapping(_X + "experts.{j}.w2.weight", (("embed",), ("expert_mlp",))),
+})
 
 
 def param_axes(path: str) -> tuple[str, ...]:
@@ -71,20 +85,40 @@ def layout(path: str, cfg: ModelConfig):
   m = MAPPINGS[path]
   size = lambda a: getattr(cfg, AXIS_FIELDS[a])  # noqa: E731
   mid_axes = [a for g in m.groups for a in g]
-  axes = [a for a in param_axes(path) if a != LAYERS]
+  axes = [a for a in param_axes(path) if a != LAYERS and not (a == EXPERTS and per_expert(path))]
   hf_shape = tuple(int(np.prod([size(a) for a in g])) for g in m.groups)
   return hf_shape, tuple(size(a) for a in mid_axes), tuple(mid_axes.index(a) for a in axes)
 
 
 def param_paths(cfg: ModelConfig) -> list[str]:
-  return [p for p in MAPPINGS if not (p == "lm_head" and cfg.tie_embeddings)]
+  return [p for p in MAPPINGS if present(p, cfg)]
+
+
+def per_expert(path: str) -> bool:
+  """Whether HF keeps one tensor per expert of this parameter (its name has `{j}`)."""
+  return "{j}" in MAPPINGS[path].hf
+
+
+def expert_axis(path: str) -> int:
+  """The `experts` axis of one layer's growjax tensor (the layer axis removed)."""
+  return [a for a in param_axes(path) if a != LAYERS].index(EXPERTS)
+
+
+def hf_pieces(path: str, cfg: ModelConfig) -> list[tuple[str, tuple]]:
+  """(HF tensor name, the index of its part in the growjax leaf) of every HF tensor of
+  parameter `path`: the whole leaf, one layer `(i,)`, or one layer's expert."""
+  m = MAPPINGS[path]
+  if not path.startswith(LAYERS + "/"):
+    return [(m.hf, ())]
+  if not per_expert(path):
+    return [(m.hf.format(i=i), (i,)) for i in range(cfg.num_layers)]
+  before = (slice(None),) * expert_axis(path)
+  return [(m.hf.format(i=i, j=j), (i, *before, j)) for i in range(cfg.num_layers)
+          for j in range(cfg.num_experts)]
 
 
 def hf_names(path: str, cfg: ModelConfig) -> list[str]:
-  m = MAPPINGS[path]
-  if path.startswith(LAYERS + "/"):
-    return [m.hf.format(i=i) for i in range(cfg.num_layers)]
-  return [m.hf]
+  return [name for name, _ in hf_pieces(path, cfg)]
 
 
 # ------------------------------------------------------------------------ config.json
@@ -136,9 +170,11 @@ def model_fields(hf: dict, where: str) -> dict:
   if window is not None and hf.get("use_sliding_window", True) and \
       window < hf.get("max_position_embeddings", 0):
     refuse("sliding_window", window, "is a sliding attention window")
+  mixtral = "MixtralForCausalLM" in known or model_type == "mixtral"
   for key in ("num_local_experts", "num_experts", "n_routed_experts", "moe_intermediate_size"):
-    if hf.get(key):
-      refuse(key, hf[key], "is a mixture of experts")
+    if hf.get(key) and not (mixtral and key == "num_local_experts"):
+      refuse(key, hf[key], "is a mixture of experts of a family growjax does not import "
+             "(Mixtral's it does)")
   if hf.get("quantization_config"):
     refuse("quantization_config", "...", "is a quantized checkpoint")
   heads = hf["num_attention_heads"]
@@ -147,7 +183,12 @@ def model_fields(hf: dict, where: str) -> dict:
   if hf.get("head_dim") is None and hf["hidden_size"] % heads:
     raise ValueError(f"{where}: hidden_size={hf['hidden_size']} is not a multiple of "
                      f"num_attention_heads={heads} and head_dim is not given — give head_dim")
-  return dict(vocab_size=hf["vocab_size"], num_layers=hf["num_hidden_layers"],
+  moe = {}
+  if mixtral:
+    moe = dict(num_experts=int(hf.get("num_local_experts", 8)),
+               experts_per_token=int(hf.get("num_experts_per_tok", 2)),
+               expert_mlp_dim=hf["intermediate_size"], moe_router="topk_softmax")
+  return dict(**moe, vocab_size=hf["vocab_size"], num_layers=hf["num_hidden_layers"],
               embed_dim=hf["hidden_size"], num_heads=heads, num_kv_heads=kv,
               head_dim=head_dim, mlp_dim=hf["intermediate_size"],
               rope_theta=float(params.get("rope_theta", hf.get("rope_theta", 10_000.0))),
@@ -160,6 +201,10 @@ def hf_config(model: ModelConfig, source: dict | None, dtype: str) -> dict:
   max positions), the shape keys set from `model`."""
   out = {k: v for k, v in (source or {}).items()
          if k not in ("rope_parameters", "transformers_version", "_name_or_path")}
+  if model.num_experts and (model.shared_mlp_dim or model.moe_router != "topk_softmax"):
+    raise ValueError(f"config.model: shared_mlp_dim={model.shared_mlp_dim}, moe_router="
+                     f"{model.moe_router!r} — Mixtral, the MoE layout growjax exports, has "
+                     f"no shared expert and routes by 'topk_softmax'")
   out.update({
       "architectures": ["LlamaForCausalLM"], "model_type": "llama",
       "vocab_size": model.vocab_size, "hidden_size": model.embed_dim,
@@ -169,6 +214,13 @@ def hf_config(model: ModelConfig, source: dict | None, dtype: str) -> dict:
       "rope_theta": model.rope_theta, "rope_scaling": None, "attention_bias": False,
       "mlp_bias": False, "tie_word_embeddings": model.tie_embeddings, "torch_dtype": dtype,
   })
+  if model.num_experts:
+    out.update({"architectures": ["MixtralForCausalLM"], "model_type": "mixtral",
+                "intermediate_size": model.expert_mlp_dim,
+                "num_local_experts": model.num_experts,
+                "num_experts_per_tok": model.experts_per_token, "sliding_window": None})
+    for key in ("mlp_bias", "pretraining_tp"):
+      out.pop(key, None)
   if (source or {}).get("rope_parameters"):   # transformers >= 5 spells rope this way
     out["rope_parameters"] = {"rope_theta": model.rope_theta, "rope_type": "default"}
     del out["rope_theta"], out["rope_scaling"]
@@ -177,9 +229,10 @@ def hf_config(model: ModelConfig, source: dict | None, dtype: str) -> dict:
   out.setdefault("max_position_embeddings", 2048)
   out.setdefault("initializer_range", 0.02)
   out.setdefault("use_cache", True)
-  out.setdefault("pretraining_tp", 1)
+  if not model.num_experts:
+    out.setdefault("pretraining_tp", 1)
+    out.pop("sliding_window", None)
   out.setdefault("attention_dropout", 0.0)
-  out.pop("sliding_window", None)
   return out
 
 

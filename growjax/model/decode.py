@@ -16,6 +16,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from growjax.model import attention
+from growjax.model import moe
 from growjax.model import transformer as model_lib
 from growjax.model import ModelConfig
 
@@ -50,6 +51,8 @@ def _layer(cfg: ModelConfig, p: dict, x_BxTxE, rotary, cache_k, cache_v, start, 
   out = jnp.einsum("bkgts,bskh->btkgh", w, cache_v.astype(dt)).reshape(b, t, n, hd)
   x_BxTxE = x_BxTxE + jnp.einsum("btnh,nhe->bte", out, a["o"].astype(dt))
   h = _rms(x_BxTxE, p["mlp_norm"]["scale"], cfg.norm_eps, dt)
+  if cfg.num_experts:
+    return x_BxTxE + moe.apply_moe(cfg, p["moe"], h)[0], cache_k, cache_v
   m = p["mlp"]
   h = jax.nn.silu(h @ m["gate"].astype(dt)) * (h @ m["up"].astype(dt))
   return x_BxTxE + h @ m["down"].astype(dt), cache_k, cache_v

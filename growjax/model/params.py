@@ -21,6 +21,12 @@ VOCAB, EMBED, MLP, HEADS, KV_HEADS, HEAD_DIM, LAYERS = (
     "vocab", "embed", "mlp", "heads", "kv_heads", "head_dim", "layers")
 AXIS_FIELDS = {VOCAB: "vocab_size", EMBED: "embed_dim", MLP: "mlp_dim", HEADS: "num_heads",
                KV_HEADS: "num_kv_heads", HEAD_DIM: "head_dim", LAYERS: "num_layers"}
+# A mixture of experts' axes (`growjax.model.moe`): the experts, each expert's hidden units,
+# and the always-on shared expert's. Sized only in an MoE model (`MOE_AXES`).
+EXPERTS, EXPERT_MLP, SHARED_MLP = "experts", "expert_mlp", "shared_mlp"
+AXIS_FIELDS.update({EXPERTS: "num_experts", EXPERT_MLP: "expert_mlp_dim",
+                    SHARED_MLP: "shared_mlp_dim"})
+MOE_AXES = (EXPERTS, EXPERT_MLP, SHARED_MLP)
 # Logical axis names of activations (sharding constraints only).
 ACT_BATCH, ACT_LENGTH, ACT_EMBED, ACT_HEADS, ACT_KV_HEADS, ACT_MLP, ACT_VOCAB = (
     "act_batch", "act_length", "act_embed", "act_heads", "act_kv_heads", "act_mlp",
@@ -66,6 +72,16 @@ _LAYER_PARAMS = {
     "mlp/gate": Param((EMBED, MLP), READS, DECAY_MATRIX, INIT_STD),
     "mlp/up": Param((EMBED, MLP), READS, DECAY_MATRIX, INIT_STD),
     "mlp/down": Param((MLP, EMBED), WRITES, DECAY_MATRIX, INIT_OUT),
+    # An MoE block in place of `mlp` (num_experts > 0; `growjax.model.moe`): the router
+    # reads the stream into one logit per expert; the experts' SwiGLUs stacked on
+    # `experts`; the shared expert (shared_mlp_dim > 0) a SwiGLU every token takes.
+    "moe/router": Param((EMBED, EXPERTS), READS, DECAY_MATRIX, INIT_STD),
+    "moe/gate": Param((EMBED, EXPERTS, EXPERT_MLP), READS, DECAY_MATRIX, INIT_STD),
+    "moe/up": Param((EMBED, EXPERTS, EXPERT_MLP), READS, DECAY_MATRIX, INIT_STD),
+    "moe/down": Param((EXPERTS, EXPERT_MLP, EMBED), WRITES, DECAY_MATRIX, INIT_OUT),
+    "moe/shared_gate": Param((EMBED, SHARED_MLP), READS, DECAY_MATRIX, INIT_STD),
+    "moe/shared_up": Param((EMBED, SHARED_MLP), READS, DECAY_MATRIX, INIT_STD),
+    "moe/shared_down": Param((SHARED_MLP, EMBED), WRITES, DECAY_MATRIX, INIT_OUT),
 }
 # Every parameter, by its path in the params tree. `lm_head` is absent when the
 # embeddings are tied (the embedding table, transposed, is the head).
@@ -111,12 +127,28 @@ def check_params(table: dict[str, Param]) -> None:
 check_params(PARAMS)
 
 
+def present(path: str, cfg) -> bool:
+  """Whether `cfg`'s model has the parameter at `path`: no `lm_head` when tied; an MoE
+  model (num_experts > 0) has `moe/*` in place of `mlp/*`, its `shared_*` only with
+  shared_mlp_dim > 0."""
+  if path == "lm_head":
+    return not cfg.tie_embeddings
+  moe = getattr(cfg, "num_experts", 0) > 0
+  if path.startswith(f"{LAYERS}/mlp/"):
+    return not moe
+  if path.startswith(f"{LAYERS}/moe/shared_"):
+    return moe and cfg.shared_mlp_dim > 0
+  if path.startswith(f"{LAYERS}/moe/"):
+    return moe
+  return True
+
+
 def param_table(cfg) -> dict:
-  """`PARAMS` as a params-shaped tree of `cfg` (no `lm_head` when tied); each leaf a
-  `Param`. Built from the table alone: nothing is traced."""
+  """`PARAMS` as a params-shaped tree of `cfg` (`present`: no `lm_head` when tied, `moe`
+  or `mlp`); each leaf a `Param`. Built from the table alone: nothing is traced."""
   tree: dict = {}
   for path, p in PARAMS.items():
-    if path == "lm_head" and cfg.tie_embeddings:
+    if not present(path, cfg):
       continue
     *parents, name = path.split("/")
     node = tree

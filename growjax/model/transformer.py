@@ -26,6 +26,7 @@ from jax.ad_checkpoint import checkpoint_name
 from growjax.model import attention
 from growjax.model import fp8
 from growjax.model import fp8_swiglu
+from growjax.model import moe
 from growjax.model import mup
 from growjax.model.config import ModelConfig
 from growjax.model.create import make_param
@@ -155,8 +156,7 @@ class Block(nn.Module):
     if layer_mask is None:
       x_BxTxE = x_BxTxE + scaled(Attention(self.cfg, name="attn")(
           RMSNorm(self.cfg, name="attn_norm")(x_BxTxE), rotary, segment_ids_BxT))
-      x_BxTxE = x_BxTxE + scaled(SwiGLU(self.cfg, name="mlp")(
-          RMSNorm(self.cfg, name="mlp_norm")(x_BxTxE)))
+      x_BxTxE = x_BxTxE + scaled(self._mlp(RMSNorm(self.cfg, name="mlp_norm")(x_BxTxE)))
     else:
       # Both residual writes pass through the layer's mask and the new embed components'.
       write_E = layer_mask.astype(self.cfg.compute_dtype) * units.get(EMBED, 1) * branch
@@ -164,10 +164,16 @@ class Block(nn.Module):
       x_BxTxE = x_BxTxE + write_E * Attention(self.cfg, name="attn")(
           RMSNorm(self.cfg, name="attn_norm")(x_BxTxE, count), rotary, segment_ids_BxT,
           units.get(HEADS))
-      x_BxTxE = x_BxTxE + write_E * SwiGLU(self.cfg, name="mlp")(
+      x_BxTxE = x_BxTxE + write_E * self._mlp(
           RMSNorm(self.cfg, name="mlp_norm")(x_BxTxE, count), units.get(MLP))
     x_BxTxE = nn.with_logical_constraint(x_BxTxE, (ACT_BATCH, ACT_LENGTH, ACT_EMBED))
     return x_BxTxE, None
+
+  def _mlp(self, h_BxTxE, mlp_mask_M=None):
+    """The layer's MLP: a SwiGLU, or a mixture of experts (num_experts > 0)."""
+    if self.cfg.num_experts:
+      return moe.MoE(self.cfg, name="moe")(h_BxTxE)
+    return SwiGLU(self.cfg, name="mlp")(h_BxTxE, mlp_mask_M)
 
 
 class Transformer(nn.Module):
@@ -203,7 +209,7 @@ class Transformer(nn.Module):
                        prevent_cse=c.remat_prevent_cse)
     layers = nn.scan(
         block,
-        variable_axes={"params": 0, fp8.HISTORY_COLLECTION: 0},
+        variable_axes={"params": 0, fp8.HISTORY_COLLECTION: 0, moe.STATS_COLLECTION: 0},
         split_rngs={"params": True},
         in_axes=(nn.broadcast, nn.broadcast) + extra_axes,
         length=c.num_layers,

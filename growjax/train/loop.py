@@ -284,7 +284,10 @@ class _Loop(Recovery):
       self.writer.text(f"nothing to do: checkpoint step {self.step} >= "
                        f"config.train.steps={tc.steps}")
     self.writer.text(
-        f"model {setup.model_cfg.num_params() / 1e6:.1f}M params, "
+        f"model {setup.model_cfg.num_params() / 1e6:.1f}M params"
+        + (f" ({setup.model_cfg.num_params(active=True) / 1e6:.1f}M active: "
+           f"{setup.model_cfg.experts_per_token} of {setup.model_cfg.num_experts} experts)"
+           if setup.model_cfg.num_experts else "") + ", "
         f"{self.account.flops_per_token / 1e9:.3g} GFLOP/token, mesh {dict(setup.mesh.shape)}, "
         f"{setup.tokens_per_step} tokens/step, steps {self.step}->{tc.steps}")
     pending = None
