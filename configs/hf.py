@@ -18,22 +18,14 @@ one, else `spm:` its tokenizer.model); the data source is the embedded corpus un
 --config.data.* says otherwise.
 """
 
-import os
-
 from growjax import checkpoint as ckpt_lib
 from growjax.config import base_config, parse_arg
 
 
 def tokenizer_spec(directory: str, meta: dict) -> str:
   """The checkpoint's own tokenizer, following a grown checkpoint back to its import."""
-  from growjax.interop.hf import hf_side_files  # noqa: PLC0415
-  side, _ = hf_side_files(directory, meta)
-  if side is not None:
-    if (side / "tokenizer.json").exists():
-      return f"hf:{os.fspath(side / 'tokenizer.json')}"
-    if (side / "tokenizer.model").exists():
-      return f"spm:{os.fspath(side / 'tokenizer.model')}"
-  return ""
+  from growjax.interop.sample import checkpoint_tokenizer  # noqa: PLC0415
+  return checkpoint_tokenizer(directory, meta, fallback="")
 
 
 def get_config(arg=None):

@@ -279,6 +279,7 @@ def run(cfg: ml_collections.ConfigDict, checkpoint: str, *, step: int | None = N
   """`growjax eval`: the config's data and mesh, the checkpoint's model and params."""
   from growjax import checkpoint as ckpt_lib
   from growjax import config as config_lib
+  from growjax import data as data_lib
   from growjax.interop import sample
   from growjax.train import state as state_lib
   examples = {t: read_task(t) for t in tasks}   # bad task files fail before any compute
@@ -291,14 +292,25 @@ def run(cfg: ml_collections.ConfigDict, checkpoint: str, *, step: int | None = N
   if mesh_spec:
     cfg.mesh = params_io.parse_mesh(mesh_spec)
   n_batches = int(batches or cfg.train.eval_batches)
+  # The checkpoint's tokenizer scores the tasks and tokenizes an inline data source.
+  spec, record = sample.checkpoint_tokenizer_record(directory, meta)
+  if spec and data_lib.reading_plan(cfg.data) is None:
+    cfg.data.tokenizer = spec
+  tokenizer = sample.make_tokenizer(spec or cfg.data.tokenizer)
   if n_batches > 0:
     config_lib.validate_data(cfg)
+    data_record, data_spec, where = data_lib.dataset_tokenizer(cfg.data)
+    if record.get("identity") and data_record.get("identity") != record["identity"]:
+      raise ValueError(
+          f"{where} was tokenized by {data_record.get('spec')!r}, but {directory}/{step} "
+          f"was trained with {record.get('spec')!r} — evaluate on data prepared with the "
+          f"checkpoint's tokenizer")
+    data_tokenizer = sample.make_tokenizer(data_spec or cfg.data.tokenizer)
   setup = state_lib.build(cfg)
   params = params_io.restore_params(directory, step, setup.model_cfg, setup.mesh, setup.rules)
-  tokenizer = sample.make_tokenizer(cfg.data.tokenizer)
   results: dict[str, Any] = {"checkpoint": f"{directory}/{step}", "tasks": {}}
   if n_batches > 0:
-    results["validation"] = perplexity(cfg, setup, params, tokenizer, n_batches)
+    results["validation"] = perplexity(cfg, setup, params, data_tokenizer, n_batches)
   scorer = Scorer(setup.model_cfg, params, setup.mesh, setup.rules, batch_size=batch_size,
                   max_len=int(cfg.data.seq_len))
   for path, exs in examples.items():

@@ -155,9 +155,11 @@ def model_fields(hf: dict, where: str) -> dict:
               tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
 
 
-def hf_config(model: ModelConfig, source: dict | None, dtype: str) -> dict:
+def hf_config(model: ModelConfig, source: dict | None, dtype: str,
+              tokenizer: dict | None = None, max_positions: int | None = None) -> dict:
   """An HF config.json for `model`: the imported source's keys kept (token ids,
-  max positions), the shape keys set from `model`."""
+  max positions), the shape keys set from `model`; without a source, the token ids of
+  the checkpoint's `tokenizer` record and `max_positions`."""
   out = {k: v for k, v in (source or {}).items()
          if k not in ("rope_parameters", "transformers_version", "_name_or_path")}
   out.update({
@@ -174,7 +176,11 @@ def hf_config(model: ModelConfig, source: dict | None, dtype: str) -> dict:
     del out["rope_theta"], out["rope_scaling"]
   if "dtype" in (source or {}):
     out["dtype"] = dtype
-  out.setdefault("max_position_embeddings", 2048)
+  for key in ("bos", "eos", "pad"):
+    value = (tokenizer or {}).get(f"{key}_id")
+    if f"{key}_token_id" not in out and tokenizer:
+      out[f"{key}_token_id"] = value if isinstance(value, int) and value >= 0 else None
+  out.setdefault("max_position_embeddings", int(max_positions or 2048))
   out.setdefault("initializer_range", 0.02)
   out.setdefault("use_cache", True)
   out.setdefault("pretraining_tp", 1)
@@ -188,11 +194,12 @@ def hf_config(model: ModelConfig, source: dict | None, dtype: str) -> dict:
 
 def hf_side_files(directory: str, meta: dict, depth: int = 0) -> tuple[epath.Path | None, dict]:
   """The `hf/` dir and the `hf` metadata of an imported checkpoint, following a grown
-  checkpoint's `grown_from` back to its import."""
+  checkpoint's `grown_from` (a trained one's `train.init_from`) back to its import."""
   d = epath.Path(directory)
   if meta.get("hf") or (d / HF_DIR).is_dir():
     return ((d / HF_DIR) if (d / HF_DIR).is_dir() else None), meta.get("hf") or {}
-  source = (meta.get("grown_from") or {}).get("checkpoint")
+  source = ((meta.get("grown_from") or {}).get("checkpoint")
+            or ((meta.get("config") or {}).get("train") or {}).get("init_from"))
   if not source or depth > 16:
     return None, {}
   try:

@@ -7,9 +7,12 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+from etils import epath
 
 from growjax import checkpoint as ckpt_lib
 from growjax import distributed
+from growjax.data import loader as data_loader
+from growjax.data import tokenizer_record
 from growjax.model import ModelConfig
 from growjax.train import guard as guard_lib
 from growjax.train import mask_ramp
@@ -109,6 +112,46 @@ def restore_or_init(setup: Setup, checkpoints: ckpt_lib.Checkpoints, data_iter, 
                   f"{ramp.start}..{ramp.end} (config.growth.mask_ramp_steps={ramp.ramp})")
     return state, meta
   return init_state(setup, jax.random.key(cfg.seed)), {}
+
+
+def run_tokenizer(cfg, checkpoints: ckpt_lib.Checkpoints) -> tuple[dict, str | None]:
+  """The tokenizer this run trains with — its data's — checked before any compute
+  against the checkpoint it starts from (its own newest, else `train.init_from`): a
+  different one is refused. Its files are copied into the checkpoints dir
+  (`tokenizer/`) so every step carries them; returns the record for the metadata
+  (`model_max_length`: the starting checkpoint's, else the tokenizer's, else
+  `data.seq_len`) and a spec that builds the tokenizer (None when its files are gone)."""
+  record, spec, where = data_loader.dataset_tokenizer(cfg.data)
+  latest = checkpoints.latest_step()
+  start, name = {}, ""
+  if latest is not None:
+    try:   # a damaged step is the restore's to set aside, not this check's
+      start, name = ckpt_lib.read_meta(checkpoints.directory, latest), \
+          f"{checkpoints.directory}/{latest}"
+    except (ValueError, OSError, KeyError):
+      pass
+  elif cfg.train.init_from:
+    directory, step = ckpt_lib.resolve(cfg.train.init_from, field="config.train.init_from")
+    start, name = ckpt_lib.read_meta(directory, step), \
+        f"config.train.init_from={cfg.train.init_from!r}"
+  theirs = start.get(tokenizer_record.META_KEY) or {}
+  if theirs.get("identity") and theirs["identity"] != record.get("identity"):
+    raise ValueError(
+        f"{where} was tokenized by {record.get('spec')!r} (identity "
+        f"{record.get('identity')}), but {name} was trained with {theirs.get('spec')!r} "
+        f"(identity {theirs['identity']}) — prepare the data with the checkpoint's "
+        f"tokenizer (growjax prepare-data --config.data.tokenizer=...), or start "
+        f"another run")
+  longest = theirs.get("model_max_length") or record.get("model_max_length") or \
+      int(cfg.data.seq_len)
+  record = dict(record, model_max_length=int(longest))
+  if spec is None:
+    return dict(record, files=[], dir=None), None
+  folder, _ = tokenizer_record.source_files(spec)
+  kept = tokenizer_record.keep_files(
+      record, epath.Path(checkpoints.directory) / tokenizer_record.FOLDER, folder,
+      write=jax.process_index() == 0)
+  return kept, tokenizer_record.spec_in(kept, checkpoints.directory) or spec
 
 
 # How the model is computed, not what it is: a run started from a checkpoint may change
