@@ -149,8 +149,13 @@ def check_against_model(data_cfg, vocab_size: int) -> None:
 
 def dataset_tokenizer(data_cfg) -> tuple[dict, str | None, str]:
   """(the tokenizer record of the data `config.data` reads, a spec that builds it here
-  or None when its files are gone, where it came from): the copies kept beside
-  index.json first, else the spec recorded there (reads index.json files only)."""
+  or None when its files are gone, where it came from): an inline source's
+  `config.data.tokenizer`; a prepared dataset's copies kept beside index.json, else the
+  spec recorded there (reads index.json files only, prepares nothing)."""
+  if config_lib.reading_plan(data_cfg) is None:   # prepared inline with this tokenizer
+    spec = data_cfg.tokenizer
+    return (tokenizer_record.describe(spec), spec,
+            f"config.data.name={data_cfg.name!r} (config.data.tokenizer)")
   ds = open_datasets(data_cfg)[0]
   record = dict(ds.index["tokenizer"])
   spec = tokenizer_record.usable_spec(record, ds.path)

@@ -302,7 +302,8 @@ def run(cfg: ml_collections.ConfigDict, checkpoint: str, *, step: int | None = N
     data_record, data_spec, where = data_lib.dataset_tokenizer(cfg.data)
     if record.get("identity") and data_record.get("identity") != record["identity"]:
       raise ValueError(
-          f"{where} was tokenized by {data_record.get('spec')!r}, but {directory}/{step} "
+          f"the data ({where}) is tokenized by {data_record.get('spec')!r}, but "
+          f"{directory}/{step} "
           f"was trained with {record.get('spec')!r} — evaluate on data prepared with the "
           f"checkpoint's tokenizer")
     data_tokenizer = sample.make_tokenizer(data_spec or cfg.data.tokenizer)

@@ -137,7 +137,7 @@ def run_tokenizer(cfg, checkpoints: ckpt_lib.Checkpoints) -> tuple[dict, str | N
   theirs = start.get(tokenizer_record.META_KEY) or {}
   if theirs.get("identity") and theirs["identity"] != record.get("identity"):
     raise ValueError(
-        f"{where} was tokenized by {record.get('spec')!r} (identity "
+        f"the data ({where}) is tokenized by {record.get('spec')!r} (identity "
         f"{record.get('identity')}), but {name} was trained with {theirs.get('spec')!r} "
         f"(identity {theirs['identity']}) — prepare the data with the checkpoint's "
         f"tokenizer (growjax prepare-data --config.data.tokenizer=...), or start "
