@@ -30,6 +30,10 @@ from typing import Any, Sequence
 from growjax.growth import depth, width
 from growjax.model import AXIS_FIELDS, HEAD_DIM, LAYERS, VOCAB, ModelConfig
 
+# Fields of a model family (growjax.model.ModelConfig) that growth keeps as they are.
+FAMILY_FIELDS = ("rope_scaling", "rope_factor", "rope_low_freq_factor",
+                 "rope_high_freq_factor", "rope_original_max_positions", "qkv_bias",
+                 "qk_norm", "norm_position", "sliding_window")
 DEPTH_METHODS = depth.PRESETS + ("direct", "zero", "random", "learn")
 WIDTH_METHODS = ("direct", "split", "zero", "random", "learn")
 # Width operator used when `width_method` is not given: the same family as `method`.
@@ -143,6 +147,11 @@ def check_pair(src: ModelConfig, dst: ModelConfig, names: Names = LIBRARY) -> No
   fixes = {"vocab_size": "growth keeps the vocabulary",
            "head_dim": "growth keeps head_dim (it adds heads, not head size)",
            "tie_embeddings": "growth keeps tie_embeddings"}
+  for f in FAMILY_FIELDS:   # a model family's parameters and computation
+    a, b = getattr(src, f), getattr(dst, f)
+    if a != b:
+      raise ValueError(f"{n.large(f)}={b!r} differs from {n.small(f)}={a!r} — growth "
+                       f"keeps the model family: set {n.large(f)}={a!r}")
   for f in KEPT_FIELDS:
     a, b = getattr(src, f), getattr(dst, f)
     if a != b:

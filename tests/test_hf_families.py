@@ -1,0 +1,116 @@
+"""Model families beyond plain LLaMA, in and out of Hugging Face and grown: Llama 3's
+rope scaling, Qwen2's q/k/v biases (with linear rope scaling), Qwen3's per-head q/k
+norm, OLMo-2's norms after the sublayers and whole-projection q/k norm, Mistral's
+sliding window.
+
+tests/fixtures/hf_families/ holds one tiny random model per family that transformers
+itself saved, with the float32 logits it computed (make_hf_family_fixtures.py;
+MANIFEST.json names the versions). No torch here: the import must equal transformers
+within 1e-5 relative, export -> import must be bit-exact, and llama_pro, depth `zero`
+and width `direct` growth must keep the logits."""
+
+import json
+import os
+import sys
+
+import jax
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from growjax import cli
+from growjax.growth import grow
+from growjax.interop import params_io
+from growjax.model import Transformer
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "hf_families")
+NAMES = sorted(n for n in os.listdir(FIXTURES) if os.path.isdir(os.path.join(FIXTURES, n)))
+FAMILY = {   # what each fixture must import as
+    "llama3_rope": dict(rope_scaling="llama3", rope_factor=8.0, rope_low_freq_factor=1.0,
+                        rope_high_freq_factor=4.0, rope_original_max_positions=64),
+    "qwen2_linear": dict(qkv_bias=True, rope_scaling="linear", rope_factor=2.0),
+    "qwen3": dict(qk_norm="head", head_dim=24),
+    "olmo2": dict(qk_norm="whole", norm_position="post"),
+    "mistral_window": dict(sliding_window=4),
+}
+
+
+def run(monkeypatch, capsys, *args):
+  monkeypatch.setattr(sys, "argv", ["growjax", *args])
+  code = cli.main()
+  out = capsys.readouterr()
+  return code, out.out, out.err
+
+
+def hf_tensors(d):
+  out = {}
+  for name in sorted(os.listdir(d)):
+    if name.endswith(".safetensors"):
+      out.update(load_file(os.path.join(d, name)))
+  return out
+
+
+def logits(cfg, params, tokens):
+  cfg = cfg.replace(attention_impl="xla", dtype="float32")
+  return np.asarray(jax.jit(lambda p, t: Transformer(cfg).apply({"params": p}, t))(
+      params, tokens))
+
+
+def test_fixtures_cover_every_family():
+  manifest = json.load(open(os.path.join(FIXTURES, "MANIFEST.json")))
+  assert manifest["transformers"] and sorted(manifest["fixtures"]) == NAMES == sorted(FAMILY)
+  assert {f["architecture"] for f in manifest["fixtures"].values()} == {
+      "LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Olmo2ForCausalLM",
+      "MistralForCausalLM"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_family_imports_exactly_round_trips_and_grows_keeping_logits(name, tmp_path,
+                                                                     monkeypatch, capsys):
+  src = os.path.join(FIXTURES, name)
+  ck, out, back = str(tmp_path / "ck"), str(tmp_path / "export"), str(tmp_path / "back")
+  code, _, err = run(monkeypatch, capsys, "import-hf", f"--from={src}", f"--to={ck}",
+                     "--dtype=float32")
+  assert code == 0, err
+  loaded = params_io.load(ck)
+  cfg = loaded.model_cfg
+  for key, value in FAMILY[name].items():
+    assert getattr(cfg, key) == value, key
+  tokens = np.load(os.path.join(src, "reference_tokens.npy"))
+  ref = np.load(os.path.join(src, "reference_logits.npy"))
+  got = logits(cfg, loaded.params, tokens)
+  assert np.abs(got - ref).max() / np.abs(ref).max() < 1e-5
+
+  # import -> export: every tensor of the original, bit for bit, under its family.
+  code, _, err = run(monkeypatch, capsys, "export-hf", f"--from={ck}", f"--to={out}")
+  assert code == 0, err
+  original, exported = hf_tensors(src), hf_tensors(out)
+  assert sorted(exported) == sorted(original)
+  for k, v in original.items():
+    assert np.array_equal(exported[k], v), k
+  cfg_in = json.load(open(os.path.join(src, "config.json")))
+  cfg_out = json.load(open(os.path.join(out, "config.json")))
+  for key in ("architectures", "model_type", "rope_parameters", "sliding_window",
+              "num_key_value_heads", "tie_word_embeddings", "max_position_embeddings"):
+    assert cfg_out.get(key) == cfg_in.get(key), key
+  # export -> import: bit-exact params.
+  code, _, err = run(monkeypatch, capsys, "import-hf", f"--from={out}", f"--to={back}",
+                     "--dtype=float32")
+  assert code == 0, err
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               loaded.params, params_io.load(back).params)
+
+  # Growth keeps the function: llama_pro (copies, new blocks with zero writers), depth
+  # `zero` at an explicit map, and width `direct` (heads, kv heads and MLP doubled).
+  key = jax.random.key(0)
+  deep = cfg.replace(num_layers=4)
+  for method, layer_map in (("llama_pro", None), ("zero", (0, -1, 1, -1))):
+    grown = grow(loaded.params, cfg, deep, method, layer_map=layer_map, rng=key)
+    np.testing.assert_allclose(logits(deep, grown, tokens), got, rtol=1e-5,
+                               atol=1e-5 * np.abs(got).max())
+  wide = cfg.replace(num_heads=2 * cfg.num_heads, num_kv_heads=2 * cfg.num_kv_heads,
+                     mlp_dim=2 * cfg.mlp_dim)
+  grown = grow(loaded.params, cfg, wide, "stack", width_method="direct",
+               layer_map=None, rng=key)
+  np.testing.assert_allclose(logits(wide, grown, tokens), got, rtol=1e-5,
+                             atol=1e-5 * np.abs(got).max())
