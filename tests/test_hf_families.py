@@ -21,7 +21,7 @@ from safetensors.numpy import load_file
 from growjax import cli
 from growjax.growth import grow
 from growjax.interop import params_io
-from growjax.model import Transformer
+from growjax.model import Transformer, decode
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "hf_families")
 NAMES = sorted(n for n in os.listdir(FIXTURES) if os.path.isdir(os.path.join(FIXTURES, n)))
@@ -80,6 +80,14 @@ def test_family_imports_exactly_round_trips_and_grows_keeping_logits(name, tmp_p
   ref = np.load(os.path.join(src, "reference_logits.npy"))
   got = logits(cfg, loaded.params, tokens)
   assert np.abs(got - ref).max() / np.abs(ref).max() < 1e-5
+  # Decoding's own forward (sample, eval's generation) computes the same family.
+  b, t = tokens.shape
+  empty = {k: np.zeros((cfg.num_layers, b, t, cfg.num_kv_heads, cfg.head_dim), np.float32)
+           for k in ("k", "v")}
+  prefill, _ = jax.jit(lambda p: decode.forward(
+      cfg.replace(dtype="float32"), p, tokens, np.broadcast_to(np.arange(t), (b, t)),
+      empty, 0, np.ones((b, t), bool)))(loaded.params)
+  np.testing.assert_allclose(np.asarray(prefill), got, rtol=1e-5, atol=1e-5 * np.abs(got).max())
 
   # import -> export: every tensor of the original, bit for bit, under its family.
   code, _, err = run(monkeypatch, capsys, "export-hf", f"--from={ck}", f"--to={out}")

@@ -45,13 +45,13 @@ def checkpoint_tokenizer_record(directory: str, meta: dict, depth: int = 0
   """(a spec building the checkpoint's tokenizer, or None; its record, or {}): the
   files its metadata's record kept (`growjax.data.tokenizer_record`), else an
   imported model's `hf/` files, else those of the checkpoint it was grown or
-  initialised from, followed back."""
+  initialised from, followed back, else the file the record names."""
   import os
   from growjax import checkpoint as ckpt_lib
   from growjax.data import tokenizer_record
   from growjax.interop.hf_layout import HF_DIR
   record = meta.get(tokenizer_record.META_KEY) or {}
-  spec = tokenizer_record.usable_spec(record, directory) if record else None
+  spec = tokenizer_record.spec_in(record, directory)
   if spec:
     return spec, record
   side = epath.Path(directory) / HF_DIR
@@ -65,10 +65,12 @@ def checkpoint_tokenizer_record(directory: str, meta: dict, depth: int = 0
       src_dir, src_step = ckpt_lib.resolve(source, field="grown_from")
       spec, theirs = checkpoint_tokenizer_record(
           src_dir, ckpt_lib.read_meta(src_dir, src_step), depth + 1)
-      return spec, record or theirs
+      if spec:
+        return spec, record or theirs
     except (ValueError, FileNotFoundError, OSError):
       pass
-  return None, record
+  # Last, the file the record was made from, where it still is.
+  return tokenizer_record.usable_spec(record, directory), record
 
 
 def run(checkpoint: str, prompts: Sequence[str], *, tokenizer: str = "",
