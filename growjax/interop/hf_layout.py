@@ -239,6 +239,8 @@ def hf_config(model: ModelConfig, source: dict | None, dtype: str,
     out["sliding_window"] = model.sliding_window or None
   if model_type in ("qwen2", "qwen3"):
     out.update(sliding_window=None, use_sliding_window=False)
+  if "layer_types" in out:   # one per layer: a depth growth changes their number
+    out["layer_types"] = ["full_attention"] * model.num_layers
   return out
 
 
