@@ -28,12 +28,8 @@ import math
 from typing import Any, Sequence
 
 from growjax.growth import depth, width
-from growjax.model import AXIS_FIELDS, HEAD_DIM, LAYERS, VOCAB, ModelConfig
+from growjax.model import AXIS_FIELDS, FAMILY_FIELDS, HEAD_DIM, LAYERS, VOCAB, ModelConfig
 
-# Fields of a model family (growjax.model.ModelConfig) that growth keeps as they are.
-FAMILY_FIELDS = ("rope_scaling", "rope_factor", "rope_low_freq_factor",
-                 "rope_high_freq_factor", "rope_original_max_positions", "qkv_bias",
-                 "qk_norm", "norm_position", "sliding_window")
 DEPTH_METHODS = depth.PRESETS + ("direct", "zero", "random", "learn")
 WIDTH_METHODS = ("direct", "split", "zero", "random", "learn")
 # Width operator used when `width_method` is not given: the same family as `method`.

@@ -11,7 +11,7 @@ wing imports the trainer, growth or interop.
 
 # The model's public face, handed on.
 from growjax.model.attention import document_segments, rope, rotary_tables  # noqa: F401
-from growjax.model.config import ModelConfig  # noqa: F401
+from growjax.model.config import FAMILY_FIELDS, ModelConfig  # noqa: F401
 from growjax.model.params import (  # noqa: F401
     ACT_BATCH, ACT_LENGTH, AXIS_FIELDS, DECAY_MATRIX, DECAY_NORM, DECAY_TABLE, EMBED,
     FAMILY_PARAMS, HEAD_DIM, HEADS, KV_HEADS, LAYERS, MLP, OUTPUT, PARAMS, READS, SCALES,

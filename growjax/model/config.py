@@ -28,6 +28,13 @@ def _compute(default):
   return dataclasses.field(default=default, metadata={KIND: COMPUTE})
 
 
+# The fields of a model family (below): growth keeps them, and a checkpoint recorded
+# before they existed has their defaults (plain LLaMA).
+FAMILY_FIELDS = ("rope_scaling", "rope_factor", "rope_low_freq_factor",
+                 "rope_high_freq_factor", "rope_original_max_positions", "qkv_bias",
+                 "qk_norm", "norm_position", "sliding_window")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Static, hashable model hyper-parameters (built from `config.model`). Each field

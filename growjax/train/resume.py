@@ -13,7 +13,7 @@ from growjax import checkpoint as ckpt_lib
 from growjax import distributed
 from growjax.data import loader as data_loader
 from growjax.data import tokenizer_record
-from growjax.model import ModelConfig
+from growjax.model import FAMILY_FIELDS, ModelConfig
 from growjax.train import guard as guard_lib
 from growjax.train import mask_ramp
 from growjax.train.state import (Setup, TrainState, init_state, to_host,
@@ -163,8 +163,11 @@ COMPUTE_FIELDS = ModelConfig.compute_fields()
 def _model_identity(model: dict | None) -> dict | None:
   """A checkpoint's recorded model less its compute fields: what it is. The recorded dict
   is kept whole (fields of older growjax versions included), not rebuilt as a config."""
-  return None if model is None else {k: v for k, v in model.items()
-                                     if k not in COMPUTE_FIELDS}
+  if model is None:
+    return None
+  families = {f.name: f.default for f in dataclasses.fields(ModelConfig)
+              if f.name in FAMILY_FIELDS}   # absent from checkpoints older than them
+  return {**families, **{k: v for k, v in model.items() if k not in COMPUTE_FIELDS}}
 
 
 def _check_same_model(meta: dict, setup: Setup, directory: str, step: int) -> None:
