@@ -7,7 +7,7 @@ tests/fixtures/hf_families/ holds one tiny random model per family that transfor
 itself saved, with the float32 logits it computed (make_hf_family_fixtures.py;
 MANIFEST.json names the versions). No torch here: the import must equal transformers
 within 1e-5 relative, export -> import must be bit-exact, and llama_pro, depth `zero`
-and width `direct` growth must keep the logits."""
+and width `direct` / `split` growth must keep the logits."""
 
 import json
 import os
@@ -118,10 +118,10 @@ def test_family_imports_exactly_round_trips_and_grows_keeping_logits(name, tmp_p
                                atol=1e-5 * np.abs(got).max())
   wide = cfg.replace(num_heads=2 * cfg.num_heads, num_kv_heads=2 * cfg.num_kv_heads,
                      mlp_dim=2 * cfg.mlp_dim)
-  grown = grow(loaded.params, cfg, wide, "stack", width_method="direct",
-               layer_map=None, rng=key)
-  np.testing.assert_allclose(logits(wide, grown, tokens), got, rtol=1e-5,
-                             atol=1e-5 * np.abs(got).max())
+  for width_method in ("direct", "split"):   # split: direct plus zero-sum noise
+    grown = grow(loaded.params, cfg, wide, "stack", width_method=width_method, rng=key)
+    np.testing.assert_allclose(logits(wide, grown, tokens), got, rtol=1e-5,
+                               atol=1e-5 * np.abs(got).max())
 
 
 HF_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "hf.py")
@@ -138,6 +138,8 @@ def test_configs_hf_recipes_and_export_verify(name, how, tmp_path, monkeypatch, 
   code, _, err = run(monkeypatch, capsys, "grow", f"--from={ck}", f"--to={grown}",
                      f"--config={HF_CONFIG}:checkpoint={ck},layers=4", *how)
   assert code == 0, err
+  code, text, err = run(monkeypatch, capsys, "inspect", grown)
+  assert code == 0 and "Metadata file does not exist" not in text + err
   code, text, err = run(monkeypatch, capsys, "export-hf", f"--from={grown}", f"--to={out}",
                         "--verify")
   assert code == 0, err

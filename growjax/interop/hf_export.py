@@ -1,8 +1,12 @@
-"""`growjax export-hf`: a growjax checkpoint -> a Hugging Face LlamaForCausalLM directory.
+"""`growjax export-hf`: a growjax checkpoint -> a Hugging Face directory of its family
+(`LlamaForCausalLM`, `MistralForCausalLM`, `Qwen2ForCausalLM`, `Qwen3ForCausalLM`,
+`Olmo2ForCausalLM`: `hf_layout.hf_architecture`).
 
 Writes config.json, safetensors (sharded with an index above --max_shard_size) and the
-tokenizer files an import brought along (followed back through growths), one tensor at
-a time gathered to the host.
+checkpoint's tokenizer files (its own, an import's, followed back through growths and
+`init_from`; a tokenizer_config.json made for a bare tokenizer.json), the special ids
+and max positions, one tensor at a time gathered to the host. `--verify` is
+`hf_verify`'s.
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ def _host(x: jax.Array) -> np.ndarray:
 
 def export_hf(checkpoint: str, to: str, *, step: int | None = None, dtype: str = "auto",
               max_shard_size: str = "5GB", mesh_spec: str = "", log=print) -> dict:
-  """`growjax export-hf`: a growjax checkpoint -> an HF LlamaForCausalLM directory."""
+  """`growjax export-hf`: a growjax checkpoint -> an HF directory of its family."""
   from safetensors.numpy import save_file
   t0 = time.perf_counter()
   limit = _shard_size(max_shard_size)

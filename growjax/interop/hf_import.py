@@ -1,8 +1,9 @@
-"""`growjax import-hf`: a local Hugging Face LLaMA directory -> a growjax checkpoint.
+"""`growjax import-hf`: a local Hugging Face LLaMA-family directory -> a growjax checkpoint.
 
 Reads config.json + safetensors (one file or sharded with model.safetensors.index.json)
-of a `LlamaForCausalLM` (Llama, TinyLlama) or a `MistralForCausalLM` without a sliding
-window, checks every key and tensor header first, then streams tensor by tensor: each
+of a `LlamaForCausalLM` (Llama 1-3.x, TinyLlama), `MistralForCausalLM`,
+`Qwen2ForCausalLM`, `Qwen3ForCausalLM` or `Olmo2ForCausalLM` (`hf_layout.model_fields`
+sets the model family), checks every key and tensor header first, then streams tensor by tensor: each
 device's shard of each growjax parameter is read from the memory-mapped safetensors
 (`jax.make_array_from_callback`) and the step is written leaf by leaf
 (`checkpoint_pieces.PieceWriter`; one whole save when several processes import), so memory
@@ -248,15 +249,15 @@ def import_hf(hf_dir: str, to: str, *, mesh_spec: str = "", dtype: str = "bfloat
   tensors = Tensors(src)
   check_tensors(tensors, model_cfg, str(src))
 
-  record = _tokenizer_record(src, tokenizer, hf)
+  tok_record = _tokenizer_record(src, tokenizer, hf)
   source_dtype = hf.get("torch_dtype") or hf.get("dtype") or "float32"
   tmp = staging(out)
   try:
     meta = dict(state_lib.run_meta(setup), flops_seen=0.0,
                 hf={"source": str(src), "config": hf, "tokenizer": tokenizer,
                     "torch_dtype": source_dtype})
-    if record:
-      meta[tokenizer_record.META_KEY] = record
+    if tok_record:
+      meta[tokenizer_record.META_KEY] = tok_record
     if jax.process_count() == 1:
       _write_in_pieces(os.fspath(tmp), setup, tensors, meta)
     else:   # orbax's partial save is single-process: one whole save (device memory)
