@@ -80,6 +80,12 @@ def test_family_imports_exactly_round_trips_and_grows_keeping_logits(name, tmp_p
   ref = np.load(os.path.join(src, "reference_logits.npy"))
   got = logits(cfg, loaded.params, tokens)
   assert np.abs(got - ref).max() / np.abs(ref).max() < 1e-5
+  # Packed-document attention (segment ids, the trainer's path) applies the window too.
+  c32 = cfg.replace(attention_impl="xla", dtype="float32")
+  packed = jax.jit(lambda p, t: Transformer(c32).apply(
+      {"params": p}, t, segment_ids=np.ones_like(t),
+      positions=np.broadcast_to(np.arange(t.shape[1]), t.shape)))(loaded.params, tokens)
+  np.testing.assert_allclose(np.asarray(packed), got, rtol=1e-5, atol=1e-5 * np.abs(got).max())
   # Decoding's own forward (sample, eval's generation) computes the same family.
   b, t = tokens.shape
   empty = {k: np.zeros((cfg.num_layers, b, t, cfg.num_kv_heads, cfg.head_dim), np.float32)

@@ -131,6 +131,8 @@ def usable_spec(record: dict | None, base: str | os.PathLike) -> str | None:
   spec = spec_in(record, base)
   if spec or not record:
     return spec
+  if kind_of(record.get("spec", "")) == "byte":   # a record from before `kind`
+    return "byte"
   folder, names = source_files(record.get("spec", ""))
   if folder is not None and names and os.path.isfile(os.path.join(folder, names[0])):
     return record["spec"]
