@@ -29,7 +29,9 @@ Args (comma-separated key=value after the colon):
   batch       global batch in sequences (default 8).
 The tokenizer is the checkpoint's own (`hf:` its tokenizer.json when the import found
 one, else `spm:` its tokenizer.model); the data source is the embedded corpus until
---config.data.* says otherwise.
+--config.data.* says otherwise: `growjax eval` with this config measures perplexity on it
+(its first line says so; --config.data.prepared_dir=... for your corpus, --batches=-1 to
+skip perplexity and score --tasks alone).
 """
 
 from growjax import checkpoint as ckpt_lib

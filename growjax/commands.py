@@ -171,16 +171,27 @@ def _run_grow(fv):
 
 
 def _define_plan(fv):
-  flags.DEFINE_float("params", None, "target model parameters N (e.g. 7e9).", flag_values=fv)
+  flags.DEFINE_float("params", None, "target model parameters N (e.g. 7e9; default: "
+                     "--config's model).", flag_values=fv)
   flags.DEFINE_float("flops", None, "compute budget C in FLOPs (e.g. 8.4e22).", flag_values=fv)
   flags.DEFINE_float("tokens", None, "alternatively the target's training tokens D; "
                      "C = 6 N D.", flag_values=fv)
-  _config_flag(fv, "optional run config: d in steps.")
+  _config_flag(fv, "optional run config: d in steps (and N, D from it when --params, "
+               "--flops and --tokens are not given).")
+  flags.DEFINE_string("sweep", "", "a finished `growjax sweep` workdir: say whether this "
+                      "plan's d lies past the crossover it measured.", flag_values=fv)
 
 
 def _run_plan(fv):
   from growjax.growth import timing
   print(timing.describe(fv.params, fv.flops, fv.tokens, fv.config))
+  if fv.sweep:   # where growth stopped paying on the user's own runs
+    from growjax.growth.study import analysis, grid
+    params = fv.params or grid.target_params(fv.config)
+    tokens = fv.tokens or (None if fv.flops else timing.config_tokens(fv.config))
+    flops = fv.flops or timing.budget_flops(params, tokens)
+    print(analysis.crossover_warning(fv.sweep, timing.growth_tokens(params, flops),
+                                     params / timing.RECOMMENDED_G))
 
 
 def _define_tokenizer(fv):
@@ -205,13 +216,13 @@ def _run_tokenizer(fv):
   if first is None:
     raise CommandError(f"--input {','.join(fv.input)} holds no document — give non-empty "
                        f"files")
-  docs = itertools.chain([first], docs)
-  if fv.kind == "hf_bpe":
-    path = tokenizers.train_hf_bpe(docs, fv.vocab_size, fv.model_prefix)
-    print(f"wrote {path}; use it with --config.data.tokenizer=hf:{path}")
-    return
-  path = tokenizers.train_sentencepiece(docs, fv.vocab_size, fv.model_prefix)
-  print(f"wrote {path}; use it with --config.data.tokenizer=spm:{path}")
+  from growjax import progress
+  train, spec = ((tokenizers.train_hf_bpe, "hf") if fv.kind == "hf_bpe" else
+                 (tokenizers.train_sentencepiece, "spm"))
+  with progress.Reading(f"tokenizer {fv.kind} ({fv.vocab_size} tokens)") as reading:
+    path = train(reading.count(itertools.chain([first], docs)), fv.vocab_size,
+                 fv.model_prefix)
+  print(f"wrote {path}; use it with --config.data.tokenizer={spec}:{path}")
 
 
 def _define_prepare_data(fv):
@@ -447,6 +458,21 @@ def _run_inspect(fv):
   inspect_checkpoint.run(fv.checkpoint, step=fv.step, as_json=fv.json, check=fv.verify)
 
 
+def _define_convert_mc(fv):
+  flags.DEFINE_list("input", None, "the task's public files: .parquet (Hugging Face) or "
+                    ".jsonl / .json rows.", flag_values=fv)
+  flags.DEFINE_string("out", None, "output JSONL for `growjax eval --tasks`.", flag_values=fv)
+  flags.DEFINE_string("format", "auto", "hellaswag, arc, piqa, winogrande, or auto (from "
+                      "the rows' fields).", flag_values=fv)
+  flags.DEFINE_string("labels", "", "a labels file, one per row (PIQA's original "
+                      "valid-labels.lst).", flag_values=fv)
+
+
+def _run_convert_mc(fv):
+  from growjax.interop import mc_tasks
+  mc_tasks.convert(fv.input, fv.out, fv.format, fv.labels)
+
+
 ISSUE13_COMMANDS = (
     Command("import-hf", "a local Hugging Face LLaMA directory -> a growjax checkpoint",
             "growjax import-hf --from ~/models/TinyLlama-1.1B --to runs/tinyllama",
@@ -461,6 +487,9 @@ ISSUE13_COMMANDS = (
     Command("sample", "generate text from a checkpoint (greedy, temperature, top-k, top-p)",
             "growjax sample --checkpoint runs/tiny --prompt 'ROMEO:' --max_new_tokens 64",
             _define_sample, _run_sample, ("checkpoint", "prompt")),
+    Command("convert-mc", "HellaSwag / ARC / PIQA / Winogrande files -> eval's task JSONL",
+            "growjax convert-mc --input hellaswag/validation.parquet --out hellaswag.jsonl",
+            _define_convert_mc, _run_convert_mc, ("input", "out")),
     Command("inspect", "what a checkpoint holds, read from its metadata only",
             "growjax inspect runs/tiny", _define_inspect, _run_inspect, ("checkpoint",),
             positional="checkpoint"),
@@ -476,7 +505,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             "--config configs/llama.py:size=24l_2048 --method stack --g 4",
             _define_grow, _run_grow, ("from", "to", "config")),
     Command("plan", "the paper's growth timing d and factor g for a model size and budget",
-            "growjax plan --params 7e9 --tokens 2e12", _define_plan, _run_plan, ("params",)),
+            "growjax plan --params 7e9 --tokens 7e11", _define_plan, _run_plan),
     Command("tokenizer", "train a SentencePiece (or HF BPE) tokenizer on local files",
             "growjax tokenizer --input 'corpus/*.jsonl' --vocab_size 32000 --model_prefix tok",
             _define_tokenizer, _run_tokenizer, ("input", "model_prefix")),

@@ -117,6 +117,11 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
                                      # WORKDIR/profile (TensorBoard / XProf); '' = off
       final_sample_tokens=0,         # > 0: end the run by printing a greedy sample of this
       final_sample_prompt="",        # many tokens after this prompt (growjax.interop.sample)
+      loggers="tensorboard",         # metric writers beside metrics.jsonl, comma-separated:
+                                     # 'tensorboard' (WORKDIR/tb), 'wandb' (Weights &
+                                     # Biases: pip install 'growjax[wandb]'; offline with
+                                     # WANDB_MODE=offline); '' = metrics.jsonl alone
+      wandb_project="growjax",       # the W&B project; the run is named after the workdir
   ))
   c.optimizer = ml_collections.ConfigDict(dict(
       peak_lr=3e-4, end_lr=3e-5, warmup_steps=3000, decay_steps=0,  # 0: = train.steps
@@ -157,7 +162,8 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
   ))
   c.metrics = ml_collections.ConfigDict(dict(
       peak_tflops_per_chip=0.0,      # 0: look up the chip in growjax.train.metrics.PEAK_TFLOPS
-      tensorboard=True,
+      tensorboard=True,              # False: no TensorBoard files, whatever
+                                     # config.train.loggers says
   ))
   c.lock()
   return c
@@ -210,6 +216,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]
     raise ValueError(f"config.train.spike_window must be >= 2 with spike_zscore > 0, got "
                      f"{t.spike_window}.")
   profile_steps(t)
+  loggers(t)
   if "growth" in cfg:
     check_mask_ramp_steps(cfg.growth.get("mask_ramp_steps", 0))
   o = cfg.optimizer
@@ -225,6 +232,27 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]
       raise ValueError(f"config.train.init_from={t.init_from!r} does not exist; point it at "
                        f"a growjax checkpoint directory (e.g. the output of `growjax grow`).")
   return mesh_sizes
+
+
+LOGGERS = ("tensorboard", "wandb")
+
+
+def loggers(train_cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """`config.train.loggers` ('tensorboard,wandb') as names, each known and, for wandb,
+  its package importable: refused before any compute."""
+  raw = str(train_cfg.get("loggers", "tensorboard") or "")
+  names = tuple(n.strip() for n in raw.split(",") if n.strip())
+  unknown = [n for n in names if n not in LOGGERS]
+  if unknown:
+    raise ValueError(f"config.train.loggers={raw!r}: unknown logger {unknown[0]!r} — choose "
+                     f"from {', '.join(LOGGERS)} (comma-separated), or '' for metrics.jsonl "
+                     f"alone")
+  import importlib.util   # noqa: PLC0415
+  if "wandb" in names and importlib.util.find_spec("wandb") is None:
+    raise ValueError(f"config.train.loggers={raw!r} names wandb, but the wandb package is "
+                     f"not installed — pip install 'growjax[wandb]', or drop wandb from "
+                     f"config.train.loggers")
+  return names
 
 
 def profile_steps(train_cfg: ml_collections.ConfigDict) -> tuple[int, int] | None:

@@ -2,16 +2,18 @@
 (per token, and bits per byte) on the configured dataset's validation windows, and
 zero-shot multiple-choice accuracy by log-likelihood on local JSONL tasks.
 
-Task files hold one object per line, `{"context": str, "choices": [str, ...],
-"gold": int}` (the layout HellaSwag, ARC, PIQA and Winogrande are usually converted
-to). Each choice is scored as lm-evaluation-harness does: the sum of the
-log-probabilities of the continuation's tokens after the context (`whole =
-encode(context + choice)`, the continuation being what follows `encode(context)`,
-all trailing whitespace of the context moved to the continuation first); `acc` takes
-the best sum, `acc_norm` the best sum divided by the choice's length in characters
-(lm-evaluation-harness 0.4's `len(choice)`; `acc_bytes` divides by UTF-8 bytes).
-Scoring is batched, rows sharded over the mesh's data axes; the lm-evaluation-harness
-adapter (`growjax.interop.lm_eval_adapter`) calls the same scorer. This module does not generate text (`growjax.interop.sample`) or train.
+Task files hold one object per line, `{"context": str, "choices": [str, ...], "gold":
+int}` (`growjax convert-mc` writes them from HellaSwag's, ARC's, PIQA's and Winogrande's
+public files), with an optional `"contexts"`, one per choice, where each choice has a
+context of its own (Winogrande's partial scoring). Each choice is scored as
+lm-evaluation-harness 0.4 does: the sum of the log-probabilities of the continuation's
+tokens after the context (`whole = encode(context + choice)`, the continuation being
+what follows `encode(context)`, all trailing whitespace of the context moved to the
+continuation first); `acc` takes the best sum, `acc_norm` the best sum divided by the
+choice's length in characters (lm-evaluation-harness's `len(choice)`; `acc_bytes`
+divides by UTF-8 bytes). Scoring is batched, rows sharded over the mesh's data axes;
+the lm-evaluation-harness adapter (`growjax.interop.lm_eval_adapter`) calls the same
+scorer. This module does not generate text (`growjax.interop.sample`) or train.
 """
 
 from __future__ import annotations
@@ -188,6 +190,10 @@ def read_task(path: str) -> list[dict]:
       if (not isinstance(choices, list) or len(choices) < 2
           or not all(isinstance(c, str) and c for c in choices)):
         raise ValueError(f"{where}: choices must be a list of at least 2 non-empty strings")
+      contexts = ex.get("contexts")
+      if contexts is not None and (not isinstance(contexts, list) or len(contexts) != len(
+          choices) or not all(isinstance(c, str) for c in contexts)):
+        raise ValueError(f"{where}: contexts must be a list of strings, one per choice")
       if not isinstance(ex["gold"], int) or not 0 <= ex["gold"] < len(choices):
         raise ValueError(f"{where}: gold={ex['gold']!r} is not an index into its "
                          f"{len(choices)} choices")
@@ -202,8 +208,9 @@ def multiple_choice(scorer: Scorer, tokenizer, examples: Sequence[dict], name: s
   """acc and acc_norm (with their standard errors) of `examples`, zero-shot."""
   pairs, owners = [], []
   for k, ex in enumerate(examples):
-    for choice in ex["choices"]:
-      pairs.append(encode_pair(tokenizer, ex["context"], choice))
+    contexts = ex.get("contexts") or [ex["context"]] * len(ex["choices"])
+    for context, choice in zip(contexts, ex["choices"]):
+      pairs.append(encode_pair(tokenizer, context, choice))
       owners.append(k)
   scores = scorer.loglikelihoods(pairs, Progress(f"{name}: choices scored", len(pairs)))
   correct = correct_norm = correct_bytes = 0
@@ -311,6 +318,10 @@ def run(cfg: ml_collections.ConfigDict, checkpoint: str, *, step: int | None = N
   params = params_io.restore_params(directory, step, setup.model_cfg, setup.mesh, setup.rules)
   results: dict[str, Any] = {"checkpoint": f"{directory}/{step}", "tasks": {}}
   if n_batches > 0:
+    if jax.process_index() == 0:   # said first: an inline source is prepared on first use
+      log(f"perplexity on {validation_source(cfg.data)}: {n_batches} batches of "
+          f"{cfg.data.seq_len} tokens, tokenizer {data_spec or cfg.data.tokenizer} "
+          f"(--batches=-1 skips it)")
     results["validation"] = perplexity(cfg, setup, params, data_tokenizer, n_batches)
   scorer = Scorer(setup.model_cfg, params, setup.mesh, setup.rules, batch_size=batch_size,
                   max_len=int(cfg.data.seq_len))
@@ -323,6 +334,19 @@ def run(cfg: ml_collections.ConfigDict, checkpoint: str, *, step: int | None = N
       with open(out, "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1)
   return results
+
+
+def validation_source(data_cfg: ml_collections.ConfigDict) -> str:
+  """What `config.data` evaluates on, in words: a prepared dir, a mixture's datasets, or a
+  source prepared inline (the embedded Shakespeare plays unless config.data.name says)."""
+  if data_cfg.prepared_dir:
+    return f"the validation split of {data_cfg.prepared_dir}"
+  if data_cfg.datasets:
+    return f"the validation splits of {data_cfg.eval_dataset or data_cfg.datasets}"
+  what = {"shakespeare": "the embedded Shakespeare plays (config.data.name='shakespeare')",
+          "text_files": f"config.data.validation_files={data_cfg.validation_files!r}",
+          "tfds": f"tfds {data_cfg.tfds_name}"}.get(data_cfg.name, data_cfg.name)
+  return f"{what}, prepared inline on first use"
 
 
 def format_results(results: dict) -> str:

@@ -21,6 +21,7 @@ import numpy as np
 from etils import epath
 
 from growjax import checkpoint as ckpt_lib
+from growjax import filemode
 from growjax.data import tokenizer_record
 from growjax.interop import params_io
 from growjax.interop.sample import checkpoint_tokenizer_record
@@ -124,8 +125,9 @@ def export_hf(checkpoint: str, to: str, *, step: int | None = None, dtype: str =
     def flush():
       shards.append(list(current))
       if jax.process_index() == 0:   # the shard count is known at the end: renamed then
-        save_file(current, os.fspath(tmp / f"part-{len(shards):05d}.safetensors"),
-                  metadata={"format": "pt"})
+        part = tmp / f"part-{len(shards):05d}.safetensors"
+        save_file(current, os.fspath(part), metadata={"format": "pt"})
+        filemode.as_umask(part)   # safetensors writes 0600
 
     for name, value in hf_tensors():
       if current and size + value.nbytes > limit:

@@ -150,7 +150,9 @@ def verify(checkpoint: str, step: int | None = None) -> dict[int, str | None]:
 def run(checkpoint: str, *, step: int | None = None, as_json: bool = False,
         check: bool = False) -> dict:
   """Prints what a checkpoint holds; with `check`, first verifies every step's files
-  against their checksums and fails (one line) when one is damaged."""
+  against their checksums and fails (one line) when one is damaged. A grow run's
+  workdir is its last stage's checkpoints (the line on stderr says which)."""
+  checkpoint = ckpt_lib.run_stage(checkpoint, "CKPT_DIR", ckpt_lib.to_stderr) or checkpoint
   checked = verify(checkpoint, step) if check else None
   info = describe(checkpoint, step)
   if checked is not None:
