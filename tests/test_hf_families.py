@@ -170,3 +170,24 @@ def test_configs_hf_recipes_and_export_verify(name, how, tmp_path, monkeypatch, 
     return
   diff = float(line.split("max |logit diff| ")[1].split()[0])
   assert diff < 1e-4 * float(np.abs(np.load(os.path.join(src, "reference_logits.npy"))).max())
+
+
+def test_mup_folds_into_plain_weights_for_each_family():
+  """Under μP the logit, branch and query multipliers fold into weights (for export):
+  into q's bias too (Qwen2), into the q norm's scale where a q norm follows q (Qwen3,
+  OLMo-2), into the post norms' scales where the norms follow the sublayers (OLMo-2)."""
+  from growjax.model import ModelConfig, init_params, mup
+  tokens = np.random.default_rng(0).integers(0, 32, (1, 8)).astype(np.int32)
+  for family in ({"qkv_bias": True}, {"qk_norm": "head"},
+                 {"qk_norm": "whole", "norm_position": "post"}):
+    cfg = ModelConfig(vocab_size=32, num_layers=1, embed_dim=32, num_heads=2,
+                      num_kv_heads=1, head_dim=16, mlp_dim=32, dtype="float32",
+                      attention_impl="xla", parametrization="mup", mup_base_embed_dim=8,
+                      mup_base_num_layers=2, mup_depth_alpha=1.0, mup_base_head_dim=4,
+                      **family)
+    params = jax.tree.map(   # biases and norm scales away from 0 and 1
+        lambda x: x + 0.1 * jax.random.normal(jax.random.key(1), x.shape),
+        jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(0)))
+    sp = cfg.replace(parametrization="sp")
+    np.testing.assert_allclose(logits(sp, mup.fold_into_sp(params, cfg), tokens),
+                               logits(cfg, params, tokens), rtol=1e-5, atol=1e-5)
