@@ -36,7 +36,7 @@ Args (comma-separated key=value after the colon):
                  identity), under warmup-stable-decay (the expansion in the stable
                  phase); the run's FLOPs equal `scratch_steps` (default 300) of the
                  target from scratch, by construction (growjax/growth/budget.py), so
-                 the shallow model sees more tokens. No muP yet (growjax has none).
+                 the shallow model sees more tokens; with mup=1 under μP.
           paper, 7b and 28b: sequence 2048, bf16; tokens are at the default batch.
   batch   the global batch in sequences (default 16 for tiny, else 1024, ~2M tokens).
   method  the depth operator (growth.method): stack (default, G_stack), interpolate,
@@ -47,6 +47,11 @@ Args (comma-separated key=value after the colon):
           through a mask ramped 0 -> 1 over this many steps after the growth, so any
           operator starts function-preserving (default 0: off); e.g.
           configs/grow.py:recipe=tiny,method=random,mask_ramp=50.
+  mup     1: both models under μP with CompleteP depth scaling
+          (config.model.parametrization='mup', growjax/model/mup.py), the base shape the
+          small model's, so hyper-parameters tuned on the small model carry to the large
+          one and the growth carries the multipliers (growjax/growth/mup_carry.py);
+          e.g. configs/grow.py:recipe=late,mup=1. Default 0 (SP).
 
 For paper / 7b / 28b set data (your corpus and tokenizer) and batch for your cluster;
 `growjax plan --params N --tokens D --config configs/grow.py:recipe=...` gives the
@@ -119,7 +124,7 @@ def paper_scale(recipe, batch):
 def get_config(arg=None):
   args = parse_arg(arg, "configs/grow.py", recipe="", batch=config_dict.placeholder(int),
                    method="stack", mask_ramp=0, fraction=0.8, expand="copy",
-                   scratch_steps=300)
+                   scratch_steps=300, mup=0)
   method = args.method
   if args.recipe == "late":
     c, method = late(16 if args.batch is None else args.batch, args.fraction, args.expand,
@@ -136,4 +141,14 @@ def get_config(arg=None):
   c.growth.enabled = True
   c.growth.method = method
   c.growth.mask_ramp_steps = args.mask_ramp
+  if args.mup:
+    use_mup(c)
   return c
+
+
+def use_mup(c, alpha=1.0):
+  """Both models under μP, the small model's shape the base (the shape tuned at)."""
+  small = c.growth.small_model
+  for m in (c.model, small):
+    m.update(parametrization="mup", mup_base_embed_dim=small.embed_dim,
+             mup_base_num_layers=small.num_layers, mup_depth_alpha=alpha)
