@@ -191,3 +191,16 @@ def test_mup_folds_into_plain_weights_for_each_family():
     sp = cfg.replace(parametrization="sp")
     np.testing.assert_allclose(logits(sp, mup.fold_into_sp(params, cfg), tokens),
                                logits(cfg, params, tokens), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("flag, expect", [
+    ("--config.model.qk_norm=both", "config.model.qk_norm='both'; choose 'none', 'head'"),
+    ("--config.model.rope_scaling=yarn", "config.model.rope_scaling='yarn'; choose one of"),
+    ("--config.model.sliding_window=-4", "config.model.sliding_window=-4 must be 0 (none)"),
+])
+def test_bad_family_fields_are_one_line(flag, expect, tmp_path, monkeypatch, capsys):
+  tiny = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.py")
+  code, _, err = run(monkeypatch, capsys, "train", f"--config={tiny}", flag,
+                     f"--workdir={tmp_path}")
+  assert code == 2 and len(err.strip().splitlines()) == 1, err
+  assert err.startswith("growjax train: ") and expect in err, err
