@@ -152,6 +152,8 @@ def test_configs_hf_recipes_and_export_verify(name, how, tmp_path, monkeypatch, 
   assert code == 0, err
   code, text, err = run(monkeypatch, capsys, "inspect", grown)
   assert code == 0 and "Metadata file does not exist" not in text + err
+  assert {"qwen3": "family       q/k norm per head\n",
+          "llama3_rope": "family       rope llama3 x8.0\n"}[name] in text
   code, text, err = run(monkeypatch, capsys, "export-hf", f"--from={grown}", f"--to={out}",
                         "--verify")
   assert code == 0, err
