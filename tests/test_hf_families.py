@@ -206,3 +206,22 @@ def test_bad_family_fields_are_one_line(flag, expect, tmp_path, monkeypatch, cap
                      f"--workdir={tmp_path}")
   assert code == 2 and len(err.strip().splitlines()) == 1, err
   assert err.startswith("growjax train: ") and expect in err, err
+
+
+def test_width_zero_of_a_whole_qk_norm_is_refused_unless_inexact_is_allowed():
+  """OLMo-2's q/k norm spans all heads: width `zero`'s new heads would move the old ones'
+  attention, so it is refused (as a non-whole embed factor is); `direct` stays exact."""
+  from growjax.growth import spec as spec_lib
+  from growjax.model import ModelConfig
+  small = ModelConfig(vocab_size=32, num_layers=1, embed_dim=32, num_heads=2,
+                      num_kv_heads=1, head_dim=16, mlp_dim=32, qk_norm="whole",
+                      norm_position="post")
+  wide = small.replace(num_heads=4, num_kv_heads=2)
+  with pytest.raises(ValueError, match=r"width zero from 2/1 to 4/2 heads does not keep the "
+                                       r"function of a model with qk_norm='whole'"):
+    spec_lib.resolve(small, wide, "stack", "zero")
+  assert spec_lib.resolve(small, wide, "stack", "zero", allow_inexact=True).inexact
+  assert not spec_lib.resolve(small, wide, "stack", "direct").inexact
+  assert not spec_lib.resolve(small.replace(qk_norm="head", norm_position="pre"),
+                              wide.replace(qk_norm="head", norm_position="pre"),
+                              "stack", "zero").inexact

@@ -39,6 +39,7 @@ WIDTH_FIELDS = tuple(AXIS_FIELDS[a] for a in width.AXES)
 KEPT_FIELDS = (AXIS_FIELDS[VOCAB], AXIS_FIELDS[HEAD_DIM], "tie_embeddings")
 OPT_STATE_MODES = ("reset", "grow")
 INEXACT_EMBED, INEXACT_NORM_EPS = "embed_factor", "norm_eps"  # GrowthSpec.inexact
+INEXACT_QK_NORM = "qk_norm_whole"   # new heads inside a whole-projection q/k norm (OLMo-2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +129,13 @@ class GrowthSpec:
               f"{e_dst} does not keep the function: {e_dst} is not a whole multiple of "
               f"{e_src}, so every RMSNorm sees a weighted mean square",
               f"set {n.large('embed_dim')} to a multiple of {e_src} (e.g. {2 * e_src})")
+    if self.inexact == INEXACT_QK_NORM:
+      return (f"width zero from {self.src.num_heads}/{self.src.num_kv_heads} to "
+              f"{self.dst.num_heads}/{self.dst.num_kv_heads} heads does not keep the "
+              f"function of a model with qk_norm='whole' (OLMo-2): the new heads' q and k "
+              f"enter the norm's mean square over all heads",
+              f"grow the heads with {n.arg('width_method', 'direct')} (exact: its copies "
+              f"keep the mean square)")
     exact = self.src.norm_eps * e_src / e_dst
     return (f"width zero keeps the function exactly only with {n.large('norm_eps')}="
             f"{exact:g} ({n.small('norm_eps')} x {e_src}/{e_dst}); with {self.dst.norm_eps:g} "
@@ -281,6 +289,9 @@ def _depth_map(method: str, explicit: tuple[int, ...] | None, n_src: int, n_dst:
 def _inexact(src: ModelConfig, dst: ModelConfig, width_method: str | None) -> str:
   if width_method in ("direct", "split") and dst.embed_dim % src.embed_dim:
     return INEXACT_EMBED
+  if width_method == "zero" and getattr(dst, "qk_norm", "none") == "whole" and (
+      dst.num_heads != src.num_heads or dst.num_kv_heads != src.num_kv_heads):
+    return INEXACT_QK_NORM
   exact_eps = src.norm_eps * src.embed_dim / dst.embed_dim
   if width_method == "zero" and not math.isclose(dst.norm_eps, exact_eps, rel_tol=1e-6):
     return INEXACT_NORM_EPS
@@ -321,7 +332,7 @@ def resolve(src: ModelConfig, dst: ModelConfig, method: str = "stack",
   wm = (width_method or DEFAULT_WIDTH[method]) if grows_width else None
   spec = GrowthSpec(src, dst, dst.replace(num_layers=src.num_layers), method, wm, lmap,
                     _inexact(src, dst, wm), float(noise))
-  if spec.inexact == INEXACT_EMBED and not allow_inexact:
+  if spec.inexact in (INEXACT_EMBED, INEXACT_QK_NORM) and not allow_inexact:
     what, fix = spec.inexact_message(n)
     raise ValueError(f"{what} — {fix}, or pass {n.arg('allow_inexact', True)} to accept "
                      f"the change")
