@@ -375,6 +375,10 @@ def _define_export_hf(fv):
                       flag_values=fv)
   flags.DEFINE_string("mesh", "", "mesh to restore onto (default: all devices on fsdp).",
                       flag_values=fv)
+  flags.DEFINE_bool("verify", False, "load the export with transformers and report the "
+                    "largest logit difference and the mean KL against growjax on a probe "
+                    "batch (needs torch + transformers; says skipped without them).",
+                    flag_values=fv)
   _distributed_flags(fv)
 
 
@@ -383,8 +387,11 @@ def _run_export_hf(fv):
   from growjax import lease
   from growjax.interop import hf
   with lease.hold(fv.to, command="export-hf", flag="--to"):
-    hf.export_hf(fv["from"].value, fv.to, step=fv.step, dtype=fv.dtype,
-                 max_shard_size=fv.max_shard_size, mesh_spec=fv.mesh)
+    done = hf.export_hf(fv["from"].value, fv.to, step=fv.step, dtype=fv.dtype,
+                        max_shard_size=fv.max_shard_size, mesh_spec=fv.mesh)
+  if fv.verify:
+    from growjax.interop import hf_verify
+    hf_verify.verify(fv["from"].value, done["out"], step=fv.step)
 
 
 def _define_eval(fv):
@@ -473,7 +480,8 @@ ISSUE13_COMMANDS = (
     Command("import-hf", "a local Hugging Face LLaMA directory -> a growjax checkpoint",
             "growjax import-hf --from ~/models/TinyLlama-1.1B --to runs/tinyllama",
             _define_import_hf, _run_import_hf, ("from", "to")),
-    Command("export-hf", "a growjax checkpoint -> a Hugging Face LlamaForCausalLM directory",
+    Command("export-hf", "a growjax checkpoint -> a Hugging Face directory (Llama, Mistral, "
+            "Qwen2, Qwen3, OLMo-2)",
             "growjax export-hf --from runs/tinyllama_x4 --to ~/models/tinyllama-x4",
             _define_export_hf, _run_export_hf, ("from", "to")),
     Command("eval", "perplexity, bits per byte and zero-shot multiple-choice accuracy",

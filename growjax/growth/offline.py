@@ -273,6 +273,8 @@ def _meta_out(meta: dict, large: state_lib.Setup, spec: spec_lib.GrowthSpec, sou
   out["grown_from"][mask_ramp.GROWN_KEY] = masks.record(spec)
   if masks.why_not(spec):
     out["grown_from"]["masks_unavailable"] = masks.why_not(spec)
+  if meta.get("tokenizer"):   # the source's tokenizer (its files stay with the source)
+    out["tokenizer"] = meta["tokenizer"]
   return out
 
 

@@ -28,7 +28,7 @@ import math
 from typing import Any, Sequence
 
 from growjax.growth import depth, experts, mup_carry, width
-from growjax.model import AXIS_FIELDS, HEAD_DIM, LAYERS, VOCAB, ModelConfig, mup
+from growjax.model import AXIS_FIELDS, FAMILY_FIELDS, HEAD_DIM, LAYERS, VOCAB, ModelConfig, mup
 
 DEPTH_METHODS = depth.PRESETS + ("direct", "zero", "random", "learn")
 WIDTH_METHODS = ("direct", "split", "zero", "random", "learn")
@@ -40,6 +40,7 @@ KEPT_FIELDS = (AXIS_FIELDS[VOCAB], AXIS_FIELDS[HEAD_DIM], "tie_embeddings")
 OPT_STATE_MODES = ("reset", "grow")
 INEXACT_EMBED, INEXACT_NORM_EPS = "embed_factor", "norm_eps"  # GrowthSpec.inexact
 INEXACT_DROP = "drop_upcycling"
+INEXACT_QK_NORM = "qk_norm_whole"   # new heads inside a whole-projection q/k norm (OLMo-2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +139,13 @@ class GrowthSpec:
               f"{e_dst} does not keep the function: {e_dst} is not a whole multiple of "
               f"{e_src}, so every RMSNorm sees a weighted mean square",
               f"set {n.large('embed_dim')} to a multiple of {e_src} (e.g. {2 * e_src})")
+    if self.inexact == INEXACT_QK_NORM:
+      return (f"width zero from {self.src.num_heads}/{self.src.num_kv_heads} to "
+              f"{self.dst.num_heads}/{self.dst.num_kv_heads} heads does not keep the "
+              f"function of a model with qk_norm='whole' (OLMo-2): the new heads' q and k "
+              f"enter the norm's mean square over all heads",
+              f"grow the heads with {n.arg('width_method', 'direct')} (exact: its copies "
+              f"keep the mean square)")
     exact = self.src.norm_eps * e_src / e_dst
     return (f"width zero keeps the function exactly only with {n.large('norm_eps')}="
             f"{exact:g} ({n.small('norm_eps')} x {e_src}/{e_dst}); with {self.dst.norm_eps:g} "
@@ -153,6 +161,11 @@ def check_pair(src: ModelConfig, dst: ModelConfig, names: Names = LIBRARY) -> No
   fixes = {"vocab_size": "growth keeps the vocabulary",
            "head_dim": "growth keeps head_dim (it adds heads, not head size)",
            "tie_embeddings": "growth keeps tie_embeddings"}
+  for f in FAMILY_FIELDS:   # a model family's parameters and computation
+    a, b = getattr(src, f), getattr(dst, f)
+    if a != b:
+      raise ValueError(f"{n.large(f)}={b!r} differs from {n.small(f)}={a!r} — growth "
+                       f"keeps the model family: set {n.large(f)}={a!r}")
   for f in KEPT_FIELDS:
     a, b = getattr(src, f), getattr(dst, f)
     if a != b:
@@ -286,6 +299,9 @@ def _depth_map(method: str, explicit: tuple[int, ...] | None, n_src: int, n_dst:
 def _inexact(src: ModelConfig, dst: ModelConfig, width_method: str | None) -> str:
   if width_method in ("direct", "split") and dst.embed_dim % src.embed_dim:
     return INEXACT_EMBED
+  if width_method == "zero" and getattr(dst, "qk_norm", "none") == "whole" and (
+      dst.num_heads != src.num_heads or dst.num_kv_heads != src.num_kv_heads):
+    return INEXACT_QK_NORM
   exact_eps = src.norm_eps * src.embed_dim / dst.embed_dim
   if width_method == "zero" and not math.isclose(dst.norm_eps, exact_eps, rel_tol=1e-6):
     return INEXACT_NORM_EPS
@@ -390,7 +406,7 @@ def resolve(src: ModelConfig, dst: ModelConfig, method: str = "stack",
   spec = GrowthSpec(src, dst, dst.replace(num_layers=src.num_layers), method, wm, lmap,
                     INEXACT_DROP if drop_fraction else _inexact(src, dst, wm), float(noise),
                     what, float(drop_fraction))
-  if spec.inexact == INEXACT_EMBED and not allow_inexact:
+  if spec.inexact in (INEXACT_EMBED, INEXACT_QK_NORM) and not allow_inexact:
     what, fix = spec.inexact_message(n)
     raise ValueError(f"{what} — {fix}, or pass {n.arg('allow_inexact', True)} to accept "
                      f"the change")

@@ -13,7 +13,7 @@ import ml_collections
 from growjax.model import fp8
 from growjax.model import fp8_swiglu
 from growjax.model import mup
-from growjax.model.attention import ATTENTION_IMPLS
+from growjax.model.attention import ATTENTION_IMPLS, ROPE_SCALINGS
 from growjax.model.params import AXIS_FIELDS, MOE_AXES, SHARED_MLP
 from growjax.model.remat import REMAT_POLICIES
 
@@ -29,6 +29,13 @@ def _architecture(default=dataclasses.MISSING):
 
 def _compute(default):
   return dataclasses.field(default=default, metadata={KIND: COMPUTE})
+
+
+# The fields of a model family (below): growth keeps them, and a checkpoint recorded
+# before they existed has their defaults (plain LLaMA).
+FAMILY_FIELDS = ("rope_scaling", "rope_factor", "rope_low_freq_factor",
+                 "rope_high_freq_factor", "rope_original_max_positions", "qkv_bias",
+                 "qk_norm", "norm_position", "sliding_window")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +54,20 @@ class ModelConfig:
   rope_theta: float = _architecture(10_000.0)
   norm_eps: float = _architecture(1e-5)
   tie_embeddings: bool = _architecture(False)
+  # Model families, each a variant of the one parameter table (growjax.model.params):
+  # rotary scaling ('none' | 'linear' | 'llama3': Llama 3.x's, with its factors and the
+  # original context), q/k/v biases (Qwen2.5), q/k RMSNorm per head ('head': Qwen3) or
+  # over the whole projection ('whole': OLMo-2), norms after the sublayers instead of
+  # before ('post': OLMo-2), and a sliding attention window (Mistral-7B-v0.1; 0: none).
+  rope_scaling: str = _architecture("none")
+  rope_factor: float = _architecture(1.0)
+  rope_low_freq_factor: float = _architecture(1.0)
+  rope_high_freq_factor: float = _architecture(4.0)
+  rope_original_max_positions: int = _architecture(8192)
+  qkv_bias: bool = _architecture(False)
+  qk_norm: str = _architecture("none")
+  norm_position: str = _architecture("pre")
+  sliding_window: int = _architecture(0)
   # The compute dtype. A checkpoint records it (an imported model's --dtype, the numerics
   # it was trained in) and a run from `init_from` has always had to match it, so it counts
   # as what a checkpoint is; `for_exact_logits` sets float32 to compare two models.
@@ -166,6 +187,30 @@ class ModelConfig:
       raise ValueError(f"{where}.head_dim={self.head_dim} must be even for rotary "
                        f"embeddings.")
     self._validate_moe(where)
+    if self.rope_scaling not in ROPE_SCALINGS:
+      raise ValueError(f"{where}.rope_scaling={self.rope_scaling!r}; choose one of "
+                       f"{ROPE_SCALINGS}.")
+    if self.rope_scaling != "none" and not self.rope_factor > 0:
+      raise ValueError(f"{where}.rope_factor={self.rope_factor} must be positive.")
+    if self.rope_scaling == "llama3" and not (
+        self.rope_high_freq_factor > self.rope_low_freq_factor > 0
+        and self.rope_original_max_positions > 0):
+      raise ValueError(f"{where}.rope_high_freq_factor={self.rope_high_freq_factor} must "
+                       f"exceed rope_low_freq_factor={self.rope_low_freq_factor} > 0, and "
+                       f"rope_original_max_positions={self.rope_original_max_positions} "
+                       f"be positive, for rope_scaling='llama3'.")
+    if self.qk_norm not in ("none", "head", "whole"):
+      raise ValueError(f"{where}.qk_norm={self.qk_norm!r}; choose 'none', 'head' (Qwen3) "
+                       f"or 'whole' (OLMo-2).")
+    if self.norm_position not in ("pre", "post"):
+      raise ValueError(f"{where}.norm_position={self.norm_position!r}; choose 'pre' or "
+                       f"'post' (OLMo-2).")
+    if not isinstance(self.sliding_window, int) or self.sliding_window < 0:
+      raise ValueError(f"{where}.sliding_window={self.sliding_window!r} must be 0 (none) "
+                       f"or a positive number of positions.")
+    if self.sliding_window and self.attention_impl == "splash":
+      raise ValueError(f"{where}.sliding_window={self.sliding_window} is not implemented "
+                       f"with attention_impl='splash' — use 'xla' or 'cudnn'.")
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"{where}.remat_policy={self.remat_policy!r}; choose one of "
                        f"{sorted(REMAT_POLICIES)}.")
@@ -225,6 +270,13 @@ class ModelConfig:
       return self.num_layers
     return min(self.scan_unroll, self.num_layers)
 
+  def rope_spec(self) -> tuple:
+    """The rotary scaling as `growjax.model.attention.rotary_tables` takes it."""
+    if self.rope_scaling == "none":
+      return ()
+    return (self.rope_scaling, float(self.rope_factor), float(self.rope_low_freq_factor),
+            float(self.rope_high_freq_factor), int(self.rope_original_max_positions))
+
   @property
   def compute_dtype(self):
     return jnp.dtype(self.dtype)
@@ -240,7 +292,7 @@ class ModelConfig:
       experts = self.experts_per_token if active else self.num_experts
       mlp = e * self.num_experts + 3 * e * (experts * self.expert_mlp_dim
                                             + self.shared_mlp_dim)
-    per_layer = attn + mlp + 2 * e
+    per_layer = attn + mlp + 2 * e + self.family_params_per_layer()
     n = self.num_layers * per_layer + e
     head = self.vocab_size * e
     if include_embedding:
@@ -248,6 +300,13 @@ class ModelConfig:
     if not self.tie_embeddings or not include_embedding:
       n += head
     return n
+
+  def family_params_per_layer(self) -> int:
+    """The model family's own parameters in one layer (biases, q/k norm scales)."""
+    h, n, k = self.head_dim, self.num_heads, self.num_kv_heads
+    n_params = (n + 2 * k) * h if self.qkv_bias else 0
+    n_params += {"none": 0, "head": 2 * h, "whole": (n + k) * h}[self.qk_norm]
+    return n_params
 
   def flops_per_token(self, seq_len: int, causal: bool = False) -> float:
     """Training FLOPs per token: 6N (matmul weights, LM head included; an MoE model's

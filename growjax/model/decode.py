@@ -31,11 +31,20 @@ def _layer(cfg: ModelConfig, p: dict, x_BxTxE, rotary, cache_k, cache_v, start, 
   """One block over the T new positions written at cache slot `start`; returns x and
   the updated caches ((B, S, K, H) each)."""
   dt = cfg.compute_dtype
-  h = _rms(x_BxTxE, p["attn_norm"]["scale"], cfg.norm_eps, dt)
+  post = cfg.norm_position == "post"   # OLMo-2: x + norm(sublayer(x))
+  h = x_BxTxE.astype(dt) if post else _rms(x_BxTxE, p["attn_norm"]["scale"], cfg.norm_eps, dt)
   a = p["attn"]
-  q = attention.rope(jnp.einsum("bte,enh->btnh", h, a["q"].astype(dt)), rotary)
-  k = attention.rope(jnp.einsum("bte,ekh->btkh", h, a["k"].astype(dt)), rotary)
+  q = jnp.einsum("bte,enh->btnh", h, a["q"].astype(dt))
+  k = jnp.einsum("bte,ekh->btkh", h, a["k"].astype(dt))
   v = jnp.einsum("bte,ekh->btkh", h, a["v"].astype(dt))
+  if cfg.qkv_bias:
+    q, k, v = (q + a["q_bias"].astype(dt), k + a["k_bias"].astype(dt),
+               v + a["v_bias"].astype(dt))
+  if cfg.qk_norm != "none":
+    name, axes = ("norm", 1) if cfg.qk_norm == "head" else ("whole_norm", 2)
+    q = model_lib.head_norm(q, a[f"q_{name}"]["scale"], axes, cfg.norm_eps, dt)
+    k = model_lib.head_norm(k, a[f"k_{name}"]["scale"], axes, cfg.norm_eps, dt)
+  q, k = attention.rope(q, rotary), attention.rope(k, rotary)
   cache_k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), start, 1)
   cache_v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), start, 1)
   b, t, n, hd = q.shape
@@ -45,17 +54,28 @@ def _layer(cfg: ModelConfig, p: dict, x_BxTxE, rotary, cache_k, cache_v, start, 
                  preferred_element_type=jnp.float32) * (hd ** -0.5)
   slot_T = start + jnp.arange(t)
   causal_TxS = jnp.arange(cache_k.shape[1])[None, :] <= slot_T[:, None]
+  if cfg.sliding_window:   # slots and positions differ by the row's padding only
+    causal_TxS &= jnp.arange(cache_k.shape[1])[None, :] > slot_T[:, None] - cfg.sliding_window
   mask = causal_TxS[None, None, None] & valid_BxS[:, None, None, None, :]
   s = jnp.where(mask, s, jnp.finfo(jnp.float32).min)
   w = jax.nn.softmax(s, axis=-1).astype(dt)
   out = jnp.einsum("bkgts,bskh->btkgh", w, cache_v.astype(dt)).reshape(b, t, n, hd)
-  x_BxTxE = x_BxTxE + jnp.einsum("btnh,nhe->bte", out, a["o"].astype(dt))
-  h = _rms(x_BxTxE, p["mlp_norm"]["scale"], cfg.norm_eps, dt)
+  out = jnp.einsum("btnh,nhe->bte", out, a["o"].astype(dt))
+  if post:
+    out = _rms(out, p["attn_norm"]["scale"], cfg.norm_eps, dt)
+  x_BxTxE = x_BxTxE + out
+  h = x_BxTxE.astype(dt) if post else _rms(x_BxTxE, p["mlp_norm"]["scale"], cfg.norm_eps, dt)
   if cfg.num_experts:
-    return x_BxTxE + moe.apply_moe(cfg, p["moe"], h)[0], cache_k, cache_v
+    out = moe.apply_moe(cfg, p["moe"], h)[0]
+    if post:
+      out = _rms(out, p["mlp_norm"]["scale"], cfg.norm_eps, dt)
+    return x_BxTxE + out, cache_k, cache_v
   m = p["mlp"]
   h = jax.nn.silu(h @ m["gate"].astype(dt)) * (h @ m["up"].astype(dt))
-  return x_BxTxE + h @ m["down"].astype(dt), cache_k, cache_v
+  out = h @ m["down"].astype(dt)
+  if post:
+    out = _rms(out, p["mlp_norm"]["scale"], cfg.norm_eps, dt)
+  return x_BxTxE + out, cache_k, cache_v
 
 
 def forward(cfg: ModelConfig, params: Any, tokens_BxT, positions_BxT, cache, start,
@@ -64,7 +84,8 @@ def forward(cfg: ModelConfig, params: Any, tokens_BxT, positions_BxT, cache, sta
   (`k`, `v`: (layers, B, S, K, H))."""
   dt = cfg.compute_dtype
   x = jnp.take(params["embedding"], tokens_BxT, axis=0).astype(dt)
-  rotary = attention.rotary_tables(positions_BxT, cfg.head_dim, cfg.rope_theta)
+  rotary = attention.rotary_tables(positions_BxT, cfg.head_dim, cfg.rope_theta,
+                                   cfg.rope_spec())
 
   def body(x, layer):
     p, ck, cv = layer

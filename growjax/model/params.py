@@ -36,19 +36,23 @@ ACT_BATCH, ACT_LENGTH, ACT_EMBED, ACT_HEADS, ACT_KV_HEADS, ACT_MLP, ACT_VOCAB = 
 # stream axis `embed` (its first axis: `x @ W`); one that WRITES it produces `embed`
 # (its last axis) from its other axes; a norm SCALES it (its only axis is `embed`).
 READS, WRITES, SCALES = "reads", "writes", "scales"
+# A parameter of a projection's output (a q/k/v bias, a q/k norm scale): no `embed` axis;
+# its axes are its projection's outputs, so growth copies it with its units, undivided.
+OUTPUT = "output"
 ROLE_RULES = {
     READS: f"a weight that reads the residual stream contracts '{EMBED}', its first axis "
            f"(x @ W); its other axes are outputs",
     WRITES: f"a weight that writes the residual stream produces '{EMBED}', its last axis, "
             f"from its other axes",
     SCALES: f"a norm scale has the one axis '{EMBED}'",
+    OUTPUT: f"a parameter of a projection's output has no '{EMBED}' axis",
 }
 # Weight-decay classes (`growjax.train.optimizer.decay_mask`): matrices are always decayed;
 # vocab-sized tables and norm scales as config.optimizer.decay_embeddings / decay_norms say.
 DECAY_MATRIX, DECAY_TABLE, DECAY_NORM = "matrix", "table", "norm"
 # Initialisers: normal(init_std); normal(init_std / sqrt(2 num_layers)) for the output
 # projections of a block; ones.
-INIT_STD, INIT_OUT, INIT_ONES = "std", "out", "ones"
+INIT_STD, INIT_OUT, INIT_ONES, INIT_ZEROS = "std", "out", "ones", "zeros"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +64,9 @@ class Param:
   role: str
   decay: str
   init: str
+  # The model family it belongs to: a `ModelConfig` predicate (`FAMILY_PARAMS`) that
+  # must hold for the parameter to exist; None: every model has it.
+  family: str | None = None
 
 
 _LAYER_PARAMS = {
@@ -82,6 +89,24 @@ _LAYER_PARAMS = {
     "moe/shared_gate": Param((EMBED, SHARED_MLP), READS, DECAY_MATRIX, INIT_STD),
     "moe/shared_up": Param((EMBED, SHARED_MLP), READS, DECAY_MATRIX, INIT_STD),
     "moe/shared_down": Param((SHARED_MLP, EMBED), WRITES, DECAY_MATRIX, INIT_OUT),
+    # Model families (`FAMILY_PARAMS`). Qwen2: q/k/v biases (not decayed, as norms).
+    "attn/q_bias": Param((HEADS, HEAD_DIM), OUTPUT, DECAY_NORM, INIT_ZEROS, "qkv_bias"),
+    "attn/k_bias": Param((KV_HEADS, HEAD_DIM), OUTPUT, DECAY_NORM, INIT_ZEROS, "qkv_bias"),
+    "attn/v_bias": Param((KV_HEADS, HEAD_DIM), OUTPUT, DECAY_NORM, INIT_ZEROS, "qkv_bias"),
+    # Qwen3: an RMSNorm over each head's q and k (one scale per head_dim feature).
+    "attn/q_norm/scale": Param((HEAD_DIM,), OUTPUT, DECAY_NORM, INIT_ONES, "qk_norm_head"),
+    "attn/k_norm/scale": Param((HEAD_DIM,), OUTPUT, DECAY_NORM, INIT_ONES, "qk_norm_head"),
+    # OLMo-2: an RMSNorm over the whole q and k projections (all heads at once).
+    "attn/q_whole_norm/scale": Param((HEADS, HEAD_DIM), OUTPUT, DECAY_NORM, INIT_ONES,
+                                     "qk_norm_whole"),
+    "attn/k_whole_norm/scale": Param((KV_HEADS, HEAD_DIM), OUTPUT, DECAY_NORM, INIT_ONES,
+                                     "qk_norm_whole"),
+}
+# Which families a `ModelConfig` has (`Param.family`): its parameters exist only there.
+FAMILY_PARAMS = {
+    "qkv_bias": lambda cfg: bool(getattr(cfg, "qkv_bias", False)),
+    "qk_norm_head": lambda cfg: getattr(cfg, "qk_norm", "none") == "head",
+    "qk_norm_whole": lambda cfg: getattr(cfg, "qk_norm", "none") == "whole",
 }
 # Every parameter, by its path in the params tree. `lm_head` is absent when the
 # embeddings are tied (the embedding table, transposed, is the head).
@@ -107,7 +132,7 @@ def check_params(table: dict[str, Param]) -> None:
       raise ValueError(f"{where} declares axes {p.axes} — a parameter under '{LAYERS}/' "
                        f"(the scanned blocks) has '{LAYERS}' as its first axis, others none")
     rest = p.axes[1:] if scanned else p.axes
-    fits = {SCALES: rest == (EMBED,),
+    fits = {SCALES: rest == (EMBED,), OUTPUT: EMBED not in rest and len(rest) >= 1,
             READS: len(rest) >= 2 and rest[0] == EMBED and EMBED not in rest[1:],
             WRITES: len(rest) >= 2 and rest[-1] == EMBED and EMBED not in rest[:-1]}
     if p.role not in fits:
@@ -119,9 +144,12 @@ def check_params(table: dict[str, Param]) -> None:
     if p.decay not in (DECAY_MATRIX, DECAY_TABLE, DECAY_NORM):
       raise ValueError(f"{where} declares decay class {p.decay!r} — choose "
                        f"{DECAY_MATRIX!r}, {DECAY_TABLE!r} or {DECAY_NORM!r}")
-    if p.init not in (INIT_STD, INIT_OUT, INIT_ONES):
+    if p.init not in (INIT_STD, INIT_OUT, INIT_ONES, INIT_ZEROS):
       raise ValueError(f"{where} declares init {p.init!r} — choose {INIT_STD!r}, "
-                       f"{INIT_OUT!r} or {INIT_ONES!r}")
+                       f"{INIT_OUT!r}, {INIT_ONES!r} or {INIT_ZEROS!r}")
+    if p.family is not None and p.family not in FAMILY_PARAMS:
+      raise ValueError(f"{where} declares family {p.family!r} — choose one of "
+                       f"{tuple(FAMILY_PARAMS)}, or add it to FAMILY_PARAMS")
 
 
 check_params(PARAMS)
@@ -130,7 +158,7 @@ check_params(PARAMS)
 def present(path: str, cfg) -> bool:
   """Whether `cfg`'s model has the parameter at `path`: no `lm_head` when tied; an MoE
   model (num_experts > 0) has `moe/*` in place of `mlp/*`, its `shared_*` only with
-  shared_mlp_dim > 0."""
+  shared_mlp_dim > 0; a family's parameters (`Param.family`) only in that family."""
   if path == "lm_head":
     return not cfg.tie_embeddings
   moe = getattr(cfg, "num_experts", 0) > 0
@@ -140,7 +168,8 @@ def present(path: str, cfg) -> bool:
     return moe and cfg.shared_mlp_dim > 0
   if path.startswith(f"{LAYERS}/moe/"):
     return moe
-  return True
+  p = PARAMS[path]
+  return p.family is None or FAMILY_PARAMS[p.family](cfg)
 
 
 def param_table(cfg) -> dict:

@@ -18,6 +18,7 @@ from growjax import console
 from growjax import data as data_lib
 from growjax import faults
 from growjax import sharding
+from growjax.data import tokenizer_record
 from growjax.model import decode
 from growjax.train import attention_choice
 from growjax.train import guard as guard_lib
@@ -28,7 +29,7 @@ from growjax.train.state import (Setup, build, run_meta, to_host)
 from growjax.train.accounting import Accounting
 from growjax.train.batches import HostBatches
 from growjax.train.recovery import BadStepsError, Recovery, all_finite  # noqa: F401
-from growjax.train.resume import restore_or_init
+from growjax.train.resume import restore_or_init, run_tokenizer
 from growjax.train.step import (make_eval_step, make_fp8_calibration,
                                 make_train_step)
 
@@ -70,11 +71,13 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, devices=None,
                                      use_async=tc.async_checkpointing,
                                      on_saved=lambda *a: writer.text(saved_line(*a)))
   try:
+    tokenizer, tokenizer_spec = run_tokenizer(cfg, checkpoints)
     loop = _Loop(setup, writer, checkpoints, stop_after_steps)
+    loop.meta[tokenizer_record.META_KEY] = tokenizer
     loop.account.later_flops = float(later_flops)
     history = loop.run()
     if tc.get("final_sample_tokens", 0) and history.get("stopped_at") is None:
-      final_sample(setup, loop.state.params, writer)
+      final_sample(setup, loop.state.params, writer, tokenizer_spec)
     return history
   finally:
     checkpoints.wait()
@@ -88,14 +91,16 @@ def saved_line(step: int, seconds: float, size: int | None) -> str:
   return f"checkpoint step {step} saved in {seconds:.1f}s{what}"
 
 
-def final_sample(setup: Setup, params: Any, writer) -> str | None:
+def final_sample(setup: Setup, params: Any, writer, spec: str | None = None) -> str | None:
   """The end of `growjax train`: a short greedy sample of `config.train.final_sample_prompt`
-  (`config.train.final_sample_tokens` tokens), so a run shows what its model writes."""
+  (`config.train.final_sample_tokens` tokens), so a run shows what its model writes;
+  decoded with the run's tokenizer (`spec`, its data's), `config.data.tokenizer` when
+  none is given."""
   tc, cfg = setup.cfg.train, setup.cfg
   n = int(tc.get("final_sample_tokens", 0) or 0)
   if n <= 0:
     return None
-  tok = data_lib.make_tokenizer(cfg.data.tokenizer)
+  tok = data_lib.make_tokenizer(spec or cfg.data.tokenizer)
   prompt = tc.get("final_sample_prompt", "") or ""
   with jax.set_mesh(setup.mesh):
     [text], t = decode.generate_text(setup.model_cfg, params, tok, [prompt], max_new_tokens=n,
