@@ -168,3 +168,20 @@ def test_late_recipe_under_mup_runs_end_to_end(tmp_path):
     metas = list((w / stage / "checkpoints").glob("*/meta/*"))
     text = " ".join(p.read_text() for p in metas if p.is_file())
     assert '"parametrization": "mup"' in text and f'"num_layers": {layers}' in text, stage
+
+
+def test_decoding_computes_the_mup_model():
+  """KV-cache decoding (sample, generation) applies μP's multipliers as the model does:
+  prefill logits equal the model's, away from the base shape (m = 2, L / L0 = 2,
+  head_dim 16 against a base of 32)."""
+  from growjax.model import decode
+  cfg = toy(width=128, depth=4, alpha=0.5).replace(mup_base_head_dim=32)
+  params = init_params(cfg, jax.random.key(3))
+  tokens = np.asarray(TOKENS)
+  got = np.asarray(logits(cfg, params))
+  b, t = tokens.shape
+  empty = {k: np.zeros((cfg.num_layers, b, t, cfg.num_kv_heads, cfg.head_dim), np.float32)
+           for k in ("k", "v")}
+  prefill, _ = decode.forward(cfg, params, tokens, np.broadcast_to(np.arange(t), (b, t)),
+                              empty, 0, np.ones((b, t), bool))
+  np.testing.assert_allclose(np.asarray(prefill), got, rtol=1e-5, atol=1e-5 * np.abs(got).max())

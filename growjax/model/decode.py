@@ -17,6 +17,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from growjax.model import attention
 from growjax.model import moe
+from growjax.model import mup
 from growjax.model import transformer as model_lib
 from growjax.model import ModelConfig
 
@@ -44,6 +45,8 @@ def _layer(cfg: ModelConfig, p: dict, x_BxTxE, rotary, cache_k, cache_v, start, 
     name, axes = ("norm", 1) if cfg.qk_norm == "head" else ("whole_norm", 2)
     q = model_lib.head_norm(q, a[f"q_{name}"]["scale"], axes, cfg.norm_eps, dt)
     k = model_lib.head_norm(k, a[f"k_{name}"]["scale"], axes, cfg.norm_eps, dt)
+  if mup.query_multiplier(cfg) != 1.0:   # μP's attention scale (growjax.model.mup)
+    q = q * jnp.asarray(mup.query_multiplier(cfg), q.dtype)
   q, k = attention.rope(q, rotary), attention.rope(k, rotary)
   cache_k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), start, 1)
   cache_v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), start, 1)
@@ -60,22 +63,23 @@ def _layer(cfg: ModelConfig, p: dict, x_BxTxE, rotary, cache_k, cache_v, start, 
   s = jnp.where(mask, s, jnp.finfo(jnp.float32).min)
   w = jax.nn.softmax(s, axis=-1).astype(dt)
   out = jnp.einsum("bkgts,bskh->btkgh", w, cache_v.astype(dt)).reshape(b, t, n, hd)
+  branch = mup.branch_multiplier(cfg)   # depth-μP's residual-branch multiplier; 1 under SP
   out = jnp.einsum("btnh,nhe->bte", out, a["o"].astype(dt))
   if post:
     out = _rms(out, p["attn_norm"]["scale"], cfg.norm_eps, dt)
-  x_BxTxE = x_BxTxE + out
+  x_BxTxE = x_BxTxE + out * branch if branch != 1.0 else x_BxTxE + out
   h = x_BxTxE.astype(dt) if post else _rms(x_BxTxE, p["mlp_norm"]["scale"], cfg.norm_eps, dt)
   if cfg.num_experts:
     out = moe.apply_moe(cfg, p["moe"], h)[0]
     if post:
       out = _rms(out, p["mlp_norm"]["scale"], cfg.norm_eps, dt)
-    return x_BxTxE + out, cache_k, cache_v
+    return x_BxTxE + out * branch if branch != 1.0 else x_BxTxE + out, cache_k, cache_v
   m = p["mlp"]
   h = jax.nn.silu(h @ m["gate"].astype(dt)) * (h @ m["up"].astype(dt))
   out = h @ m["down"].astype(dt)
   if post:
     out = _rms(out, p["mlp_norm"]["scale"], cfg.norm_eps, dt)
-  return x_BxTxE + out, cache_k, cache_v
+  return x_BxTxE + out * branch if branch != 1.0 else x_BxTxE + out, cache_k, cache_v
 
 
 def forward(cfg: ModelConfig, params: Any, tokens_BxT, positions_BxT, cache, start,
