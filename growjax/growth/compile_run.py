@@ -102,11 +102,13 @@ def _growth(cfg, events, i, topo, hbm) -> aot.Program:
     return aot.Program(f"growth {i}", what + " (learn: not compiled, a training loop of "
                        "its own)", hbm=hbm)
 
+  rng = jax.eval_shape(lambda: jax.random.key(0))   # nothing is made on compile-only chips
+
   def lower():
     with jax.set_mesh(large.mesh), nn.logical_axis_rules(large.rules):
       return offline.grow_state(src_abstract, src_model, src_tx, large, spec=spec,
                                 opt_state=kw["opt_state"], schedule=kw["schedule"],
-                                rng=jax.random.key(0), lower=True)
+                                rng=rng, lower=True)
 
   prog = aot.compile_lowered(f"growth {i}", what, lower, hbm, large.abstract_state)
   # jit drops arguments it does not read (the small moments under opt_state reset), but
