@@ -23,7 +23,8 @@ import sys
 import jax
 import pytest
 
-from growjax import cli, config as config_lib
+from growjax import cli
+from growjax import config as config_lib
 from growjax.model import ModelConfig
 from growjax.train import aot
 

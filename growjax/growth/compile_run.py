@@ -23,9 +23,8 @@ import flax.linen as nn
 import jax
 import ml_collections
 
-from growjax.growth import offline
+from growjax.growth import offline, stages
 from growjax.growth import spec as spec_lib
-from growjax.growth import stages
 from growjax.train import aot
 
 GIB = aot.GIB
@@ -190,7 +189,8 @@ def tail(report: dict) -> list[str]:
   for label, b in (report.get("bound") or {}).items():
     name = f"{label} train step" if label else "train step"
     if b["valid"]:
-      lines.append(f"compiler's bound, {name} (not a measurement): {b['step_s'] * 1e3:.1f} ms "
+      lines.append(f"compiler's bound ({b['kind']}), {name}, not a measurement: "
+                   f"{b['step_s'] * 1e3:.1f} ms "
                    f"per step, {b['tokens_per_s_per_chip']:,.0f} tokens/s per chip, MFU "
                    f"{b['mfu']:.1%} ({b['mfu_causal']:.1%} causal) at "
                    f"{b['peak_tflops']:g} TFLOP/s per chip")
