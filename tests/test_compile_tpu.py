@@ -62,6 +62,7 @@ def _libtpu_site() -> str:
   return site
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(HAVE_LIBTPU, reason="libtpu is importable: the tests run in this process")
 def test_libtpu_tests_in_a_child_with_libtpu_installed():
   site = _libtpu_site()
@@ -141,6 +142,7 @@ def test_tiny_run_compiles_for_v5e_8_with_splash_kernels_within_hbm(monkeypatch,
     assert p["fits"] and 0 < p["total"] < p["hbm"] == 16 * GIB and p["temporaries"] > 0
 
 
+@pytest.mark.slow
 @needs_libtpu
 def test_scanned_1b_step_fits_v5e_8_with_splash():
   """configs/llama.py:size=1b at 2 x 2048 per chip: the compiler's own plan (CPU-host AOT:
@@ -164,6 +166,7 @@ def _llama(size, per_chip, chips):
   return cfg
 
 
+@pytest.mark.slow
 @needs_libtpu
 def test_7b_on_v5e_8_fails_in_one_line_naming_temporaries_and_hbm(tmp_path, monkeypatch,
                                                                    capsys):

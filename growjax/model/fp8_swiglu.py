@@ -41,10 +41,8 @@ def uses_pallas(setting: str) -> bool:
   on one GPU (a Pallas call is not split by the SPMD partitioner)."""
   if setting != "auto":
     return setting == "pallas"
-  mesh = jax.sharding.get_abstract_mesh()   # its devices' platform, as attention.platform
-  device = mesh.abstract_device
-  where = device.platform if device is not None else jax.default_backend()
-  return where == "gpu" and (mesh.empty or mesh.size == 1)
+  mesh = jax.sharding.get_abstract_mesh()
+  return jax.default_backend() == "gpu" and (mesh.empty or mesh.size == 1)
 
 
 def swiglu_grads(dh, gate, up):

@@ -261,7 +261,8 @@ def compile_eval_step(setup: state_lib.Setup, hbm: int, name: str = "eval step")
     with jax.set_mesh(setup.mesh):
       return step_lib.make_eval_step(setup).lower(setup.abstract_state.params,
                                                   memory_probe.abstract_batch(setup))
-  return compile_lowered(name, _batch_what(setup), lower, hbm)
+  return compile_lowered(name, _batch_what(setup), lower, hbm,
+                         setup.abstract_state.replace(opt_state=None))
 
 
 # ---------------------------------------------------------------- the compiler's bound
