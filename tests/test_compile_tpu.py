@@ -90,6 +90,15 @@ def test_slice_names_become_libtpu_topologies():
   assert (topo.chips, topo.num_chips, topo.hbm_bytes) == (128, 256, 95 * GIB)
 
 
+def test_config_mesh_is_one_slice_and_data_spans_the_slices():
+  from growjax import sharding
+  mesh = {"data": 1, "fsdp": -1, "tensor": 2}
+  assert sharding.mesh_shape(mesh, 32, slices=2) == {"data": 2, "fsdp": 8, "tensor": 2}
+  assert sharding.mesh_shape(mesh, 32) == {"data": 1, "fsdp": 16, "tensor": 2}
+  with pytest.raises(ValueError, match="30 devices do not split into 4 equal slices"):
+    sharding.mesh_shape(mesh, 30, slices=4)
+
+
 def run(monkeypatch, capsys, *args):
   monkeypatch.setattr(sys, "argv", ["growjax", *args])
   code = cli.main()
@@ -236,3 +245,21 @@ def test_without_libtpu_one_line_says_how_to_get_it(monkeypatch, capsys):
       "growjax compile: libtpu is not installed, and the TPU compiler comes with it — pip "
       f"install 'growjax[tpu]' (or 'jax[tpu]=={jax.__version__}') on this host; no TPU is "
       "needed")
+
+
+@needs_libtpu
+def test_estimate_searches_the_batch_from_the_cheapest_remat_policy():
+  """Doubling from 1 per chip under remat 'none' (it fits up to the cap here, so no
+  costlier policy is tried), printed as the overrides to use."""
+  cfg = config_lib.base_config("tiny")
+  cfg.data.seq_len = 128
+  topo = aot.parse_topology("v5e-8")
+  lines = []
+  got = aot.estimate(cfg, topo, log=lines.append, max_per_chip=4)
+  assert lines[0].startswith("remat none, 1 per chip: fits")
+  assert [l.split(":")[0] for l in lines] == [f"remat none, {n} per chip" for n in (1, 2, 4)]
+  assert {k: got[k] for k in ("fits", "remat_policy", "per_chip", "global_batch_size",
+                              "compiles", "overrides")} == {
+      "fits": True, "remat_policy": "none", "per_chip": 4, "global_batch_size": 32,
+      "compiles": 3, "overrides": ["--config.model.remat_policy=none",
+                                   "--config.train.global_batch_size=32"]}

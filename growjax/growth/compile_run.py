@@ -140,9 +140,15 @@ def compile_run(cfg: ml_collections.ConfigDict, topo: aot.Topology, *, estimate=
     report["bound"] = {label: aot.bound(c, topo) for label, c in stage_cfgs}
   if estimate:
     report["estimate"] = {}
-    for label, c in stage_cfgs:
+    last = len(stage_cfgs) - 1
+    for i, (label, c) in enumerate(stage_cfgs):
       log(f"--estimate {label or 'train step'}:")
-      report["estimate"][label or "train"] = aot.estimate(c, topo, log=lambda m: log("  " + m))
+      got = aot.estimate(c, topo, log=lambda m: log("  " + m))
+      if got["fits"] and i < last:   # a stage before the last: its fields in config.growth
+        got["overrides"] = [
+            f"--config.growth.small_model.remat_policy={got['remat_policy']}",
+            f"--config.growth.small_global_batch_size={got['global_batch_size']}"]
+      report["estimate"][label or "train"] = got
   return report
 
 
