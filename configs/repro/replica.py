@@ -7,7 +7,13 @@ both and `growjax speedup` on them (docs/RESULTS.md).
   growjax speedup --scratch runs/repro/scratch --grown runs/repro/stack
 
 Args (comma-separated key=value after the colon):
-  run          (required) scratch or stack.
+  run          (required) scratch, stack, or late (a 1-layer model trained for `fraction`
+               of the steps, expanded once to 16 layers, under WSD: arXiv 2511.04981's
+               recipe at this scale; `expand` copy (G_stack of one layer) or zero).
+  schedule     cosine (default for scratch and stack) or wsd (warmup-stable-decay, the
+               last 20% decayed by 1-sqrt; always wsd for late).
+  fraction     late only: the share of the steps the 1-layer model trains (default 0.8).
+  expand       late only: copy (default) or zero.
   steps        the scratch run's steps (default 900); a stack run spends their FLOPs.
   method       stack only: the depth operator (default stack, G_stack), e.g. zero.
   small_steps  stack only: steps of the small model (default 300), e.g.
@@ -32,7 +38,7 @@ from ml_collections import config_dict
 
 from growjax.config import base_config, model_config, parse_arg
 from growjax.data import corpora
-from growjax.growth.budget import equal_flops_steps
+from growjax.growth.budget import equal_flops_steps, late_expansion_steps
 from growjax.model import ModelConfig
 
 LARGE = dict(vocab_size=384, num_layers=16, embed_dim=512, num_heads=8, num_kv_heads=8,
@@ -44,10 +50,14 @@ def get_config(arg=None):
   args = parse_arg(arg, "configs/repro/replica.py", run="", steps=900,
                    method=config_dict.placeholder(str),
                    small_steps=config_dict.placeholder(int),
-                   g=config_dict.placeholder(int), seed=0)
-  if args.run not in ("scratch", "stack"):
+                   g=config_dict.placeholder(int), seed=0, schedule="cosine",
+                   fraction=0.8, expand="copy")
+  if args.run not in ("scratch", "stack", "late"):
     raise ValueError(f"configs/repro/replica.py: run={args.run!r} is not one of scratch, "
-                     f"stack (e.g. configs/repro/replica.py:run=scratch)")
+                     f"stack, late (e.g. configs/repro/replica.py:run=scratch)")
+  if args.schedule not in ("cosine", "wsd"):
+    raise ValueError(f"configs/repro/replica.py: schedule={args.schedule!r} is not one of "
+                     f"cosine, wsd (e.g. configs/repro/replica.py:run=scratch,schedule=wsd)")
   if args.run == "scratch" and (args.method is not None or args.small_steps is not None
                                 or args.g is not None):
     raise ValueError("configs/repro/replica.py: method, small_steps and g are args of "
@@ -71,8 +81,12 @@ def get_config(arg=None):
   c.optimizer.peak_lr = 1e-3
   c.optimizer.end_lr = 1e-4
   c.optimizer.warmup_steps = 90
+  if args.schedule == "wsd" or args.run == "late":
+    c.optimizer.update(schedule="wsd", decay_fraction=0.2, decay_shape="1-sqrt")
   if args.run == "scratch":
     return c
+  if args.run == "late":
+    return _late(c, args)
   c.growth.enabled = True
   small = dict(LARGE, num_layers=LARGE["num_layers"] // g)
   c.growth.small_model = model_config("tiny", **small)
@@ -80,4 +94,23 @@ def get_config(arg=None):
   c.growth.method = args.method or "stack"
   c.train.steps = equal_flops_steps(ModelConfig(**LARGE), ModelConfig(**small),
                                     c.data.seq_len, args.steps, c.growth.small_steps)
+  return c
+
+
+def _late(c, args):
+  """The late single expansion at the scratch run's FLOPs: 1 layer for `fraction` of the
+  steps, then 16 (budget.late_expansion_steps), the decay inside the large stage."""
+  methods = {"copy": "stack", "zero": "zero"}
+  if args.expand not in methods:
+    raise ValueError(f"configs/repro/replica.py: expand={args.expand!r} is not one of "
+                     f"copy, zero")
+  small = dict(LARGE, num_layers=1)
+  c.growth.enabled = True
+  c.growth.small_model = model_config("tiny", **small)
+  c.growth.method = methods[args.expand]
+  c.growth.small_steps, c.train.steps = late_expansion_steps(
+      ModelConfig(**LARGE), ModelConfig(**small), c.data.seq_len, args.steps, args.fraction)
+  c.optimizer.decay_fraction = min(0.2, (1 - args.fraction) / 2)
+  c.train.eval_every = max(c.train.steps // 18, 1)
+  c.train.log_every = 50
   return c

@@ -61,6 +61,9 @@ def stdlib_and_plays(data_cfg: ml_collections.ConfigDict) -> ml_collections.Conf
   data_cfg.validation_files = ",".join(
       [os.path.join(stdlib, p, "**", "*.py") for p in HELD_OUT_PACKAGES]
       + held_out_plays)
+  # CPython's own tests ship source files in other encodings on purpose
+  # (test/encoded_modules, latin-1): their few bad bytes become U+FFFD, counted.
+  data_cfg.invalid_utf8 = "replace"
   return data_cfg
 
 

@@ -52,7 +52,8 @@ def source_setup(meta: dict, large: state_lib.Setup):
   src_model = ModelConfig(**meta["model"])
   src_cfg = ml_collections.ConfigDict(meta["config"])
   schedule = opt_lib.make_schedule(src_cfg.optimizer, src_cfg.train.steps)
-  tx = opt_lib.make_optimizer(src_cfg.optimizer, schedule, logical_axes(src_model))
+  tx = opt_lib.make_optimizer(src_cfg.optimizer, schedule, logical_axes(src_model),
+                              src_model)
   shardings, abstract = state_lib.state_layout(src_model, tx, large.mesh, large.rules)
   return src_model, tx, abstract
 

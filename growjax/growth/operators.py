@@ -15,9 +15,9 @@ from typing import Any, Iterable, Sequence
 
 import jax
 
-from growjax.growth import depth, layout, learn, placement, width
+from growjax.growth import depth, layout, learn, mup_carry, placement, width
 from growjax.growth.spec import GrowthSpec, resolve
-from growjax.model import ModelConfig, init_params
+from growjax.model import ModelConfig, init_params, mup
 
 
 class InexactGrowthWarning(UserWarning):
@@ -96,13 +96,14 @@ def grow_by(spec: GrowthSpec, params: Any, *, rng: jax.Array | None = None,
                                   place=place)
   elif spec.width_method is not None:
     params = _widen(params, width_key, spec, static_place)
-  if spec.layer_map is None:
-    return params
-  if spec.method == "learn":
+  if spec.layer_map is not None and spec.method == "learn":
     params, _ = learn.learn_depth(params, spec.mid, dst.num_layers, spec.layer_map,
                                   learn_batches, learn_steps, learn_lr, place=place)
-    return params
-  return _deepen(params, depth_key, spec, static_place)
+  elif spec.layer_map is not None:
+    params = _deepen(params, depth_key, spec, static_place)
+  if mup.is_mup(dst):   # what the operator does to μP's multipliers: `mup_carry`
+    params = mup_carry.carry(params, src, dst, spec.method, spec.layer_map is not None)
+  return params
 
 
 # Jitted so each leaf's gather, rescale and select fuse into one pass; inside a

@@ -37,7 +37,7 @@ from typing import Any, Sequence
 import jax
 import optax
 
-from growjax.growth import depth, layout, spec as spec_lib, width
+from growjax.growth import depth, layout, mup_carry, spec as spec_lib, width
 from growjax.model import ModelConfig
 
 SECOND_MOMENT_FIELDS = ("nu", "sum_of_squares")
@@ -83,6 +83,7 @@ def grow_moments(spec: spec_lib.GrowthSpec, opt_state: Any,
   src = spec.src
   widen = width.moment_fn(src, spec.mid, spec.width_method) if spec.width_method else None
   deepen = depth.layers_fn(spec.layer_map) if spec.layer_map is not None else None
+  factor = mup_carry.factor_fn(src, spec.dst, spec.method, spec.layer_map is not None)
 
   def grow_leaf(tagged, p):
     if not isinstance(tagged, _Tagged):  # optax.MaskedNode
@@ -92,7 +93,8 @@ def grow_moments(spec: spec_lib.GrowthSpec, opt_state: Any,
       m = widen(p, m, tagged.power)
     if deepen is not None:
       m = deepen(p, m, None)
-    return m
+    f = mup_carry.moment_factor(p, tagged.power, factor)   # μP: a leaf scaled by c
+    return m if f == 1.0 else m * f
 
   tagged = jax.tree_util.tree_map_with_path(lambda p, x: _Tagged(x, _power(p)), opt_state)
   untag = lambda t: jax.tree.map(lambda x: x.value, t, is_leaf=lambda x: isinstance(x, _Tagged))

@@ -27,7 +27,7 @@ import dataclasses
 import math
 from typing import Any, Sequence
 
-from growjax.growth import depth, width
+from growjax.growth import depth, mup_carry, width
 from growjax.model import AXIS_FIELDS, HEAD_DIM, LAYERS, VOCAB, ModelConfig
 
 DEPTH_METHODS = depth.PRESETS + ("direct", "zero", "random", "learn")
@@ -312,6 +312,7 @@ def resolve(src: ModelConfig, dst: ModelConfig, method: str = "stack",
   explicit = tuple(int(i) for i in layer_map) if layer_map else None
   lmap = _depth_map(method, explicit, src.num_layers, dst.num_layers, n)
   grows_width = any(getattr(src, f) != getattr(dst, f) for f in WIDTH_FIELDS)
+  mup_carry.check(src, dst, grows_width, n)
   wm = (width_method or DEFAULT_WIDTH[method]) if grows_width else None
   spec = GrowthSpec(src, dst, dst.replace(num_layers=src.num_layers), method, wm, lmap,
                     _inexact(src, dst, wm), float(noise))

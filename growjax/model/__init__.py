@@ -3,13 +3,16 @@
 `config` (`ModelConfig`, each field declared as architecture or compute), `params` (the
 parameter table: logical axes, roles, decay classes), `transformer` (the LLaMA decoder's
 flax modules), `attention` (its backends and rotary positions), `remat` (the remat
-policies), `loss` (chunked cross-entropy), `fp8` and `fp8_swiglu` (FP8 projections),
+policies), `mup` (μP and depth-μP: init, learning rates, multipliers), `create`
+(make_param: a declared parameter's shape and initialiser), `loss` (chunked
+cross-entropy), `fp8` and `fp8_swiglu` (FP8 projections),
 `splash` (TPU attention), `decode` (KV-cache sampling). The decoder's public names are
 handed on here, so `growjax.model.ModelConfig` reads as the model's own; nothing in this
 wing imports the trainer, growth or interop.
 """
 
 # The model's public face, handed on.
+from growjax.model import mup  # noqa: F401
 from growjax.model.attention import document_segments, rope, rotary_tables  # noqa: F401
 from growjax.model.config import ModelConfig  # noqa: F401
 from growjax.model.params import (  # noqa: F401

@@ -12,6 +12,7 @@ import ml_collections
 
 from growjax.model import fp8
 from growjax.model import fp8_swiglu
+from growjax.model import mup
 from growjax.model.attention import ATTENTION_IMPLS
 from growjax.model.params import AXIS_FIELDS
 from growjax.model.remat import REMAT_POLICIES
@@ -60,6 +61,14 @@ class ModelConfig:
   remat_prevent_cse: bool = _compute(False)
   attention_impl: str = _compute("auto")
   init_std: float = _architecture(0.02)
+  # 'sp' (standard) or 'mup': init scales, Adam learning rates and forward multipliers
+  # that follow width and depth against a base shape (growjax.model.mup), so that
+  # hyper-parameters tuned at the base transfer and a grown model needs no retuning.
+  parametrization: str = _architecture("sp")
+  mup_base_embed_dim: int = _architecture(0)    # the width m = embed_dim / this is 1 at
+  mup_base_num_layers: int = _architecture(0)   # the depth L0 of the branch multiplier
+  mup_base_head_dim: int = _architecture(0)     # h0 of the attention scale; 0: head_dim
+  mup_depth_alpha: float = _architecture(1.0)   # 0 width-only, 0.5 Depth-μP, 1 CompleteP
   # Packed documents on cuDNN: 'mask' (flash attention with a boolean document mask;
   # no extra memory) or 'ragged' (cuDNN's packed layout: faster, keeps softmax statistics
   # for max_segments documents per window, and folds documents past that into the
@@ -147,6 +156,7 @@ class ModelConfig:
       except TypeError:
         raise ValueError(f"{where}.{f}={getattr(self, f)!r} is not a dtype name "
                          f"(e.g. 'bfloat16', 'float32').") from None
+    mup.check(self, where)
     fp8.check_precision(self.matmul_precision, f"{where}.matmul_precision")
     fp8.check_scaling(self.fp8_scaling, self.fp8_amax_history, where)
     fp8_swiglu.check_kernel(self.fp8_swiglu_kernel, where)

@@ -2,7 +2,8 @@
 
 Each entry gives a parameter's path, its logical axes, the role it plays for the residual
 stream (reads, writes or scales it), its weight-decay class and its initialiser. The
-modules create their parameters from it (`make_param`: shape from `AXIS_FIELDS`, the one
+modules create their parameters from it (`growjax.model.create.make_param`: shape from
+`AXIS_FIELDS`, the one
 axis -> config field table), and everything else reads it: sharding (`growjax.sharding`),
 growth (`growjax.growth`) and the weight-decay mask (`growjax.train.optimizer`). Kept apart
 from the modules so that those readers need no flax module to know a parameter.
@@ -13,9 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 # Logical axis names of parameters, and the config field that sizes each.
 VOCAB, EMBED, MLP, HEADS, KV_HEADS, HEAD_DIM, LAYERS = (
@@ -110,27 +109,6 @@ def check_params(table: dict[str, Param]) -> None:
 
 
 check_params(PARAMS)
-
-
-def _initializer(init: str, cfg):
-  if init == INIT_ONES:
-    return nn.initializers.ones
-  std = cfg.init_std if init == INIT_STD else cfg.init_std / (2 * cfg.num_layers) ** 0.5
-  return nn.initializers.normal(stddev=std)
-
-
-def make_param(module: nn.Module, name: str) -> jax.Array:
-  """Creates `module`'s parameter `name` as `PARAMS` declares it: logical axes (the
-  scan adds `layers`), shape from `AXIS_FIELDS`, initialiser."""
-  path = "/".join(module.path + (name,))
-  if path not in PARAMS:
-    raise ValueError(f"parameter {path!r} is not declared in growjax.model.PARAMS — "
-                     f"declare its axes, role, decay class and init there")
-  p, cfg = PARAMS[path], module.cfg
-  axes = p.axes[1:] if p.axes[0] == LAYERS else p.axes
-  shape = tuple(getattr(cfg, AXIS_FIELDS[a]) for a in axes)
-  init = nn.with_logical_partitioning(_initializer(p.init, cfg), axes)
-  return module.param(name, init, shape, jnp.dtype(cfg.param_dtype))
 
 
 def param_table(cfg) -> dict:

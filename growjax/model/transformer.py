@@ -26,9 +26,11 @@ from jax.ad_checkpoint import checkpoint_name
 from growjax.model import attention
 from growjax.model import fp8
 from growjax.model import fp8_swiglu
+from growjax.model import mup
 from growjax.model.config import ModelConfig
+from growjax.model.create import make_param
 from growjax.model.params import (ACT_BATCH, ACT_EMBED, ACT_HEADS, ACT_KV_HEADS, ACT_LENGTH,
-                                  ACT_MLP, ACT_VOCAB, EMBED, HEADS, LAYERS, MLP, make_param)
+                                  ACT_MLP, ACT_VOCAB, EMBED, HEADS, LAYERS, MLP)
 from growjax.model.remat import REMAT_POLICIES
 
 
@@ -98,6 +100,8 @@ class Attention(nn.Module):
     q = nn.with_logical_constraint(q, (ACT_BATCH, ACT_LENGTH, ACT_HEADS, None))
     k = nn.with_logical_constraint(k, (ACT_BATCH, ACT_LENGTH, ACT_KV_HEADS, None))
     v = nn.with_logical_constraint(v, (ACT_BATCH, ACT_LENGTH, ACT_KV_HEADS, None))
+    if mup.query_multiplier(c) != 1.0:   # μP: logits scale as sqrt(h0) / head_dim
+      q = q * jnp.asarray(mup.query_multiplier(c), q.dtype)
     q = checkpoint_name(attention.rope(q, rotary), "q_proj")
     k = checkpoint_name(attention.rope(k, rotary), "k_proj")
     v = checkpoint_name(v, "v_proj")
@@ -145,14 +149,17 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxTxE, rotary, segment_ids_BxT=None, layer_mask=None, units=None):
+    branch = mup.branch_multiplier(self.cfg)   # depth-μP's (L0 / L)^alpha; 1 under SP
+    scaled = (lambda y: y) if branch == 1.0 else (
+        lambda y: y * jnp.asarray(branch, y.dtype))
     if layer_mask is None:
-      x_BxTxE = x_BxTxE + Attention(self.cfg, name="attn")(
-          RMSNorm(self.cfg, name="attn_norm")(x_BxTxE), rotary, segment_ids_BxT)
-      x_BxTxE = x_BxTxE + SwiGLU(self.cfg, name="mlp")(
-          RMSNorm(self.cfg, name="mlp_norm")(x_BxTxE))
+      x_BxTxE = x_BxTxE + scaled(Attention(self.cfg, name="attn")(
+          RMSNorm(self.cfg, name="attn_norm")(x_BxTxE), rotary, segment_ids_BxT))
+      x_BxTxE = x_BxTxE + scaled(SwiGLU(self.cfg, name="mlp")(
+          RMSNorm(self.cfg, name="mlp_norm")(x_BxTxE)))
     else:
       # Both residual writes pass through the layer's mask and the new embed components'.
-      write_E = layer_mask.astype(self.cfg.compute_dtype) * units.get(EMBED, 1)
+      write_E = layer_mask.astype(self.cfg.compute_dtype) * units.get(EMBED, 1) * branch
       count = units.get("count")
       x_BxTxE = x_BxTxE + write_E * Attention(self.cfg, name="attn")(
           RMSNorm(self.cfg, name="attn_norm")(x_BxTxE, count), rotary, segment_ids_BxT,
@@ -238,11 +245,12 @@ def masked_units(masks: dict, cfg: ModelConfig) -> dict:
 
 
 def head_kernel(params: Any, cfg: ModelConfig) -> jax.Array:
-  """The `(embed, vocab)` output projection: the LM head, or the tied embedding."""
+  """The `(embed, vocab)` output projection: the LM head, or the tied embedding, times
+  μP's logit multiplier 1 / m (`growjax.model.mup`; nothing under SP)."""
   params = nn.unbox(params)
-  if cfg.tie_embeddings:
-    return params["embedding"].T
-  return params["lm_head"]
+  head = params["embedding"].T if cfg.tie_embeddings else params["lm_head"]
+  scale = mup.logit_multiplier(cfg)
+  return head if scale == 1.0 else head * jnp.asarray(scale, head.dtype)
 
 
 def abstract_params(cfg: ModelConfig, seq_len: int = 8):

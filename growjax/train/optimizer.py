@@ -70,13 +70,31 @@ def decay_mask(logical_axes: Any, opt_cfg: Any) -> Any:
       is_leaf=lambda x: isinstance(x, tuple))
 
 
-def make_optimizer(opt_cfg: Any, schedule: optax.Schedule,
-                   logical_axes: Any) -> optax.GradientTransformation:
-  return optax.chain(
+def make_optimizer(opt_cfg: Any, schedule: optax.Schedule, logical_axes: Any,
+                   model_cfg: Any = None) -> optax.GradientTransformation:
+  """AdamW (+ clipping); under μP (`model_cfg.parametrization='mup'`) each parameter's
+  update, weight decay included, is then scaled by its learning-rate multiplier
+  (`lr_multipliers`), as per-parameter learning rates are."""
+  parts = [
       optax.clip_by_global_norm(opt_cfg.clip_norm) if opt_cfg.clip_norm else optax.identity(),
       optax.adamw(schedule, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps,
                   weight_decay=opt_cfg.weight_decay, mask=decay_mask(logical_axes, opt_cfg)),
-  )
+  ]
+  if model_cfg is not None and model.mup.is_mup(model_cfg):
+    scales = lr_multipliers(model_cfg)
+    parts.append(optax.stateless(
+        lambda updates, params=None: jax.tree.map(
+            lambda u, s: u * jnp.asarray(s, u.dtype), updates, scales)))
+  return optax.chain(*parts)
+
+
+def lr_multipliers(model_cfg: Any) -> Any:
+  """A params-shaped tree of each parameter's learning-rate multiplier
+  (`growjax.model.mup.lr_multiplier`: 1 / m for hidden matrices under μP, times the
+  depth factor; 1 everywhere under SP)."""
+  return jax.tree.map(lambda p: model.mup.lr_multiplier(p, model_cfg),
+                      model.param_table(model_cfg),
+                      is_leaf=lambda x: isinstance(x, model.Param))
 
 
 def set_schedule_step(opt_state: Any, step: jax.Array) -> Any:

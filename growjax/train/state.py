@@ -85,7 +85,7 @@ def build(cfg: ml_collections.ConfigDict, devices=None) -> Setup:
   rules = sharding.rules_from_config(cfg.sharding_rules)
   axes = logical_axes(model_cfg)
   schedule = opt_lib.make_schedule(cfg.optimizer, cfg.train.steps)
-  tx = opt_lib.make_optimizer(cfg.optimizer, schedule, axes)
+  tx = opt_lib.make_optimizer(cfg.optimizer, schedule, axes, model_cfg)
   state_shardings, abstract_state = state_layout(model_cfg, tx, mesh, rules)
   return Setup(cfg, model_cfg, mesh, rules, schedule, tx, abstract_state, state_shardings,
                sharding.batch_sharding(mesh, rules))
