@@ -264,3 +264,24 @@ def test_estimate_searches_the_batch_from_the_cheapest_remat_policy():
       "fits": True, "remat_policy": "none", "per_chip": 4, "global_batch_size": 32,
       "compiles": 3, "overrides": ["--config.model.remat_policy=none",
                                    "--config.train.global_batch_size=32"]}
+
+
+@needs_libtpu
+def test_bound_counts_every_layer_and_refuses_where_kernels_hide_flops():
+  """The layer loop's trip count applied (the 1- and 2-layer unrolled steps); with
+  splash, whose Mosaic calls the cost model counts as no FLOPs, no bound is claimed."""
+  cfg = config_lib.base_config("tiny")
+  cfg.data.seq_len, cfg.model.attention_impl = 128, "xla"
+  topo = aot.parse_topology("v5e-8")
+  b = aot.bound(cfg, topo)
+  assert b["valid"] and b["kind"] in ("optimal_seconds", "flops at peak")
+  tokens = cfg.train.global_batch_size * cfg.data.seq_len
+  assert b["tokens_per_s_per_chip"] == pytest.approx(tokens / 8 / b["step_s"])
+  model = ModelConfig.from_config(cfg.model)
+  assert b["mfu"] == pytest.approx(model.flops_per_token(128) * b["tokens_per_s_per_chip"]
+                                   / 197e12)
+  # the compiler counts at least the model's matmul FLOPs (remat none: no recompute)
+  assert b["flops_per_chip"] >= 0.9 * model.flops_per_token(128) * tokens / 8
+  cfg.model.attention_impl = "splash"
+  b = aot.bound(cfg, topo)
+  assert not b["valid"] and "Mosaic kernel calls (splash attention)" in b["why"]
