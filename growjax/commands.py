@@ -343,8 +343,13 @@ def _define_compile(fv):
 
 def _run_compile(fv):
   # Nothing runs on a device: compile-only TPU devices on any host, and a TPU VM's own
-  # chips stay free for the run (before JAX starts a backend).
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  # chips stay free for the run (set before JAX starts a backend; the config file has
+  # imported jax already, so through its config).
+  import contextlib
+  import jax
+  if not os.environ.get("JAX_PLATFORMS"):
+    with contextlib.suppress(RuntimeError):   # a backend already started: keep it
+      jax.config.update("jax_platforms", "cpu")
   from growjax.growth import compile_run
   compile_run.run(fv.config, fv.topology, slices=fv.slices, as_json=fv.json,
                   estimate=fv.estimate, bound=fv.bound)
