@@ -39,6 +39,9 @@ setup(
                  *GCS, "gcp-storage-emulator>=2026.7.19",  # gs:// workdirs, tested offline
                  "lm-eval>=0.4.8"],  # the lm-evaluation-harness adapter (no torch needed)
         "plot": ["matplotlib>=3.8"],
+        # config.train.loggers='tensorboard,wandb' (growjax.train.metrics); not in `test`:
+        # tests/test_follow_run.py checks the writer against a stand-in module.
+        "wandb": ["wandb>=0.17"],
         "cuda": ["jax[cuda12]>=0.5.0,<0.12"],
         "tpu": ["jax[tpu]>=0.5.0,<0.12", *GCS],
         "gcs": GCS,

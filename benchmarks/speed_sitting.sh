@@ -11,6 +11,7 @@
 #   bash benchmarks/speed_sitting.sh start      # copies the tree to /tmp/sitting, returns
 #   bash benchmarks/speed_sitting.sh follow 560 # prints the log until done or 560 s
 #
+# Needs .peer (MaxText, ../shared/peers) and .whl (benchmarks/device_wheels.sh) carried.
 # Raw outputs land in /tmp/sitting/out ($OUT/speed.tgz when done);
 # benchmarks/speed_table.py turns them into benchmarks/speed_table.json.
 set -u
@@ -29,10 +30,12 @@ case "${1:-}" in
     [ -f "$D/done" ] || echo "(still running)" ;;
   run)
     O="$D/out"
+    trap 'touch "$D/done"' EXIT   # `follow` returns whatever way this ends
     export XLA_PYTHON_CLIENT_MEM_FRACTION=0.94 PYTHONUNBUFFERED=1
     SITE_DIR="$(bash benchmarks/device_deps.sh)"
     export PYTHONPATH="$SITE_DIR:$PWD"
-    python3 -c "import growjax.train, ml_collections, grain, tensorflow_datasets; print('growjax imports')" || exit 3
+    python3 -c "import growjax.train, growjax.growth.stages, ml_collections, grain, tensorflow_datasets; print('growjax imports')" \
+      || { echo "growjax does not import here: carry the wheels of benchmarks/device_wheels.sh"; exit 3; }
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$O/device.txt"
     date -u +%FT%TZ > "$O/date.txt"
     study() {   # growth-study arms (issue 34), their logs and metrics kept under out/study

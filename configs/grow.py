@@ -36,7 +36,14 @@ Args (comma-separated key=value after the colon):
                  identity), under warmup-stable-decay (the expansion in the stable
                  phase); the run's FLOPs equal `scratch_steps` (default 300) of the
                  target from scratch, by construction (growjax/growth/budget.py), so
-                 the shallow model sees more tokens. No muP yet (growjax has none).
+                 the shallow model sees more tokens; with mup=1 under μP.
+          upcycle  on CPU: the tiny recipe's model, dense with 4 layers for 100 steps,
+                 upcycled into a mixture of `experts` experts (default 8; top-2, each a
+                 copy of the MLP, the router from the initialiser: the function is kept;
+                 growjax/growth/experts.py) for the rest of the 300 steps; `drop` > 0
+                 re-draws that fraction of each expert's units (Drop-Upcycling, r = 0.5
+                 in the paper), `depth` > 4 grows it by G_stack in the same growth.
+                 The MoE's load-balancing and router z-losses are logged per layer.
           paper, 7b and 28b: sequence 2048, bf16; tokens are at the default batch.
   batch   the global batch in sequences (default 16 for tiny, else 1024, ~2M tokens).
   method  the depth operator (growth.method): stack (default, G_stack), interpolate,
@@ -47,6 +54,14 @@ Args (comma-separated key=value after the colon):
           through a mask ramped 0 -> 1 over this many steps after the growth, so any
           operator starts function-preserving (default 0: off); e.g.
           configs/grow.py:recipe=tiny,method=random,mask_ramp=50.
+  experts, drop, depth  upcycle's experts (default 8), Drop-Upcycling fraction
+          (growth.drop_fraction, default 0) and large depth (default 4); e.g.
+          configs/grow.py:recipe=upcycle,drop=0.5,depth=8.
+  mup     1: both models under μP with CompleteP depth scaling
+          (config.model.parametrization='mup', growjax/model/mup.py), the base shape the
+          small model's, so hyper-parameters tuned on the small model carry to the large
+          one and the growth carries the multipliers (growjax/growth/mup_carry.py);
+          e.g. configs/grow.py:recipe=late,mup=1. Default 0 (SP; upcycle: SP only).
 
 For paper / 7b / 28b set data (your corpus and tokenizer) and batch for your cluster;
 `growjax plan --params N --tokens D --config configs/grow.py:recipe=...` gives the
@@ -104,6 +119,19 @@ def late(batch, fraction, expand, scratch_steps):
   return c, methods[expand]
 
 
+def upcycle(batch, experts, drop, depth):
+  """The tiny recipe's dense model upcycled into a mixture of `experts` experts (top-2,
+  each a copy of the MLP; growjax/growth/experts.py), `drop` of each expert's units
+  re-drawn (Drop-Upcycling), and grown in depth to `depth` layers (G_stack) at the same
+  time: 100 dense steps of 300."""
+  c = tiny(batch)
+  c.growth.small_model = model_config("tiny", dtype="float32", num_layers=4)
+  c.model.update(num_layers=depth, num_experts=experts, experts_per_token=2,
+                 expert_mlp_dim=c.model.mlp_dim)
+  c.growth.drop_fraction = drop
+  return c
+
+
 def paper_scale(recipe, batch):
   large, remat, small, small_steps, steps = RECIPES[recipe]
   c = base_config(large)
@@ -119,21 +147,34 @@ def paper_scale(recipe, batch):
 def get_config(arg=None):
   args = parse_arg(arg, "configs/grow.py", recipe="", batch=config_dict.placeholder(int),
                    method="stack", mask_ramp=0, fraction=0.8, expand="copy",
-                   scratch_steps=300)
+                   scratch_steps=300, mup=0, experts=8, drop=0.0, depth=4)
   method = args.method
   if args.recipe == "late":
     c, method = late(16 if args.batch is None else args.batch, args.fraction, args.expand,
                      args.scratch_steps)
   elif args.recipe == "tiny":
     c = tiny(16 if args.batch is None else args.batch)
+  elif args.recipe == "upcycle":
+    c = upcycle(16 if args.batch is None else args.batch, args.experts, args.drop,
+                args.depth)
   elif args.recipe == "gradual":
     c = gradual(16 if args.batch is None else args.batch)
   elif args.recipe in RECIPES:
     c = paper_scale(args.recipe, 1024 if args.batch is None else args.batch)
   else:
     raise ValueError(f"configs/grow.py: recipe={args.recipe!r} is not one of tiny, gradual, "
-                     f"{', '.join(RECIPES)}, late (e.g. configs/grow.py:recipe=tiny)")
+                     f"{', '.join(RECIPES)}, late, upcycle (e.g. configs/grow.py:recipe=tiny)")
   c.growth.enabled = True
   c.growth.method = method
   c.growth.mask_ramp_steps = args.mask_ramp
+  if args.mup:
+    use_mup(c)
   return c
+
+
+def use_mup(c, alpha=1.0):
+  """Both models under μP, the small model's shape the base (the shape tuned at)."""
+  small = c.growth.small_model
+  for m in (c.model, small):
+    m.update(parametrization="mup", mup_base_embed_dim=small.embed_dim,
+             mup_base_num_layers=small.num_layers, mup_depth_alpha=alpha)

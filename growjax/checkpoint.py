@@ -24,7 +24,9 @@ import json
 import os
 import re
 import shutil
+import sys
 import threading
+import time
 from typing import Any
 
 import orbax.checkpoint as ocp
@@ -249,8 +251,12 @@ class Checkpoints:
   otherwise the newest `keep` and the newest known good (`mark_good`)."""
 
   def __init__(self, directory: str, *, save_every: int = 1, keep: int | None = 3,
-               use_async: bool = True):
+               use_async: bool = True, on_saved=None):
     self.directory = absolute(directory)
+    # on_saved(step, seconds, bytes | None): called once a save finished (process 0), from
+    # orbax's finalize thread for an async one; seconds from the save's start.
+    self.on_saved = on_saved
+    self._started: dict[int, float] = {}
     self._keep_good = _KeepGood()
     self._manifest_lock = threading.Lock()
     policy = (preservation_policy.PreserveAll() if keep is None else
@@ -276,6 +282,7 @@ class Checkpoints:
            force: bool = False) -> bool:
     """Saves if `step` is on the interval (or `force`); returns whether it saved.
     A full disk (ENOSPC) raises `DiskFull`; the last complete checkpoint is kept."""
+    self._started[int(step)] = time.perf_counter()
     try:
       saved = self.manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),
@@ -283,21 +290,30 @@ class Checkpoints:
           meta=ocp.args.JsonSave(dict(meta, **{STEP_META: int(step)}))), force=force)
       if saved:
         self._record_finished()
+      else:
+        self._started.pop(int(step), None)
       return saved
     except Exception as e:  # noqa: BLE001 - only a full disk is translated
       raise self._disk_full(e, step) from e
 
   def _record_finished(self) -> None:
-    """A file manifest for each finished step that lacks one (process 0, local disks).
-    An async save still in flight is not a complete step yet, so it is skipped. Called
-    after each save, from orbax's finalize thread for an async one."""
+    """A file manifest for each finished step that lacks one (process 0, local disks),
+    and `on_saved` for each save this object started that has finished. An async save
+    still in flight is not a complete step yet, so it is skipped. Called after each
+    save, from orbax's finalize thread for an async one."""
     import jax   # noqa: PLC0415 - the module stays importable without initialising jax
-    if jax.process_index() != 0 or is_url(self.directory):
+    if jax.process_index() != 0 or (is_url(self.directory) and not self._started):
       return
     root = epath.Path(self.directory)
     with self._manifest_lock:
       for s in (_complete_steps(root) if root.exists() else []):
-        write_manifest(root / str(s))
+        write_manifest(root / str(s))   # local disks only
+        started = self._started.pop(s, None)
+        if started is not None and self.on_saved is not None:
+          manifest = None if is_url(root) else read_manifest(root / str(s))
+          size = (sum(f["size"] for f in manifest["files"].values())
+                  if manifest is not None else None)
+          self.on_saved(s, time.perf_counter() - started, size)
 
   def _disk_full(self, e: BaseException, step: int | None) -> BaseException:
     return disk_full_error(e, self.directory, step)
@@ -402,12 +418,70 @@ def disk_full_error(e: BaseException, directory: str, step: int | None) -> BaseE
   return DiskFull(msg, directory)
 
 
-def resolve(path: str, step: int | None = None, field: str = "--from") -> tuple[str, int]:
-  """A checkpoint directory (or a workdir, or one step's directory) -> (checkpoints dir, step).
+# A grow run's stage directories under its workdir (`growth.stages.run_dirs` makes them):
+# small/ grown/ large/ for one growth, stage_0/ grown_1/ stage_1/ ... for several.
+_STAGE_DIR = re.compile(r"^(small|grown|large|stage_(\d+)|grown_(\d+))$")
+
+
+def _stage_order(name: str) -> int:
+  """Where a stage directory comes in its run: stage_i before grown_{i+1} before stage_{i+1}."""
+  m = _STAGE_DIR.match(name)
+  if m[2] is not None:
+    return 2 * int(m[2])
+  if m[3] is not None:
+    return 2 * int(m[3]) - 1
+  return {"small": 0, "grown": 1, "large": 2}[name]
+
+
+def _stage_checkpoints(d: epath.Path) -> epath.Path:
+  """A stage's checkpoints: a run dir's checkpoints/, a grown dir itself."""
+  return d / "checkpoints" if (d / "checkpoints").is_dir() else d
+
+
+def run_stage(path: str, field: str = "--from", say=None) -> str | None:
+  """A grow run's workdir -> the checkpoints of its last stage holding a complete one
+  (large/ once it has saved, else the newest before it), said through `say`; None when
+  `path` is not a grow run's workdir. Raises ValueError naming the stage directories
+  when none holds a complete checkpoint."""
+  p = epath.Path(absolute(path))
+  if not p.is_dir() or (p / "checkpoints").is_dir() or (STEP_DIR.match(p.name) and
+                                                       (p / "state").is_dir()):
+    return None
+  stages = sorted((d for d in p.iterdir() if _STAGE_DIR.match(d.name) and d.is_dir()),
+                  key=lambda d: _stage_order(d.name))
+  if not stages:
+    return None
+  for d in reversed(stages):
+    steps = _complete_steps(_stage_checkpoints(d)) if _stage_checkpoints(d).is_dir() else []
+    if steps:
+      if say is not None:
+        later = [x.name for x in stages if _stage_order(x.name) > _stage_order(d.name)]
+        note = (f" ({', '.join(f'{x}/' for x in later)} holds none yet)" if later else "")
+        say(f"{field}={path}: a grow run's workdir; using its last stage {d.name}/, "
+            f"step {steps[-1]}{note}: {_stage_checkpoints(d)}/{steps[-1]}")
+      return str(_stage_checkpoints(d))
+  names = ", ".join(f"{d.name}/" for d in stages)
+  raise ValueError(f"{field}={path!r} is a grow run's workdir, but none of its stages "
+                   f"({names}) holds a complete checkpoint yet — let the run save one "
+                   f"(config.train.checkpoint_every) or give a step dir such as "
+                   f"{p / stages[-1].name / 'checkpoints'}/<step>")
+
+
+def to_stderr(line: str) -> None:
+  """A note on the console's stderr (process 0), apart from a command's own output."""
+  jax = sys.modules.get("jax")
+  if jax is None or jax.process_index() == 0:
+    print(line, file=sys.stderr, flush=True)
+
+
+def resolve(path: str, step: int | None = None, field: str = "--from", say=to_stderr
+            ) -> tuple[str, int]:
+  """A checkpoint directory (or a workdir, a grow run's workdir, or one step's directory)
+  -> (checkpoints dir, step); which stage of a grow run it picked is said through `say`.
 
   Local or `gs://`. Fails with a message naming `field` when nothing complete is there.
   """
-  path = absolute(path)
+  given, path = path, absolute(path)
   p = epath.Path(path)
   if not p.is_dir():
     raise ValueError(f"{field}={path!r} does not exist or is not a directory — give a "
@@ -420,17 +494,23 @@ def resolve(path: str, step: int | None = None, field: str = "--from") -> tuple[
       raise ValueError(f"{field}={path!r} is step {p.name}, but step {step} was asked for — "
                        f"give its checkpoints dir with --step {step}, or drop --step")
     return str(p.parent), int(p.name)
+  stage = run_stage(given, field, say)
+  if stage is not None:
+    path, p = stage, epath.Path(stage)
   if (p / "checkpoints").is_dir():
     p = p / "checkpoints"
     path = str(p)
   steps = _complete_steps(p)
   if not steps:
     raise ValueError(f"{field}={path!r} holds no complete growjax checkpoint (no step "
-                     f"directory with a 'state' item); incomplete saves are ignored.")
+                     f"directory with a 'state' item; incomplete saves are ignored) — give "
+                     f"a run's workdir once it has saved (config.train.checkpoint_every), "
+                     f"its checkpoints dir or one step's dir")
   if step is None:
     return path, steps[-1]
   if step not in steps:
-    raise ValueError(f"{field}={path!r} has no step {step}; complete steps: {steps}.")
+    raise ValueError(f"{field}={path!r} has no step {step}; complete steps: {steps} — give "
+                     f"one of them as --step, or drop --step for the newest")
   return path, step
 
 
@@ -438,7 +518,7 @@ def latest_complete_step(path: str) -> int | None:
   """The latest complete step under a checkpoints dir or a workdir (local or `gs://`);
   None when there is none or `path` does not exist."""
   try:
-    return resolve(path)[1]
+    return resolve(path, say=None)[1]
   except (ValueError, FileNotFoundError):
     return None
 

@@ -140,6 +140,9 @@ def _define_grow(fv):
                       "random, learn.", flag_values=fv)
   flags.DEFINE_float("width_noise", None, "split's noise std relative to a copy's RMS "
                      "(default 1.0).", flag_values=fv)
+  flags.DEFINE_float("drop_fraction", 0.0, "Drop-Upcycling, when a dense model is grown "
+                     "into an MoE config: re-draw this fraction of every expert's hidden "
+                     "units (0: exact upcycling).", flag_values=fv)
   flags.DEFINE_integer("g", None, "growth factor; checked against the configs' depths.",
                        flag_values=fv)
   flags.DEFINE_list("layer_map", None, "explicit layer map: one source layer per large "
@@ -167,20 +170,31 @@ def _run_grow(fv):
         fv["from"].value, fv.to, fv.config, method=fv.method, width_method=fv.width_method,
         step=fv.step, g=fv.g, layer_map=layer_map, opt_state=fv.opt_state,
         schedule=fv.schedule, allow_inexact=fv.allow_inexact, seed=fv.seed,
-        width_noise=fv.width_noise)
+        width_noise=fv.width_noise, drop_fraction=fv.drop_fraction)
 
 
 def _define_plan(fv):
-  flags.DEFINE_float("params", None, "target model parameters N (e.g. 7e9).", flag_values=fv)
+  flags.DEFINE_float("params", None, "target model parameters N (e.g. 7e9; default: "
+                     "--config's model).", flag_values=fv)
   flags.DEFINE_float("flops", None, "compute budget C in FLOPs (e.g. 8.4e22).", flag_values=fv)
   flags.DEFINE_float("tokens", None, "alternatively the target's training tokens D; "
                      "C = 6 N D.", flag_values=fv)
-  _config_flag(fv, "optional run config: d in steps.")
+  _config_flag(fv, "optional run config: d in steps (and N, D from it when --params, "
+               "--flops and --tokens are not given).")
+  flags.DEFINE_string("sweep", "", "a finished `growjax sweep` workdir: say whether this "
+                      "plan's d lies past the crossover it measured.", flag_values=fv)
 
 
 def _run_plan(fv):
   from growjax.growth import timing
   print(timing.describe(fv.params, fv.flops, fv.tokens, fv.config))
+  if fv.sweep:   # where growth stopped paying on the user's own runs
+    from growjax.growth.study import analysis, grid
+    params = fv.params or grid.target_params(fv.config)
+    tokens = fv.tokens or (None if fv.flops else timing.config_tokens(fv.config))
+    flops = fv.flops or timing.budget_flops(params, tokens)
+    print(analysis.crossover_warning(fv.sweep, timing.growth_tokens(params, flops),
+                                     params / timing.RECOMMENDED_G))
 
 
 def _define_tokenizer(fv):
@@ -205,13 +219,13 @@ def _run_tokenizer(fv):
   if first is None:
     raise CommandError(f"--input {','.join(fv.input)} holds no document — give non-empty "
                        f"files")
-  docs = itertools.chain([first], docs)
-  if fv.kind == "hf_bpe":
-    path = tokenizers.train_hf_bpe(docs, fv.vocab_size, fv.model_prefix)
-    print(f"wrote {path}; use it with --config.data.tokenizer=hf:{path}")
-    return
-  path = tokenizers.train_sentencepiece(docs, fv.vocab_size, fv.model_prefix)
-  print(f"wrote {path}; use it with --config.data.tokenizer=spm:{path}")
+  from growjax import progress
+  train, spec = ((tokenizers.train_hf_bpe, "hf") if fv.kind == "hf_bpe" else
+                 (tokenizers.train_sentencepiece, "spm"))
+  with progress.Reading(f"tokenizer {fv.kind} ({fv.vocab_size} tokens)") as reading:
+    path = train(reading.count(itertools.chain([first], docs)), fv.vocab_size,
+                 fv.model_prefix)
+  print(f"wrote {path}; use it with --config.data.tokenizer={spec}:{path}")
 
 
 def _define_prepare_data(fv):
@@ -394,6 +408,10 @@ def _define_export_hf(fv):
                       flag_values=fv)
   flags.DEFINE_string("mesh", "", "mesh to restore onto (default: all devices on fsdp).",
                       flag_values=fv)
+  flags.DEFINE_bool("verify", False, "load the export with transformers and report the "
+                    "largest logit difference and the mean KL against growjax on a probe "
+                    "batch (needs torch + transformers; says skipped without them).",
+                    flag_values=fv)
   _distributed_flags(fv)
 
 
@@ -402,8 +420,11 @@ def _run_export_hf(fv):
   from growjax import lease
   from growjax.interop import hf
   with lease.hold(fv.to, command="export-hf", flag="--to"):
-    hf.export_hf(fv["from"].value, fv.to, step=fv.step, dtype=fv.dtype,
-                 max_shard_size=fv.max_shard_size, mesh_spec=fv.mesh)
+    done = hf.export_hf(fv["from"].value, fv.to, step=fv.step, dtype=fv.dtype,
+                        max_shard_size=fv.max_shard_size, mesh_spec=fv.mesh)
+  if fv.verify:
+    from growjax.interop import hf_verify
+    hf_verify.verify(fv["from"].value, done["out"], step=fv.step)
 
 
 def _define_eval(fv):
@@ -473,11 +494,27 @@ def _run_inspect(fv):
   inspect_checkpoint.run(fv.checkpoint, step=fv.step, as_json=fv.json, check=fv.verify)
 
 
+def _define_convert_mc(fv):
+  flags.DEFINE_list("input", None, "the task's public files: .parquet (Hugging Face) or "
+                    ".jsonl / .json rows.", flag_values=fv)
+  flags.DEFINE_string("out", None, "output JSONL for `growjax eval --tasks`.", flag_values=fv)
+  flags.DEFINE_string("format", "auto", "hellaswag, arc, piqa, winogrande, or auto (from "
+                      "the rows' fields).", flag_values=fv)
+  flags.DEFINE_string("labels", "", "a labels file, one per row (PIQA's original "
+                      "valid-labels.lst).", flag_values=fv)
+
+
+def _run_convert_mc(fv):
+  from growjax.interop import mc_tasks
+  mc_tasks.convert(fv.input, fv.out, fv.format, fv.labels)
+
+
 ISSUE13_COMMANDS = (
     Command("import-hf", "a local Hugging Face LLaMA directory -> a growjax checkpoint",
             "growjax import-hf --from ~/models/TinyLlama-1.1B --to runs/tinyllama",
             _define_import_hf, _run_import_hf, ("from", "to")),
-    Command("export-hf", "a growjax checkpoint -> a Hugging Face LlamaForCausalLM directory",
+    Command("export-hf", "a growjax checkpoint -> a Hugging Face directory (Llama, Mistral, "
+            "Qwen2, Qwen3, OLMo-2)",
             "growjax export-hf --from runs/tinyllama_x4 --to ~/models/tinyllama-x4",
             _define_export_hf, _run_export_hf, ("from", "to")),
     Command("eval", "perplexity, bits per byte and zero-shot multiple-choice accuracy",
@@ -486,6 +523,9 @@ ISSUE13_COMMANDS = (
     Command("sample", "generate text from a checkpoint (greedy, temperature, top-k, top-p)",
             "growjax sample --checkpoint runs/tiny --prompt 'ROMEO:' --max_new_tokens 64",
             _define_sample, _run_sample, ("checkpoint", "prompt")),
+    Command("convert-mc", "HellaSwag / ARC / PIQA / Winogrande files -> eval's task JSONL",
+            "growjax convert-mc --input hellaswag/validation.parquet --out hellaswag.jsonl",
+            _define_convert_mc, _run_convert_mc, ("input", "out")),
     Command("inspect", "what a checkpoint holds, read from its metadata only",
             "growjax inspect runs/tiny", _define_inspect, _run_inspect, ("checkpoint",),
             positional="checkpoint"),
@@ -501,7 +541,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             "--config configs/llama.py:size=24l_2048 --method stack --g 4",
             _define_grow, _run_grow, ("from", "to", "config")),
     Command("plan", "the paper's growth timing d and factor g for a model size and budget",
-            "growjax plan --params 7e9 --tokens 2e12", _define_plan, _run_plan, ("params",)),
+            "growjax plan --params 7e9 --tokens 7e11", _define_plan, _run_plan),
     Command("tokenizer", "train a SentencePiece (or HF BPE) tokenizer on local files",
             "growjax tokenizer --input 'corpus/*.jsonl' --vocab_size 32000 --model_prefix tok",
             _define_tokenizer, _run_tokenizer, ("input", "model_prefix")),

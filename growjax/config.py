@@ -91,6 +91,8 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
       global_batch_size=32,          # sequences per optimizer step, over all devices
       grad_accum_steps=1,            # micro-batches per step (each global_batch/accum rows)
       z_loss=1e-4,                   # PaLM z-loss weight on log(Z)^2
+      moe_balance_loss=0.01,         # MoE models: weight of the router's load-balancing
+      moe_router_z_loss=1e-3,        # loss and of its z-loss, each the mean over layers
       loss_chunk_len=512,            # sequence positions per LM-head chunk in the loss
       log_every=10,
       eval_every=200,                # 0 disables periodic evaluation
@@ -117,6 +119,11 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
                                      # WORKDIR/profile (TensorBoard / XProf); '' = off
       final_sample_tokens=0,         # > 0: end the run by printing a greedy sample of this
       final_sample_prompt="",        # many tokens after this prompt (growjax.interop.sample)
+      loggers="tensorboard",         # metric writers beside metrics.jsonl, comma-separated:
+                                     # 'tensorboard' (WORKDIR/tb), 'wandb' (Weights &
+                                     # Biases: pip install 'growjax[wandb]'; offline with
+                                     # WANDB_MODE=offline); '' = metrics.jsonl alone
+      wandb_project="growjax",       # the W&B project; the run is named after the workdir
   ))
   c.optimizer = ml_collections.ConfigDict(dict(
       peak_lr=3e-4, end_lr=3e-5, warmup_steps=3000, decay_steps=0,  # 0: = train.steps
@@ -126,7 +133,7 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
       b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0,
       decay_embeddings=False, decay_norms=False,
   ))
-  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, expert=1, tensor=1))
   c.sharding_rules = [list(r) for r in sharding.DEFAULT_RULES]
   # A whole grow run (`growjax train` with growth.enabled): the small model trains
   # small_steps steps, is grown into config.model, and the large model trains on to
@@ -136,11 +143,13 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
       small_model=model_config(model),
       small_steps=0,                 # tokens d = small_steps x small batch x seq_len
       small_global_batch_size=0,     # 0: config.train.global_batch_size
-      small_mesh=ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1)),
+      small_mesh=ml_collections.ConfigDict(dict(data=1, fsdp=-1, expert=1, tensor=1)),
       method="stack",                # depth operator (growjax.growth; e.g. llama_pro, solar)
       width_method="",               # '' (none) or direct / split / zero / random / learn
       width_noise=1.0,               # split: zero-sum noise on the copies, std relative to a
                                      # copy's RMS (breaks their symmetry; function kept)
+      drop_fraction=0.0,             # dense small_model -> MoE model: Drop-Upcycling re-draws
+                                     # this fraction of each expert's units (0: exact)
       layer_map=(),                  # explicit depth map (-1: a new layer); () or []: none
       allow_inexact=False,           # accept width direct to a non-whole embed factor (the
                                      # logits move; the change is measured and printed)
@@ -157,7 +166,8 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
   ))
   c.metrics = ml_collections.ConfigDict(dict(
       peak_tflops_per_chip=0.0,      # 0: look up the chip in growjax.train.metrics.PEAK_TFLOPS
-      tensorboard=True,
+      tensorboard=True,              # False: no TensorBoard files, whatever
+                                     # config.train.loggers says
   ))
   c.lock()
   return c
@@ -212,6 +222,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int, slices: int = 1
     raise ValueError(f"config.train.spike_window must be >= 2 with spike_zscore > 0, got "
                      f"{t.spike_window}.")
   profile_steps(t)
+  loggers(t)
   if "growth" in cfg:
     check_mask_ramp_steps(cfg.growth.get("mask_ramp_steps", 0))
   o = cfg.optimizer
@@ -227,6 +238,27 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int, slices: int = 1
       raise ValueError(f"config.train.init_from={t.init_from!r} does not exist; point it at "
                        f"a growjax checkpoint directory (e.g. the output of `growjax grow`).")
   return mesh_sizes
+
+
+LOGGERS = ("tensorboard", "wandb")
+
+
+def loggers(train_cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """`config.train.loggers` ('tensorboard,wandb') as names, each known and, for wandb,
+  its package importable: refused before any compute."""
+  raw = str(train_cfg.get("loggers", "tensorboard") or "")
+  names = tuple(n.strip() for n in raw.split(",") if n.strip())
+  unknown = [n for n in names if n not in LOGGERS]
+  if unknown:
+    raise ValueError(f"config.train.loggers={raw!r}: unknown logger {unknown[0]!r} — choose "
+                     f"from {', '.join(LOGGERS)} (comma-separated), or '' for metrics.jsonl "
+                     f"alone")
+  import importlib.util   # noqa: PLC0415
+  if "wandb" in names and importlib.util.find_spec("wandb") is None:
+    raise ValueError(f"config.train.loggers={raw!r} names wandb, but the wandb package is "
+                     f"not installed — pip install 'growjax[wandb]', or drop wandb from "
+                     f"config.train.loggers")
+  return names
 
 
 def profile_steps(train_cfg: ml_collections.ConfigDict) -> tuple[int, int] | None:

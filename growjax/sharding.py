@@ -19,12 +19,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from growjax.model import AXIS_FIELDS
 
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("data", "fsdp", "expert", "tensor")
 
-# Default rules: batch over data x fsdp, weights' embed axis over fsdp (ZeRO-3
-# style), heads / mlp / vocab over tensor (Megatron style).
+# Default rules: batch over data x fsdp (x expert), weights' embed axis over fsdp (ZeRO-3
+# style), heads / mlp / vocab over tensor (Megatron style), an MoE's experts over expert
+# (expert parallelism: each device's tokens travel to their experts' device and back).
 DEFAULT_RULES = (
-    ("act_batch", ("data", "fsdp")),
+    ("act_batch", ("data", "fsdp", "expert")),
     ("act_length", None),
     ("act_embed", None),
     ("act_heads", "tensor"),
@@ -38,6 +39,9 @@ DEFAULT_RULES = (
     ("kv_heads", "tensor"),
     ("head_dim", None),
     ("layers", None),
+    ("experts", "expert"),
+    ("expert_mlp", "tensor"),
+    ("shared_mlp", "tensor"),
 )
 
 
@@ -58,7 +62,7 @@ def mesh_shape(mesh_cfg: Any, num_devices: int, slices: int = 1) -> dict[str, in
       raise ValueError(f"{num_devices} devices do not split into {slices} equal slices.")
     shape = mesh_shape(mesh_cfg, num_devices // slices)
     return dict(shape, data=shape["data"] * slices)
-  shape = {a: int(mesh_cfg[a]) for a in MESH_AXES}
+  shape = {a: int(mesh_cfg.get(a, 1)) for a in MESH_AXES}  # expert: 1 unless given
   unknown = set(dict(mesh_cfg)) - set(MESH_AXES)
   if unknown:
     raise ValueError(f"config.mesh has unknown axes {sorted(unknown)}; use {MESH_AXES}.")
@@ -89,8 +93,9 @@ def make_mesh(mesh_cfg: Any, devices: Sequence[jax.Device] | None = None) -> Mes
   auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
   if slices > 1:
     from jax.experimental import mesh_utils
-    ici = (shape["data"] // slices, shape["fsdp"], shape["tensor"])
-    grid = mesh_utils.create_hybrid_device_mesh(ici, (slices, 1, 1), devices)
+    ici = tuple(shape[a] // slices if a == "data" else shape[a] for a in MESH_AXES)
+    dcn = tuple(slices if a == "data" else 1 for a in MESH_AXES)
+    grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
     return Mesh(grid, MESH_AXES, axis_types=auto)
   return jax.make_mesh(tuple(shape[a] for a in MESH_AXES), MESH_AXES, devices=devices,
                        axis_types=auto)

@@ -94,8 +94,9 @@ def test_slice_names_become_libtpu_topologies():
 def test_config_mesh_is_one_slice_and_data_spans_the_slices():
   from growjax import sharding
   mesh = {"data": 1, "fsdp": -1, "tensor": 2}
-  assert sharding.mesh_shape(mesh, 32, slices=2) == {"data": 2, "fsdp": 8, "tensor": 2}
-  assert sharding.mesh_shape(mesh, 32) == {"data": 1, "fsdp": 16, "tensor": 2}
+  assert sharding.mesh_shape(mesh, 32, slices=2) == {"data": 2, "fsdp": 8, "expert": 1,
+                                                     "tensor": 2}
+  assert sharding.mesh_shape(mesh, 32) == {"data": 1, "fsdp": 16, "expert": 1, "tensor": 2}
   with pytest.raises(ValueError, match="30 devices do not split into 4 equal slices"):
     sharding.mesh_shape(mesh, 30, slices=4)
 
@@ -226,8 +227,8 @@ def test_two_slices_put_the_data_axis_across_slices(monkeypatch, capsys):
   cfg.train.global_batch_size = 32
   topo = aot.parse_topology("v5e-8", slices=2)
   setup = aot.build(cfg, topo)
-  assert dict(setup.mesh.shape) == {"data": 2, "fsdp": 8, "tensor": 1}
-  slice_of = [[d.slice_index for d in row.flat] for row in setup.mesh.devices]
+  assert dict(setup.mesh.shape) == {"data": 2, "fsdp": 8, "expert": 1, "tensor": 1}
+  slice_of = [[d.slice_index for d in row.flat] for row in setup.mesh.devices]   # by data
   assert slice_of == [[0] * 8, [1] * 8]   # each data row is one slice: only data over DCN
   code, out, err = run(monkeypatch, capsys, "compile", f"--config={REPO}/configs/tiny.py",
                        "--topology=v5e-8", "--slices=2", "--json")

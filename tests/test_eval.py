@@ -7,6 +7,7 @@ import math
 import os
 import sys
 
+import numpy as np
 import pytest
 
 from growjax import cli
@@ -109,29 +110,32 @@ def test_eval_perplexity_and_multiple_choice(trained, monkeypatch, capsys):
   assert "acc 1.0000 ± 0.0000  acc_norm 1.0000" in out
 
 
-def test_acc_norm_divides_by_the_choice_bytes():
-  class Fixed:   # log-likelihoods given, per (context, continuation) pair in order
-    def __init__(self, scores):
-      self.scores = scores
+class Fixed:   # log-likelihoods given, per (context, continuation) pair in order
+  def __init__(self, scores):
+    self.scores = scores
 
-    def loglikelihoods(self, pairs, progress=None):
-      return [(s, False) for s in self.scores[:len(pairs)]]
+  def loglikelihoods(self, pairs, progress=None):
+    return [(s, False) for s in self.scores[:len(pairs)]]
 
-  class Chars:
-    bos_id = -1
 
-    def encode(self, text):
-      return [ord(c) for c in text]
+class Chars:
+  bos_id = -1
 
+  def encode(self, text):
+    return [ord(c) for c in text]
+
+
+def test_acc_norm_divides_by_the_choice_characters_like_lm_eval():
   examples = [{"context": "q", "choices": [" a", " bbbbbbbbbb"], "gold": 1},
-              {"context": "q", "choices": [" é", " cc"], "gold": 0}]
-  # Example 1: raw picks ' a' (-2 > -5); per byte ' bbbbbbbbbb' (-5/11 > -2/2).
-  # Example 2: ' é' is 3 UTF-8 bytes (2 characters): -3/3 < -2.4/3, both pick ' cc'.
-  r = evaluate.multiple_choice(Fixed([-2.0, -5.0, -3.0, -2.4]), Chars(), examples)
-  assert [p["pred"] for p in r["predictions"]] == [0, 1]
+              {"context": "q", "choices": [" éééé", " eeeeee"], "gold": 1}]
+  # Example 1: raw picks ' a' (-2 > -5); per character ' bbbbbbbbbb' (-5/11 > -2/2).
+  # Example 2 (the issue's): per character -10/5 < -10.5/7 picks ' eeeeee'; per UTF-8
+  # byte ' éééé' is 9 bytes, -10/9 > -10.5/7 picks ' éééé' (lm-eval's acc_bytes).
+  r = evaluate.multiple_choice(Fixed([-2.0, -5.0, -10.0, -10.5]), Chars(), examples)
+  assert [p["pred"] for p in r["predictions"]] == [0, 0]
   assert [p["pred_norm"] for p in r["predictions"]] == [1, 1]
-  assert r["acc"] == 0.0 and r["acc_norm"] == 0.5
-  assert r["acc_norm_stderr"] == pytest.approx(math.sqrt(0.25 / 1))
+  assert [p["pred_bytes"] for p in r["predictions"]] == [1, 0]
+  assert r["acc"] == 0.0 and r["acc_norm"] == 1.0 and r["acc_bytes"] == 0.5
 
 
 def test_encode_pair_moves_the_context_space_like_lm_eval():
@@ -143,6 +147,36 @@ def test_encode_pair_moves_the_context_space_like_lm_eval():
 
   ctx, cont = evaluate.encode_pair(Words(), "the cat ", "sat")
   assert ctx == [0, 4, 4] and cont == [4]
+
+
+WHITESPACE_CONTEXTS = ["The answer is", "The answer is ", "Question:  \n", "A\tB\t",
+                       "line one\n\n", "x \t\n ", "   ", "end.\r\n"]
+
+
+@pytest.mark.parametrize("spec", ["byte", "hf"])
+def test_encode_pair_equals_lm_evals_own_split(spec):
+  """lm-eval's `TemplateLM._encode_pair` (its causal branch) is the oracle: every
+  trailing whitespace of the context moves, the continuation is taken by position."""
+  pytest.importorskip("lm_eval", reason="lm-eval is not installed (pip install -e .[test])")
+  from lm_eval.api.model import TemplateLM
+
+  from growjax.interop import sample
+  here = os.path.dirname(os.path.abspath(__file__))
+  tok = sample.make_tokenizer(
+      "byte" if spec == "byte"
+      else f"hf:{here}/fixtures/hf/llama_mha_tied/tokenizer.json")
+
+  class Harness:   # what `_encode_pair` reads of its model
+    backend = "causal"
+
+    def tok_encode(self, text, **unused):
+      return [int(i) for i in tok.encode(text)]
+
+  for context in WHITESPACE_CONTEXTS:
+    for choice in [" Paris", "\tyes", "no", " é\n"]:
+      want_ctx, want_cont = TemplateLM._encode_pair(Harness(), context, choice)
+      ctx, cont = evaluate.encode_pair(tok, context, choice, bos=False)
+      assert (ctx, cont) == (list(want_ctx), list(want_cont)), (context, choice)
 
 
 @pytest.mark.parametrize("line, expect", [
@@ -196,6 +230,23 @@ metric_list:
       task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False))
   r = results["results"]["growjax_toy"]
   assert r["acc,none"] == 1.0 and r["acc_norm,none"] == 1.0
+  # Contexts ending in spaces, newlines and tabs: lm-eval's harness (its requests, its
+  # split through the adapter) and `growjax eval`'s scoring agree choice by choice.
+  spaced = [{"context": "the cat sat on the ", "choices": ["mat.", "tree."], "gold": 0},
+            {"context": "the sun rises in the  \n", "choices": ["east.", "west."], "gold": 0},
+            {"context": "my dog ate the\t", "choices": ["red apple.", "mat."], "gold": 0}]
+  with open(tmp_path / "spaced.jsonl", "w") as f:
+    f.write("\n".join(json.dumps(t) for t in spaced) + "\n")
+  (tmp_path / "spaced.yaml").write_text(
+      (tmp_path / "toy.yaml").read_text().replace("growjax_toy", "growjax_spaced")
+      .replace(f"{tmp}/task.jsonl", str(tmp_path / "spaced.jsonl")))
+  results = lm_eval.simple_evaluate(
+      model=lm, tasks=["growjax_spaced"], log_samples=True,
+      task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False))
+  harness = [[float(resp[0][0]) for resp in s["resps"]]
+             for s in sorted(results["samples"]["growjax_spaced"], key=lambda s: s["doc_id"])]
+  ours = evaluate.multiple_choice(lm.scorer, lm.tok, spaced)["predictions"]
+  assert np.allclose(harness, [p["loglik"] for p in ours], rtol=0, atol=1e-4)
   [rolling] = lm.loglikelihood_rolling(
       [Instance("loglikelihood_rolling", {}, ("the cat sat on the mat.",), 0)])
   [(whole, _), (_, greedy)] = lm.loglikelihood(

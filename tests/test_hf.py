@@ -193,7 +193,7 @@ def _refused(monkeypatch, capsys, tmp_path, src, *flags):
     ("misshapen", "safetensors: tensor 'model.layers.0.self_attn.k_proj"
                   ".weight' has shape [15, 32], config.json implies [16, 32]"),
     ("vocab", "vocab_size=64 is larger than the tokenizer's 60 tokens (tokenizer.json)"),
-    ("rope_scaling", "rope_scaling={'rope_type': 'llama3'"),
+    ("rope_scaling", "rope_scaling={'rope_type': 'yarn'"),
     ("bias", "attention_bias=True asks for biases"),
     ("sliding", "sliding_window=16 is a sliding attention window"),
     ("moe", "num_local_experts=8 is a mixture of experts"),
@@ -203,10 +203,9 @@ def test_bad_inputs_are_one_line_and_write_nothing(case, expect, tmp_path, monke
                                                    capsys):
   src = str(tmp_path / "hf")
   extra = {"gpt2": {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"},
-           "rope_scaling": {"rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
+           "rope_scaling": {"rope_scaling": {"rope_type": "yarn", "factor": 8.0}},
            "bias": {"attention_bias": True},
-           "sliding": {"architectures": ["MistralForCausalLM"], "model_type": "mistral",
-                       "sliding_window": 16},
+           "sliding": {"sliding_window": 16},   # a window on a Llama (Mistral has one)
            "moe": {"num_local_experts": 8}}.get(case)
   hf_dirs.write(src, config_extra=extra,
                 drop="model.layers.1.mlp.up_proj.weight" if case == "missing" else None,

@@ -149,3 +149,39 @@ def test_console_refuses_mup_without_a_base_width(tmp_path):
   r = _console("train", "--config", "configs/tiny.py", "--workdir", str(tmp_path / "w"),
                "--config.model.parametrization=mop")
   assert r.returncode == 2 and "choose 'sp' (standard) or 'mup'" in r.stderr, r.stderr
+
+
+@pytest.mark.slow
+def test_late_recipe_under_mup_runs_end_to_end(tmp_path):
+  """configs/grow.py:recipe=late,mup=1 through the console: the 1-layer μP model grows
+  into the 8-layer one (the multipliers carried), and both stages record μP."""
+  import json
+  w = tmp_path / "late"
+  r = _console("train", "--config", "configs/grow.py:recipe=late,mup=1,scratch_steps=8",
+               "--workdir", str(w), "--config.train.eval_every=0",
+               "--config.optimizer.warmup_steps=2", "--config.data.seq_len=64",
+               "--config.train.global_batch_size=8", "--config.train.loss_chunk_len=64")
+  assert r.returncode == 0, r.stderr[-2000:]
+  summary = json.loads((w / "summary.json").read_text())
+  assert np.isfinite(summary["final_train_loss"]) if "final_train_loss" in summary else True
+  for stage, layers in (("small", 1), ("large", 8)):
+    metas = list((w / stage / "checkpoints").glob("*/meta/*"))
+    text = " ".join(p.read_text() for p in metas if p.is_file())
+    assert '"parametrization": "mup"' in text and f'"num_layers": {layers}' in text, stage
+
+
+def test_decoding_computes_the_mup_model():
+  """KV-cache decoding (sample, generation) applies μP's multipliers as the model does:
+  prefill logits equal the model's, away from the base shape (m = 2, L / L0 = 2,
+  head_dim 16 against a base of 32)."""
+  from growjax.model import decode
+  cfg = toy(width=128, depth=4, alpha=0.5).replace(mup_base_head_dim=32)
+  params = init_params(cfg, jax.random.key(3))
+  tokens = np.asarray(TOKENS)
+  got = np.asarray(logits(cfg, params))
+  b, t = tokens.shape
+  empty = {k: np.zeros((cfg.num_layers, b, t, cfg.num_kv_heads, cfg.head_dim), np.float32)
+           for k in ("k", "v")}
+  prefill, _ = decode.forward(cfg, params, tokens, np.broadcast_to(np.arange(t), (b, t)),
+                              empty, 0, np.ones((b, t), bool))
+  np.testing.assert_allclose(np.asarray(prefill), got, rtol=1e-5, atol=1e-5 * np.abs(got).max())

@@ -118,8 +118,10 @@ def test_two_workers_write_the_same_shards_as_one_and_every_document_once(corpus
   assert len(train["shards"]) > 3 and [s["windows"] for s in train["shards"][:-1]] == [40] * (
       len(train["shards"]) - 1)
   assert train["windows"] == sum(s["windows"] for s in train["shards"])
-  assert one["tokenizer"] == {"spec": "byte", "identity": "byte", "vocab_size": 259,
-                              "bos_id": 1, "eos_id": 2, "pad_id": 0}
+  assert one["tokenizer"] == {"spec": "byte", "kind": "byte", "identity": "byte",
+                              "vocab_size": 259, "bos_id": 1, "eos_id": 2, "pad_id": 0,
+                              "model_max_length": None, "files": [], "dir": None,
+                              "encoding": ""}
   assert one["dtype"] == "uint16" and one["seq_len"] == SEQ
   assert [os.path.basename(s["path"]) for s in one["sources"]] == [
       "a.md", "b.txt", "c.jsonl", "d.jsonl.gz", "e.parquet", "v.jsonl"]

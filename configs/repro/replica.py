@@ -14,6 +14,9 @@ Args (comma-separated key=value after the colon):
                last 20% decayed by 1-sqrt; always wsd for late).
   fraction     late only: the share of the steps the 1-layer model trains (default 0.8).
   expand       late only: copy (default) or zero.
+  mup          1: μP with CompleteP depth scaling (growjax/model/mup.py), base shape the
+               small model's (late: 1L x 512; stack and scratch: 4L x 512, G_stack's
+               small model), so the tuned learning rate is the small model's; default 0.
   steps        the scratch run's steps (default 900); a stack run spends their FLOPs.
   method       stack only: the depth operator (default stack, G_stack), e.g. zero.
   small_steps  stack only: steps of the small model (default 300), e.g.
@@ -51,7 +54,7 @@ def get_config(arg=None):
                    method=config_dict.placeholder(str),
                    small_steps=config_dict.placeholder(int),
                    g=config_dict.placeholder(int), seed=0, schedule="cosine",
-                   fraction=0.8, expand="copy")
+                   fraction=0.8, expand="copy", mup=0)
   if args.run not in ("scratch", "stack", "late"):
     raise ValueError(f"configs/repro/replica.py: run={args.run!r} is not one of scratch, "
                      f"stack, late (e.g. configs/repro/replica.py:run=scratch)")
@@ -84,9 +87,9 @@ def get_config(arg=None):
   if args.schedule == "wsd" or args.run == "late":
     c.optimizer.update(schedule="wsd", decay_fraction=0.2, decay_shape="1-sqrt")
   if args.run == "scratch":
-    return c
+    return _mup(c, args, base_layers=4)
   if args.run == "late":
-    return _late(c, args)
+    return _mup(_late(c, args), args, base_layers=1)
   c.growth.enabled = True
   small = dict(LARGE, num_layers=LARGE["num_layers"] // g)
   c.growth.small_model = model_config("tiny", **small)
@@ -94,6 +97,16 @@ def get_config(arg=None):
   c.growth.method = args.method or "stack"
   c.train.steps = equal_flops_steps(ModelConfig(**LARGE), ModelConfig(**small),
                                     c.data.seq_len, args.steps, c.growth.small_steps)
+  return _mup(c, args, base_layers=small["num_layers"])
+
+
+def _mup(c, args, base_layers):
+  """mup=1: every model of the run under μP (CompleteP), base 512 wide x base_layers."""
+  if args.mup:
+    models = [c.model] + ([c.growth.small_model] if c.growth.get("enabled") else [])
+    for m in models:
+      m.update(parametrization="mup", mup_base_embed_dim=LARGE["embed_dim"],
+               mup_base_num_layers=base_layers, mup_depth_alpha=1.0)
   return c
 
 

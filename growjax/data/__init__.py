@@ -9,8 +9,10 @@ batch its devices hold; `packing` adds segment ids, per-document positions and t
 mask.
 """
 
-from growjax.data.config import DATASET_NAMES, check_data_config, default_data_config
-from growjax.data.loader import (check_against_model, eval_batches, inline_dir,
+from growjax.data.config import (DATASET_NAMES, check_data_config, default_data_config,
+                                 reading_plan)
+from growjax.data.loader import (check_against_model, dataset_tokenizer, eval_batches,
+                                 inline_dir,
                                  loader_tokens_per_second, open_datasets, prepare_inline,
                                  train_iterator)
 from growjax.data.packing import BATCH_KEYS, batch_from_windows, segments_and_positions
@@ -20,4 +22,4 @@ __all__ = ["default_data_config", "check_data_config", "check_against_model",
            "make_tokenizer", "train_iterator", "eval_batches", "loader_tokens_per_second",
            "open_datasets", "prepare_inline", "inline_dir", "train_sentencepiece",
            "Tokenizer", "DATASET_NAMES", "BATCH_KEYS", "batch_from_windows",
-           "segments_and_positions"]
+           "segments_and_positions", "dataset_tokenizer", "reading_plan"]

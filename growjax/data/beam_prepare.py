@@ -35,6 +35,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from growjax.data import formats, prepare, prepare_sources, prepare_workers, shards
+from growjax.data import tokenizer_record
 from growjax.data.tokenizers import make_tokenizer
 
 CONFIG_ENV = "GROWJAX_PREPARE_CONFIG"
@@ -139,10 +140,9 @@ class GrowjaxPrepared(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         metadata=tfds.core.MetadataDict(
             growjax={"seq_len": int(data["seq_len"]), "dtype": dtype.name,
                      "text_key": data["text_key"],
-                     "tokenizer": {"spec": data["tokenizer"], "identity": tok.identity,
-                                   "vocab_size": int(tok.vocab_size),
-                                   "bos_id": int(tok.bos_id), "eos_id": int(tok.eos_id),
-                                   "pad_id": int(tok.pad_id)}}),
+                     # files are not kept beside a TFDS build: the spec's own
+                     "tokenizer": dict(tokenizer_record.describe(data["tokenizer"], tok),
+                                       files=[], dir=None)}),
     )
 
   def _split_generators(self, dl_manager):

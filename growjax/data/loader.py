@@ -27,6 +27,7 @@ from growjax.data import pipeline
 from growjax.data import reader
 from growjax.data import shards
 from growjax.data import sources
+from growjax.data import tokenizer_record
 from growjax.data.tokenizers import expand_globs, make_tokenizer
 
 PREPARED_DIR = "growjax_prepared"
@@ -144,6 +145,23 @@ def check_against_model(data_cfg, vocab_size: int) -> None:
     raise ValueError(f"config.model.vocab_size={vocab_size} is smaller than the "
                      f"tokenizer's vocabulary ({size}, {where}) — raise "
                      f"config.model.vocab_size.")
+
+
+def dataset_tokenizer(data_cfg) -> tuple[dict, str | None, str]:
+  """(the tokenizer record of the data `config.data` reads, a spec that builds it here
+  or None when its files are gone, where it came from): an inline source's
+  `config.data.tokenizer`; a prepared dataset's copies kept beside index.json, else the
+  spec recorded there (reads index.json files only, prepares nothing)."""
+  if config_lib.reading_plan(data_cfg) is None:   # prepared inline with this tokenizer
+    spec = data_cfg.tokenizer
+    return (tokenizer_record.describe(spec), spec,
+            f"config.data.name={data_cfg.name!r} (config.data.tokenizer)")
+  ds = open_datasets(data_cfg)[0]
+  record = dict(ds.index["tokenizer"])
+  spec = tokenizer_record.usable_spec(record, ds.path)
+  if spec is not None and "kind" not in record:   # prepared before records had files
+    record = tokenizer_record.describe(spec)
+  return record, spec, f"{ds.field}={ds.path!r}"
 
 
 def _special(opened: Opened) -> pipeline.Special:

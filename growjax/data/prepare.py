@@ -58,6 +58,7 @@ from growjax.data.prepare_windows import (Origins, assemble_window, count_docume
                                           cut_windows, window_pieces)
 from growjax.data.prepare_workers import (iter_unit_tokens, make_executor, ordered,
                                           sha256_of, tokenize_documents, tokenize_unit)
+from growjax.data import tokenizer_record
 from growjax.data.tokenizers import Tokenizer, make_tokenizer
 
 # Used by the Beam builder and tests through this module.
@@ -259,9 +260,8 @@ def prepare(data_cfg, out_dir: str, *, workers: int = 1, vocab_size: int | None 
       sources.append({"path": "tfds:" + "/".join(map(str, v.fingerprint[0][1:4])),
                       "bytes": None, "sha256": None})
   index = {"format": shards.FORMAT, "seq_len": seq_len, "dtype": dtype.name,
-           "tokenizer": {"spec": spec, "identity": tok.identity,
-                         "vocab_size": int(tok.vocab_size), "bos_id": int(tok.bos_id),
-                         "eos_id": int(tok.eos_id), "pad_id": int(tok.pad_id)},
+           "tokenizer": tokenizer_record.keep_files(tokenizer_record.describe(spec, tok),
+                                                    out / tokenizer_record.FOLDER),
            "sources": sources, "text_key": data_cfg.text_key, "splits": summaries,
            "preparation": manifest}
   for split, s in summaries.items():

@@ -35,6 +35,7 @@ from typing import Iterable
 import numpy as np
 from etils import epath
 
+from growjax import filemode
 from growjax.data import reader
 from growjax.data.reader import FORMAT, INDEX  # one definition of the format tag
 
@@ -117,6 +118,7 @@ class ShardWriter:
       self.path.parent.mkdir(parents=True, exist_ok=True)
       fd, self._tmp = tempfile.mkstemp(prefix=temporary_prefix(self.path.name), suffix=".tmp",
                                        dir=os.fspath(self.path.parent))
+    filemode.as_umask(fd)   # mkstemp's 0600 would keep teammates out of the corpus
     os.close(fd)
     self._writer = array_record_module.ArrayRecordWriter(self._tmp, WRITER_OPTIONS)
 
@@ -191,6 +193,7 @@ def write_json(path, obj) -> None:
   fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path.name), suffix=".tmp",
                              dir=os.fspath(path.parent))
   try:
+    filemode.as_umask(fd)
     with os.fdopen(fd, "w") as f:
       f.write(text)
     os.replace(tmp, os.fspath(path))

@@ -169,3 +169,37 @@ def describe(result: Fit) -> str:
   lines.append(f"  {result.num_points} point(s), residual rms {result.residual_rms:.3g} "
                f"in log10 d; {result.note}")
   return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class Crossover:
+  """Where growth stops paying: the FLOPs saved modelled as a + b ln(x) in x, the small
+  stage's tokens per small-model parameter, and x* where that reaches zero."""
+  a: float
+  b: float
+  crossover: float | None        # x* = exp(-a / b) when savings fall with x, else None
+  num_points: int
+  residual_rms: float
+
+  def as_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+def fit_crossover(tokens_per_param: Sequence[float], savings: Sequence[float]) -> Crossover:
+  """Least squares of saving = a + b ln(x) over the points (x > 0, two distinct x at
+  least). Growth over-trains the small model as x grows (arXiv 2605.13405 finds the gains
+  shrink above about 20 tokens per parameter): with b < 0 the crossover x* =
+  exp(-a / b) is where the fit says scratch starts to win; with b >= 0 the points show
+  no crossover (None)."""
+  x = np.asarray(tokens_per_param, float)
+  y = np.asarray(savings, float)
+  keep = (x > 0) & np.isfinite(y)
+  x, y = x[keep], y[keep]
+  if len(np.unique(x)) < 2:
+    raise ValueError(f"a crossover needs grow runs at two or more small-stage lengths, got "
+                     f"{len(np.unique(x))} — sweep more d values")
+  design = np.stack([np.ones_like(x), np.log(x)], axis=1)
+  (a, b), *_ = np.linalg.lstsq(design, y, rcond=None)
+  rms = float(np.sqrt(np.mean((design @ np.array([a, b]) - y) ** 2)))
+  return Crossover(float(a), float(b), float(math.exp(-a / b)) if b < 0 else None,
+                   int(len(x)), rms)

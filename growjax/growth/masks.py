@@ -55,6 +55,9 @@ def why_not(spec: GrowthSpec) -> str | None:
   """Why this growth cannot enter through masks (None: it can)."""
   if spec.learns:
     return "'learn' grows by dense learned maps, with no new layers or units to mask"
+  if spec.experts is not None:
+    return (f"expert growth ({spec.experts}) keeps the function by its router and scaling, "
+            f"with no new units to mask")
   if spec.width_method not in MASKABLE_WIDTH:
     return (f"width {spec.width_method!r} changes the kept units too (not "
             f"{', '.join(w for w in MASKABLE_WIDTH if w)}), so the kept units alone are "

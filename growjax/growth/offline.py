@@ -80,7 +80,7 @@ def grow_function(spec: spec_lib.GrowthSpec, src_tx, large: state_lib.Setup, *,
           spec, state.params, rng=rng, **on_mesh)
       step = state.step if schedule == "continue" else jnp.zeros((), jnp.int32)
       if opt_state == "grow":
-        new_opt = optimizer_state.grow_moments(spec, state.opt_state, src_tx)
+        new_opt = optimizer_state.grow_moments(spec, state.opt_state, src_tx, rng)
       else:
         new_opt = large.tx.init(params)
       new_opt = opt_lib.set_schedule_step(new_opt, step)
@@ -166,7 +166,8 @@ def grow_run_kwargs(cfg: ml_collections.ConfigDict) -> dict:
   return dict(method=g.method, width_method=g.width_method or None,
               layer_map=tuple(int(i) for i in g.layer_map), opt_state=g.opt_state,
               schedule=g.schedule, allow_inexact=bool(g.allow_inexact),
-              width_noise=g.get("width_noise", None), names=spec_lib.GROW_RUN)
+              width_noise=g.get("width_noise", None),
+              drop_fraction=float(g.get("drop_fraction", 0.0)), names=spec_lib.GROW_RUN)
 
 
 def check_grow_run(cfg: ml_collections.ConfigDict) -> spec_lib.GrowthSpec:
@@ -177,7 +178,7 @@ def check_grow_run(cfg: ml_collections.ConfigDict) -> spec_lib.GrowthSpec:
                           ModelConfig.from_config(cfg.model), kw["method"],
                           kw["width_method"], kw["layer_map"],
                           allow_inexact=kw["allow_inexact"], width_noise=kw["width_noise"],
-                          names=kw["names"])
+                          drop_fraction=kw["drop_fraction"], names=kw["names"])
   _check_run_args(spec, kw["opt_state"], kw["schedule"], kw["names"])
   masks.check(spec, cfg.growth.get("mask_ramp_steps", 0))
   return spec
@@ -265,11 +266,15 @@ def _meta_out(meta: dict, large: state_lib.Setup, spec: spec_lib.GrowthSpec, sou
                        **({"width_noise": spec.width_noise}
                           if spec.width_method == "split" else {}),
                        "layer_map": list(spec.layer_map) if spec.layer_map else None,
+                       **({"experts": spec.experts, "drop_fraction": spec.drop_fraction}
+                          if spec.experts else {}),
                        **grown_from}
   # Which layers / units are new, for a large run with config.growth.mask_ramp_steps.
   out["grown_from"][mask_ramp.GROWN_KEY] = masks.record(spec)
   if masks.why_not(spec):
     out["grown_from"]["masks_unavailable"] = masks.why_not(spec)
+  if meta.get("tokenizer"):   # the source's tokenizer (its files stay with the source)
+    out["tokenizer"] = meta["tokenizer"]
   return out
 
 
@@ -363,8 +368,9 @@ def grow_checkpoint(source: str, out_dir: str, large_cfg: ml_collections.ConfigD
                     step: int | None = None, g: int | None = None,
                     layer_map: Sequence[int] | None = None, opt_state: str = "reset",
                     schedule: str = "continue", allow_inexact: bool = False, seed: int = 0,
-                    width_noise: float | None = None, names: spec_lib.Names = spec_lib.CLI,
-                    stream: bool | None = None, log=print) -> dict:
+                    width_noise: float | None = None, drop_fraction: float = 0.0,
+                    names: spec_lib.Names = spec_lib.CLI, stream: bool | None = None,
+                    log=print) -> dict:
   """`growjax grow` (and a grow run's stage 2): returns timings and memory figures
   (also printed). `names` spells the inputs in errors: `growjax grow`'s flags by
   default, `spec.GROW_RUN` for a grow run's config fields. `stream` (default: whenever
@@ -384,7 +390,8 @@ def grow_checkpoint(source: str, out_dir: str, large_cfg: ml_collections.ConfigD
   large = state_lib.build(large_cfg)
   src_model, src_tx, src_abstract = source_setup(meta, large)
   spec = spec_lib.resolve(src_model, large.model_cfg, method, width_method, layer_map, g=g,
-                          allow_inexact=allow_inexact, width_noise=width_noise, names=names)
+                          allow_inexact=allow_inexact, width_noise=width_noise,
+                          drop_fraction=drop_fraction, names=names)
   _check_run_args(spec, opt_state, schedule, names)
 
   marker = {"source": f"{directory}/{step}", "method": method, "width_method": width_method,
@@ -392,6 +399,7 @@ def grow_checkpoint(source: str, out_dir: str, large_cfg: ml_collections.ConfigD
             "opt_state": opt_state, "schedule": schedule, "seed": seed,
             "allow_inexact": bool(allow_inexact),
             **({"width_noise": spec.width_noise} if spec.width_method == "split" else {}),
+            **({"drop_fraction": spec.drop_fraction} if spec.drop_fraction else {}),
             "model": {k: large_cfg.model[k] for k in sorted(large_cfg.model.keys())}}
   marker = json.loads(json.dumps(marker, default=str))
   field = "--to" if names.style == "flag" else "the grow run's grown dir"
@@ -444,7 +452,8 @@ def _log_report(report: dict, spec: spec_lib.GrowthSpec, names: spec_lib.Names, 
   log(f"grew {report['source']} ({report['src_params'] / 1e6:.1f}M params, "
       f"{src.num_layers}L x {src.embed_dim}) -> {report['out']} "
       f"({report['dst_params'] / 1e6:.1f}M, {dst.num_layers}L x {dst.embed_dim}) by "
-      f"{spec.method}{' + width ' + spec.width_method if spec.width_method else ''} at step "
+      f"{spec.method}{' + width ' + spec.width_method if spec.width_method else ''}"
+      f"{' + experts ' + spec.experts if spec.experts else ''} at step "
       f"{report['step']}: read {report['read_s']:.2f}s, grow {report['grow_s']:.2f}s, "
       f"write {report['write_s']:.2f}s; peak host {report['peak_host_bytes'] / 2**30:.2f} GiB"
       + (f", peak device {peak / 2**30:.2f} GiB" if peak else "")

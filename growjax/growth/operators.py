@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 
 import jax
 
-from growjax.growth import depth, layout, learn, mup_carry, placement, width
+from growjax.growth import depth, experts, layout, learn, mup_carry, placement, width
 from growjax.growth.spec import GrowthSpec, resolve
 from growjax.model import ModelConfig, init_params, mup
 
@@ -34,7 +34,7 @@ def grow(params: Any, src: ModelConfig, dst: ModelConfig, method: str = "stack",
          width_method: str | None = None, layer_map: Sequence[int] | None = None,
          allow_inexact: bool = False, width_noise: float | None = None,
          rng: jax.Array | None = None, learn_batches: Iterable | None = None,
-         learn_steps: int = 100, learn_lr: float = 1e-3,
+         learn_steps: int = 100, learn_lr: float = 1e-3, drop_fraction: float = 0.0,
          mesh: jax.sharding.Mesh | None = None, rules: Any = None) -> Any:
   """Params of `src` -> params of `dst`.
 
@@ -61,13 +61,16 @@ def grow(params: Any, src: ModelConfig, dst: ModelConfig, method: str = "stack",
       a re-iterable source (a list) is gone round until `learn_steps` steps.
     learn_steps, learn_lr: Adam steps and learning rate of `learn` (each of
       the width and the depth phase, when both grow).
+    drop_fraction: Drop-Upcycling's re-drawn fraction of each expert's units, when a
+      dense src is upcycled into an MoE dst (`growjax.growth.experts`; inexact, warns
+      unless allow_inexact).
     mesh, rules: the large model's mesh and logical-axis rules; default: those
       in context (`jax.set_mesh`, `nn.logical_axis_rules`; a given mesh with no
       rules anywhere takes `growjax.sharding.DEFAULT_RULES`), else none: no
       sharding constraints. `learn` needs a concrete mesh to place its steps.
   """
   spec = resolve(src, dst, method, width_method, layer_map, allow_inexact=allow_inexact,
-                 width_noise=width_noise)
+                 width_noise=width_noise, drop_fraction=drop_fraction)
   if spec.inexact and not allow_inexact:
     what, fix = spec.inexact_message()
     warnings.warn(f"{what} — {fix} to grow exactly, or pass allow_inexact=True",
@@ -96,6 +99,8 @@ def grow_by(spec: GrowthSpec, params: Any, *, rng: jax.Array | None = None,
                                   place=place)
   elif spec.width_method is not None:
     params = _widen(params, width_key, spec, static_place)
+  if spec.experts is not None:
+    params = _expertise(params, rng, spec, static_place)
   if spec.layer_map is not None and spec.method == "learn":
     params, _ = learn.learn_depth(params, spec.mid, dst.num_layers, spec.layer_map,
                                   learn_batches, learn_steps, learn_lr, place=place)
@@ -124,6 +129,20 @@ def _widen(params: Any, key: jax.Array, spec: GrowthSpec,
       fresh = placement.constrain_tree(spec.mid, fresh)
     return width.grow_width(params, spec.src, spec.mid, spec.width_method, fresh, key=key,
                             noise=spec.width_noise)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _expertise(params: Any, rng: jax.Array, spec: GrowthSpec,
+               place: placement.Placement | None) -> Any:
+  with placement.entered(place):
+    router = None
+    if spec.experts == experts.UPCYCLE and experts.random_router(spec.src, spec.dst):
+      fresh = _first_layers(init_params(spec.dst, experts.router_key(rng)), spec.dst,
+                            spec.src.num_layers)
+      router = fresh["layers"]["moe"]["router"]
+    grown = experts.grow_experts(params, spec.src, spec.mid, router_init=router,
+                                 key=experts.drop_key(rng), drop_fraction=spec.drop_fraction)
+    return placement.constrain_tree(spec.mid, grown)
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))

@@ -37,8 +37,8 @@ from typing import Any, Sequence
 import jax
 import optax
 
-from growjax.growth import depth, layout, mup_carry, spec as spec_lib, width
-from growjax.model import ModelConfig
+from growjax.growth import depth, experts, layout, mup_carry, spec as spec_lib, width
+from growjax.model import LAYERS, ModelConfig
 
 SECOND_MOMENT_FIELDS = ("nu", "sum_of_squares")
 
@@ -59,7 +59,8 @@ def _power(path) -> int:
 def grow_opt_state(opt_state: Any, tx: optax.GradientTransformation, src: ModelConfig,
                    dst: ModelConfig, method: str = "stack", *,
                    width_method: str | None = None, layer_map: Sequence[int] | None = None,
-                   allow_inexact: bool = False, mode: str = "reset", params: Any = None) -> Any:
+                   allow_inexact: bool = False, mode: str = "reset", params: Any = None,
+                   drop_fraction: float = 0.0, rng: jax.Array | None = None) -> Any:
   """The small model's `opt_state` (of `tx`) -> a state for the grown params.
 
   `method`, `width_method`, `layer_map` and `allow_inexact` must be those given to
@@ -67,19 +68,45 @@ def grow_opt_state(opt_state: Any, tx: optax.GradientTransformation, src: ModelC
   `tx.init(params)`; `mode='grow'` maps the moments and carries the step count.
   """
   spec = spec_lib.resolve(src, dst, method, width_method, layer_map,
-                          allow_inexact=allow_inexact)
+                          allow_inexact=allow_inexact, drop_fraction=drop_fraction)
   spec.check_opt_state(mode)
   if mode == "reset":
     if params is None:
       raise ValueError("grow_opt_state(mode='reset') needs params=the grown params — it "
                        "returns tx.init(params)")
     return tx.init(params)
-  return grow_moments(spec, opt_state, tx)
+  return grow_moments(spec, opt_state, tx, rng)
+
+
+def _params_shaped(x) -> bool:
+  return isinstance(x, dict) and LAYERS in x
+
+
+def _expert_moments(spec: spec_lib.GrowthSpec, opt_state: Any, rng: jax.Array | None) -> Any:
+  """An expert growth's moments: the tree changes (mlp -> moe), so every params-shaped
+  subtree of the state is mapped whole (`experts.moments`), then by the depth map."""
+  if spec.drop_fraction and rng is None:
+    raise ValueError("grow_moments: Drop-Upcycling's moments need rng=the growth's rng")
+  key = experts.drop_key(rng) if spec.drop_fraction else None
+  deepen = depth.layers_fn(spec.layer_map) if spec.layer_map is not None else None
+
+  def grow_tree(path, tree):
+    if not _params_shaped(tree):
+      return tree
+    m = experts.moments(tree, _power(path), spec.src, spec.mid, spec.drop_fraction, key)
+    if deepen is None:
+      return m
+    return layout.map_leaves(lambda p, x: deepen(p, x, None), spec.mid, m)
+
+  return jax.tree_util.tree_map_with_path(grow_tree, opt_state, is_leaf=_params_shaped)
 
 
 def grow_moments(spec: spec_lib.GrowthSpec, opt_state: Any,
-                 tx: optax.GradientTransformation) -> Any:
-  """`grow_opt_state(mode='grow')` for a spec `resolve` returned (not `learn`)."""
+                 tx: optax.GradientTransformation, rng: jax.Array | None = None) -> Any:
+  """`grow_opt_state(mode='grow')` for a spec `resolve` returned (not `learn`). `rng`:
+  the growth's (Drop-Upcycling re-draws units by it; their moments start at zero)."""
+  if spec.experts is not None:
+    return _expert_moments(spec, opt_state, rng)
   src = spec.src
   widen = width.moment_fn(src, spec.mid, spec.width_method) if spec.width_method else None
   deepen = depth.layers_fn(spec.layer_map) if spec.layer_map is not None else None

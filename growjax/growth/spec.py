@@ -27,8 +27,8 @@ import dataclasses
 import math
 from typing import Any, Sequence
 
-from growjax.growth import depth, mup_carry, width
-from growjax.model import AXIS_FIELDS, HEAD_DIM, LAYERS, VOCAB, ModelConfig
+from growjax.growth import depth, experts, mup_carry, width
+from growjax.model import AXIS_FIELDS, FAMILY_FIELDS, HEAD_DIM, LAYERS, VOCAB, ModelConfig, mup
 
 DEPTH_METHODS = depth.PRESETS + ("direct", "zero", "random", "learn")
 WIDTH_METHODS = ("direct", "split", "zero", "random", "learn")
@@ -39,6 +39,8 @@ WIDTH_FIELDS = tuple(AXIS_FIELDS[a] for a in width.AXES)
 KEPT_FIELDS = (AXIS_FIELDS[VOCAB], AXIS_FIELDS[HEAD_DIM], "tie_embeddings")
 OPT_STATE_MODES = ("reset", "grow")
 INEXACT_EMBED, INEXACT_NORM_EPS = "embed_factor", "norm_eps"  # GrowthSpec.inexact
+INEXACT_DROP = "drop_upcycling"
+INEXACT_QK_NORM = "qk_norm_whole"   # new heads inside a whole-projection q/k norm (OLMo-2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,11 +89,16 @@ class GrowthSpec:
   inexact: str = ""                 # why a function-preserving width operator is not
   #                                   exact here: '', INEXACT_EMBED or INEXACT_NORM_EPS
   width_noise: float = width.DEFAULT_NOISE  # `split`: noise relative to a copy's RMS
+  experts: str | None = None        # expert growth (`growjax.growth.experts`): upcycle,
+  #                                   multiply or None, at src's depth before depth grows
+  drop_fraction: float = 0.0        # Drop-Upcycling: the re-drawn fraction of units
 
   @property
   def needs_rng(self) -> bool:
     return (self.width_method in ("zero", "random", "split")
-            or (self.layer_map is not None and depth.NEW in self.layer_map))
+            or (self.layer_map is not None and depth.NEW in self.layer_map)
+            or bool(self.drop_fraction)
+            or (self.experts == experts.UPCYCLE and experts.random_router(self.src, self.dst)))
 
   @property
   def zero_writers(self) -> bool | tuple[int, ...]:
@@ -123,11 +130,22 @@ class GrowthSpec:
   def inexact_message(self, names: Names = LIBRARY) -> tuple[str, str]:
     """(what is inexact, how to make it exact) for an inexact spec."""
     n, e_src, e_dst = names, self.src.embed_dim, self.dst.embed_dim
+    if self.inexact == INEXACT_DROP:
+      return (f"Drop-Upcycling ({n.arg('drop_fraction', self.drop_fraction)}) re-draws "
+              f"that fraction of every expert's hidden units, so the function changes",
+              f"set {n.arg('drop_fraction', 0.0)} to upcycle exactly")
     if self.inexact == INEXACT_EMBED:
       return (f"width {self.width_method} from {n.small('embed_dim')}={e_src} to {n.large('embed_dim')}="
               f"{e_dst} does not keep the function: {e_dst} is not a whole multiple of "
               f"{e_src}, so every RMSNorm sees a weighted mean square",
               f"set {n.large('embed_dim')} to a multiple of {e_src} (e.g. {2 * e_src})")
+    if self.inexact == INEXACT_QK_NORM:
+      return (f"width zero from {self.src.num_heads}/{self.src.num_kv_heads} to "
+              f"{self.dst.num_heads}/{self.dst.num_kv_heads} heads does not keep the "
+              f"function of a model with qk_norm='whole' (OLMo-2): the new heads' q and k "
+              f"enter the norm's mean square over all heads",
+              f"grow the heads with {n.arg('width_method', 'direct')} (exact: its copies "
+              f"keep the mean square)")
     exact = self.src.norm_eps * e_src / e_dst
     return (f"width zero keeps the function exactly only with {n.large('norm_eps')}="
             f"{exact:g} ({n.small('norm_eps')} x {e_src}/{e_dst}); with {self.dst.norm_eps:g} "
@@ -143,6 +161,11 @@ def check_pair(src: ModelConfig, dst: ModelConfig, names: Names = LIBRARY) -> No
   fixes = {"vocab_size": "growth keeps the vocabulary",
            "head_dim": "growth keeps head_dim (it adds heads, not head size)",
            "tie_embeddings": "growth keeps tie_embeddings"}
+  for f in FAMILY_FIELDS:   # a model family's parameters and computation
+    a, b = getattr(src, f), getattr(dst, f)
+    if a != b:
+      raise ValueError(f"{n.large(f)}={b!r} differs from {n.small(f)}={a!r} — growth "
+                       f"keeps the model family: set {n.large(f)}={a!r}")
   for f in KEPT_FIELDS:
     a, b = getattr(src, f), getattr(dst, f)
     if a != b:
@@ -276,22 +299,87 @@ def _depth_map(method: str, explicit: tuple[int, ...] | None, n_src: int, n_dst:
 def _inexact(src: ModelConfig, dst: ModelConfig, width_method: str | None) -> str:
   if width_method in ("direct", "split") and dst.embed_dim % src.embed_dim:
     return INEXACT_EMBED
+  if width_method == "zero" and getattr(dst, "qk_norm", "none") == "whole" and (
+      dst.num_heads != src.num_heads or dst.num_kv_heads != src.num_kv_heads):
+    return INEXACT_QK_NORM
   exact_eps = src.norm_eps * src.embed_dim / dst.embed_dim
   if width_method == "zero" and not math.isclose(dst.norm_eps, exact_eps, rel_tol=1e-6):
     return INEXACT_NORM_EPS
   return ""
 
 
+def _check_experts(src: ModelConfig, dst: ModelConfig, drop_fraction: float,
+                   grows_width: bool, n: Names) -> str | None:
+  """The expert growth src -> dst (`growjax.growth.experts`), or a one-line refusal."""
+  if src.num_experts and not dst.num_experts:
+    raise ValueError(f"{n.large('num_experts')}=0 but {n.small('num_experts')}="
+                     f"{src.num_experts} — growth does not turn experts back into one MLP: "
+                     f"set {n.large('num_experts')} >= {src.num_experts}")
+  what = experts.kind(src, dst)
+  if grows_width and src.num_experts:
+    raise ValueError(f"{n.small('num_experts')}={src.num_experts}: width growth of a "
+                     f"mixture of experts is not built — grow the dense model's widths "
+                     f"first, then upcycle it")
+  if not 0.0 <= float(drop_fraction) < 1.0 or (drop_fraction and what != experts.UPCYCLE):
+    raise ValueError(f"{n.arg('drop_fraction', drop_fraction)}: Drop-Upcycling re-draws a "
+                     f"fraction in [0, 1) of the experts a dense model is upcycled into — "
+                     f"use it with a dense {n.small('num_experts')}=0 and an MoE "
+                     f"{n.large('num_experts')}, or set {n.arg('drop_fraction', 0.0)}")
+  if what is None:
+    return None
+  if mup.is_mup(dst):
+    raise ValueError(f"{n.large('parametrization')}={dst.parametrization!r}: expert growth "
+                     f"of a μP model is not built (its multipliers are not carried into "
+                     f"experts) — upcycle under 'sp'")
+  if grows_width:
+    raise ValueError(f"the experts and the widths ({', '.join(WIDTH_FIELDS)}) grow in one "
+                     f"step — grow the widths first (a dense width growth), then upcycle "
+                     f"with every width field of {n.dst} equal to {n.src}'s")
+  k, x = dst.experts_per_token, dst.num_experts
+  if what == experts.UPCYCLE:
+    m = dst.expert_mlp_dim
+    if dst.shared_mlp_dim:
+      raise ValueError(f"{n.large('shared_mlp_dim')}={dst.shared_mlp_dim}: upcycling into a "
+                       f"shared expert is not built — set {n.large('shared_mlp_dim')}=0")
+    if src.mlp_dim % m:
+      raise ValueError(f"{n.large('expert_mlp_dim')}={m} does not divide "
+                       f"{n.small('mlp_dim')}={src.mlp_dim} — each expert is a copy or an "
+                       f"equal segment of the dense MLP: set a divisor (e.g. {src.mlp_dim})")
+    g = src.mlp_dim // m
+    if k % g:
+      raise ValueError(f"{n.large('experts_per_token')}={k} is not a multiple of the "
+                       f"{g} segments the dense MLP is cut into ({n.small('mlp_dim')}="
+                       f"{src.mlp_dim} / {n.large('expert_mlp_dim')}={m}), so the chosen "
+                       f"experts cannot add up to it — set {n.large('experts_per_token')}="
+                       f"{g * max(1, k // g)}")
+    return what
+  c = x // src.num_experts
+  same = ("expert_mlp_dim", "shared_mlp_dim", "moe_router")
+  changed = [f for f in same if getattr(src, f) != getattr(dst, f)]
+  if changed or x % src.num_experts or c < 2 or k != c * src.experts_per_token:
+    raise ValueError(f"{n.large('num_experts')}={x}, {n.large('experts_per_token')}={k}: "
+                     f"expert growth copies every expert c times and takes c times as many "
+                     f"per token (c = 2, 3, ...), keeping {', '.join(same)} — set "
+                     f"{n.large('num_experts')}={2 * src.num_experts}, "
+                     f"{n.large('experts_per_token')}={2 * src.experts_per_token}"
+                     + (f" and {n.large(changed[0])}={getattr(src, changed[0])!r}"
+                        if changed else ""))
+  return what
+
+
 def resolve(src: ModelConfig, dst: ModelConfig, method: str = "stack",
             width_method: str | None = None, layer_map: Sequence[int] | None = None, *,
             g: int | None = None, allow_inexact: bool = False,
-            width_noise: float | None = None, names: Names = LIBRARY) -> GrowthSpec:
+            width_noise: float | None = None, drop_fraction: float = 0.0,
+            names: Names = LIBRARY) -> GrowthSpec:
   """The growth `src -> dst` by `method` / `width_method` / `layer_map`, checked.
 
   `layer_map`: None or empty for none. `g`: the depth factor, checked against the
   configs when given. `allow_inexact`: accept a width `direct` / `split` that cannot
   keep the function (see the module docstring). `width_noise`: `split`'s noise
   relative to a copy's RMS (None: `width.DEFAULT_NOISE`), a finite number > 0.
+  `drop_fraction`: Drop-Upcycling's re-drawn fraction of each expert's units (dense ->
+  MoE only; inexact). An MoE `dst` sets the expert growth (`growjax.growth.experts`).
   """
   n = names
   check_pair(src, dst, n)
@@ -314,9 +402,11 @@ def resolve(src: ModelConfig, dst: ModelConfig, method: str = "stack",
   grows_width = any(getattr(src, f) != getattr(dst, f) for f in WIDTH_FIELDS)
   mup_carry.check(src, dst, grows_width, n)
   wm = (width_method or DEFAULT_WIDTH[method]) if grows_width else None
+  what = _check_experts(src, dst, drop_fraction, grows_width, n)
   spec = GrowthSpec(src, dst, dst.replace(num_layers=src.num_layers), method, wm, lmap,
-                    _inexact(src, dst, wm), float(noise))
-  if spec.inexact == INEXACT_EMBED and not allow_inexact:
+                    INEXACT_DROP if drop_fraction else _inexact(src, dst, wm), float(noise),
+                    what, float(drop_fraction))
+  if spec.inexact in (INEXACT_EMBED, INEXACT_QK_NORM) and not allow_inexact:
     what, fix = spec.inexact_message(n)
     raise ValueError(f"{what} — {fix}, or pass {n.arg('allow_inexact', True)} to accept "
                      f"the change")

@@ -24,15 +24,20 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
 
+import jax
 import ml_collections
 from etils import epath
 
 from growjax import checkpoint as ckpt_lib
+from growjax import config as config_lib
 from growjax import distributed
 from growjax import faults
 from growjax.growth import offline
 from growjax import train as train_lib
+from growjax.model import ModelConfig
+from growjax.train import summary as summary_lib
 
 EVENTS_SYNTAX = ("LAYERS@STEP[:METHOD[:OPT_STATE]], comma-separated, each event deeper and "
                  "later than the one before and the last at config.model.num_layers "
@@ -223,6 +228,29 @@ def stage_view(*dirs: str) -> tuple[int, ...]:
       for i, d in enumerate(dirs)))
 
 
+def stage_steps(cfg: ml_collections.ConfigDict, events: list[Event], i: int) -> tuple[int, int]:
+  """(first, last) step of stage i: from the growth before it (0) to the next (the run's
+  end)."""
+  return (events[i - 1].step if i > 0 else 0,
+          events[i].step if i < len(events) else int(cfg.train.steps))
+
+
+def stage_cost(cfg: ml_collections.ConfigDict, events: list[Event], i: int
+               ) -> tuple[int, float]:
+  """(tokens, training FLOPs) of stage i, as the trainer counts them (6N + attention per
+  token, `ModelConfig.flops_per_token`)."""
+  c = stage_config(cfg, events, i)
+  start, end = stage_steps(cfg, events, i)
+  tokens = (end - start) * int(c.train.global_batch_size) * int(c.data.seq_len)
+  return tokens, tokens * ModelConfig.from_config(c.model).flops_per_token(c.data.seq_len)
+
+
+def scratch_flops(cfg: ml_collections.ConfigDict) -> float:
+  """FLOPs of training the final model (`config.model`) from scratch for the run's steps."""
+  tokens = int(cfg.train.steps) * int(cfg.train.global_batch_size) * int(cfg.data.seq_len)
+  return tokens * ModelConfig.from_config(cfg.model).flops_per_token(cfg.data.seq_len)
+
+
 def run_grow(cfg: ml_collections.ConfigDict, workdir: str, log=print,
              stop_after_steps: int | None = None) -> dict:
   """Runs the stages and growths still to do; returns each trained stage's history,
@@ -256,7 +284,8 @@ def run_grow(cfg: ml_collections.ConfigDict, workdir: str, log=print,
       log(f"== stage {2 * i + 1}/{parts}: {layers}-layer model to step {end} -> {runs[i]}")
       history[name] = train_lib.train(
           stage_config(cfg, events, i, grown[i - 1] if i > 0 else ""), runs[i],
-          stop_after_steps=stop_after_steps)
+          stop_after_steps=stop_after_steps,
+          later_flops=sum(stage_cost(cfg, events, j)[1] for j in range(i + 1, k + 1)))
       if history[name]["stopped_at"] is not None:
         return history
     if i < k:
@@ -265,9 +294,41 @@ def run_grow(cfg: ml_collections.ConfigDict, workdir: str, log=print,
 
 
 def run(cfg: ml_collections.ConfigDict, workdir: str,
-        stop_after_steps: int | None = None) -> dict:
-  """`growjax train`: a whole grow run when `config.growth.enabled`, else one stage."""
+        stop_after_steps: int | None = None, log=print) -> dict:
+  """`growjax train`: a whole grow run when `config.growth.enabled`, else one stage.
+  Says the workdir first and, once the run is done, how it ended (`train.summary`:
+  the console block and WORKDIR/summary.json)."""
   distributed.check_shared_workdir(workdir)
-  if cfg.growth.enabled:
-    return run_grow(cfg, workdir, stop_after_steps=stop_after_steps)
-  return train_lib.train(cfg, workdir, stop_after_steps=stop_after_steps)
+  t0 = time.perf_counter()
+  lead = jax.process_index() == 0
+  if lead:
+    log(f"workdir {ckpt_lib.absolute(workdir)}: checkpoints, metrics.jsonl, growjax.log"
+        + (", TensorBoard files in tb/" if cfg.metrics.tensorboard and
+           "tensorboard" in config_lib.loggers(cfg.train) else "")
+        + (" (a grow run: one directory per stage)" if cfg.growth.enabled else ""))
+  if not cfg.growth.enabled:
+    history = train_lib.train(cfg, workdir, stop_after_steps=stop_after_steps)
+    if lead and history["stopped_at"] is None:
+      tokens = int(cfg.train.steps) * int(cfg.train.global_batch_size) * int(cfg.data.seq_len)
+      _summarize(summary_lib.summarize(workdir, workdir, tokens=tokens,
+                                       wall_s=time.perf_counter() - t0), log)
+    return history
+  history = run_grow(cfg, workdir, stop_after_steps=stop_after_steps, log=log)
+  if lead and all(h["stopped_at"] is None for h in history.values()):
+    events = schedule(cfg)
+    runs, _ = run_dirs(workdir, len(events))
+    stages = []
+    for i, run_dir in enumerate(runs):
+      a, b = stage_steps(cfg, events, i)
+      stages.append(f"{epath.Path(run_dir).name}/ {stage_model(cfg, events, i).num_layers} "
+                    f"layers, steps {a}..{b}")
+    tokens = sum(stage_cost(cfg, events, i)[0] for i in range(len(events) + 1))
+    _summarize(summary_lib.summarize(workdir, runs[-1], tokens=tokens,
+                                     wall_s=time.perf_counter() - t0,
+                                     scratch_flops=scratch_flops(cfg), stages=stages), log)
+  return history
+
+
+def _summarize(summary: dict, log) -> None:
+  summary_lib.write(summary)
+  log(summary_lib.format_summary(summary))

@@ -74,9 +74,15 @@ def check_within_budget(params: float, flops: float, d: float) -> None:
       f"train the target from scratch")
 
 
+def config_tokens(cfg: ml_collections.ConfigDict) -> int:
+  """The tokens a run config trains: steps x global batch x sequence length."""
+  return int(cfg.train.steps) * int(cfg.train.global_batch_size) * int(cfg.data.seq_len)
+
+
 def describe(params: float | None, flops: float | None, tokens: float | None = None,
              cfg: ml_collections.ConfigDict | None = None) -> str:
-  """The `growjax plan` report: d, g, and what d means in steps of a config."""
+  """The `growjax plan` report: d, g, and what d means in steps of a config (whose own
+  N and budget are used where --params / --flops / --tokens are not given)."""
   if params is None and cfg is not None:
     from growjax.model import ModelConfig
     params = float(ModelConfig.from_config(cfg.model).num_params())
@@ -84,9 +90,12 @@ def describe(params: float | None, flops: float | None, tokens: float | None = N
     raise ValueError("give --params N (or --config to take N from its model).")
   if flops is not None and tokens is not None:
     raise ValueError("--flops and --tokens both given — give one (C = 6 N D)")
+  if flops is None and tokens is None and cfg is not None:
+    tokens = float(config_tokens(cfg))
   if flops is None:
     if tokens is None:
-      raise ValueError("give --flops C or --tokens D (then C = 6 N D).")
+      raise ValueError("give --flops C or --tokens D (then C = 6 N D), or --config to take "
+                       "D from its steps x batch x seq_len.")
     flops = budget_flops(params, tokens)
   d = growth_tokens(params, flops)
   check_within_budget(params, flops, d)
@@ -99,7 +108,15 @@ def describe(params: float | None, flops: float | None, tokens: float | None = N
   if cfg is not None:
     tokens_per_step = cfg.train.global_batch_size * cfg.data.seq_len
     layers = cfg.model.num_layers
+    small_steps = math.ceil(d / tokens_per_step)
     lines.append(f"with this config ({tokens_per_step} tokens/step): small stage = "
-                 f"{math.ceil(d / tokens_per_step)} steps; small model "
+                 f"{small_steps} steps; small model "
                  f"{layers / RECOMMENDED_G:g} layers grown to {layers}")
+    if small_steps >= cfg.train.steps:
+      own = config_tokens(cfg)
+      lines.append(
+          f"warning: the small stage ({small_steps} steps) is not shorter than this "
+          f"config's whole run (config.train.steps={cfg.train.steps}, {own:.4g} tokens): "
+          f"the budget above is not this config's — drop --flops/--tokens to plan for the "
+          f"config's own budget, or raise config.train.steps above {small_steps}")
   return "\n".join(lines)

@@ -2,15 +2,18 @@
 (per token, and bits per byte) on the configured dataset's validation windows, and
 zero-shot multiple-choice accuracy by log-likelihood on local JSONL tasks.
 
-Task files hold one object per line, `{"context": str, "choices": [str, ...],
-"gold": int}` (the layout HellaSwag, ARC, PIQA and Winogrande are usually converted
-to). Each choice is scored as lm-evaluation-harness does: the sum of the
-log-probabilities of the continuation's tokens after the context (`whole =
-encode(context + choice)`, the continuation being what follows `encode(context)`);
-`acc` takes the best sum, `acc_norm` the best sum divided by the choice's length in
-UTF-8 bytes. Scoring is batched, rows sharded over the mesh's data axes; the
-lm-evaluation-harness adapter (`growjax.interop.lm_eval_adapter`) calls the same scorer.
-This module does not generate text (`growjax.interop.sample`) or train.
+Task files hold one object per line, `{"context": str, "choices": [str, ...], "gold":
+int}` (`growjax convert-mc` writes them from HellaSwag's, ARC's, PIQA's and Winogrande's
+public files), with an optional `"contexts"`, one per choice, where each choice has a
+context of its own (Winogrande's partial scoring). Each choice is scored as
+lm-evaluation-harness 0.4 does: the sum of the log-probabilities of the continuation's
+tokens after the context (`whole = encode(context + choice)`, the continuation being
+what follows `encode(context)`, all trailing whitespace of the context moved to the
+continuation first); `acc` takes the best sum, `acc_norm` the best sum divided by the
+choice's length in characters (lm-evaluation-harness's `len(choice)`; `acc_bytes`
+divides by UTF-8 bytes). Scoring is batched, rows sharded over the mesh's data axes;
+the lm-evaluation-harness adapter (`growjax.interop.lm_eval_adapter`) calls the same
+scorer. This module does not generate text (`growjax.interop.sample`) or train.
 """
 
 from __future__ import annotations
@@ -144,16 +147,17 @@ def _replicated_host(x: jax.Array) -> np.ndarray:
 
 def encode_pair(tokenizer, context: str, continuation: str, bos: bool = True
                 ) -> tuple[list[int], list[int]]:
-  """lm-evaluation-harness's split: trailing spaces of the context move to the
-  continuation; the continuation is what `encode(context + continuation)` adds after
-  `encode(context)` (separate encodings when the whole does not start with it)."""
-  n_space = len(context) - len(context.rstrip(" "))
+  """lm-evaluation-harness 0.4's split (`TemplateLM._encode_pair`, causal): all trailing
+  whitespace of the context (spaces, tabs, newlines) moves to the continuation, and the
+  continuation is `encode(context + continuation)[len(encode(context)):]` — taken by
+  position even where a merge crosses the boundary, as lm-eval does, so scores agree
+  choice by choice. BOS, when the tokenizer has one, starts the context."""
+  n_space = len(context) - len(context.rstrip())
   if n_space:
     context, continuation = context[:-n_space], context[-n_space:] + continuation
   ctx = [int(i) for i in tokenizer.encode(context)]
   whole = [int(i) for i in tokenizer.encode(context + continuation)]
-  cont = whole[len(ctx):] if whole[:len(ctx)] == ctx else [
-      int(i) for i in tokenizer.encode(continuation)]
+  cont = whole[len(ctx):]
   bos_id = getattr(tokenizer, "bos_id", -1)
   if bos and bos_id is not None and bos_id >= 0 and (not ctx or ctx[0] != bos_id):
     ctx = [bos_id] + ctx
@@ -186,6 +190,10 @@ def read_task(path: str) -> list[dict]:
       if (not isinstance(choices, list) or len(choices) < 2
           or not all(isinstance(c, str) and c for c in choices)):
         raise ValueError(f"{where}: choices must be a list of at least 2 non-empty strings")
+      contexts = ex.get("contexts")
+      if contexts is not None and (not isinstance(contexts, list) or len(contexts) != len(
+          choices) or not all(isinstance(c, str) for c in contexts)):
+        raise ValueError(f"{where}: contexts must be a list of strings, one per choice")
       if not isinstance(ex["gold"], int) or not 0 <= ex["gold"] < len(choices):
         raise ValueError(f"{where}: gold={ex['gold']!r} is not an index into its "
                          f"{len(choices)} choices")
@@ -200,28 +208,33 @@ def multiple_choice(scorer: Scorer, tokenizer, examples: Sequence[dict], name: s
   """acc and acc_norm (with their standard errors) of `examples`, zero-shot."""
   pairs, owners = [], []
   for k, ex in enumerate(examples):
-    for choice in ex["choices"]:
-      pairs.append(encode_pair(tokenizer, ex["context"], choice))
+    contexts = ex.get("contexts") or [ex["context"]] * len(ex["choices"])
+    for context, choice in zip(contexts, ex["choices"]):
+      pairs.append(encode_pair(tokenizer, context, choice))
       owners.append(k)
   scores = scorer.loglikelihoods(pairs, Progress(f"{name}: choices scored", len(pairs)))
-  correct = correct_norm = 0
+  correct = correct_norm = correct_bytes = 0
   predictions = []
   at = 0
   for ex in examples:
     n = len(ex["choices"])
     lls = np.array([s for s, _ in scores[at:at + n]])
     at += n
-    lengths = np.array([len(c.encode("utf-8")) for c in ex["choices"]], np.float64)
-    pred, pred_norm = int(np.argmax(lls)), int(np.argmax(lls / lengths))
+    chars = np.array([len(c) for c in ex["choices"]], np.float64)
+    utf8 = np.array([len(c.encode("utf-8")) for c in ex["choices"]], np.float64)
+    pred, pred_norm = int(np.argmax(lls)), int(np.argmax(lls / chars))
+    pred_bytes = int(np.argmax(lls / utf8))
     correct += pred == ex["gold"]
     correct_norm += pred_norm == ex["gold"]
-    predictions.append({"pred": pred, "pred_norm": pred_norm, "loglik": lls.tolist()})
+    correct_bytes += pred_bytes == ex["gold"]
+    predictions.append({"pred": pred, "pred_norm": pred_norm, "pred_bytes": pred_bytes,
+                        "loglik": lls.tolist()})
   n = len(examples)
   acc, acc_norm = correct / n, correct_norm / n
   return {"examples": n, "acc": acc, "acc_stderr": math.sqrt(acc * (1 - acc) / max(n - 1, 1)),
           "acc_norm": acc_norm,
           "acc_norm_stderr": math.sqrt(acc_norm * (1 - acc_norm) / max(n - 1, 1)),
-          "predictions": predictions}
+          "acc_bytes": correct_bytes / n, "predictions": predictions}
 
 
 # ------------------------------------------------------------------------ perplexity
@@ -273,6 +286,7 @@ def run(cfg: ml_collections.ConfigDict, checkpoint: str, *, step: int | None = N
   """`growjax eval`: the config's data and mesh, the checkpoint's model and params."""
   from growjax import checkpoint as ckpt_lib
   from growjax import config as config_lib
+  from growjax import data as data_lib
   from growjax.interop import sample
   from growjax.train import state as state_lib
   examples = {t: read_task(t) for t in tasks}   # bad task files fail before any compute
@@ -285,14 +299,30 @@ def run(cfg: ml_collections.ConfigDict, checkpoint: str, *, step: int | None = N
   if mesh_spec:
     cfg.mesh = params_io.parse_mesh(mesh_spec)
   n_batches = int(batches or cfg.train.eval_batches)
+  # The checkpoint's tokenizer scores the tasks and tokenizes an inline data source.
+  spec, record = sample.checkpoint_tokenizer_record(directory, meta)
+  if spec and data_lib.reading_plan(cfg.data) is None:
+    cfg.data.tokenizer = spec
+  tokenizer = sample.make_tokenizer(spec or cfg.data.tokenizer)
   if n_batches > 0:
     config_lib.validate_data(cfg)
+    data_record, data_spec, where = data_lib.dataset_tokenizer(cfg.data)
+    if record.get("identity") and data_record.get("identity") != record["identity"]:
+      raise ValueError(
+          f"the data ({where}) is tokenized by {data_record.get('spec')!r}, but "
+          f"{directory}/{step} "
+          f"was trained with {record.get('spec')!r} — evaluate on data prepared with the "
+          f"checkpoint's tokenizer")
+    data_tokenizer = sample.make_tokenizer(data_spec or cfg.data.tokenizer)
   setup = state_lib.build(cfg)
   params = params_io.restore_params(directory, step, setup.model_cfg, setup.mesh, setup.rules)
-  tokenizer = sample.make_tokenizer(cfg.data.tokenizer)
   results: dict[str, Any] = {"checkpoint": f"{directory}/{step}", "tasks": {}}
   if n_batches > 0:
-    results["validation"] = perplexity(cfg, setup, params, tokenizer, n_batches)
+    if jax.process_index() == 0:   # said first: an inline source is prepared on first use
+      log(f"perplexity on {validation_source(cfg.data)}: {n_batches} batches of "
+          f"{cfg.data.seq_len} tokens, tokenizer {data_spec or cfg.data.tokenizer} "
+          f"(--batches=-1 skips it)")
+    results["validation"] = perplexity(cfg, setup, params, data_tokenizer, n_batches)
   scorer = Scorer(setup.model_cfg, params, setup.mesh, setup.rules, batch_size=batch_size,
                   max_len=int(cfg.data.seq_len))
   for path, exs in examples.items():
@@ -304,6 +334,19 @@ def run(cfg: ml_collections.ConfigDict, checkpoint: str, *, step: int | None = N
       with open(out, "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1)
   return results
+
+
+def validation_source(data_cfg: ml_collections.ConfigDict) -> str:
+  """What `config.data` evaluates on, in words: a prepared dir, a mixture's datasets, or a
+  source prepared inline (the embedded Shakespeare plays unless config.data.name says)."""
+  if data_cfg.prepared_dir:
+    return f"the validation split of {data_cfg.prepared_dir}"
+  if data_cfg.datasets:
+    return f"the validation splits of {data_cfg.eval_dataset or data_cfg.datasets}"
+  what = {"shakespeare": "the embedded Shakespeare plays (config.data.name='shakespeare')",
+          "text_files": f"config.data.validation_files={data_cfg.validation_files!r}",
+          "tfds": f"tfds {data_cfg.tfds_name}"}.get(data_cfg.name, data_cfg.name)
+  return f"{what}, prepared inline on first use"
 
 
 def format_results(results: dict) -> str:

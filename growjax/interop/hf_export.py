@@ -1,8 +1,12 @@
-"""`growjax export-hf`: a growjax checkpoint -> a Hugging Face LlamaForCausalLM directory.
+"""`growjax export-hf`: a growjax checkpoint -> a Hugging Face directory of its family
+(`LlamaForCausalLM`, `MistralForCausalLM`, `Qwen2ForCausalLM`, `Qwen3ForCausalLM`,
+`Olmo2ForCausalLM`: `hf_layout.hf_architecture`).
 
 Writes config.json, safetensors (sharded with an index above --max_shard_size) and the
-tokenizer files an import brought along (followed back through growths), one tensor at
-a time gathered to the host.
+checkpoint's tokenizer files (its own, an import's, followed back through growths and
+`init_from`; a tokenizer_config.json made for a bare tokenizer.json), the special ids
+and max positions, one tensor at a time gathered to the host. `--verify` is
+`hf_verify`'s.
 """
 
 from __future__ import annotations
@@ -17,13 +21,31 @@ import numpy as np
 from etils import epath
 
 from growjax import checkpoint as ckpt_lib
+from growjax import filemode
+from growjax.data import tokenizer_record
 from growjax.interop import params_io
+from growjax.interop.sample import checkpoint_tokenizer_record
 from growjax.interop.hf_layout import (CONFIG, DTYPES, HF_DIR, INDEX, SINGLE,
-                                       TOKENIZER_FILES, hf_config, hf_names, hf_side_files,
+                                       TOKENIZER_FILES, hf_config, hf_pieces, hf_side_files,
                                        layout, param_paths)
 from growjax.interop.hf_records import (EXPORT_MARKER, abandon, already_done, destination,
                                         files_fingerprint, publish, staging)
-from growjax.model import LAYERS, ModelConfig
+from growjax.model import ModelConfig
+
+
+def _tokenizer_config(spec: str, record: dict, max_positions: int | None) -> dict:
+  """A tokenizer_config.json for a bare tokenizer.json, so `AutoTokenizer` loads the
+  export with its special tokens and max length."""
+  from growjax.data import make_tokenizer
+  tok = make_tokenizer(spec)._tok   # the `tokenizers.Tokenizer`
+  out = {"tokenizer_class": "PreTrainedTokenizerFast",
+         "model_max_length": int(max_positions or record.get("model_max_length") or 2048)}
+  for key in ("bos", "eos", "pad"):
+    i = record.get(f"{key}_id")
+    if isinstance(i, int) and i >= 0 and tok.id_to_token(i) is not None:
+      out[f"{key}_token"] = tok.id_to_token(i)
+  return out
+
 
 def _to_hf(path: str, cfg: ModelConfig, value: np.ndarray) -> np.ndarray:
   """One layer's growjax tensor -> the HF tensor."""
@@ -48,7 +70,7 @@ def _host(x: jax.Array) -> np.ndarray:
 
 def export_hf(checkpoint: str, to: str, *, step: int | None = None, dtype: str = "auto",
               max_shard_size: str = "5GB", mesh_spec: str = "", log=print) -> dict:
-  """`growjax export-hf`: a growjax checkpoint -> an HF LlamaForCausalLM directory."""
+  """`growjax export-hf`: a growjax checkpoint -> an HF directory of its family."""
   from safetensors.numpy import save_file
   t0 = time.perf_counter()
   limit = _shard_size(max_shard_size)
@@ -58,7 +80,10 @@ def export_hf(checkpoint: str, to: str, *, step: int | None = None, dtype: str =
             "options": {"dtype": dtype, "max_shard_size": limit},
             "source_files": files_fingerprint(root / str(resolved)) + (
                 [[f"{HF_DIR}/{f[0]}", *f[1:]] for f in files_fingerprint(root / HF_DIR)]
-                if (root / HF_DIR).is_dir() else [])}
+                if (root / HF_DIR).is_dir() else []) + (
+                [[f"{tokenizer_record.FOLDER}/{f[0]}", *f[1:]]
+                 for f in files_fingerprint(root / tokenizer_record.FOLDER)]
+                if (root / tokenizer_record.FOLDER).is_dir() else [])}
   if already_done(to, record, EXPORT_MARKER):
     out = ckpt_lib.absolute(to)
     if jax.process_index() == 0:
@@ -68,7 +93,13 @@ def export_hf(checkpoint: str, to: str, *, step: int | None = None, dtype: str =
   out = destination(to, "--to", record, EXPORT_MARKER)
   loaded = params_io.load(checkpoint, step=resolved, mesh_spec=mesh_spec, field="--from")
   cfg = loaded.model_cfg
-  side_dir, hf_meta = hf_side_files(loaded.directory, loaded.meta)
+  _, hf_meta = hf_side_files(loaded.directory, loaded.meta)
+  tok_spec, tok_record = checkpoint_tokenizer_record(loaded.directory, loaded.meta)
+  tok_dir, tok_files = tokenizer_record.source_files(tok_spec or "byte")
+  tok_files = [n for n in TOKENIZER_FILES
+               if tok_dir is not None and (epath.Path(tok_dir) / n).exists()]
+  max_positions = (tok_record.get("model_max_length")
+                   or loaded.meta.get("seq_len") or None)
   if dtype == "auto":
     dtype = hf_meta.get("torch_dtype") or "float32"
     dtype = dtype if dtype in DTYPES else "float32"
@@ -82,10 +113,8 @@ def export_hf(checkpoint: str, to: str, *, step: int | None = None, dtype: str =
       leaf = loaded.params
       for key in path.split("/"):
         leaf = leaf[key]
-      names = hf_names(path, cfg)
-      for i, name in enumerate(names):
-        value = _host(leaf[i] if path.startswith(LAYERS + "/") else leaf)
-        yield name, _to_hf(path, cfg, value).astype(np_dtype)
+      for name, index in hf_pieces(path, cfg):
+        yield name, _to_hf(path, cfg, _host(leaf[index])).astype(np_dtype)
 
   tmp = staging(out)
   try:
@@ -94,8 +123,9 @@ def export_hf(checkpoint: str, to: str, *, step: int | None = None, dtype: str =
     def flush():
       shards.append(list(current))
       if jax.process_index() == 0:   # the shard count is known at the end: renamed then
-        save_file(current, os.fspath(tmp / f"part-{len(shards):05d}.safetensors"),
-                  metadata={"format": "pt"})
+        part = tmp / f"part-{len(shards):05d}.safetensors"
+        save_file(current, os.fspath(part), metadata={"format": "pt"})
+        filemode.as_umask(part)   # safetensors writes 0600
 
     for name, value in hf_tensors():
       if current and size + value.nbytes > limit:
@@ -120,12 +150,14 @@ def export_hf(checkpoint: str, to: str, *, step: int | None = None, dtype: str =
         (tmp / INDEX).write_text(json.dumps(
             {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
       (tmp / CONFIG).write_text(json.dumps(
-          hf_config(cfg, hf_meta.get("config"), dtype), indent=2))
-      if side_dir is not None:
-        for name in TOKENIZER_FILES:
-          if (side_dir / name).exists():
-            (side_dir / name).copy(tmp / name)
-            copied.append(name)
+          hf_config(cfg, hf_meta.get("config"), dtype, tok_record, max_positions), indent=2))
+      for name in tok_files:
+        (epath.Path(tok_dir) / name).copy(tmp / name)
+        copied.append(name)
+      if tok_spec and tok_spec.startswith("hf:") and "tokenizer_config.json" not in copied:
+        (tmp / "tokenizer_config.json").write_text(json.dumps(
+            _tokenizer_config(tok_spec, tok_record, max_positions), indent=2))
+        copied.append("tokenizer_config.json")
       (tmp / EXPORT_MARKER).write_text(json.dumps(   # last: the finished export's record
           {k: v for k, v in record.items() if k != "what"}, indent=1))
     publish(tmp, out)

@@ -1,9 +1,10 @@
-"""`growjax import-hf`: a local Hugging Face LLaMA directory -> a growjax checkpoint.
+"""`growjax import-hf`: a local Hugging Face LLaMA-family directory -> a growjax checkpoint.
 
 Reads config.json + safetensors (one file or sharded with model.safetensors.index.json)
-of a `LlamaForCausalLM` (Llama, TinyLlama) or a `MistralForCausalLM` without a sliding
-window, checks every key and tensor header first, then streams tensor by tensor: each
-device's shard of each growjax parameter is read from the memory-mapped safetensors
+of a `LlamaForCausalLM` (Llama 1-3.x, TinyLlama), `MistralForCausalLM`,
+`Qwen2ForCausalLM`, `Qwen3ForCausalLM` or `Olmo2ForCausalLM` (`hf_layout.model_fields`
+sets the model family), checks every key and tensor header first, then streams tensor
+by tensor: each device's shard of each growjax parameter is read from the memory-mapped safetensors
 (`jax.make_array_from_callback`) and the step is written leaf by leaf
 (`checkpoint_pieces.PieceWriter`; one whole save when several processes import), so memory
 holds about one parameter at a time, never the whole model (benchmarks/RESULTS.md:
@@ -28,9 +29,11 @@ from etils import epath
 
 from growjax import checkpoint as ckpt_lib
 from growjax import checkpoint_pieces as ckpt_pieces
+from growjax.data import tokenizer_record
 from growjax.interop import params_io
 from growjax.interop.hf_layout import (CONFIG, DERIVED, DTYPES, HF_DIR, INDEX, MAPPINGS,
-                                       TOKENIZER_FILES, hf_names, layout, model_fields,
+                                       TOKENIZER_FILES, expert_axis, hf_names, layout,
+                                       model_fields, per_expert,
                                        param_paths, read_json)
 from growjax.interop.hf_records import (MARKER, abandon, already_done, destination,
                                         files_fingerprint, publish, staging)
@@ -176,6 +179,23 @@ def _check_vocab(hf_dir: epath.Path, vocab: int, allow_padding: bool) -> str | N
   return name
 
 
+def _tokenizer_record(src: epath.Path, found: str | None, hf: dict) -> dict | None:
+  """The record of the tokenizer the import copies into `hf/`: its ids, files, and
+  config.json's max_position_embeddings as its max length; None when there is none
+  or growjax cannot build it (the files still travel)."""
+  if found is None:
+    return None
+  spec = f"{'hf' if found == 'tokenizer.json' else 'spm'}:{os.fspath(src / found)}"
+  longest = hf.get("max_position_embeddings")
+  try:
+    record = tokenizer_record.describe(
+        spec, model_max_length=int(longest) if isinstance(longest, int) else None)
+  except ValueError:
+    return None
+  files = [found] + [n for n in TOKENIZER_FILES if n != found and (src / n).exists()]
+  return dict(record, files=files, dir=HF_DIR)
+
+
 def _step0_whole(out: epath.Path) -> None:
   try:
     ckpt_lib.resolve(os.fspath(out), 0, field="--to")
@@ -230,11 +250,15 @@ def import_hf(hf_dir: str, to: str, *, mesh_spec: str = "", dtype: str = "bfloat
   tensors = Tensors(src)
   check_tensors(tensors, model_cfg, str(src))
 
+  tok_record = _tokenizer_record(src, tokenizer, hf)
+  source_dtype = hf.get("torch_dtype") or hf.get("dtype") or "float32"
   tmp = staging(out)
   try:
     meta = dict(state_lib.run_meta(setup), flops_seen=0.0,
                 hf={"source": str(src), "config": hf, "tokenizer": tokenizer,
-                    "torch_dtype": hf.get("torch_dtype") or hf.get("dtype") or "float32"})
+                    "torch_dtype": source_dtype})
+    if tok_record:
+      meta[tokenizer_record.META_KEY] = tok_record
     if jax.process_count() == 1:
       _write_in_pieces(os.fspath(tmp), setup, tensors, meta)
     else:   # orbax's partial save is single-process: one whole save (device memory)
@@ -267,7 +291,11 @@ def import_hf(hf_dir: str, to: str, *, mesh_spec: str = "", dtype: str = "bfloat
         f"{model_cfg.num_layers}L x {model_cfg.embed_dim}, heads {model_cfg.num_heads}/"
         f"{model_cfg.num_kv_heads}, {'tied' if model_cfg.tie_embeddings else 'untied'} head) "
         f"-> {out}/0 in {report['seconds']:.1f}s; tokenizer: "
-        f"{tokenizer or 'none found (give config.data.tokenizer yourself)'}")
+        f"{tokenizer or 'none found (give config.data.tokenizer yourself)'}; weights "
+        f"{source_dtype} kept as {model_cfg.param_dtype}, compute dtype recorded "
+        f"{model_cfg.dtype} (--dtype" + ("" if model_cfg.dtype == source_dtype else
+                                          f"; --dtype={source_dtype} computes as the source")
+        + ")")
   return report
 
 
@@ -277,9 +305,20 @@ def _param_array(tensors: Tensors, cfg: ModelConfig, path: str, sh) -> jax.Array
   names = hf_names(path, cfg)
   _, mid_shape, perm = layout(path, cfg)
   shape = tuple(mid_shape[p] for p in perm)
+  if per_expert(path):
+    x = expert_axis(path)
+    shape = shape[:x] + (cfg.num_experts,) + shape[x:]
   scanned = path.startswith(LAYERS + "/")
   if scanned:
     shape = (cfg.num_layers,) + shape
+
+  def layer_block(i, index):
+    if not per_expert(path):
+      return _read_block(tensors, names[i], path, cfg, index)
+    x = expert_axis(path)   # one HF tensor per expert, stacked on the experts axis
+    rest = index[:x] + index[x + 1:]
+    return np.stack([_read_block(tensors, names[i * cfg.num_experts + j], path, cfg, rest)
+                     for j in range(*index[x].indices(cfg.num_experts))], axis=x)
 
   def block(index):
     if not scanned:
@@ -287,7 +326,7 @@ def _param_array(tensors: Tensors, cfg: ModelConfig, path: str, sh) -> jax.Array
     layers = range(*index[0].indices(cfg.num_layers))
     out = None
     for k, i in enumerate(layers):
-      layer = _read_block(tensors, names[i], path, cfg, index[1:])
+      layer = layer_block(i, index[1:])
       if out is None:
         out = np.empty((len(layers),) + layer.shape, layer.dtype)
       out[k] = layer

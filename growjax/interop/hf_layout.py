@@ -7,7 +7,14 @@ Layouts: HF's `nn.Linear` weights are (out, in); growjax's are (in, out...) with
 heads split ((embed, heads, head_dim) for q). Rotary embeddings: HF Llama rotates
 the two halves of each head (`rotate_half`) and so does `growjax.model.rope`, so
 q / k need no permutation (tests/test_hf.py checks the logits against
-transformers'). Not here: biases (Qwen2), rope scaling, sliding windows, MoE.
+transformers'). Model families follow from `ModelConfig` (`hf_architecture`): Qwen2's
+q/k/v biases, Qwen3's per-head and OLMo-2's whole-projection q/k norms, OLMo-2's norms
+after the sublayers (HF's post_* names), Llama 3's rope scaling, Mistral's window.
+Mixtral (MixtralForCausalLM): the router and each expert's w1 / w3 / w2 are one HF
+tensor per layer and expert (`{j}` in the name), the growjax parameter's `experts` axis
+indexed by j; its routing (softmax, top-k, renormalised) is growjax's 'topk_softmax'.
+Not here: o_proj / MLP biases, rope types other than linear and llama3, Qwen3-MoE,
+shared experts.
 """
 
 from __future__ import annotations
@@ -21,12 +28,17 @@ from etils import epath
 
 from growjax import checkpoint as ckpt_lib
 from growjax.model import AXIS_FIELDS, LAYERS, ModelConfig
+from growjax.model.params import EXPERTS, present
 
 CONFIG, INDEX, SINGLE = "config.json", "model.safetensors.index.json", "model.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "tokenizer.model", "generation_config.json")
 HF_DIR = "hf"                         # inside an imported checkpoints dir: the files above
-ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral"}
+ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral",
+                 "MixtralForCausalLM": "mixtral",
+                 "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3",
+                 "Olmo2ForCausalLM": "olmo2"}
+ROPE_TYPES = ("default", "linear", "llama3")
 DTYPES = {"float32": np.float32, "bfloat16": "bfloat16", "float16": np.float16}
 # Tensors HF checkpoints may carry that growjax derives itself.
 DERIVED = re.compile(r"^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$")
@@ -58,7 +70,34 @@ MAPPINGS: dict[str, Mapping] = {
     "layers/mlp/down": Mapping(_L + "mlp.down_proj.weight", (("embed",), ("mlp",))),
     "final_norm/scale": Mapping("model.norm.weight", (("embed",),)),
     "lm_head": Mapping("lm_head.weight", (("vocab",), ("embed",))),
+    # Model families (present only where `growjax.model.present` says).
+    "layers/attn/q_bias": Mapping(_L + "self_attn.q_proj.bias", (("heads", "head_dim"),)),
+    "layers/attn/k_bias": Mapping(_L + "self_attn.k_proj.bias", (("kv_heads", "head_dim"),)),
+    "layers/attn/v_bias": Mapping(_L + "self_attn.v_proj.bias", (("kv_heads", "head_dim"),)),
+    "layers/attn/q_norm/scale": Mapping(_L + "self_attn.q_norm.weight", (("head_dim",),)),
+    "layers/attn/k_norm/scale": Mapping(_L + "self_attn.k_norm.weight", (("head_dim",),)),
+    "layers/attn/q_whole_norm/scale": Mapping(_L + "self_attn.q_norm.weight",
+                                              (("heads", "head_dim"),)),
+    "layers/attn/k_whole_norm/scale": Mapping(_L + "self_attn.k_norm.weight",
+                                              (("kv_heads", "head_dim"),)),
 }
+# Mixtral's mixture of experts: one HF tensor per layer {i} and expert {j}.
+_X = _L + "block_sparse_moe."
+MAPPINGS.update({
+    "layers/moe/router": Mapping(_X + "gate.weight", (("experts",), ("embed",))),
+    "layers/moe/gate": Mapping(_X + "experts.{j}.w1.weight", (("expert_mlp",), ("embed",))),
+    "layers/moe/up": Mapping(_X + "experts.{j}.w3.weight", (("expert_mlp",), ("embed",))),
+    "layers/moe/down": Mapping(_X + "experts.{j}.w2.weight", (("embed",), ("expert_mlp",))),
+})
+# Norms after the sublayers (OLMo-2): the same growjax norms under HF's other names.
+POST_NORM_NAMES = {"layers/attn_norm/scale": _L + "post_attention_layernorm.weight",
+                   "layers/mlp_norm/scale": _L + "post_feedforward_layernorm.weight"}
+
+
+def hf_template(path: str, cfg: ModelConfig) -> str:
+  if cfg.norm_position == "post" and path in POST_NORM_NAMES:
+    return POST_NORM_NAMES[path]
+  return MAPPINGS[path].hf
 
 
 def param_axes(path: str) -> tuple[str, ...]:
@@ -71,20 +110,40 @@ def layout(path: str, cfg: ModelConfig):
   m = MAPPINGS[path]
   size = lambda a: getattr(cfg, AXIS_FIELDS[a])  # noqa: E731
   mid_axes = [a for g in m.groups for a in g]
-  axes = [a for a in param_axes(path) if a != LAYERS]
+  axes = [a for a in param_axes(path) if a != LAYERS and not (a == EXPERTS and per_expert(path))]
   hf_shape = tuple(int(np.prod([size(a) for a in g])) for g in m.groups)
   return hf_shape, tuple(size(a) for a in mid_axes), tuple(mid_axes.index(a) for a in axes)
 
 
 def param_paths(cfg: ModelConfig) -> list[str]:
-  return [p for p in MAPPINGS if not (p == "lm_head" and cfg.tie_embeddings)]
+  return [p for p in MAPPINGS if present(p, cfg)]
+
+
+def per_expert(path: str) -> bool:
+  """Whether HF keeps one tensor per expert of this parameter (its name has `{j}`)."""
+  return "{j}" in MAPPINGS[path].hf
+
+
+def expert_axis(path: str) -> int:
+  """The `experts` axis of one layer's growjax tensor (the layer axis removed)."""
+  return [a for a in param_axes(path) if a != LAYERS].index(EXPERTS)
+
+
+def hf_pieces(path: str, cfg: ModelConfig) -> list[tuple[str, tuple]]:
+  """(HF tensor name, the index of its part in the growjax leaf) of every HF tensor of
+  parameter `path`: the whole leaf, one layer `(i,)`, or one layer's expert."""
+  hf = hf_template(path, cfg)
+  if not path.startswith(LAYERS + "/"):
+    return [(hf, ())]
+  if not per_expert(path):
+    return [(hf.format(i=i), (i,)) for i in range(cfg.num_layers)]
+  before = (slice(None),) * expert_axis(path)
+  return [(hf.format(i=i, j=j), (i, *before, j)) for i in range(cfg.num_layers)
+          for j in range(cfg.num_experts)]
 
 
 def hf_names(path: str, cfg: ModelConfig) -> list[str]:
-  m = MAPPINGS[path]
-  if path.startswith(LAYERS + "/"):
-    return [m.hf.format(i=i) for i in range(cfg.num_layers)]
-  return [m.hf]
+  return [name for name, _ in hf_pieces(path, cfg)]
 
 
 # ------------------------------------------------------------------------ config.json
@@ -109,7 +168,7 @@ def model_fields(hf: dict, where: str) -> dict:
   if not known and model_type not in ARCHITECTURES.values():
     raise ValueError(f"{where}: architectures={arch} (model_type={model_type!r}) is not a "
                      f"LLaMA-family model — growjax imports {', '.join(ARCHITECTURES)} "
-                     f"(model_type llama / mistral)")
+                     f"(model_type {' / '.join(ARCHITECTURES.values())})")
   for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
               "num_attention_heads"):
     if not isinstance(hf.get(key), int) or hf[key] <= 0:
@@ -120,25 +179,45 @@ def model_fields(hf: dict, where: str) -> dict:
     raise ValueError(f"{where}: {key}={value!r} {why} — growjax's LLaMA cannot represent "
                      f"it; import a model without it")
 
+  family = next((ARCHITECTURES[a] for a in arch if a in ARCHITECTURES), model_type)
   if hf.get("hidden_act", "silu") != "silu":
     refuse("hidden_act", hf["hidden_act"], "is not SwiGLU's silu")
-  for key in ("attention_bias", "mlp_bias"):
-    if hf.get(key):
-      refuse(key, hf[key], "asks for biases")
+  if hf.get("mlp_bias"):
+    refuse("mlp_bias", hf["mlp_bias"], "asks for MLP biases")
+  if hf.get("attention_bias"):
+    refuse("attention_bias", hf["attention_bias"], "asks for biases (o_proj's too)")
+  fields: dict = {"qkv_bias": family == "qwen2",
+                  "qk_norm": {"qwen3": "head", "olmo2": "whole"}.get(family, "none"),
+                  "norm_position": "post" if family == "olmo2" else "pre"}
   rope = hf.get("rope_scaling")
   params = hf.get("rope_parameters") or {}   # transformers >= 5 keeps rope_theta here
   for key, value in (("rope_scaling", rope), ("rope_parameters", params or None)):
-    if value is not None:
-      kind = value.get("rope_type", value.get("type")) if isinstance(value, dict) else value
-      if kind not in (None, "default"):
-        refuse(key, value, f"is rope scaling of type {kind!r} (not implemented)")
+    if value is None:
+      continue
+    kind = value.get("rope_type", value.get("type")) if isinstance(value, dict) else value
+    if kind not in (None, *ROPE_TYPES):
+      refuse(key, value, f"is rope scaling of type {kind!r} (growjax has "
+                         f"{', '.join(ROPE_TYPES)})")
+    if kind in ("linear", "llama3"):
+      fields.update(rope_scaling=kind, rope_factor=float(value["factor"]))
+    if kind == "llama3":
+      fields.update(rope_low_freq_factor=float(value["low_freq_factor"]),
+                    rope_high_freq_factor=float(value["high_freq_factor"]),
+                    rope_original_max_positions=int(
+                        value["original_max_position_embeddings"]))
   window = hf.get("sliding_window")
-  if window is not None and hf.get("use_sliding_window", True) and \
-      window < hf.get("max_position_embeddings", 0):
+  if family in ("qwen2", "qwen3"):
+    if hf.get("use_sliding_window") and window:
+      refuse("use_sliding_window", True, "windows some layers only (max_window_layers)")
+  elif family == "mistral":
+    fields["sliding_window"] = int(window or 0)
+  elif window is not None:
     refuse("sliding_window", window, "is a sliding attention window")
+  mixtral = "MixtralForCausalLM" in known or model_type == "mixtral"
   for key in ("num_local_experts", "num_experts", "n_routed_experts", "moe_intermediate_size"):
-    if hf.get(key):
-      refuse(key, hf[key], "is a mixture of experts")
+    if hf.get(key) and not (mixtral and key == "num_local_experts"):
+      refuse(key, hf[key], "is a mixture of experts of a family growjax does not import "
+             "(Mixtral's it does)")
   if hf.get("quantization_config"):
     refuse("quantization_config", "...", "is a quantized checkpoint")
   heads = hf["num_attention_heads"]
@@ -147,21 +226,33 @@ def model_fields(hf: dict, where: str) -> dict:
   if hf.get("head_dim") is None and hf["hidden_size"] % heads:
     raise ValueError(f"{where}: hidden_size={hf['hidden_size']} is not a multiple of "
                      f"num_attention_heads={heads} and head_dim is not given — give head_dim")
-  return dict(vocab_size=hf["vocab_size"], num_layers=hf["num_hidden_layers"],
+  moe = {}
+  if mixtral:
+    moe = dict(num_experts=int(hf.get("num_local_experts", 8)),
+               experts_per_token=int(hf.get("num_experts_per_tok", 2)),
+               expert_mlp_dim=hf["intermediate_size"], moe_router="topk_softmax")
+  return dict(**moe, vocab_size=hf["vocab_size"], num_layers=hf["num_hidden_layers"],
               embed_dim=hf["hidden_size"], num_heads=heads, num_kv_heads=kv,
               head_dim=head_dim, mlp_dim=hf["intermediate_size"],
               rope_theta=float(params.get("rope_theta", hf.get("rope_theta", 10_000.0))),
               norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-              tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
+              tie_embeddings=bool(hf.get("tie_word_embeddings", False)), **fields)
 
 
-def hf_config(model: ModelConfig, source: dict | None, dtype: str) -> dict:
+def hf_config(model: ModelConfig, source: dict | None, dtype: str,
+              tokenizer: dict | None = None, max_positions: int | None = None) -> dict:
   """An HF config.json for `model`: the imported source's keys kept (token ids,
-  max positions), the shape keys set from `model`."""
+  max positions), the shape keys set from `model`; without a source, the token ids of
+  the checkpoint's `tokenizer` record and `max_positions`."""
   out = {k: v for k, v in (source or {}).items()
          if k not in ("rope_parameters", "transformers_version", "_name_or_path")}
+  if model.num_experts and (model.shared_mlp_dim or model.moe_router != "topk_softmax"):
+    raise ValueError(f"config.model: shared_mlp_dim={model.shared_mlp_dim}, moe_router="
+                     f"{model.moe_router!r} — Mixtral, the MoE layout growjax exports, has "
+                     f"no shared expert and routes by 'topk_softmax'")
+  arch, model_type = hf_architecture(model)
   out.update({
-      "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+      "architectures": [arch], "model_type": model_type,
       "vocab_size": model.vocab_size, "hidden_size": model.embed_dim,
       "intermediate_size": model.mlp_dim, "num_hidden_layers": model.num_layers,
       "num_attention_heads": model.num_heads, "num_key_value_heads": model.num_kv_heads,
@@ -169,17 +260,69 @@ def hf_config(model: ModelConfig, source: dict | None, dtype: str) -> dict:
       "rope_theta": model.rope_theta, "rope_scaling": None, "attention_bias": False,
       "mlp_bias": False, "tie_word_embeddings": model.tie_embeddings, "torch_dtype": dtype,
   })
+  scaling = rope_scaling_dict(model)
+  if scaling:
+    out["rope_scaling"] = scaling
+  if model.num_experts:
+    out.update({"architectures": ["MixtralForCausalLM"], "model_type": "mixtral",
+                "intermediate_size": model.expert_mlp_dim,
+                "num_local_experts": model.num_experts,
+                "num_experts_per_tok": model.experts_per_token, "sliding_window": None})
+    for key in ("mlp_bias", "pretraining_tp"):
+      out.pop(key, None)
   if (source or {}).get("rope_parameters"):   # transformers >= 5 spells rope this way
-    out["rope_parameters"] = {"rope_theta": model.rope_theta, "rope_type": "default"}
+    out["rope_parameters"] = {"rope_theta": model.rope_theta,
+                              **(scaling or {"rope_type": "default"})}
     del out["rope_theta"], out["rope_scaling"]
   if "dtype" in (source or {}):
     out["dtype"] = dtype
-  out.setdefault("max_position_embeddings", 2048)
+  for key in ("bos", "eos", "pad"):
+    value = (tokenizer or {}).get(f"{key}_id")
+    if f"{key}_token_id" not in out and tokenizer:
+      out[f"{key}_token_id"] = value if isinstance(value, int) and value >= 0 else None
+  out.setdefault("max_position_embeddings", int(max_positions or 2048))
   out.setdefault("initializer_range", 0.02)
   out.setdefault("use_cache", True)
-  out.setdefault("pretraining_tp", 1)
+  if not model.num_experts:
+    out.setdefault("pretraining_tp", 1)
+    out.pop("sliding_window", None)
   out.setdefault("attention_dropout", 0.0)
   out.pop("sliding_window", None)
+  if model_type == "mistral":
+    out["sliding_window"] = model.sliding_window or None
+  if model_type in ("qwen2", "qwen3"):
+    out.update(sliding_window=None, use_sliding_window=False)
+  if "layer_types" in out:   # one per layer: a depth growth changes their number
+    out["layer_types"] = ["full_attention"] * model.num_layers
+  return out
+
+
+def hf_architecture(model: ModelConfig) -> tuple[str, str]:
+  """The HF class (and model_type) of a growjax model's family; one HF has no class for
+  (say, q/k/v biases with a window) is refused, naming the fields."""
+  family = (model.qkv_bias, model.qk_norm, model.norm_position, bool(model.sliding_window))
+  known = {(False, "none", "pre", False): ("LlamaForCausalLM", "llama"),
+           (False, "none", "pre", True): ("MistralForCausalLM", "mistral"),
+           (True, "none", "pre", False): ("Qwen2ForCausalLM", "qwen2"),
+           (False, "head", "pre", False): ("Qwen3ForCausalLM", "qwen3"),
+           (False, "whole", "post", False): ("Olmo2ForCausalLM", "olmo2")}
+  if family not in known:
+    raise ValueError(f"config.model has qkv_bias={model.qkv_bias}, qk_norm="
+                     f"{model.qk_norm!r}, norm_position={model.norm_position!r}, "
+                     f"sliding_window={model.sliding_window}: no Hugging Face class has "
+                     f"that combination — export one of Llama, Mistral (window), Qwen2 "
+                     f"(biases), Qwen3 (qk_norm='head'), OLMo-2 (qk_norm='whole', post)")
+  return known[family]
+
+
+def rope_scaling_dict(model: ModelConfig) -> dict | None:
+  if model.rope_scaling == "none":
+    return None
+  out = {"rope_type": model.rope_scaling, "factor": model.rope_factor}
+  if model.rope_scaling == "llama3":
+    out.update(low_freq_factor=model.rope_low_freq_factor,
+               high_freq_factor=model.rope_high_freq_factor,
+               original_max_position_embeddings=model.rope_original_max_positions)
   return out
 
 
@@ -188,11 +331,12 @@ def hf_config(model: ModelConfig, source: dict | None, dtype: str) -> dict:
 
 def hf_side_files(directory: str, meta: dict, depth: int = 0) -> tuple[epath.Path | None, dict]:
   """The `hf/` dir and the `hf` metadata of an imported checkpoint, following a grown
-  checkpoint's `grown_from` back to its import."""
+  checkpoint's `grown_from` (a trained one's `train.init_from`) back to its import."""
   d = epath.Path(directory)
   if meta.get("hf") or (d / HF_DIR).is_dir():
     return ((d / HF_DIR) if (d / HF_DIR).is_dir() else None), meta.get("hf") or {}
-  source = (meta.get("grown_from") or {}).get("checkpoint")
+  source = ((meta.get("grown_from") or {}).get("checkpoint")
+            or ((meta.get("config") or {}).get("train") or {}).get("init_from"))
   if not source or depth > 16:
     return None, {}
   try:

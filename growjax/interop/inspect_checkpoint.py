@@ -100,6 +100,9 @@ def format_text(info: dict) -> str:
         f"{m['mlp_dim']}, vocab {m['vocab_size']}, rope_theta {m.get('rope_theta')}, "
         f"norm_eps {m.get('norm_eps')}, {'tied' if m.get('tie_embeddings') else 'untied'} "
         f"head, dtype {m.get('dtype')} (params {m.get('param_dtype')})")
+    family = model_family(m)
+    if family:
+      lines.append(f"family       {family}")
   lines.append(f"parameters   {info['params']:,} ({info['params'] / 1e6:.2f}M)")
   o = info["optimizer_state"]
   lines.append(f"optimizer    {'present' if o['present'] else 'absent'}"
@@ -150,7 +153,9 @@ def verify(checkpoint: str, step: int | None = None) -> dict[int, str | None]:
 def run(checkpoint: str, *, step: int | None = None, as_json: bool = False,
         check: bool = False) -> dict:
   """Prints what a checkpoint holds; with `check`, first verifies every step's files
-  against their checksums and fails (one line) when one is damaged."""
+  against their checksums and fails (one line) when one is damaged. A grow run's
+  workdir is its last stage's checkpoints (the line on stderr says which)."""
+  checkpoint = ckpt_lib.run_stage(checkpoint, "CKPT_DIR", ckpt_lib.to_stderr) or checkpoint
   checked = verify(checkpoint, step) if check else None
   info = describe(checkpoint, step)
   if checked is not None:
@@ -169,3 +174,19 @@ def run(checkpoint: str, *, step: int | None = None, as_json: bool = False,
                      f"train` sets a damaged step aside and resumes the newest intact one; "
                      f"for grow/export pass --step of an intact one")
   return info
+
+
+def model_family(m: dict) -> str:
+  """The model family's fields in words ('' for plain LLaMA)."""
+  parts = []
+  if m.get("rope_scaling", "none") != "none":
+    parts.append(f"rope {m['rope_scaling']} x{m.get('rope_factor')}")
+  if m.get("qkv_bias"):
+    parts.append("q/k/v biases")
+  if m.get("qk_norm", "none") != "none":
+    parts.append(f"q/k norm per {'head' if m['qk_norm'] == 'head' else 'projection'}")
+  if m.get("norm_position", "pre") == "post":
+    parts.append("norms after the sublayers")
+  if m.get("sliding_window"):
+    parts.append(f"sliding window {m['sliding_window']}")
+  return ", ".join(parts)

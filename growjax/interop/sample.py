@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import jax
+from etils import epath
 
 from growjax.model.decode import (  # noqa: F401 - decoding, handed on for the tools
     check_settings, encode_prompts, forward, generate_text, left_pad, make_generate, pick)
@@ -28,17 +29,48 @@ def make_tokenizer(spec: str):
   return data_tokenizer(spec)
 
 
-def checkpoint_tokenizer(directory: str, meta: dict) -> str:
-  """The checkpoint's own tokenizer spec: an imported model's tokenizer files (also
-  through a grow), else the run config's `data.tokenizer`."""
-  import os
-  from growjax.interop import hf
-  side, _ = hf.hf_side_files(directory, meta)
-  if side is not None and (side / "tokenizer.json").exists():
-    return f"hf:{os.fspath(side / 'tokenizer.json')}"
-  if side is not None and (side / "tokenizer.model").exists():
-    return f"spm:{os.fspath(side / 'tokenizer.model')}"
+def checkpoint_tokenizer(directory: str, meta: dict, fallback: str | None = None) -> str:
+  """The checkpoint's own tokenizer spec (`checkpoint_tokenizer_record`); `fallback`
+  (default: the run config's `data.tokenizer`, else 'byte') when it has none."""
+  spec, _ = checkpoint_tokenizer_record(directory, meta)
+  if spec:
+    return spec
+  if fallback is not None:
+    return fallback
   return ((meta.get("config") or {}).get("data") or {}).get("tokenizer") or "byte"
+
+
+def checkpoint_tokenizer_record(directory: str, meta: dict, depth: int = 0
+                                ) -> tuple[str | None, dict]:
+  """(a spec building the checkpoint's tokenizer, or None; its record, or {}): the
+  files its metadata's record kept (`growjax.data.tokenizer_record`), else an
+  imported model's `hf/` files, else those of the checkpoint it was grown or
+  initialised from, followed back, else the file the record names."""
+  import os
+  from growjax import checkpoint as ckpt_lib
+  from growjax.data import tokenizer_record
+  from growjax.interop.hf_layout import HF_DIR
+  record = meta.get(tokenizer_record.META_KEY) or {}
+  spec = tokenizer_record.spec_in(record, directory)
+  if spec:
+    return spec, record
+  side = epath.Path(directory) / HF_DIR
+  for name, prefix in (("tokenizer.json", "hf:"), ("tokenizer.model", "spm:")):
+    if (side / name).exists():
+      return f"{prefix}{os.fspath(side / name)}", record
+  source = ((meta.get("grown_from") or {}).get("checkpoint")
+            or (((meta.get("config") or {}).get("train") or {}).get("init_from")))
+  if source and depth < 16:
+    try:
+      src_dir, src_step = ckpt_lib.resolve(source, field="grown_from")
+      spec, theirs = checkpoint_tokenizer_record(
+          src_dir, ckpt_lib.read_meta(src_dir, src_step), depth + 1)
+      if spec:
+        return spec, record or theirs
+    except (ValueError, FileNotFoundError, OSError):
+      pass
+  # Last, the file the record was made from, where it still is.
+  return tokenizer_record.usable_spec(record, directory), record
 
 
 def run(checkpoint: str, prompts: Sequence[str], *, tokenizer: str = "",

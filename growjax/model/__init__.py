@@ -14,11 +14,11 @@ wing imports the trainer, growth or interop.
 # The model's public face, handed on.
 from growjax.model import mup  # noqa: F401
 from growjax.model.attention import document_segments, rope, rotary_tables  # noqa: F401
-from growjax.model.config import ModelConfig  # noqa: F401
+from growjax.model.config import FAMILY_FIELDS, ModelConfig  # noqa: F401
 from growjax.model.params import (  # noqa: F401
     ACT_BATCH, ACT_LENGTH, AXIS_FIELDS, DECAY_MATRIX, DECAY_NORM, DECAY_TABLE, EMBED,
-    HEAD_DIM, HEADS, KV_HEADS, LAYERS, MLP, PARAMS, READS, SCALES, VOCAB, WRITES, Param,
-    check_params, logical_axes, param_at, param_table)
+    FAMILY_PARAMS, HEAD_DIM, HEADS, KV_HEADS, LAYERS, MLP, OUTPUT, PARAMS, READS, SCALES,
+    VOCAB, WRITES, Param, check_params, logical_axes, param_at, param_table, present)
 from growjax.model.remat import ATTENTION_KERNELS, attention_kernel_saveable  # noqa: F401
 from growjax.model.transformer import (  # noqa: F401
     Transformer, abstract_params, head_kernel, init_fp8_history, init_params, masked_units,

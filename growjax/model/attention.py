@@ -9,6 +9,8 @@ place: `causal_attention` looks `masked_attention` up here at call time.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -17,12 +19,37 @@ from growjax.model.params import ACT_BATCH, ACT_HEADS, ACT_KV_HEADS, ACT_LENGTH
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash")  # auto: cudnn on GPU, splash on TPU
 
 
-def rotary_tables(positions_BxT: jax.Array, head_dim: int, theta: float):
+ROPE_SCALINGS = ("none", "linear", "llama3")
+
+
+def rotary_tables(positions_BxT: jax.Array, head_dim: int, theta: float,
+                  scaling: tuple = ()):
   """`(sin, cos)`, each float32 (B, T, 1, head_dim/2): made once per forward pass and
-  shared by every layer. `positions` restart at 0 at each packed document."""
+  shared by every layer. `positions` restart at 0 at each packed document. `scaling`:
+  `ModelConfig.rope_spec()`, () for none."""
   freq_F = theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+  if scaling:
+    freq_F = scaled_frequencies(freq_F, *scaling)
   angle_BxTxF = positions_BxT.astype(jnp.float32)[..., None] * freq_F
   return jnp.sin(angle_BxTxF)[:, :, None, :], jnp.cos(angle_BxTxF)[:, :, None, :]
+
+
+def scaled_frequencies(freq_F, kind: str, factor: float, low: float = 1.0,
+                       high: float = 4.0, original: int = 8192):
+  """Rotary frequencies under `kind` scaling, as transformers' rope init defines them:
+  'linear' divides every frequency by `factor` (positions / factor); 'llama3' (Llama
+  3.1+) divides the low frequencies (wavelength above original / low) by `factor`, keeps
+  the high ones (below original / high) and interpolates smoothly between."""
+  if kind == "linear":
+    return freq_F / factor
+  if kind != "llama3":
+    raise ValueError(f"rope scaling {kind!r} — choose one of {ROPE_SCALINGS}")
+  wavelen_F = 2 * math.pi / freq_F
+  scaled_F = jnp.where(wavelen_F > original / low, freq_F / factor, freq_F)
+  smooth_F = (original / wavelen_F - low) / (high - low)
+  smoothed_F = (1 - smooth_F) * scaled_F / factor + smooth_F * scaled_F
+  medium_F = (wavelen_F >= original / high) & (wavelen_F <= original / low)
+  return jnp.where(medium_F, smoothed_F, scaled_F)
 
 
 def rope(x_BxTxNxH: jax.Array, rotary) -> jax.Array:
@@ -55,9 +82,15 @@ def cudnn_ragged(segment_ids_BxT: jax.Array, max_segments: int):
   return lengths_BxM, offsets
 
 
+def _window(cfg) -> int:
+  return int(getattr(cfg, "sliding_window", 0) or 0)
+
+
 def masked_attention(q, k, v, segment_ids_BxT, impl: str | None, cfg):
-  """Causal attention that does not cross documents (`segment_ids`, 0 = padding)."""
-  if impl == "cudnn" and cfg.cudnn_packing == "ragged":
+  """Causal attention that does not cross documents (`segment_ids`, 0 = padding), nor
+  reach back more than `cfg.sliding_window` positions when it is set."""
+  window = _window(cfg)
+  if impl == "cudnn" and cfg.cudnn_packing == "ragged" and not window:
     max_segments = cfg.max_segments
     segment_ids_BxT = document_segments(segment_ids_BxT, max_segments)
     from jax._src.cudnn import fused_attention_stablehlo as cudnn_attention
@@ -73,7 +106,8 @@ def masked_attention(q, k, v, segment_ids_BxT, impl: str | None, cfg):
     return jnp.where(real, out, jnp.zeros((), out.dtype))
   same_Bx1xTxS = (segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :])[:, None]
   return jax.nn.dot_product_attention(q, k, v, mask=same_Bx1xTxS, is_causal=True,
-                                      implementation="cudnn" if impl == "cudnn" else "xla")
+                                      implementation="cudnn" if impl == "cudnn" else "xla",
+                                      local_window_size=(window - 1, 0) if window else None)
 
 
 def platform() -> str:
@@ -93,7 +127,7 @@ def backend(cfg) -> str | None:
   if where == "gpu" and cfg.compute_dtype in (jnp.bfloat16, jnp.float16):
     return "cudnn"
   if where == "tpu":
-    return "splash"
+    return "xla" if _window(cfg) else "splash"   # splash here has no window
   return "xla"
 
 
@@ -108,4 +142,6 @@ def causal_attention(q, k, v, segment_ids_BxT, impl: str | None, cfg):
         segment_ids_BxT=segment_ids_BxT, interpret=platform() != "tpu")
   if segment_ids_BxT is not None:
     return masked_attention(q, k, v, segment_ids_BxT, impl, cfg)
-  return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
+  window = _window(cfg)
+  return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl,
+                                      local_window_size=(window - 1, 0) if window else None)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from growjax.model import mup
-from growjax.model.params import AXIS_FIELDS, INIT_ONES, LAYERS, PARAMS, Param
+from growjax.model.params import AXIS_FIELDS, INIT_ONES, INIT_ZEROS, LAYERS, PARAMS, Param
 
 
 def _initializer(p: Param, cfg):
@@ -19,6 +19,8 @@ def _initializer(p: Param, cfg):
   sqrt(2 num_layers) for the output projections of a block)."""
   if p.init == INIT_ONES:
     return nn.initializers.ones
+  if p.init == INIT_ZEROS:   # a model family's biases
+    return nn.initializers.zeros
   return nn.initializers.normal(stddev=mup.init_std(p, cfg))
 
 

@@ -16,6 +16,8 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from growjax.model import attention
+from growjax.model import moe
+from growjax.model import mup
 from growjax.model import transformer as model_lib
 from growjax.model import ModelConfig
 
@@ -30,11 +32,22 @@ def _layer(cfg: ModelConfig, p: dict, x_BxTxE, rotary, cache_k, cache_v, start, 
   """One block over the T new positions written at cache slot `start`; returns x and
   the updated caches ((B, S, K, H) each)."""
   dt = cfg.compute_dtype
-  h = _rms(x_BxTxE, p["attn_norm"]["scale"], cfg.norm_eps, dt)
+  post = cfg.norm_position == "post"   # OLMo-2: x + norm(sublayer(x))
+  h = x_BxTxE.astype(dt) if post else _rms(x_BxTxE, p["attn_norm"]["scale"], cfg.norm_eps, dt)
   a = p["attn"]
-  q = attention.rope(jnp.einsum("bte,enh->btnh", h, a["q"].astype(dt)), rotary)
-  k = attention.rope(jnp.einsum("bte,ekh->btkh", h, a["k"].astype(dt)), rotary)
+  q = jnp.einsum("bte,enh->btnh", h, a["q"].astype(dt))
+  k = jnp.einsum("bte,ekh->btkh", h, a["k"].astype(dt))
   v = jnp.einsum("bte,ekh->btkh", h, a["v"].astype(dt))
+  if cfg.qkv_bias:
+    q, k, v = (q + a["q_bias"].astype(dt), k + a["k_bias"].astype(dt),
+               v + a["v_bias"].astype(dt))
+  if cfg.qk_norm != "none":
+    name, axes = ("norm", 1) if cfg.qk_norm == "head" else ("whole_norm", 2)
+    q = model_lib.head_norm(q, a[f"q_{name}"]["scale"], axes, cfg.norm_eps, dt)
+    k = model_lib.head_norm(k, a[f"k_{name}"]["scale"], axes, cfg.norm_eps, dt)
+  if mup.query_multiplier(cfg) != 1.0:   # μP's attention scale (growjax.model.mup)
+    q = q * jnp.asarray(mup.query_multiplier(cfg), q.dtype)
+  q, k = attention.rope(q, rotary), attention.rope(k, rotary)
   cache_k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), start, 1)
   cache_v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), start, 1)
   b, t, n, hd = q.shape
@@ -44,15 +57,29 @@ def _layer(cfg: ModelConfig, p: dict, x_BxTxE, rotary, cache_k, cache_v, start, 
                  preferred_element_type=jnp.float32) * (hd ** -0.5)
   slot_T = start + jnp.arange(t)
   causal_TxS = jnp.arange(cache_k.shape[1])[None, :] <= slot_T[:, None]
+  if cfg.sliding_window:   # slots and positions differ by the row's padding only
+    causal_TxS &= jnp.arange(cache_k.shape[1])[None, :] > slot_T[:, None] - cfg.sliding_window
   mask = causal_TxS[None, None, None] & valid_BxS[:, None, None, None, :]
   s = jnp.where(mask, s, jnp.finfo(jnp.float32).min)
   w = jax.nn.softmax(s, axis=-1).astype(dt)
   out = jnp.einsum("bkgts,bskh->btkgh", w, cache_v.astype(dt)).reshape(b, t, n, hd)
-  x_BxTxE = x_BxTxE + jnp.einsum("btnh,nhe->bte", out, a["o"].astype(dt))
-  h = _rms(x_BxTxE, p["mlp_norm"]["scale"], cfg.norm_eps, dt)
+  branch = mup.branch_multiplier(cfg)   # depth-μP's residual-branch multiplier; 1 under SP
+  out = jnp.einsum("btnh,nhe->bte", out, a["o"].astype(dt))
+  if post:
+    out = _rms(out, p["attn_norm"]["scale"], cfg.norm_eps, dt)
+  x_BxTxE = x_BxTxE + out * branch if branch != 1.0 else x_BxTxE + out
+  h = x_BxTxE.astype(dt) if post else _rms(x_BxTxE, p["mlp_norm"]["scale"], cfg.norm_eps, dt)
+  if cfg.num_experts:
+    out = moe.apply_moe(cfg, p["moe"], h)[0]
+    if post:
+      out = _rms(out, p["mlp_norm"]["scale"], cfg.norm_eps, dt)
+    return x_BxTxE + out * branch if branch != 1.0 else x_BxTxE + out, cache_k, cache_v
   m = p["mlp"]
   h = jax.nn.silu(h @ m["gate"].astype(dt)) * (h @ m["up"].astype(dt))
-  return x_BxTxE + h @ m["down"].astype(dt), cache_k, cache_v
+  out = h @ m["down"].astype(dt)
+  if post:
+    out = _rms(out, p["mlp_norm"]["scale"], cfg.norm_eps, dt)
+  return x_BxTxE + out * branch if branch != 1.0 else x_BxTxE + out, cache_k, cache_v
 
 
 def forward(cfg: ModelConfig, params: Any, tokens_BxT, positions_BxT, cache, start,
@@ -61,7 +88,8 @@ def forward(cfg: ModelConfig, params: Any, tokens_BxT, positions_BxT, cache, sta
   (`k`, `v`: (layers, B, S, K, H))."""
   dt = cfg.compute_dtype
   x = jnp.take(params["embedding"], tokens_BxT, axis=0).astype(dt)
-  rotary = attention.rotary_tables(positions_BxT, cfg.head_dim, cfg.rope_theta)
+  rotary = attention.rotary_tables(positions_BxT, cfg.head_dim, cfg.rope_theta,
+                                   cfg.rope_spec())
 
   def body(x, layer):
     p, ck, cv = layer

@@ -52,6 +52,7 @@ from growjax.model.params import (
   INIT_OUT,
   LAYERS,
   PARAMS,
+  OUTPUT,
   SCALES,
   VOCAB,
   WRITES,
@@ -70,7 +71,7 @@ def is_mup(cfg) -> bool:
 
 def param_class(p: Param) -> str:
   """A parameter's μP class from its declaration: axes and residual-stream role."""
-  if p.role == SCALES:
+  if p.role in (SCALES, OUTPUT):   # norm scales; a family's q/k/v biases and q/k norms
     return NORM
   if VOCAB in p.axes:
     return INPUT_TABLE if p.role == WRITES else OUTPUT_TABLE
@@ -171,9 +172,22 @@ def fold_into_sp(params: dict, cfg) -> dict:
   out["lm_head"] = params["lm_head"] * logit_multiplier(cfg)
   layers = {k: dict(v) for k, v in params["layers"].items()}
   b = branch_multiplier(cfg)
-  layers["attn"]["o"] = layers["attn"]["o"] * b
-  layers["mlp"]["down"] = layers["mlp"]["down"] * b
-  layers["attn"]["q"] = layers["attn"]["q"] * query_multiplier(cfg)
+  attn = layers["attn"] = dict(layers["attn"])
+  if getattr(cfg, "norm_position", "pre") == "post":   # x + b norm(...): into the norms
+    for norm in ("attn_norm", "mlp_norm"):
+      layers[norm] = {"scale": layers[norm]["scale"] * b}
+  else:
+    attn["o"] = attn["o"] * b
+    layers["mlp"]["down"] = layers["mlp"]["down"] * b
+  qm = query_multiplier(cfg)
+  qk_norm = getattr(cfg, "qk_norm", "none")
+  if qk_norm != "none":   # the multiplier acts after the q norm: into its scale
+    name = "q_norm" if qk_norm == "head" else "q_whole_norm"
+    attn[name] = {"scale": attn[name]["scale"] * qm}
+  else:
+    attn["q"] = attn["q"] * qm
+    if "q_bias" in attn:
+      attn["q_bias"] = attn["q_bias"] * qm
   out["layers"] = layers
   return out
 

@@ -21,6 +21,12 @@ VOCAB, EMBED, MLP, HEADS, KV_HEADS, HEAD_DIM, LAYERS = (
     "vocab", "embed", "mlp", "heads", "kv_heads", "head_dim", "layers")
 AXIS_FIELDS = {VOCAB: "vocab_size", EMBED: "embed_dim", MLP: "mlp_dim", HEADS: "num_heads",
                KV_HEADS: "num_kv_heads", HEAD_DIM: "head_dim", LAYERS: "num_layers"}
+# A mixture of experts' axes (`growjax.model.moe`): the experts, each expert's hidden units,
+# and the always-on shared expert's. Sized only in an MoE model (`MOE_AXES`).
+EXPERTS, EXPERT_MLP, SHARED_MLP = "experts", "expert_mlp", "shared_mlp"
+AXIS_FIELDS.update({EXPERTS: "num_experts", EXPERT_MLP: "expert_mlp_dim",
+                    SHARED_MLP: "shared_mlp_dim"})
+MOE_AXES = (EXPERTS, EXPERT_MLP, SHARED_MLP)
 # Logical axis names of activations (sharding constraints only).
 ACT_BATCH, ACT_LENGTH, ACT_EMBED, ACT_HEADS, ACT_KV_HEADS, ACT_MLP, ACT_VOCAB = (
     "act_batch", "act_length", "act_embed", "act_heads", "act_kv_heads", "act_mlp",
@@ -30,19 +36,23 @@ ACT_BATCH, ACT_LENGTH, ACT_EMBED, ACT_HEADS, ACT_KV_HEADS, ACT_MLP, ACT_VOCAB = 
 # stream axis `embed` (its first axis: `x @ W`); one that WRITES it produces `embed`
 # (its last axis) from its other axes; a norm SCALES it (its only axis is `embed`).
 READS, WRITES, SCALES = "reads", "writes", "scales"
+# A parameter of a projection's output (a q/k/v bias, a q/k norm scale): no `embed` axis;
+# its axes are its projection's outputs, so growth copies it with its units, undivided.
+OUTPUT = "output"
 ROLE_RULES = {
     READS: f"a weight that reads the residual stream contracts '{EMBED}', its first axis "
            f"(x @ W); its other axes are outputs",
     WRITES: f"a weight that writes the residual stream produces '{EMBED}', its last axis, "
             f"from its other axes",
     SCALES: f"a norm scale has the one axis '{EMBED}'",
+    OUTPUT: f"a parameter of a projection's output has no '{EMBED}' axis",
 }
 # Weight-decay classes (`growjax.train.optimizer.decay_mask`): matrices are always decayed;
 # vocab-sized tables and norm scales as config.optimizer.decay_embeddings / decay_norms say.
 DECAY_MATRIX, DECAY_TABLE, DECAY_NORM = "matrix", "table", "norm"
 # Initialisers: normal(init_std); normal(init_std / sqrt(2 num_layers)) for the output
 # projections of a block; ones.
-INIT_STD, INIT_OUT, INIT_ONES = "std", "out", "ones"
+INIT_STD, INIT_OUT, INIT_ONES, INIT_ZEROS = "std", "out", "ones", "zeros"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +64,9 @@ class Param:
   role: str
   decay: str
   init: str
+  # The model family it belongs to: a `ModelConfig` predicate (`FAMILY_PARAMS`) that
+  # must hold for the parameter to exist; None: every model has it.
+  family: str | None = None
 
 
 _LAYER_PARAMS = {
@@ -66,6 +79,34 @@ _LAYER_PARAMS = {
     "mlp/gate": Param((EMBED, MLP), READS, DECAY_MATRIX, INIT_STD),
     "mlp/up": Param((EMBED, MLP), READS, DECAY_MATRIX, INIT_STD),
     "mlp/down": Param((MLP, EMBED), WRITES, DECAY_MATRIX, INIT_OUT),
+    # An MoE block in place of `mlp` (num_experts > 0; `growjax.model.moe`): the router
+    # reads the stream into one logit per expert; the experts' SwiGLUs stacked on
+    # `experts`; the shared expert (shared_mlp_dim > 0) a SwiGLU every token takes.
+    "moe/router": Param((EMBED, EXPERTS), READS, DECAY_MATRIX, INIT_STD),
+    "moe/gate": Param((EMBED, EXPERTS, EXPERT_MLP), READS, DECAY_MATRIX, INIT_STD),
+    "moe/up": Param((EMBED, EXPERTS, EXPERT_MLP), READS, DECAY_MATRIX, INIT_STD),
+    "moe/down": Param((EXPERTS, EXPERT_MLP, EMBED), WRITES, DECAY_MATRIX, INIT_OUT),
+    "moe/shared_gate": Param((EMBED, SHARED_MLP), READS, DECAY_MATRIX, INIT_STD),
+    "moe/shared_up": Param((EMBED, SHARED_MLP), READS, DECAY_MATRIX, INIT_STD),
+    "moe/shared_down": Param((SHARED_MLP, EMBED), WRITES, DECAY_MATRIX, INIT_OUT),
+    # Model families (`FAMILY_PARAMS`). Qwen2: q/k/v biases (not decayed, as norms).
+    "attn/q_bias": Param((HEADS, HEAD_DIM), OUTPUT, DECAY_NORM, INIT_ZEROS, "qkv_bias"),
+    "attn/k_bias": Param((KV_HEADS, HEAD_DIM), OUTPUT, DECAY_NORM, INIT_ZEROS, "qkv_bias"),
+    "attn/v_bias": Param((KV_HEADS, HEAD_DIM), OUTPUT, DECAY_NORM, INIT_ZEROS, "qkv_bias"),
+    # Qwen3: an RMSNorm over each head's q and k (one scale per head_dim feature).
+    "attn/q_norm/scale": Param((HEAD_DIM,), OUTPUT, DECAY_NORM, INIT_ONES, "qk_norm_head"),
+    "attn/k_norm/scale": Param((HEAD_DIM,), OUTPUT, DECAY_NORM, INIT_ONES, "qk_norm_head"),
+    # OLMo-2: an RMSNorm over the whole q and k projections (all heads at once).
+    "attn/q_whole_norm/scale": Param((HEADS, HEAD_DIM), OUTPUT, DECAY_NORM, INIT_ONES,
+                                     "qk_norm_whole"),
+    "attn/k_whole_norm/scale": Param((KV_HEADS, HEAD_DIM), OUTPUT, DECAY_NORM, INIT_ONES,
+                                     "qk_norm_whole"),
+}
+# Which families a `ModelConfig` has (`Param.family`): its parameters exist only there.
+FAMILY_PARAMS = {
+    "qkv_bias": lambda cfg: bool(getattr(cfg, "qkv_bias", False)),
+    "qk_norm_head": lambda cfg: getattr(cfg, "qk_norm", "none") == "head",
+    "qk_norm_whole": lambda cfg: getattr(cfg, "qk_norm", "none") == "whole",
 }
 # Every parameter, by its path in the params tree. `lm_head` is absent when the
 # embeddings are tied (the embedding table, transposed, is the head).
@@ -91,7 +132,7 @@ def check_params(table: dict[str, Param]) -> None:
       raise ValueError(f"{where} declares axes {p.axes} — a parameter under '{LAYERS}/' "
                        f"(the scanned blocks) has '{LAYERS}' as its first axis, others none")
     rest = p.axes[1:] if scanned else p.axes
-    fits = {SCALES: rest == (EMBED,),
+    fits = {SCALES: rest == (EMBED,), OUTPUT: EMBED not in rest and len(rest) >= 1,
             READS: len(rest) >= 2 and rest[0] == EMBED and EMBED not in rest[1:],
             WRITES: len(rest) >= 2 and rest[-1] == EMBED and EMBED not in rest[:-1]}
     if p.role not in fits:
@@ -103,20 +144,40 @@ def check_params(table: dict[str, Param]) -> None:
     if p.decay not in (DECAY_MATRIX, DECAY_TABLE, DECAY_NORM):
       raise ValueError(f"{where} declares decay class {p.decay!r} — choose "
                        f"{DECAY_MATRIX!r}, {DECAY_TABLE!r} or {DECAY_NORM!r}")
-    if p.init not in (INIT_STD, INIT_OUT, INIT_ONES):
+    if p.init not in (INIT_STD, INIT_OUT, INIT_ONES, INIT_ZEROS):
       raise ValueError(f"{where} declares init {p.init!r} — choose {INIT_STD!r}, "
-                       f"{INIT_OUT!r} or {INIT_ONES!r}")
+                       f"{INIT_OUT!r}, {INIT_ONES!r} or {INIT_ZEROS!r}")
+    if p.family is not None and p.family not in FAMILY_PARAMS:
+      raise ValueError(f"{where} declares family {p.family!r} — choose one of "
+                       f"{tuple(FAMILY_PARAMS)}, or add it to FAMILY_PARAMS")
 
 
 check_params(PARAMS)
 
 
+def present(path: str, cfg) -> bool:
+  """Whether `cfg`'s model has the parameter at `path`: no `lm_head` when tied; an MoE
+  model (num_experts > 0) has `moe/*` in place of `mlp/*`, its `shared_*` only with
+  shared_mlp_dim > 0; a family's parameters (`Param.family`) only in that family."""
+  if path == "lm_head":
+    return not cfg.tie_embeddings
+  moe = getattr(cfg, "num_experts", 0) > 0
+  if path.startswith(f"{LAYERS}/mlp/"):
+    return not moe
+  if path.startswith(f"{LAYERS}/moe/shared_"):
+    return moe and cfg.shared_mlp_dim > 0
+  if path.startswith(f"{LAYERS}/moe/"):
+    return moe
+  p = PARAMS[path]
+  return p.family is None or FAMILY_PARAMS[p.family](cfg)
+
+
 def param_table(cfg) -> dict:
-  """`PARAMS` as a params-shaped tree of `cfg` (no `lm_head` when tied); each leaf a
-  `Param`. Built from the table alone: nothing is traced."""
+  """`PARAMS` as a params-shaped tree of `cfg` (`present`: no `lm_head` when tied, `moe`
+  or `mlp`); each leaf a `Param`. Built from the table alone: nothing is traced."""
   tree: dict = {}
   for path, p in PARAMS.items():
-    if path == "lm_head" and cfg.tie_embeddings:
+    if not present(path, cfg):
       continue
     *parents, name = path.split("/")
     node = tree

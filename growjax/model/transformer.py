@@ -26,6 +26,7 @@ from jax.ad_checkpoint import checkpoint_name
 from growjax.model import attention
 from growjax.model import fp8
 from growjax.model import fp8_swiglu
+from growjax.model import moe
 from growjax.model import mup
 from growjax.model.config import ModelConfig
 from growjax.model.create import make_param
@@ -49,6 +50,25 @@ class RMSNorm(nn.Module):
       mean_sq = jnp.sum(x * x, axis=-1, keepdims=True) / count
     x = x * jax.lax.rsqrt(mean_sq + self.cfg.norm_eps)
     return (x * scale_E.astype(jnp.float32)).astype(self.cfg.compute_dtype)
+
+
+class HeadNorm(nn.Module):
+  """RMSNorm of q or k `(B, T, N, H)` over its last `axes` axes (1: each head, Qwen3;
+  2: the whole projection, OLMo-2), with a scale of those axes' shape."""
+  cfg: ModelConfig
+  axes: int
+
+  @nn.compact
+  def __call__(self, x_BxTxNxH):
+    scale = make_param(self, "scale")
+    return head_norm(x_BxTxNxH, scale, self.axes, self.cfg.norm_eps, self.cfg.compute_dtype)
+
+
+def head_norm(x, scale, axes: int, eps: float, dt):
+  """`HeadNorm`'s function (shared with `growjax.model.decode`)."""
+  x = x.astype(jnp.float32)
+  mean_sq = jnp.mean(x * x, axis=tuple(range(-axes, 0)), keepdims=True)
+  return (x * jax.lax.rsqrt(mean_sq + eps) * scale.astype(jnp.float32)).astype(dt)
 
 
 def _delayed(module: nn.Module, name: str, cfg: ModelConfig) -> bool:
@@ -97,6 +117,13 @@ class Attention(nn.Module):
     q = _project(self, "q", "bte,enh->btnh", x, q_ExNxH, c, "qkv")
     k = _project(self, "k", "bte,ekh->btkh", x, k_ExKxH, c, "qkv", False)
     v = _project(self, "v", "bte,ekh->btkh", x, v_ExKxH, c, "qkv", False)
+    if c.qkv_bias:      # Qwen2
+      q, k, v = (y + make_param(self, f"{n}_bias").astype(dt)
+                 for n, y in (("q", q), ("k", k), ("v", v)))
+    if c.qk_norm == "head":      # Qwen3: each head's q and k
+      q, k = HeadNorm(c, 1, name="q_norm")(q), HeadNorm(c, 1, name="k_norm")(k)
+    elif c.qk_norm == "whole":   # OLMo-2: the whole projection, all heads at once
+      q, k = HeadNorm(c, 2, name="q_whole_norm")(q), HeadNorm(c, 2, name="k_whole_norm")(k)
     q = nn.with_logical_constraint(q, (ACT_BATCH, ACT_LENGTH, ACT_HEADS, None))
     k = nn.with_logical_constraint(k, (ACT_BATCH, ACT_LENGTH, ACT_KV_HEADS, None))
     v = nn.with_logical_constraint(v, (ACT_BATCH, ACT_LENGTH, ACT_KV_HEADS, None))
@@ -152,11 +179,21 @@ class Block(nn.Module):
     branch = mup.branch_multiplier(self.cfg)   # depth-μP's (L0 / L)^alpha; 1 under SP
     scaled = (lambda y: y) if branch == 1.0 else (
         lambda y: y * jnp.asarray(branch, y.dtype))
-    if layer_mask is None:
+    if self.cfg.norm_position == "post":   # OLMo-2: x + norm(sublayer(x))
+      count = None if units is None else units.get("count")
+      write_E = branch if layer_mask is None else (
+          layer_mask.astype(self.cfg.compute_dtype) * units.get(EMBED, 1) * branch)
+      x_BxTxE = x_BxTxE + write_E * RMSNorm(self.cfg, name="attn_norm")(
+          Attention(self.cfg, name="attn")(x_BxTxE, rotary, segment_ids_BxT,
+                                           None if units is None else units.get(HEADS)),
+          count)
+      x_BxTxE = x_BxTxE + write_E * RMSNorm(self.cfg, name="mlp_norm")(
+          SwiGLU(self.cfg, name="mlp")(x_BxTxE, None if units is None else units.get(MLP)),
+          count)
+    elif layer_mask is None:
       x_BxTxE = x_BxTxE + scaled(Attention(self.cfg, name="attn")(
           RMSNorm(self.cfg, name="attn_norm")(x_BxTxE), rotary, segment_ids_BxT))
-      x_BxTxE = x_BxTxE + scaled(SwiGLU(self.cfg, name="mlp")(
-          RMSNorm(self.cfg, name="mlp_norm")(x_BxTxE)))
+      x_BxTxE = x_BxTxE + scaled(self._mlp(RMSNorm(self.cfg, name="mlp_norm")(x_BxTxE)))
     else:
       # Both residual writes pass through the layer's mask and the new embed components'.
       write_E = layer_mask.astype(self.cfg.compute_dtype) * units.get(EMBED, 1) * branch
@@ -164,10 +201,16 @@ class Block(nn.Module):
       x_BxTxE = x_BxTxE + write_E * Attention(self.cfg, name="attn")(
           RMSNorm(self.cfg, name="attn_norm")(x_BxTxE, count), rotary, segment_ids_BxT,
           units.get(HEADS))
-      x_BxTxE = x_BxTxE + write_E * SwiGLU(self.cfg, name="mlp")(
+      x_BxTxE = x_BxTxE + write_E * self._mlp(
           RMSNorm(self.cfg, name="mlp_norm")(x_BxTxE, count), units.get(MLP))
     x_BxTxE = nn.with_logical_constraint(x_BxTxE, (ACT_BATCH, ACT_LENGTH, ACT_EMBED))
     return x_BxTxE, None
+
+  def _mlp(self, h_BxTxE, mlp_mask_M=None):
+    """The layer's MLP: a SwiGLU, or a mixture of experts (num_experts > 0)."""
+    if self.cfg.num_experts:
+      return moe.MoE(self.cfg, name="moe")(h_BxTxE)
+    return SwiGLU(self.cfg, name="mlp")(h_BxTxE, mlp_mask_M)
 
 
 class Transformer(nn.Module):
@@ -195,7 +238,7 @@ class Transformer(nn.Module):
     x_BxTxE = nn.with_logical_constraint(x_BxTxE, (ACT_BATCH, ACT_LENGTH, ACT_EMBED))
     if positions is None:
       positions = jnp.arange(tokens_BxT.shape[1], dtype=jnp.int32)[None]
-    rotary = attention.rotary_tables(positions, c.head_dim, c.rope_theta)
+    rotary = attention.rotary_tables(positions, c.head_dim, c.rope_theta, c.rope_spec())
 
     block = Block
     if c.remat_policy != "none":
@@ -203,7 +246,7 @@ class Transformer(nn.Module):
                        prevent_cse=c.remat_prevent_cse)
     layers = nn.scan(
         block,
-        variable_axes={"params": 0, fp8.HISTORY_COLLECTION: 0},
+        variable_axes={"params": 0, fp8.HISTORY_COLLECTION: 0, moe.STATS_COLLECTION: 0},
         split_rngs={"params": True},
         in_axes=(nn.broadcast, nn.broadcast) + extra_axes,
         length=c.num_layers,

@@ -62,6 +62,16 @@ class Accounting:
     self.throughput = metrics_lib.Throughput(start_step, cfg.train.steps)
     self.stalls = Stalls()
     self._last_report_step = start_step
+    self.later_flops = 0.0   # training FLOPs of a grow run's stages after this one
+
+  def run_eta(self, values: dict, stage_eta: float) -> float | None:
+    """Seconds to the end of a grow run: this stage's ETA plus the later stages' FLOPs at
+    this stage's FLOP rate (a smaller model runs at a lower MFU, so this errs long);
+    None outside a grow run or before a rate is known."""
+    tps = values.get("tokens_per_second")
+    if not self.later_flops or not tps:
+      return None
+    return stage_eta + self.later_flops / (tps * self.flops_per_token)
 
   def flops_seen(self, step: int) -> float:
     return self.base_flops + ((step - self.start_step) * self.setup.tokens_per_step *

@@ -340,10 +340,11 @@ def fits_with(cfg: ml_collections.ConfigDict, topo: Topology, per_chip: int, rem
 
 
 def data_parallel(cfg: ml_collections.ConfigDict, topo: Topology) -> int:
-  """The batch's data-parallel ways on `topo` (mesh data x fsdp)."""
+  """The batch's data-parallel ways on `topo`: the mesh axes the batch rule names."""
   from growjax import sharding
   shape = sharding.mesh_shape(cfg.mesh, topo.num_chips, topo.slices)
-  return shape["data"] * shape["fsdp"]
+  axes = dict(sharding.rules_from_config(cfg.sharding_rules)).get("act_batch") or ()
+  return math.prod(shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
 
 
 def estimate(cfg: ml_collections.ConfigDict, topo: Topology, log=lambda _: None,

@@ -18,6 +18,7 @@ from growjax import console
 from growjax import data as data_lib
 from growjax import faults
 from growjax import sharding
+from growjax.data import tokenizer_record
 from growjax.model import decode
 from growjax.train import attention_choice
 from growjax.train import guard as guard_lib
@@ -28,7 +29,7 @@ from growjax.train.state import (Setup, build, run_meta, to_host)
 from growjax.train.accounting import Accounting
 from growjax.train.batches import HostBatches
 from growjax.train.recovery import BadStepsError, Recovery, all_finite  # noqa: F401
-from growjax.train.resume import restore_or_init
+from growjax.train.resume import restore_or_init, run_tokenizer
 from growjax.train.step import (make_eval_step, make_fp8_calibration,
                                 make_train_step)
 
@@ -46,28 +47,37 @@ def _open_data(setup: Setup):
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str, *, devices=None,
-          stop_after_steps: int | None = None) -> dict[str, Any]:
+          stop_after_steps: int | None = None, later_flops: float = 0.0) -> dict[str, Any]:
   """Runs (or resumes) a training run; returns the logged train / eval losses by step
   (`loss`, `eval_loss`) and `stopped_at`: the step it stopped early at, or None.
 
   `stop_after_steps` stops like a preemption after that many steps of this call
-  (used by tests and by multi-stage runs). Metrics and checkpoints in flight are
-  flushed however the run ends.
+  (used by tests and by multi-stage runs). `later_flops`: the training FLOPs of the
+  stages after this one (a grow run), for the run-wide ETA. Metrics and checkpoints in
+  flight are flushed however the run ends.
   """
   cfg = attention_choice.choose(cfg, devices)
   setup = build(cfg, devices)
   config_lib.validate_data(cfg)
   tc = cfg.train
-  writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0,
-                                    tensorboard=cfg.metrics.tensorboard)
+  loggers = config_lib.loggers(tc)
+  writer = metrics_lib.MetricWriter(
+      workdir, enabled=jax.process_index() == 0,
+      tensorboard=cfg.metrics.tensorboard and "tensorboard" in loggers,
+      wandb="wandb" in loggers, wandb_project=tc.get("wandb_project", ""),
+      config=cfg.to_dict())
   checkpoints = ckpt_lib.Checkpoints(str(epath.Path(workdir) / "checkpoints"),
                                      save_every=tc.checkpoint_every, keep=tc.keep_checkpoints,
-                                     use_async=tc.async_checkpointing)
+                                     use_async=tc.async_checkpointing,
+                                     on_saved=lambda *a: writer.text(saved_line(*a)))
   try:
+    tokenizer, tokenizer_spec = run_tokenizer(cfg, checkpoints)
     loop = _Loop(setup, writer, checkpoints, stop_after_steps)
+    loop.meta[tokenizer_record.META_KEY] = tokenizer
+    loop.account.later_flops = float(later_flops)
     history = loop.run()
     if tc.get("final_sample_tokens", 0) and history.get("stopped_at") is None:
-      final_sample(setup, loop.state.params, writer)
+      final_sample(setup, loop.state.params, writer, tokenizer_spec)
     return history
   finally:
     checkpoints.wait()
@@ -75,14 +85,22 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, devices=None,
     writer.close()
 
 
-def final_sample(setup: Setup, params: Any, writer) -> str | None:
+def saved_line(step: int, seconds: float, size: int | None) -> str:
+  """The console line of a finished checkpoint save."""
+  what = "" if size is None else f", {size / 2**20:,.1f} MiB"
+  return f"checkpoint step {step} saved in {seconds:.1f}s{what}"
+
+
+def final_sample(setup: Setup, params: Any, writer, spec: str | None = None) -> str | None:
   """The end of `growjax train`: a short greedy sample of `config.train.final_sample_prompt`
-  (`config.train.final_sample_tokens` tokens), so a run shows what its model writes."""
+  (`config.train.final_sample_tokens` tokens), so a run shows what its model writes;
+  decoded with the run's tokenizer (`spec`, its data's), `config.data.tokenizer` when
+  none is given."""
   tc, cfg = setup.cfg.train, setup.cfg
   n = int(tc.get("final_sample_tokens", 0) or 0)
   if n <= 0:
     return None
-  tok = data_lib.make_tokenizer(cfg.data.tokenizer)
+  tok = data_lib.make_tokenizer(spec or cfg.data.tokenizer)
   prompt = tc.get("final_sample_prompt", "") or ""
   with jax.set_mesh(setup.mesh):
     [text], t = decode.generate_text(setup.model_cfg, params, tok, [prompt], max_new_tokens=n,
@@ -181,16 +199,24 @@ class _Loop(Recovery):
     self.history["loss"][step] = values["loss"]
     self.writer.scalars(step, values)
     self.writer.text(metrics_lib.format_progress(step, self.setup.cfg.train.steps, values,
-                                                 eta))
+                                                 eta, self.account.run_eta(values, eta)))
 
   def evaluate(self) -> float:
     # Queue every eval batch before reading any: one host sync, not one per batch.
-    if self.state.masks is not None:
-      return float(np.mean(to_host([self.masked_eval_step(self.state.params, b,
-                                                          self.state.masks)
-                                    for b in self.eval_data])))
-    return float(np.mean(to_host([self.eval_step(self.state.params, b)
-                                  for b in self.eval_data])))
+    masked = self.state.masks is not None
+    first_call = (self.masked_eval_step if masked else self.eval_step) not in self.compiled
+    t0 = time.perf_counter()
+    if first_call:
+      self.writer.text("compiling the eval step ...")
+    if masked:
+      losses = [self.masked_eval_step(self.state.params, b, self.state.masks)
+                for b in self.eval_data]
+    else:
+      losses = [self.eval_step(self.state.params, b) for b in self.eval_data]
+    if first_call:
+      self.compiled.add(self.masked_eval_step if masked else self.eval_step)
+      self.writer.text(f"compiled the eval step in {time.perf_counter() - t0:.1f}s")
+    return float(np.mean(to_host(losses)))
 
   def should_stop(self) -> bool:
     """SIGTERM / preemption (agreed by all processes), or `stop_after_steps` reached.
@@ -214,12 +240,17 @@ class _Loop(Recovery):
       self.state = calibrate(self.state, global_batch)
       self.writer.text("fp8: amax histories calibrated by one current-scaling pass over the "
                        "first batch; delayed scaling from here on")
+    first_call = step_fn not in self.compiled
+    if first_call:
+      self.writer.text("compiling the train step ...")
     self.state, step_metrics = step_fn(self.state, global_batch)
+    if first_call:   # jit compiles on the first call, before it dispatches
+      self.writer.text(f"compiled the train step in {time.perf_counter() - t1:.1f}s")
     # After the first (compiling) call, a dispatch returns at once unless the runtime
     # holds it back for the device (on GPU, donating a state the previous step still
     # uses): that wait is device time.
     self.account.stalls.add("data_s", t1 - t0)
-    if step_fn in self.compiled:
+    if not first_call:
       self.account.stalls.add("device_s", time.perf_counter() - t1)
     self.compiled.add(step_fn)
     faults.maybe_kill("mid_step")
@@ -258,7 +289,10 @@ class _Loop(Recovery):
       self.writer.text(f"nothing to do: checkpoint step {self.step} >= "
                        f"config.train.steps={tc.steps}")
     self.writer.text(
-        f"model {setup.model_cfg.num_params() / 1e6:.1f}M params, "
+        f"model {setup.model_cfg.num_params() / 1e6:.1f}M params"
+        + (f" ({setup.model_cfg.num_params(active=True) / 1e6:.1f}M active: "
+           f"{setup.model_cfg.experts_per_token} of {setup.model_cfg.num_experts} experts)"
+           if setup.model_cfg.num_experts else "") + ", "
         f"{self.account.flops_per_token / 1e9:.3g} GFLOP/token, mesh {dict(setup.mesh.shape)}, "
         f"{setup.tokens_per_step} tokens/step, steps {self.step}->{tc.steps}")
     pending = None

@@ -86,7 +86,8 @@ def format_duration(seconds: float) -> str:
   return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
-def format_progress(step: int, total: int, values: Mapping[str, float], eta_s: float) -> str:
+def format_progress(step: int, total: int, values: Mapping[str, float], eta_s: float,
+                    run_eta_s: float | None = None) -> str:
   parts = [f"step {step}/{total}"]
   for key, fmt in (("loss", "loss {:.4f}"), ("eval_loss", "eval {:.4f}"), ("lr", "lr {:.2e}"),
                    ("grad_norm", "gnorm {:.3f}"), ("tokens_per_second", "{:,.0f} tok/s"),
@@ -99,7 +100,8 @@ def format_progress(step: int, total: int, values: Mapping[str, float], eta_s: f
   if values.get("step_s"):
     parts.append(f"step {values['step_s']:.3g}s = device {values['step_device_frac']:.0%} "
                  f"+ data {values['step_data_frac']:.0%} + host {values['step_host_frac']:.0%}")
-  parts.append(f"ETA {format_duration(eta_s)}")
+  parts.append(f"ETA {format_duration(eta_s)}" if run_eta_s is None else
+               f"ETA {format_duration(run_eta_s)} (this stage {format_duration(eta_s)})")
   return " | ".join(parts)
 
 
@@ -166,14 +168,46 @@ class _EventFiles:
     """Nothing to make: GCS has no directories."""
 
 
+WANDB_ID = "wandb_run_id"   # WORKDIR/wandb_run_id: a resumed run logs to the same W&B run
+
+
+class _Wandb:
+  """A Weights & Biases run for one workdir (`config.train.loggers` with 'wandb'): named
+  after the workdir, its id kept in WORKDIR/wandb_run_id so a resumed run continues the
+  same W&B run; its local files in WORKDIR/wandb (a temp dir for a gs:// workdir).
+  WANDB_MODE=offline writes them there and sends nothing (`wandb sync` later). W&B's
+  console capture is off: growjax's console routing owns stdout and stderr."""
+
+  def __init__(self, root: epath.Path, project: str, config: dict | None):
+    import uuid
+    import wandb   # the optional extra; config.loggers checked it is importable
+    id_file = root / WANDB_ID
+    run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
+    if not id_file.exists():
+      id_file.write_text(run_id + "\n")
+    local = os.fspath(root) if "://" not in os.fspath(root) else None
+    name = "/".join(epath.Path(os.fspath(root)).parts[-2:])
+    self.run = wandb.init(project=project or "growjax", name=name, id=run_id,
+                          resume="allow", dir=local, config=config or {},
+                          settings=wandb.Settings(console="off"))
+
+  def log(self, step: int, values: Mapping[str, float | None]) -> None:
+    self.run.log({k: float(v) for k, v in values.items() if v is not None}, step=step)
+
+  def close(self) -> None:
+    self.run.finish()
+
+
 class MetricWriter:
-  """Console + TensorBoard (`WORKDIR/tb`) + `WORKDIR/metrics.jsonl`; a no-op writer
-  on processes other than 0. `workdir` may be local or `gs://`."""
+  """Console + `WORKDIR/metrics.jsonl` + the loggers asked for: TensorBoard
+  (`WORKDIR/tb`), Weights & Biases (`_Wandb`); a no-op writer on processes other than
+  0. `workdir` may be local or `gs://`."""
 
   def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True,
-               flush_secs: float = 10.0):
+               flush_secs: float = 10.0, wandb: bool = False, wandb_project: str = "",
+               config: dict | None = None):
     self.enabled, self.workdir = enabled, workdir
-    self._tb = self._jsonl = None
+    self._tb = self._jsonl = self._wandb = None
     if not enabled:
       return
     root = epath.Path(workdir)
@@ -184,10 +218,14 @@ class MetricWriter:
       from tensorboardX import record_writer
       record_writer.register_writer_factory("gs", _EventFiles())
       self._tb = SummaryWriter(logdir=os.fspath(root / "tb"), flush_secs=flush_secs)
+    if wandb:
+      self._wandb = _Wandb(root, wandb_project, config)
 
   def scalars(self, step: int, values: Mapping[str, float | None]) -> None:
     if self._jsonl is not None:
       self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
+    if self._wandb is not None:
+      self._wandb.log(step, values)
     if self._tb is None:
       return
     for k, v in values.items():
@@ -201,6 +239,8 @@ class MetricWriter:
   def close(self) -> None:
     if self._jsonl is not None:
       self._jsonl.close()
+    if self._wandb is not None:
+      self._wandb.close()
     if self._tb is not None:
       self._tb.flush()
       self._tb.close()

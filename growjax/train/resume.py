@@ -7,10 +7,13 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+from etils import epath
 
 from growjax import checkpoint as ckpt_lib
 from growjax import distributed
-from growjax.model import ModelConfig
+from growjax.data import loader as data_loader
+from growjax.data import tokenizer_record
+from growjax.model import FAMILY_FIELDS, ModelConfig
 from growjax.train import guard as guard_lib
 from growjax.train import mask_ramp
 from growjax.train.state import (Setup, TrainState, init_state, to_host,
@@ -111,6 +114,46 @@ def restore_or_init(setup: Setup, checkpoints: ckpt_lib.Checkpoints, data_iter, 
   return init_state(setup, jax.random.key(cfg.seed)), {}
 
 
+def run_tokenizer(cfg, checkpoints: ckpt_lib.Checkpoints) -> tuple[dict, str | None]:
+  """The tokenizer this run trains with — its data's — checked before any compute
+  against the checkpoint it starts from (its own newest, else `train.init_from`): a
+  different one is refused. Its files are copied into the checkpoints dir
+  (`tokenizer/`) so every step carries them; returns the record for the metadata
+  (`model_max_length`: the starting checkpoint's, else the tokenizer's, else
+  `data.seq_len`) and a spec that builds the tokenizer (None when its files are gone)."""
+  record, spec, where = data_loader.dataset_tokenizer(cfg.data)
+  latest = checkpoints.latest_step()
+  start, name = {}, ""
+  if latest is not None:
+    try:   # a damaged step is the restore's to set aside, not this check's
+      start, name = ckpt_lib.read_meta(checkpoints.directory, latest), \
+          f"{checkpoints.directory}/{latest}"
+    except (ValueError, OSError, KeyError):
+      pass
+  elif cfg.train.init_from:
+    directory, step = ckpt_lib.resolve(cfg.train.init_from, field="config.train.init_from")
+    start, name = ckpt_lib.read_meta(directory, step), \
+        f"config.train.init_from={cfg.train.init_from!r}"
+  theirs = start.get(tokenizer_record.META_KEY) or {}
+  if theirs.get("identity") and theirs["identity"] != record.get("identity"):
+    raise ValueError(
+        f"the data ({where}) is tokenized by {record.get('spec')!r} (identity "
+        f"{record.get('identity')}), but {name} was trained with {theirs.get('spec')!r} "
+        f"(identity {theirs['identity']}) — prepare the data with the checkpoint's "
+        f"tokenizer (growjax prepare-data --config.data.tokenizer=...), or start "
+        f"another run")
+  longest = theirs.get("model_max_length") or record.get("model_max_length") or \
+      int(cfg.data.seq_len)
+  record = dict(record, model_max_length=int(longest))
+  if spec is None:
+    return dict(record, files=[], dir=None), None
+  folder, _ = tokenizer_record.source_files(spec)
+  kept = tokenizer_record.keep_files(
+      record, epath.Path(checkpoints.directory) / tokenizer_record.FOLDER, folder,
+      write=jax.process_index() == 0)
+  return kept, tokenizer_record.spec_in(kept, checkpoints.directory) or spec
+
+
 # How the model is computed, not what it is: a run started from a checkpoint may change
 # these (remat, attention kernel, FP8, the cuDNN packing the trainer resolves from 'auto').
 # Declared on `ModelConfig`'s fields; kept here under its old name.
@@ -120,8 +163,11 @@ COMPUTE_FIELDS = ModelConfig.compute_fields()
 def _model_identity(model: dict | None) -> dict | None:
   """A checkpoint's recorded model less its compute fields: what it is. The recorded dict
   is kept whole (fields of older growjax versions included), not rebuilt as a config."""
-  return None if model is None else {k: v for k, v in model.items()
-                                     if k not in COMPUTE_FIELDS}
+  if model is None:
+    return None
+  families = {f.name: f.default for f in dataclasses.fields(ModelConfig)
+              if f.name in FAMILY_FIELDS}   # absent from checkpoints older than them
+  return {**families, **{k: v for k, v in model.items() if k not in COMPUTE_FIELDS}}
 
 
 def _check_same_model(meta: dict, setup: Setup, directory: str, step: int) -> None:

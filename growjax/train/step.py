@@ -15,6 +15,7 @@ from growjax import sharding
 from growjax.model import ModelConfig, Transformer, head_kernel
 from growjax.model import fp8
 from growjax.model import loss as loss_lib
+from growjax.model import moe
 from growjax.train import mask_ramp
 from growjax.train import state as state_lib
 from growjax.train.state import (Setup, TrainState)
@@ -33,12 +34,32 @@ def loss_fn(params, batch, model_cfg: ModelConfig, train_cfg, z_loss: float, mas
   variables = {"params": params}
   if fp8_history is not None:
     variables[fp8.HISTORY_COLLECTION] = fp8_history
-  hidden = Transformer(model_cfg).apply(
+  mutable = [moe.STATS_COLLECTION] if model_cfg.num_experts else False
+  out = Transformer(model_cfg).apply(
       variables, batch["inputs"], segment_ids=batch.get("segment_ids"),
-      positions=batch.get("positions"), return_hidden=True, masks=masks)
-  return loss_lib.cross_entropy(hidden, head_kernel(params, model_cfg), batch["targets"],
-                                z_loss=z_loss, chunk_len=train_cfg.loss_chunk_len,
-                                dtype=model_cfg.compute_dtype, mask_BxT=batch.get("loss_mask"))
+      positions=batch.get("positions"), return_hidden=True, masks=masks, mutable=mutable)
+  hidden, sown = out if mutable else (out, None)
+  loss, aux = loss_lib.cross_entropy(
+      hidden, head_kernel(params, model_cfg), batch["targets"], z_loss=z_loss,
+      chunk_len=train_cfg.loss_chunk_len, dtype=model_cfg.compute_dtype,
+      mask_BxT=batch.get("loss_mask"))
+  if sown is None:
+    return loss, aux
+  return moe_losses(loss, aux, moe.layer_stats(sown), train_cfg)
+
+
+def moe_losses(loss, aux: dict, stats: dict, train_cfg) -> tuple[jax.Array, dict]:
+  """An MoE model's loss: the language-model loss plus config.train.moe_balance_loss x
+  the router's load-balancing loss and moe_router_z_loss x its z-loss, each the mean
+  over layers; logged as their means and per layer (`moe_balance_l0`, ...), with the
+  fraction of routed rows dropped at a capacity."""
+  balance = train_cfg.get("moe_balance_loss", 0.01) * jnp.mean(stats["balance"])
+  router_z = train_cfg.get("moe_router_z_loss", 1e-3) * jnp.mean(stats["z"])
+  aux = dict(aux, moe_balance_loss=balance, moe_router_z_loss=router_z,
+             moe_dropped=jnp.mean(stats["dropped"]))
+  for name in ("balance", "z", "dropped"):
+    aux.update({f"moe_{name}_l{i}": v for i, v in enumerate(stats[name])})
+  return loss + balance + router_z, aux
 
 
 def model_batch(batch: dict, cfg) -> dict:
@@ -148,8 +169,10 @@ def _gradients(setup: Setup, state: TrainState, batch: dict) -> tuple[Any, dict,
     return (jax.tree.map(jnp.add, grads, g), jax.tree.map(jnp.add, aux_sum, aux),
             jax.tree.map(jnp.maximum, seen, s)), None
 
+  aux_shapes = jax.eval_shape(lambda: grad_fn(differentiated, jax.tree.map(
+      lambda x: x[0], micro)))[0][1]
   zeros = (jax.tree.map(jnp.zeros_like, state.params),
-           {"loss": jnp.zeros((), jnp.float32), "z_loss": jnp.zeros((), jnp.float32)},
+           jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux_shapes),
            jax.tree.map(jnp.zeros_like, state.fp8_history))
   (grads, aux, seen), _ = jax.lax.scan(accumulate, zeros, micro)
   grads, aux = jax.tree.map(lambda x: x / accum, (grads, aux))

@@ -116,6 +116,9 @@ def analyse(cfg: ml_collections.ConfigDict, workdir: str, runs: Sequence[SweepRu
   for r in runs:
     row = dataclasses.asdict(r)
     row.update(_saving(curve, target, run_dir(workdir, r)))
+    if not r.is_scratch:   # where growth stops paying (`crossover`)
+      row["small_tokens_per_param"] = r.d_tokens / small_params(cfg, r.small_layers)
+      row["beat_scratch"] = bool(row["flops_saved"] is not None and row["flops_saved"] > 0)
     rows.append(row)
   by_g: dict[str, dict[str, dict]] = {}
   for method in dict.fromkeys(r.method for r in grown):
@@ -141,6 +144,7 @@ def analyse(cfg: ml_collections.ConfigDict, workdir: str, runs: Sequence[SweepRu
       "scratch_flops_to_target": s_reach, "runs": rows,
       "best_d_per_g": by_g, "best": None, "law_point": None, "law": None,
       "paper_law": dict(law_lib.PAPER), "recommendation": None}
+  summary["crossover"] = crossover(rows)
   points = list(law_points(also))
   if ranked:
     saved, method, g = max(ranked)
@@ -168,3 +172,42 @@ def recommend(cfg: ml_collections.ConfigDict, fit: law_lib.Fit, g: int,
           "d_steps": max(1, round(d / tokens_per_step(cfg, small=True))),
           "paper_d_tokens": law_lib.predict_d(law_lib.PAPER, params, budget_flops),
           "paper_range_warning": timing.fit_range_warning(params, budget_flops)}
+
+
+def small_params(cfg: ml_collections.ConfigDict, small_layers: int) -> float:
+  """The small model's parameters: the target at `small_layers` layers."""
+  from growjax.model import ModelConfig
+  return float(ModelConfig.from_config(cfg.model).replace(num_layers=small_layers)
+               .num_params())
+
+
+def crossover(rows: Sequence[dict]) -> dict | None:
+  """The crossover fit over the grow runs that reached the target (a run that never
+  reached it counts as saving -1: scratch won outright), or None with fewer than two
+  small-stage lengths."""
+  pts = [(r["small_tokens_per_param"], r["flops_saved"] if r["reached"] else -1.0)
+         for r in rows if "small_tokens_per_param" in r]
+  if len({x for x, _ in pts}) < 2:
+    return None
+  return law_lib.fit_crossover(*zip(*pts)).as_dict()
+
+
+def crossover_warning(sweep_dir: str, d_tokens: float, small_params_n: float) -> str:
+  """`growjax plan --sweep`: a line on whether d tokens on a small model of
+  `small_params_n` parameters lie past the crossover a finished sweep measured."""
+  path = epath.Path(sweep_dir)
+  path = path if path.name == SUMMARY_FILE else path / SUMMARY_FILE
+  if not path.exists():
+    raise ValueError(f"--sweep={sweep_dir}: no {SUMMARY_FILE} there — give the workdir of a "
+                     f"finished growjax sweep")
+  fit = json.loads(path.read_text()).get("crossover")
+  x = d_tokens / small_params_n
+  if not fit or fit.get("crossover") is None:
+    return (f"the sweep at {sweep_dir} shows no crossover (growth paid at every d it "
+            f"ran); this plan puts {x:.3g} tokens per small-model parameter")
+  if x >= fit["crossover"]:
+    return (f"WARNING: this plan puts {x:.3g} tokens per small-model parameter, past the "
+            f"crossover {fit['crossover']:.3g} the sweep at {sweep_dir} measured: there "
+            f"scratch training beat growth — grow earlier (smaller d) or skip growth")
+  return (f"this plan puts {x:.3g} tokens per small-model parameter, below the sweep's "
+          f"crossover {fit['crossover']:.3g}: growth paid there")
