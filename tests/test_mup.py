@@ -185,3 +185,28 @@ def test_decoding_computes_the_mup_model():
   prefill, _ = decode.forward(cfg, params, tokens, np.broadcast_to(np.arange(t), (b, t)),
                               empty, 0, np.ones((b, t), bool))
   np.testing.assert_allclose(np.asarray(prefill), got, rtol=1e-5, atol=1e-5 * np.abs(got).max())
+
+
+@pytest.mark.slow
+def test_export_folds_the_multipliers_into_plain_weights(tmp_path):
+  """A μP checkpoint away from its base shape exports to a plain LLaMA (HF has no
+  multipliers) whose import computes the same logits."""
+  from growjax.interop import params_io
+  w, out, back = tmp_path / "w", tmp_path / "hf", tmp_path / "back"
+  r = _console("train", "--config", "configs/tiny.py", "--workdir", str(w),
+               "--config.train.steps=2", "--config.train.eval_every=0",
+               "--config.model.parametrization=mup", "--config.model.mup_base_embed_dim=64",
+               "--config.model.mup_base_num_layers=2", "--config.model.mup_depth_alpha=0.5",
+               "--config.model.mup_base_head_dim=16", "--config.model.dtype=float32",
+               "--config.train.final_sample_tokens=0")
+  assert r.returncode == 0, r.stderr[-2000:]
+  r = _console("export-hf", f"--from={w}", f"--to={out}")
+  assert r.returncode == 0 and "folded" in r.stdout + r.stderr, r.stderr[-2000:]
+  r = _console("import-hf", f"--from={out}", f"--to={back}", "--dtype=float32")
+  assert r.returncode == 0, r.stderr[-2000:]
+  a, b = params_io.load(str(w)), params_io.load(str(back))
+  assert a.model_cfg.parametrization == "mup" and b.model_cfg.parametrization == "sp"
+  la = Transformer(a.model_cfg.for_exact_logits()).apply({"params": a.params}, TOKENS % 384)
+  lb = Transformer(b.model_cfg.for_exact_logits()).apply({"params": b.params}, TOKENS % 384)
+  np.testing.assert_allclose(np.asarray(lb), np.asarray(la), rtol=0,
+                             atol=1e-5 * float(np.abs(la).max()))

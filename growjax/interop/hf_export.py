@@ -11,6 +11,7 @@ and max positions, one tensor at a time gathered to the host. `--verify` is
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -30,7 +31,7 @@ from growjax.interop.hf_layout import (CONFIG, DTYPES, HF_DIR, INDEX, SINGLE,
                                        layout, param_paths)
 from growjax.interop.hf_records import (EXPORT_MARKER, abandon, already_done, destination,
                                         files_fingerprint, publish, staging)
-from growjax.model import ModelConfig
+from growjax.model import ModelConfig, mup
 
 
 def _tokenizer_config(spec: str, record: dict, max_positions: int | None) -> dict:
@@ -93,6 +94,11 @@ def export_hf(checkpoint: str, to: str, *, step: int | None = None, dtype: str =
   out = destination(to, "--to", record, EXPORT_MARKER)
   loaded = params_io.load(checkpoint, step=resolved, mesh_spec=mesh_spec, field="--from")
   cfg = loaded.model_cfg
+  if mup.is_mup(cfg):   # HF models have no μP multipliers: fold them into the weights
+    loaded = dataclasses.replace(loaded, params=mup.fold_into_sp(loaded.params, cfg))
+    cfg = cfg.replace(parametrization="sp")
+    log("a μP model: its logit, residual-branch and query multipliers are folded into "
+        "the exported weights (the same function as plain weights)")
   _, hf_meta = hf_side_files(loaded.directory, loaded.meta)
   tok_spec, tok_record = checkpoint_tokenizer_record(loaded.directory, loaded.meta)
   tok_dir, tok_files = tokenizer_record.source_files(tok_spec or "byte")
