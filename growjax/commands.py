@@ -336,6 +336,39 @@ def _run_sweep(fv):
               child_argv=child)
 
 
+# --- issue 29: growjax compile (logic in growjax/growth/compile_run.py, growjax/train/aot.py) ---
+
+
+def _define_compile(fv):
+  _config_flag(fv, "the run config (a grow run compiles every stage and growth); override "
+               "fields with --config.FIELD=VALUE.")
+  flags.DEFINE_string("topology", None, "the TPU slice to compile for, as Cloud TPU names "
+                      "it: v5e-8 (v5litepod-8), v5p-256, v6e-256, v4-32.", flag_values=fv)
+  flags.DEFINE_integer("slices", 1, "slices of that topology (multi-slice: data parallel "
+                       "across slices over the data-centre network).", flag_values=fv)
+  flags.DEFINE_boolean("json", False, "print the report as JSON.", flag_values=fv)
+  flags.DEFINE_boolean("estimate", False, "also find the largest per-chip batch and the "
+                       "cheapest remat policy that fit each stage, by compiling, and print "
+                       "them as config overrides.", flag_values=fv)
+  flags.DEFINE_boolean("bound", False, "also the compiler's step-time bound for each train "
+                       "step (two extra compiles each): step time, tokens/s per chip, MFU.",
+                       flag_values=fv)
+
+
+def _run_compile(fv):
+  # Nothing runs on a device: compile-only TPU devices on any host, and a TPU VM's own
+  # chips stay free for the run (set before JAX starts a backend; the config file has
+  # imported jax already, so through its config).
+  import contextlib
+  import jax
+  if not os.environ.get("JAX_PLATFORMS"):
+    with contextlib.suppress(RuntimeError):   # a backend already started: keep it
+      jax.config.update("jax_platforms", "cpu")
+  from growjax.growth import compile_run
+  compile_run.run(fv.config, fv.topology, slices=fv.slices, as_json=fv.json,
+                  estimate=fv.estimate, bound=fv.bound)
+
+
 # --- issue 13: Hugging Face in / out, eval, sample, inspect (logic in their modules) ---
 
 
@@ -522,4 +555,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             "growjax sweep --config configs/repro/sweep.py --workdir runs/sweep "
             "--d 50,150,300 --g 2,4", _define_sweep, _run_sweep, ("config",)),
     *ISSUE13_COMMANDS,
+    Command("compile", "compile every step of a run for a TPU slice, on this host: memory "
+            "per chip, fit",
+            "growjax compile --config configs/llama.py:size=1b --topology v5e-8",
+            _define_compile, _run_compile, ("config", "topology")),
 )}

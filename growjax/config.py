@@ -173,12 +173,14 @@ def base_config(model: str = "tiny") -> ml_collections.ConfigDict:
   return c
 
 
-def validate(cfg: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:
+def validate(cfg: ml_collections.ConfigDict, num_devices: int, slices: int = 1
+             ) -> dict[str, int]:
   """Checks a run config's model, mesh, train and optimizer fields before any compute;
-  returns the resolved mesh shape. The data fields: `validate_data`."""
+  returns the resolved mesh shape (`config.mesh` per slice over several TPU slices). The
+  data fields: `validate_data`."""
   model = ModelConfig.from_config(cfg.model)
   model.validate()
-  mesh_sizes = sharding.mesh_shape(cfg.mesh, num_devices)
+  mesh_sizes = sharding.mesh_shape(cfg.mesh, num_devices, slices)
   rules = sharding.rules_from_config(cfg.sharding_rules)
   axes = logical_axes(model)
   shapes = jax.tree.map(lambda x: x.shape, nn.unbox(abstract_params(model)))

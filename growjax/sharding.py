@@ -45,8 +45,23 @@ DEFAULT_RULES = (
 )
 
 
-def mesh_shape(mesh_cfg: Any, num_devices: int) -> dict[str, int]:
-  """Resolves `config.mesh` (one entry may be -1: 'the rest') against the device count."""
+def num_slices(devices: Sequence[jax.Device]) -> int:
+  """How many TPU slices `devices` span (Cloud TPU multi-slice: `device.slice_index`,
+  joined by the data-centre network); 1 on one slice and off TPU."""
+  return len({getattr(d, "slice_index", 0) or 0 for d in devices}) or 1
+
+
+def mesh_shape(mesh_cfg: Any, num_devices: int, slices: int = 1) -> dict[str, int]:
+  """Resolves `config.mesh` (one entry may be -1: 'the rest') against the device count.
+
+  Over several slices `config.mesh` is one slice's mesh (resolved against its devices)
+  and the `data` axis spans the slices too: data parallelism over the slow network
+  between slices, everything else within a slice."""
+  if slices > 1:
+    if num_devices % slices:
+      raise ValueError(f"{num_devices} devices do not split into {slices} equal slices.")
+    shape = mesh_shape(mesh_cfg, num_devices // slices)
+    return dict(shape, data=shape["data"] * slices)
   shape = {a: int(mesh_cfg.get(a, 1)) for a in MESH_AXES}  # expert: 1 unless given
   unknown = set(dict(mesh_cfg)) - set(MESH_AXES)
   if unknown:
@@ -69,11 +84,21 @@ def mesh_shape(mesh_cfg: Any, num_devices: int) -> dict[str, int]:
 
 
 def make_mesh(mesh_cfg: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """The run's mesh; over several TPU slices a hybrid mesh (`mesh_utils.
+  create_hybrid_device_mesh`): each slice holds `config.mesh`, the slices stack on `data`."""
   devices = list(devices if devices is not None else jax.devices())
-  shape = mesh_shape(mesh_cfg, len(devices))
+  slices = num_slices(devices)
+  shape = mesh_shape(mesh_cfg, len(devices), slices)
   # Auto axes: XLA's SPMD partitioner places what the logical constraints leave open.
+  auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+  if slices > 1:
+    from jax.experimental import mesh_utils
+    ici = tuple(shape[a] // slices if a == "data" else shape[a] for a in MESH_AXES)
+    dcn = tuple(slices if a == "data" else 1 for a in MESH_AXES)
+    grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
+    return Mesh(grid, MESH_AXES, axis_types=auto)
   return jax.make_mesh(tuple(shape[a] for a in MESH_AXES), MESH_AXES, devices=devices,
-                       axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+                       axis_types=auto)
 
 
 @contextlib.contextmanager

@@ -35,11 +35,17 @@ Subcommands:
   create   create the TPU VM (or a queued resource with --queued, waiting until ACTIVE)
   setup    git-archive the repo, scp it to every worker, install it there with
            uv into ~/growjax/.venv: uv pip install -e '.[tpu]'
-  train    run `growjax train --config C --workdir W [args after --]` on every worker
+  train    run `growjax train --config C --workdir W [args after --]` on every worker;
+           with --accelerator-type, after the compile pre-flight
   logs     show the end of the training log (worker 0 unless --worker)
   stop     stop training on every worker (SIGTERM, then SIGKILL after 30 s)
   delete   delete the TPU VM (or the queued resource and its node)
-  all      create, setup, train, then delete, also when setup or train fails
+  all      pre-flight, create, setup, train, then delete, also when setup or train fails
+
+Pre-flight (all; train given --accelerator-type): before any VM is created or used,
+`growjax compile --config C --topology TYPE [--slices N] [--config.* args after --]`
+runs on this machine (it needs `pip install -e '.[tpu]'` here, no TPU) and compiles
+every step of the run with the TPU compiler; a run that would not fit in HBM is refused.
 
 Options:
   --name NAME               TPU VM name (required)
@@ -48,6 +54,10 @@ Options:
   --accelerator-type TYPE   e.g. v5p-32, v6e-8, v5litepod-16, v4-8 (create, all)
   --version RUNTIME         TPU software version (default: chosen from the type)
   --queued                  use a queued resource instead of a direct create
+  --slices N                multi-slice: N slices of the type in one queued resource
+                            (implies --queued; nodes NAME-0 .. NAME-<N-1>), data
+                            parallel across slices
+  --no-preflight            skip the `growjax compile` pre-flight
   --spot                    spot capacity (cheaper, can be preempted)
   --create-flag FLAG        extra flag for the create command, repeatable
                             (e.g. --create-flag=--reserved, --create-flag=--network=N)
@@ -99,7 +109,7 @@ default_version() {
 
 NAME="" ZONE="" PROJECT="" ACCEL="" VERSION="" CONFIG="" WORKDIR=""
 REF=HEAD PYTHON=3.11 LOG_WORKER=0 SUBCMD=""
-DRY_RUN=0 QUEUED=0 SPOT=0 DETACH=0 FOLLOW=0
+DRY_RUN=0 QUEUED=0 SPOT=0 DETACH=0 FOLLOW=0 SLICES=1 PREFLIGHT=1
 ENVS=() CREATE_FLAGS=() TRAIN_ARGS=()
 
 set_option() {
@@ -120,6 +130,10 @@ set_option() {
     --worker)
       [[ $value =~ ^(all|[0-9]+)$ ]] || die "--worker expects a worker index or 'all', got '$value'"
       LOG_WORKER=$value
+      ;;
+    --slices)
+      [[ $value =~ ^[1-9][0-9]*$ ]] || die "--slices expects a positive integer, got '$value'"
+      SLICES=$value
       ;;
     --create-flag) CREATE_FLAGS+=("$value") ;;
     --env)
@@ -148,6 +162,7 @@ parse_args() {
       --spot) SPOT=1 ;;
       --detach) DETACH=1 ;;
       --follow) FOLLOW=1 ;;
+      --no-preflight) PREFLIGHT=0 ;;
       --*=*) set_option "${1%%=*}" "${1#*=}" ;;
       --create-flag)
         # Its value is itself a flag, so it cannot be told from a missing value.
@@ -197,6 +212,9 @@ validate() {
   if [[ $SUBCMD == all ]] && ((DETACH)); then
     die "--detach cannot be used with 'all': it would delete the TPU while training runs"
   fi
+  if ((SLICES > 1)); then
+    QUEUED=1 # multi-slice capacity comes only as a queued resource
+  fi
   if ((${#TRAIN_ARGS[@]})) && [[ $SUBCMD != train && $SUBCMD != all ]]; then
     die "arguments after -- are for growjax train; '$SUBCMD' takes none"
   fi
@@ -212,11 +230,53 @@ location_flags() {
   fi
 }
 
-# Runs a shell command on the workers. gcloud hands it to the login shell,
-# which is bash on the TPU VM images.
+# The TPU VM nodes: NAME, or NAME-0 .. NAME-<N-1> for N slices (the queued
+# resource's --node-prefix).
+nodes() {
+  if ((SLICES > 1)); then
+    local s
+    for ((s = 0; s < SLICES; s++)); do
+      echo "$NAME-$s"
+    done
+  else
+    echo "$NAME"
+  fi
+}
+
+# Runs a shell command on the workers (of every slice at once: a multi-slice
+# job starts only when all of them have joined). gcloud hands it to the login
+# shell, which is bash on the TPU VM images.
 remote() {
-  local worker=$1 command=$2
-  run gcloud compute tpus tpu-vm ssh "$NAME" "${LOCATION[@]}" --worker="$worker" --command "$command"
+  local worker=$1 command=$2 node pids=() pid rc=0
+  if ((SLICES == 1 || DRY_RUN)); then
+    for node in $(nodes); do
+      run gcloud compute tpus tpu-vm ssh "$node" "${LOCATION[@]}" --worker="$worker" --command "$command"
+    done
+    return 0
+  fi
+  for node in $(nodes); do
+    run gcloud compute tpus tpu-vm ssh "$node" "${LOCATION[@]}" --worker="$worker" --command "$command" &
+    pids+=($!)
+  done
+  for pid in "${pids[@]}"; do
+    wait "$pid" || rc=$?
+  done
+  return "$rc"
+}
+
+# The run compiled by the TPU compiler on this machine for the slice it will run on,
+# before any VM is created or used: a run that does not fit is refused here.
+preflight() {
+  ((PREFLIGHT)) || return 0
+  local overrides=() arg
+  for arg in "${TRAIN_ARGS[@]}"; do
+    if [[ $arg == --config.* ]]; then
+      overrides+=("$arg")
+    fi
+  done
+  if ! run growjax compile --config "$CONFIG" --topology "$ACCEL" --slices "$SLICES" "${overrides[@]}"; then
+    die "pre-flight: growjax compile refused --config $CONFIG on $ACCEL (its line above); nothing was created or started — fix the config, or pass --no-preflight to launch anyway"
+  fi
 }
 
 create_resource() {
@@ -225,7 +285,10 @@ create_resource() {
     extra+=(--spot)
   fi
   extra+=("${CREATE_FLAGS[@]}")
-  if ((QUEUED)); then
+  if ((SLICES > 1)); then
+    run gcloud compute tpus queued-resources create "$NAME" --node-count="$SLICES" --node-prefix="$NAME" \
+      "${LOCATION[@]}" --accelerator-type="$ACCEL" --runtime-version="$VERSION" "${extra[@]}"
+  elif ((QUEUED)); then
     run gcloud compute tpus queued-resources create "$NAME" --node-id="$NAME" "${LOCATION[@]}" \
       --accelerator-type="$ACCEL" --runtime-version="$VERSION" "${extra[@]}"
   else
@@ -267,7 +330,10 @@ cmd_setup() {
     printf '%s: warning: uncommitted changes are not shipped; setup sends %s\n' "$PROG" "$REF" >&2
   fi
   run git -C "$REPO_ROOT" archive --format=tar.gz --output="$tarball" "$REF"
-  run gcloud compute tpus tpu-vm scp "$tarball" "$NAME:$REMOTE_DIR.tar.gz" "${LOCATION[@]}" --worker=all
+  local node
+  for node in $(nodes); do
+    run gcloud compute tpus tpu-vm scp "$tarball" "$node:$REMOTE_DIR.tar.gz" "${LOCATION[@]}" --worker=all
+  done
   if ((!DRY_RUN)); then
     rm -f "$tarball"
   fi
@@ -279,6 +345,9 @@ cmd_setup() {
 
 cmd_train() {
   local train_cmd kv script
+  if [[ -n $ACCEL ]]; then
+    preflight
+  fi
   train_cmd=$(shquote growjax train --config "$CONFIG" --workdir "$WORKDIR" "${TRAIN_ARGS[@]}")
   # shellcheck disable=SC2016  # $PWD and $PATH expand on the worker.
   # GROWJAX_DISTRIBUTED=1: every worker joins one JAX runtime (jax.distributed
@@ -328,6 +397,7 @@ delete_on_exit() {
 }
 
 cmd_all() {
+  preflight
   create_resource
   # Only once the create call succeeded: a failed create may mean the name
   # belongs to someone else's TPU, which must not be deleted.
@@ -337,6 +407,7 @@ cmd_all() {
   trap 'exit 143' TERM
   wait_until_ready
   cmd_setup
+  PREFLIGHT=0 # done before create
   cmd_train
 }
 

@@ -250,16 +250,55 @@ def test_logs_and_stop(sandbox):
 def test_all_creates_sets_up_trains_and_deletes_in_order(sandbox):
   cmds = dry(sandbox, TPU_VM, "all", *T, "--accelerator-type", "v6e-8", *TRAIN, "--dry-run",
              "--", "--config.steps=10")
-  steps = [c[4] if c[0] == "gcloud" else c[3] for c in cmds]
-  assert steps == ["create", "archive", "scp", "ssh", "ssh", "delete"]
-  assert "growjax train" in ssh_command(cmds[4]) and "--config.steps=10" in ssh_command(cmds[4])
+  steps = [c[4] if c[0] == "gcloud" else c[1] if c[0] == "growjax" else c[3] for c in cmds]
+  assert steps == ["compile", "create", "archive", "scp", "ssh", "ssh", "delete"]
+  # the pre-flight: the run's own config and overrides, compiled for its slice first
+  assert cmds[0] == ["growjax", "compile", "--config", "configs/llama.py:size=1b",
+                     "--topology", "v6e-8", "--slices", "1", "--config.steps=10"]
+  assert "growjax train" in ssh_command(cmds[5]) and "--config.steps=10" in ssh_command(cmds[5])
+
+
+def test_preflight_refuses_a_run_that_does_not_fit_before_creating_anything(sandbox):
+  res = sandbox.run(TPU_VM, "all", *T, "--accelerator-type", "v5litepod-8", *TRAIN,
+                    FAKE_OK="1", FAKE_FAIL_ON="compile")
+  assert res.returncode == 2
+  assert [c["prog"] for c in sandbox.calls()] == ["growjax"]   # no gcloud call at all
+  assert ("tpu_vm.sh: error: pre-flight: growjax compile refused --config "
+          "configs/llama.py:size=1b on v5litepod-8") in res.stderr
+
+
+def test_train_with_a_type_runs_the_preflight_and_no_preflight_skips_it(sandbox):
+  compile_, ssh = dry(sandbox, TPU_VM, "train", *T, *TRAIN, "--accelerator-type", "v5p-32",
+                      "--dry-run")
+  assert compile_[:2] == ["growjax", "compile"] and ssh[4] == "ssh"
+  (ssh,) = dry(sandbox, TPU_VM, "all", *T, "--accelerator-type", "v5p-32", *TRAIN,
+               "--no-preflight", "--dry-run")[4:5]
+  assert ssh[4] == "ssh"
+  cmds = dry(sandbox, TPU_VM, "all", *T, "--accelerator-type", "v5p-32", *TRAIN,
+             "--no-preflight", "--dry-run")
+  assert not any(c[0] == "growjax" for c in cmds)
+
+
+def test_multislice_queues_n_slices_and_runs_on_every_node(sandbox):
+  cmds = dry(sandbox, TPU_VM, "all", *T, "--accelerator-type", "v5p-256", "--slices", "2",
+             *TRAIN, "--dry-run")
+  assert cmds[0][-2:] == ["--slices", "2"]
+  create = cmds[1]
+  assert create[:6] == ["gcloud", "compute", "tpus", "queued-resources", "create", "gj-test"]
+  assert {"--node-count=2", "--node-prefix=gj-test", "--accelerator-type=v5p-256"} <= set(create)
+  scp = [c[6] for c in cmds if c[0] == "gcloud" and c[4] == "scp"]
+  ssh = [c[5] for c in cmds if c[0] == "gcloud" and c[4] == "ssh"]
+  assert scp == ["gj-test-0:growjax.tar.gz", "gj-test-1:growjax.tar.gz"]
+  assert ssh == ["gj-test-0", "gj-test-1"] * 2    # setup, then train, on every slice
+  assert cmds[-1][3:5] == ["queued-resources", "delete"]
 
 
 def test_all_queued_deletes_the_queued_resource(sandbox):
   cmds = dry(sandbox, TPU_VM, "all", *T, "--accelerator-type", "v5p-32", "--queued", *TRAIN,
              "--dry-run")
-  assert cmds[0][3:5] == ["queued-resources", "create"]
-  assert cmds[1][3:5] == ["queued-resources", "describe"]
+  assert cmds[0][:2] == ["growjax", "compile"]
+  assert cmds[1][3:5] == ["queued-resources", "create"]
+  assert cmds[2][3:5] == ["queued-resources", "describe"]
   assert cmds[-1][3:5] == ["queued-resources", "delete"] and "--force" in cmds[-1]
 
 
@@ -268,7 +307,8 @@ def test_all_deletes_the_tpu_when_training_fails(sandbox):
                     FAKE_OK="1", FAKE_FAIL_ON="growjax train")
   assert res.returncode == 3, res.stderr
   verbs = [c["argv"][3] if c["prog"] == "gcloud" else c["argv"][2] for c in sandbox.calls()]
-  assert verbs == ["create", "status", "archive", "scp", "ssh", "ssh", "delete"]
+  assert verbs == ["configs/llama.py:size=1b", "create", "status", "archive", "scp", "ssh",
+                   "ssh", "delete"]   # the first: growjax compile --config ...
 
 
 def test_all_deletes_the_tpu_on_ctrl_c(sandbox):
@@ -293,7 +333,7 @@ def test_all_does_not_delete_when_create_fails(sandbox):
   res = sandbox.run(TPU_VM, "all", *T, "--accelerator-type", "v6e-8", *TRAIN,
                     FAKE_OK="1", FAKE_FAIL_ON="create")
   assert res.returncode == 3
-  assert [c["argv"][3] for c in sandbox.calls()] == ["create"]
+  assert [c["argv"][3] for c in sandbox.calls()] == ["--topology", "create"]  # pre-flight
 
 
 @pytest.mark.parametrize("args, message", [

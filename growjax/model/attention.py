@@ -110,14 +110,23 @@ def masked_attention(q, k, v, segment_ids_BxT, impl: str | None, cfg):
                                       local_window_size=(window - 1, 0) if window else None)
 
 
+def platform() -> str:
+  """The platform the program being traced is for: that of the mesh in context (so an
+  ahead-of-time compile for a TPU topology on a CPU host takes the pod's path), else
+  JAX's default backend."""
+  device = jax.sharding.get_abstract_mesh().abstract_device
+  return device.platform if device is not None else jax.default_backend()
+
+
 def backend(cfg) -> str | None:
   """The backend `cfg.attention_impl` names; 'auto': cuDNN on a GPU in 16 bits, splash on
-  a TPU, else XLA."""
+  a TPU, else XLA (the platform of the mesh in context, `platform`)."""
   if cfg.attention_impl != "auto":
     return cfg.attention_impl
-  if jax.default_backend() == "gpu" and cfg.compute_dtype in (jnp.bfloat16, jnp.float16):
+  where = platform()
+  if where == "gpu" and cfg.compute_dtype in (jnp.bfloat16, jnp.float16):
     return "cudnn"
-  if jax.default_backend() == "tpu":
+  if where == "tpu":
     return "xla" if _window(cfg) else "splash"   # splash here has no window
   return "xla"
 
@@ -130,7 +139,7 @@ def causal_attention(q, k, v, segment_ids_BxT, impl: str | None, cfg):
     return splash.causal_attention(
         q, k, v, q_axes=(ACT_BATCH, ACT_LENGTH, ACT_HEADS, None),
         kv_axes=(ACT_BATCH, ACT_LENGTH, ACT_KV_HEADS, None),
-        segment_ids_BxT=segment_ids_BxT, interpret=jax.default_backend() != "tpu")
+        segment_ids_BxT=segment_ids_BxT, interpret=platform() != "tpu")
   if segment_ids_BxT is not None:
     return masked_attention(q, k, v, segment_ids_BxT, impl, cfg)
   window = _window(cfg)

@@ -24,18 +24,36 @@ from jax.sharding import PartitionSpec as P
 BLOCK = 512  # query / key block; clipped to the sequence length
 
 
-@functools.lru_cache(maxsize=32)
-def _kernel(num_heads: int, seq_len: int, interpret: bool):
+def _make_kernel(num_heads: int, seq_len: int, interpret: bool):
   block = min(BLOCK, seq_len)
   sizes = sk.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
                         block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
                         block_q_dq=block, block_kv_dq=block)
   mask = sm.MultiHeadMask([sm.CausalMask((seq_len, seq_len)) for _ in range(num_heads)])
+  return sk.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
+                            interpret=interpret)
+
+
+@functools.lru_cache(maxsize=32)
+def _kernel(num_heads: int, seq_len: int, interpret: bool):
   # The kernel is cached across traces (flax's scan traces its body more than once):
   # its mask tables must be concrete arrays, not values of whichever trace made them.
   with jax.ensure_compile_time_eval():
-    return sk.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
-                              interpret=interpret)
+    return _make_kernel(num_heads, seq_len, interpret)
+
+
+def _compile_only() -> bool:
+  """Whether the mesh in context is of chips this host does not have: a TPU topology
+  compiled for ahead of time on a CPU host (`growjax compile`). Under `jax.set_mesh` of
+  such devices nothing can run eagerly, so the mask tables are staged into the program."""
+  device = jax.sharding.get_abstract_mesh().abstract_device
+  return device is not None and device.device_kind not in {d.device_kind for d in jax.devices()}
+
+
+def _kernel_in_trace(num_heads: int, seq_len: int, interpret: bool, cached: bool):
+  if _compile_only():
+    return _make_kernel(num_heads, seq_len, interpret)
+  return (_kernel if cached else _kernel.__wrapped__)(num_heads, seq_len, interpret)
 
 
 def _local(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT, interpret: bool):
@@ -46,12 +64,12 @@ def _local(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids_BxT, interpret: bool):
   q = (q_BxTxNxH * (h ** -0.5)).swapaxes(1, 2)   # the kernel does not scale
   k, v = k_BxTxKxH.swapaxes(1, 2), v_BxTxKxH.swapaxes(1, 2)
   if segment_ids_BxT is None:
-    kernel = _kernel(n, t, interpret)
+    kernel = _kernel_in_trace(n, t, interpret, cached=True)
     out_BxNxTxH = jax.vmap(kernel)(q, k, v)
   else:
     # Made afresh in each trace: a cached kernel called with segment ids inside flax's
     # scan keeps a value of the trace that first called it.
-    kernel = _kernel.__wrapped__(n, t, interpret)
+    kernel = _kernel_in_trace(n, t, interpret, cached=False)
     out_BxNxTxH = jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=sk.SegmentIds(s, s)))(
         q, k, v, segment_ids_BxT)
   return out_BxNxTxH.swapaxes(1, 2)

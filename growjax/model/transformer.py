@@ -156,7 +156,7 @@ class SwiGLU(nn.Module):
       history = functools.partial(_history, self, c)
       h_BxTxM = fp8_swiglu.swiglu_in(
           x, gate_ExM, up_ExM, history("gate_up_x"), history("gate_g"), history("up_g"),
-          out_dtype=dt, pallas=True, interpret=jax.default_backend() != "gpu")
+          out_dtype=dt, pallas=True, interpret=attention.platform() != "gpu")
     else:
       h_BxTxM = (nn.silu(_project(self, "gate", "bte,em->btm", x, gate_ExM, c, "gate_up"))
                  * _project(self, "up", "bte,em->btm", x, up_ExM, c, "gate_up", False))

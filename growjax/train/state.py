@@ -79,7 +79,7 @@ class Setup:
 
 def build(cfg: ml_collections.ConfigDict, devices=None) -> Setup:
   devices = list(devices if devices is not None else jax.devices())
-  config_lib.validate(cfg, len(devices))
+  config_lib.validate(cfg, len(devices), sharding.num_slices(devices))
   model_cfg = ModelConfig.from_config(cfg.model)
   mesh = sharding.make_mesh(cfg.mesh, devices)
   rules = sharding.rules_from_config(cfg.sharding_rules)
