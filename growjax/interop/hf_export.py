@@ -1,6 +1,7 @@
 """`growjax export-hf`: a growjax checkpoint -> a Hugging Face directory of its family
 (`LlamaForCausalLM`, `MistralForCausalLM`, `Qwen2ForCausalLM`, `Qwen3ForCausalLM`,
-`Olmo2ForCausalLM`: `hf_layout.hf_architecture`).
+`Olmo2ForCausalLM`, and for an MoE `MixtralForCausalLM` or `Qwen3MoeForCausalLM`:
+`hf_layout.hf_architecture`).
 
 Writes config.json, safetensors (sharded with an index above --max_shard_size) and the
 checkpoint's tokenizer files (its own, an import's, followed back through growths and

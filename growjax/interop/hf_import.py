@@ -2,8 +2,9 @@
 
 Reads config.json + safetensors (one file or sharded with model.safetensors.index.json)
 of a `LlamaForCausalLM` (Llama 1-3.x, TinyLlama), `MistralForCausalLM`,
-`Qwen2ForCausalLM`, `Qwen3ForCausalLM` or `Olmo2ForCausalLM` (`hf_layout.model_fields`
-sets the model family), checks every key and tensor header first, then streams tensor
+`Qwen2ForCausalLM`, `Qwen3ForCausalLM`, `Olmo2ForCausalLM`, or the mixtures of experts
+`MixtralForCausalLM` and `Qwen3MoeForCausalLM` (`hf_layout.model_fields` sets the model
+family), checks every key and tensor header first, then streams tensor
 by tensor: each device's shard of each growjax parameter is read from the memory-mapped safetensors
 (`jax.make_array_from_callback`) and the step is written leaf by leaf
 (`checkpoint_pieces.PieceWriter`; one whole save when several processes import), so memory

@@ -13,8 +13,12 @@ after the sublayers (HF's post_* names), Llama 3's rope scaling, Mistral's windo
 Mixtral (MixtralForCausalLM): the router and each expert's w1 / w3 / w2 are one HF
 tensor per layer and expert (`{j}` in the name), the growjax parameter's `experts` axis
 indexed by j; its routing (softmax, top-k, renormalised) is growjax's 'topk_softmax'.
-Not here: o_proj / MLP biases, rope types other than linear and llama3, Qwen3-MoE,
-shared experts.
+Qwen3-MoE (Qwen3MoeForCausalLM): Qwen3's per-head q/k norms with the same per-expert
+tensors under `mlp.gate` / `mlp.experts.{j}.gate_proj|up_proj|down_proj`
+(`QWEN3_MOE_NAMES`; transformers 5 fuses them in memory but saves them so);
+norm_topk_prob=true is 'topk_softmax', false 'softmax_topk', every layer sparse.
+Not here: o_proj / MLP biases, rope types other than linear and llama3, Qwen2-MoE
+(its shared expert has a sigmoid gate growjax's lacks), MoE on some layers only.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ HF_DIR = "hf"                         # inside an imported checkpoints dir: the 
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral",
                  "MixtralForCausalLM": "mixtral",
                  "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3",
-                 "Olmo2ForCausalLM": "olmo2"}
+                 "Qwen3MoeForCausalLM": "qwen3_moe", "Olmo2ForCausalLM": "olmo2"}
 ROPE_TYPES = ("default", "linear", "llama3")
 DTYPES = {"float32": np.float32, "bfloat16": "bfloat16", "float16": np.float16}
 # Tensors HF checkpoints may carry that growjax derives itself.
@@ -89,6 +93,12 @@ MAPPINGS.update({
     "layers/moe/up": Mapping(_X + "experts.{j}.w3.weight", (("expert_mlp",), ("embed",))),
     "layers/moe/down": Mapping(_X + "experts.{j}.w2.weight", (("embed",), ("expert_mlp",))),
 })
+# Qwen3-MoE's names for the same per-layer / per-expert tensors.
+_Q = _L + "mlp."
+QWEN3_MOE_NAMES = {"layers/moe/router": _Q + "gate.weight",
+                   "layers/moe/gate": _Q + "experts.{j}.gate_proj.weight",
+                   "layers/moe/up": _Q + "experts.{j}.up_proj.weight",
+                   "layers/moe/down": _Q + "experts.{j}.down_proj.weight"}
 # Norms after the sublayers (OLMo-2): the same growjax norms under HF's other names.
 POST_NORM_NAMES = {"layers/attn_norm/scale": _L + "post_attention_layernorm.weight",
                    "layers/mlp_norm/scale": _L + "post_feedforward_layernorm.weight"}
@@ -97,6 +107,8 @@ POST_NORM_NAMES = {"layers/attn_norm/scale": _L + "post_attention_layernorm.weig
 def hf_template(path: str, cfg: ModelConfig) -> str:
   if cfg.norm_position == "post" and path in POST_NORM_NAMES:
     return POST_NORM_NAMES[path]
+  if cfg.num_experts and cfg.qk_norm == "head" and path in QWEN3_MOE_NAMES:
+    return QWEN3_MOE_NAMES[path]
   return MAPPINGS[path].hf
 
 
@@ -165,6 +177,11 @@ def model_fields(hf: dict, where: str) -> dict:
   arch = hf.get("architectures") or []
   model_type = hf.get("model_type")
   known = [a for a in arch if a in ARCHITECTURES]
+  if "Qwen2MoeForCausalLM" in arch or model_type == "qwen2_moe":
+    raise ValueError(f"{where}: architectures={arch} (model_type={model_type!r}) is "
+                     f"Qwen2-MoE, whose shared expert is scaled by a sigmoid gate "
+                     f"(shared_expert_gate) that growjax's shared expert does not have — "
+                     f"growjax imports the Mixtral and Qwen3-MoE mixtures of experts")
   if not known and model_type not in ARCHITECTURES.values():
     raise ValueError(f"{where}: architectures={arch} (model_type={model_type!r}) is not a "
                      f"LLaMA-family model — growjax imports {', '.join(ARCHITECTURES)} "
@@ -187,7 +204,8 @@ def model_fields(hf: dict, where: str) -> dict:
   if hf.get("attention_bias"):
     refuse("attention_bias", hf["attention_bias"], "asks for biases (o_proj's too)")
   fields: dict = {"qkv_bias": family == "qwen2",
-                  "qk_norm": {"qwen3": "head", "olmo2": "whole"}.get(family, "none"),
+                  "qk_norm": {"qwen3": "head", "qwen3_moe": "head",
+                              "olmo2": "whole"}.get(family, "none"),
                   "norm_position": "post" if family == "olmo2" else "pre"}
   rope = hf.get("rope_scaling")
   params = hf.get("rope_parameters") or {}   # transformers >= 5 keeps rope_theta here
@@ -206,18 +224,34 @@ def model_fields(hf: dict, where: str) -> dict:
                     rope_original_max_positions=int(
                         value["original_max_position_embeddings"]))
   window = hf.get("sliding_window")
-  if family in ("qwen2", "qwen3"):
+  if family in ("qwen2", "qwen3", "qwen3_moe"):
     if hf.get("use_sliding_window") and window:
       refuse("use_sliding_window", True, "windows some layers only (max_window_layers)")
   elif family == "mistral":
     fields["sliding_window"] = int(window or 0)
   elif window is not None:
     refuse("sliding_window", window, "is a sliding attention window")
-  mixtral = "MixtralForCausalLM" in known or model_type == "mixtral"
-  for key in ("num_local_experts", "num_experts", "n_routed_experts", "moe_intermediate_size"):
-    if hf.get(key) and not (mixtral and key == "num_local_experts"):
+  mixtral = family == "mixtral"
+  allowed = {"mixtral": ("num_local_experts",),
+             "qwen3_moe": ("num_local_experts", "num_experts", "moe_intermediate_size")}
+  for key in ("num_local_experts", "num_experts", "n_routed_experts", "moe_intermediate_size",
+              "shared_expert_intermediate_size", "n_shared_experts"):
+    if hf.get(key) and key not in allowed.get(family, ()):
       refuse(key, hf[key], "is a mixture of experts of a family growjax does not import "
-             "(Mixtral's it does)")
+             "(Mixtral's and Qwen3-MoE's it does)")
+  if family == "qwen3_moe":
+    if hf.get("mlp_only_layers"):
+      refuse("mlp_only_layers", hf["mlp_only_layers"], "keeps dense MLPs in some layers "
+             "(growjax's mixture of experts is in every layer)")
+    if hf.get("decoder_sparse_step", 1) != 1:
+      refuse("decoder_sparse_step", hf["decoder_sparse_step"], "makes only every n-th "
+             "layer a mixture of experts (growjax's is in every layer)")
+    experts = hf.get("num_experts", hf.get("num_local_experts"))
+    for key, value in (("num_experts", experts),
+                       ("moe_intermediate_size", hf.get("moe_intermediate_size"))):
+      if not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{where}: {key}={value!r} — a Qwen3-MoE config.json gives it "
+                         f"as a positive integer (a dense Qwen3 is Qwen3ForCausalLM)")
   if hf.get("quantization_config"):
     refuse("quantization_config", "...", "is a quantized checkpoint")
   heads = hf["num_attention_heads"]
@@ -231,6 +265,11 @@ def model_fields(hf: dict, where: str) -> dict:
     moe = dict(num_experts=int(hf.get("num_local_experts", 8)),
                experts_per_token=int(hf.get("num_experts_per_tok", 2)),
                expert_mlp_dim=hf["intermediate_size"], moe_router="topk_softmax")
+  elif family == "qwen3_moe":   # transformers' Qwen3MoeConfig defaults norm_topk_prob off
+    moe = dict(num_experts=int(hf.get("num_experts", hf.get("num_local_experts"))),
+               experts_per_token=int(hf.get("num_experts_per_tok", 8)),
+               expert_mlp_dim=hf["moe_intermediate_size"],
+               moe_router="topk_softmax" if hf.get("norm_topk_prob") else "softmax_topk")
   return dict(**moe, vocab_size=hf["vocab_size"], num_layers=hf["num_hidden_layers"],
               embed_dim=hf["hidden_size"], num_heads=heads, num_kv_heads=kv,
               head_dim=head_dim, mlp_dim=hf["intermediate_size"],
@@ -246,10 +285,6 @@ def hf_config(model: ModelConfig, source: dict | None, dtype: str,
   the checkpoint's `tokenizer` record and `max_positions`."""
   out = {k: v for k, v in (source or {}).items()
          if k not in ("rope_parameters", "transformers_version", "_name_or_path")}
-  if model.num_experts and (model.shared_mlp_dim or model.moe_router != "topk_softmax"):
-    raise ValueError(f"config.model: shared_mlp_dim={model.shared_mlp_dim}, moe_router="
-                     f"{model.moe_router!r} — Mixtral, the MoE layout growjax exports, has "
-                     f"no shared expert and routes by 'topk_softmax'")
   arch, model_type = hf_architecture(model)
   out.update({
       "architectures": [arch], "model_type": model_type,
@@ -263,11 +298,18 @@ def hf_config(model: ModelConfig, source: dict | None, dtype: str,
   scaling = rope_scaling_dict(model)
   if scaling:
     out["rope_scaling"] = scaling
-  if model.num_experts:
-    out.update({"architectures": ["MixtralForCausalLM"], "model_type": "mixtral",
-                "intermediate_size": model.expert_mlp_dim,
+  if model_type == "mixtral":
+    out.update({"intermediate_size": model.expert_mlp_dim,
                 "num_local_experts": model.num_experts,
                 "num_experts_per_tok": model.experts_per_token, "sliding_window": None})
+  if model_type == "qwen3_moe":   # the experts' count under the source's key
+    key = "num_local_experts" if "num_local_experts" in out else "num_experts"
+    out.pop("num_experts", None)
+    out.update({key: model.num_experts, "moe_intermediate_size": model.expert_mlp_dim,
+                "num_experts_per_tok": model.experts_per_token,
+                "norm_topk_prob": model.moe_router == "topk_softmax",
+                "decoder_sparse_step": 1, "mlp_only_layers": []})
+  if model.num_experts:
     for key in ("mlp_bias", "pretraining_tp"):
       out.pop(key, None)
   if (source or {}).get("rope_parameters"):   # transformers >= 5 spells rope this way
@@ -290,7 +332,7 @@ def hf_config(model: ModelConfig, source: dict | None, dtype: str,
   out.pop("sliding_window", None)
   if model_type == "mistral":
     out["sliding_window"] = model.sliding_window or None
-  if model_type in ("qwen2", "qwen3"):
+  if model_type in ("qwen2", "qwen3", "qwen3_moe"):
     out.update(sliding_window=None, use_sliding_window=False)
   if "layer_types" in out:   # one per layer: a depth growth changes their number
     out["layer_types"] = ["full_attention"] * model.num_layers
@@ -301,6 +343,19 @@ def hf_architecture(model: ModelConfig) -> tuple[str, str]:
   """The HF class (and model_type) of a growjax model's family; one HF has no class for
   (say, q/k/v biases with a window) is refused, naming the fields."""
   family = (model.qkv_bias, model.qk_norm, model.norm_position, bool(model.sliding_window))
+  if model.num_experts:
+    moe = {(False, "none", "pre", False): ("MixtralForCausalLM", "mixtral"),
+           (False, "head", "pre", False): ("Qwen3MoeForCausalLM", "qwen3_moe")}.get(family)
+    if model.shared_mlp_dim or not moe or (moe[1] == "mixtral"
+                                           and model.moe_router != "topk_softmax"):
+      raise ValueError(f"config.model: num_experts={model.num_experts} with shared_mlp_dim="
+                       f"{model.shared_mlp_dim}, moe_router={model.moe_router!r}, qkv_bias="
+                       f"{model.qkv_bias}, qk_norm={model.qk_norm!r}, norm_position="
+                       f"{model.norm_position!r}, sliding_window={model.sliding_window}: no "
+                       f"Hugging Face MoE class has that — export Mixtral (no q/k norm, "
+                       f"'topk_softmax') or Qwen3-MoE (qk_norm='head', either router), "
+                       f"without a shared expert")
+    return moe
   known = {(False, "none", "pre", False): ("LlamaForCausalLM", "llama"),
            (False, "none", "pre", True): ("MistralForCausalLM", "mistral"),
            (True, "none", "pre", False): ("Qwen2ForCausalLM", "qwen2"),
