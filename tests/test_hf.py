@@ -54,7 +54,8 @@ def test_fixtures_are_the_ones_transformers_wrote():
   kinds = {(f["num_attention_heads"] == f["num_key_value_heads"], f["tie_word_embeddings"],
             f["rope_theta"]) for f in manifest["fixtures"].values()}
   assert {k[0] for k in kinds} == {True, False} and {k[1] for k in kinds} == {True, False}
-  assert {k[2] for k in kinds} == {10_000.0, 500_000.0}
+  assert {k[2] for k in kinds} == {10_000.0, 500_000.0, 1_000_000.0}
+  assert {f.get("family") for f in manifest["fixtures"].values()} >= {"qwen3_moe"}
   assert os.path.exists(os.path.join(FIXTURES, "llama_gqa_untied_sharded",
                                      "model.safetensors.index.json"))
 
@@ -74,7 +75,7 @@ def test_import_matches_transformers_and_round_trips_exactly(name, tmp_path, mon
   ref = np.load(os.path.join(src, "reference_logits.npy"))
   got = logits(loaded, tokens)
   assert got.shape == ref.shape
-  assert np.abs(got - ref).max() / np.abs(ref).max() < 1e-4
+  assert np.abs(got - ref).max() / np.abs(ref).max() < (1e-5 if name == "qwen3_moe" else 1e-4)
   # The tokenizer travels: copied byte for byte, and it tokenizes as transformers did.
   for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
     assert open(os.path.join(ck, "hf", f), "rb").read() == open(os.path.join(src, f), "rb").read()
@@ -197,16 +198,25 @@ def _refused(monkeypatch, capsys, tmp_path, src, *flags):
     ("bias", "attention_bias=True asks for biases"),
     ("sliding", "sliding_window=16 is a sliding attention window"),
     ("moe", "num_local_experts=8 is a mixture of experts"),
+    ("qwen2_moe", "is Qwen2-MoE, whose shared expert is scaled by a sigmoid gate"),
+    ("qwen3_moe_dense_layers", "mlp_only_layers=[1] keeps dense MLPs in some layers"),
+    ("qwen3_moe_sparse_step", "decoder_sparse_step=2 makes only every n-th layer"),
     ("bias_tensor", "tensor 'model.layers.0.self_attn.q_proj.bias' has no place"),
 ])
 def test_bad_inputs_are_one_line_and_write_nothing(case, expect, tmp_path, monkeypatch,
                                                    capsys):
   src = str(tmp_path / "hf")
+  qwen3_moe = {"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe",
+               "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16}
   extra = {"gpt2": {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"},
            "rope_scaling": {"rope_scaling": {"rope_type": "yarn", "factor": 8.0}},
            "bias": {"attention_bias": True},
            "sliding": {"sliding_window": 16},   # a window on a Llama (Mistral has one)
-           "moe": {"num_local_experts": 8}}.get(case)
+           "moe": {"num_local_experts": 8},
+           "qwen2_moe": {"architectures": ["Qwen2MoeForCausalLM"], "model_type": "qwen2_moe",
+                         "num_experts": 4, "shared_expert_intermediate_size": 32},
+           "qwen3_moe_dense_layers": dict(qwen3_moe, mlp_only_layers=[1]),
+           "qwen3_moe_sparse_step": dict(qwen3_moe, decoder_sparse_step=2)}.get(case)
   hf_dirs.write(src, config_extra=extra,
                 drop="model.layers.1.mlp.up_proj.weight" if case == "missing" else None,
                 reshape="model.layers.0.self_attn.k_proj.weight" if case == "misshapen" else None,
@@ -257,3 +267,61 @@ def test_a_failure_while_writing_leaves_nothing_and_a_full_destination_is_refuse
   assert code == 2 and "--from=" in err
   line = _refused(monkeypatch, capsys, tmp_path, src, f"--to={tmp_path / 'full'}")
   assert "exists and is not empty" in line and (tmp_path / "full" / "keep.txt").read_text() == "mine"
+
+
+def test_qwen3_moe_unnormalised_routing_imports_exports_and_verifies(tmp_path, monkeypatch,
+                                                                    capsys):
+  """Qwen3-MoE's norm_topk_prob=false (top-k of the softmax, not renormalised) is
+  growjax's 'softmax_topk': the fixture's weights under that flag give transformers'
+  second set of logits, and the export says norm_topk_prob=false again. (true, the
+  fixture's own, is 'topk_softmax': test_import_matches_transformers_and_round_trips.)"""
+  import shutil
+  from growjax.interop import hf_layout
+  from growjax.model import ModelConfig
+  fixture = os.path.join(FIXTURES, "qwen3_moe")
+  src, ck, out = (str(tmp_path / d) for d in ("src", "ck", "out"))
+  shutil.copytree(fixture, src)
+  cfg_in = json.load(open(os.path.join(src, "config.json")))
+  assert cfg_in["norm_topk_prob"] is True
+  json.dump(dict(cfg_in, norm_topk_prob=False), open(os.path.join(src, "config.json"), "w"))
+  code, _, err = run(monkeypatch, capsys, "import-hf", f"--from={src}", f"--to={ck}",
+                     "--dtype=float32")
+  assert code == 0, err
+  loaded = params_io.load(ck)
+  cfg = loaded.model_cfg
+  assert (cfg.num_experts, cfg.experts_per_token, cfg.expert_mlp_dim, cfg.mlp_dim,
+          cfg.moe_router, cfg.qk_norm) == (4, 2, 32, 128, "softmax_topk", "head")
+  ref = np.load(os.path.join(src, "reference_logits_softmax_topk.npy"))
+  got = logits(loaded, np.load(os.path.join(src, "reference_tokens.npy")))
+  assert np.abs(got - ref).max() / np.abs(ref).max() < 1e-5
+  assert np.abs(ref - np.load(os.path.join(src, "reference_logits.npy"))).max() > 0.1
+  code, text, err = run(monkeypatch, capsys, "export-hf", f"--from={ck}", f"--to={out}",
+                        "--verify")
+  assert code == 0, err
+  original, exported = hf_tensors(fixture), hf_tensors(out)
+  assert sorted(exported) == sorted(original)
+  for k, v in original.items():
+    assert np.array_equal(exported[k], v), k
+  cfg_out = json.load(open(os.path.join(out, "config.json")))
+  assert cfg_out["norm_topk_prob"] is False and "num_experts" not in cfg_out
+  for key in ("architectures", "model_type", "num_local_experts", "num_experts_per_tok",
+              "moe_intermediate_size", "intermediate_size", "decoder_sparse_step",
+              "mlp_only_layers", "head_dim", "rope_parameters", "tie_word_embeddings"):
+    assert cfg_out.get(key) == cfg_in.get(key), key
+  [line] = [x for x in (text + err).splitlines() if x.startswith("verify: ")]
+  try:   # torch + transformers are no CI dependency: the check says it was skipped
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+  except ImportError:
+    assert line.startswith("verify: skipped — ") and "is not importable" in line
+  else:
+    assert float(line.split("max |logit diff| ")[1].split()[0]) < 1e-4 * np.abs(ref).max()
+  # An MoE no HF class holds (a shared expert; Mixtral's layout unrenormalised) is refused.
+  for bad in (cfg.replace(shared_mlp_dim=16),
+              cfg.replace(qk_norm="none", moe_router="softmax_topk")):
+    with pytest.raises(ValueError, match=r"no Hugging Face MoE class has that — export "
+                                         r"Mixtral .* or Qwen3-MoE"):
+      hf_layout.hf_config(bad, cfg_in, "float32")
+  assert hf_layout.hf_architecture(cfg.replace(qk_norm="none", moe_router="topk_softmax")) \
+      == ("MixtralForCausalLM", "mixtral")
+  assert isinstance(cfg, ModelConfig)
