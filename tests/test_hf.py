@@ -275,15 +275,18 @@ def test_qwen3_moe_unnormalised_routing_imports_exports_and_verifies(tmp_path, m
   growjax's 'softmax_topk': the fixture's weights under that flag give transformers'
   second set of logits, and the export says norm_topk_prob=false again. (true, the
   fixture's own, is 'topk_softmax': test_import_matches_transformers_and_round_trips.)"""
+  import pathlib
   import shutil
+
   from growjax.interop import hf_layout
   from growjax.model import ModelConfig
   fixture = os.path.join(FIXTURES, "qwen3_moe")
   src, ck, out = (str(tmp_path / d) for d in ("src", "ck", "out"))
   shutil.copytree(fixture, src)
-  cfg_in = json.load(open(os.path.join(src, "config.json")))
+  config = pathlib.Path(src, "config.json")
+  cfg_in = json.loads(config.read_text())
   assert cfg_in["norm_topk_prob"] is True
-  json.dump(dict(cfg_in, norm_topk_prob=False), open(os.path.join(src, "config.json"), "w"))
+  config.write_text(json.dumps(dict(cfg_in, norm_topk_prob=False)))
   code, _, err = run(monkeypatch, capsys, "import-hf", f"--from={src}", f"--to={ck}",
                      "--dtype=float32")
   assert code == 0, err
@@ -302,9 +305,11 @@ def test_qwen3_moe_unnormalised_routing_imports_exports_and_verifies(tmp_path, m
   assert sorted(exported) == sorted(original)
   for k, v in original.items():
     assert np.array_equal(exported[k], v), k
-  cfg_out = json.load(open(os.path.join(out, "config.json")))
-  assert cfg_out["norm_topk_prob"] is False and "num_experts" not in cfg_out
-  for key in ("architectures", "model_type", "num_local_experts", "num_experts_per_tok",
+  cfg_out = json.loads(pathlib.Path(out, "config.json").read_text())
+  # `num_experts`, which transformers 4 and 5 both read (5 saved it as num_local_experts).
+  assert cfg_out["norm_topk_prob"] is False and "num_local_experts" not in cfg_out
+  assert cfg_out["num_experts"] == cfg_in["num_local_experts"] == 4
+  for key in ("architectures", "model_type", "num_experts_per_tok",
               "moe_intermediate_size", "intermediate_size", "decoder_sparse_step",
               "mlp_only_layers", "head_dim", "rope_parameters", "tie_word_embeddings"):
     assert cfg_out.get(key) == cfg_in.get(key), key

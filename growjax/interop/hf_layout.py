@@ -266,10 +266,10 @@ def model_fields(hf: dict, where: str) -> dict:
                experts_per_token=int(hf.get("num_experts_per_tok", 2)),
                expert_mlp_dim=hf["intermediate_size"], moe_router="topk_softmax")
   elif family == "qwen3_moe":   # transformers' Qwen3MoeConfig defaults norm_topk_prob off
-    moe = dict(num_experts=int(hf.get("num_experts", hf.get("num_local_experts"))),
-               experts_per_token=int(hf.get("num_experts_per_tok", 8)),
-               expert_mlp_dim=hf["moe_intermediate_size"],
-               moe_router="topk_softmax" if hf.get("norm_topk_prob") else "softmax_topk")
+    moe = {"num_experts": int(hf.get("num_experts", hf.get("num_local_experts"))),
+           "experts_per_token": int(hf.get("num_experts_per_tok", 8)),
+           "expert_mlp_dim": hf["moe_intermediate_size"],
+           "moe_router": "topk_softmax" if hf.get("norm_topk_prob") else "softmax_topk"}
   return dict(**moe, vocab_size=hf["vocab_size"], num_layers=hf["num_hidden_layers"],
               embed_dim=hf["hidden_size"], num_heads=heads, num_kv_heads=kv,
               head_dim=head_dim, mlp_dim=hf["intermediate_size"],
@@ -302,10 +302,11 @@ def hf_config(model: ModelConfig, source: dict | None, dtype: str,
     out.update({"intermediate_size": model.expert_mlp_dim,
                 "num_local_experts": model.num_experts,
                 "num_experts_per_tok": model.experts_per_token, "sliding_window": None})
-  if model_type == "qwen3_moe":   # the experts' count under the source's key
-    key = "num_local_experts" if "num_local_experts" in out else "num_experts"
-    out.pop("num_experts", None)
-    out.update({key: model.num_experts, "moe_intermediate_size": model.expert_mlp_dim,
+  if model_type == "qwen3_moe":
+    # `num_experts`, the published key: transformers 4 reads only it, 5 maps it to the
+    # `num_local_experts` it saves (and 4 would ignore).
+    out.pop("num_local_experts", None)
+    out.update({"num_experts": model.num_experts, "moe_intermediate_size": model.expert_mlp_dim,
                 "num_experts_per_tok": model.experts_per_token,
                 "norm_topk_prob": model.moe_router == "topk_softmax",
                 "decoder_sparse_step": 1, "mlp_only_layers": []})
