@@ -200,6 +200,8 @@ def test_export_folds_the_multipliers_into_plain_weights(tmp_path):
                "--config.model.mup_base_head_dim=16", "--config.model.dtype=float32",
                "--config.train.final_sample_tokens=0")
   assert r.returncode == 0, r.stderr[-2000:]
+  r = _console("inspect", str(w))
+  assert r.returncode == 0 and "μP, base 64 wide x 2 layers, depth alpha 0.5" in r.stdout, r.stdout
   r = _console("export-hf", f"--from={w}", f"--to={out}")
   assert r.returncode == 0 and "folded" in r.stdout + r.stderr, r.stderr[-2000:]
   r = _console("import-hf", f"--from={out}", f"--to={back}", "--dtype=float32")

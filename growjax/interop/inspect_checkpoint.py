@@ -189,4 +189,13 @@ def model_family(m: dict) -> str:
     parts.append("norms after the sublayers")
   if m.get("sliding_window"):
     parts.append(f"sliding window {m['sliding_window']}")
+  if m.get("num_experts"):
+    shared = f", shared expert {m['shared_mlp_dim']}" if m.get("shared_mlp_dim") else ""
+    parts.append(f"mixture of experts: {m['num_experts']} experts of "
+                 f"{m.get('expert_mlp_dim')}, top-{m.get('experts_per_token')} "
+                 f"({m.get('moe_router')}){shared}")
+  if m.get("parametrization", "sp") == "mup":
+    parts.append(f"μP, base {m.get('mup_base_embed_dim')} wide x "
+                 f"{m.get('mup_base_num_layers')} layers, depth alpha "
+                 f"{m.get('mup_depth_alpha')}")
   return ", ".join(parts)
