@@ -85,16 +85,22 @@ def _saving(scratch_curve, target: float, run_path: str) -> dict:
   return out
 
 
+def read_summary(sweep: str, flag: str) -> dict:
+  """A finished sweep's summary, from its workdir or the file itself (`flag` names
+  where the path came from in the refusal)."""
+  path = epath.Path(sweep)
+  path = path if path.name == SUMMARY_FILE else path / SUMMARY_FILE
+  if not path.exists():
+    raise ValueError(f"{flag}={sweep}: no {SUMMARY_FILE} there — give the workdir of a "
+                     f"finished growjax sweep")
+  return json.loads(path.read_text())
+
+
 def law_points(also: Sequence[str]) -> list[law_lib.Point]:
   """The law points (best d at their N and C) of other finished sweeps (`--also`)."""
   points = []
   for other in also:
-    path = epath.Path(other)
-    path = path if path.name == SUMMARY_FILE else path / SUMMARY_FILE
-    if not path.exists():
-      raise ValueError(f"--also={other}: no {SUMMARY_FILE} there — give the workdir of a "
-                       f"finished growjax sweep")
-    p = json.loads(path.read_text()).get("law_point")
+    p = read_summary(other, "--also").get("law_point")
     if p:
       points.append(law_lib.Point(p["params"], p["flops"], p["d_tokens"]))
   return points
@@ -195,12 +201,7 @@ def crossover(rows: Sequence[dict]) -> dict | None:
 def crossover_warning(sweep_dir: str, d_tokens: float, small_params_n: float) -> str:
   """`growjax plan --sweep`: a line on whether d tokens on a small model of
   `small_params_n` parameters lie past the crossover a finished sweep measured."""
-  path = epath.Path(sweep_dir)
-  path = path if path.name == SUMMARY_FILE else path / SUMMARY_FILE
-  if not path.exists():
-    raise ValueError(f"--sweep={sweep_dir}: no {SUMMARY_FILE} there — give the workdir of a "
-                     f"finished growjax sweep")
-  fit = json.loads(path.read_text()).get("crossover")
+  fit = read_summary(sweep_dir, "--sweep").get("crossover")
   x = d_tokens / small_params_n
   if not fit or fit.get("crossover") is None:
     return (f"the sweep at {sweep_dir} shows no crossover (growth paid at every d it "
