@@ -96,6 +96,9 @@ def _growth(cfg, events, i, topo, hbm) -> aot.Program:
   what = (f"{src_model.num_layers}L x {src_model.embed_dim} -> {large.model_cfg.num_layers}L "
           f"x {large.model_cfg.embed_dim} by {spec.method}"
           + (f" + width {spec.width_method}" if spec.width_method else "")
+          + (f" + experts {src_model.num_experts or 'dense'} -> "
+             f"{large.model_cfg.num_experts}"
+             if large.model_cfg.num_experts != src_model.num_experts else "")
           + f", opt_state {kw['opt_state']}")
   if spec.learns:
     return aot.Program(f"growth {i}", what + " (learn: not compiled, a training loop of "
