@@ -16,12 +16,13 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import jax
 import pytest
+
+import pip_site
 
 from growjax import cli
 from growjax import config as config_lib
@@ -39,27 +40,8 @@ GIB = 2 ** 30
 
 
 def _libtpu_site() -> str:
-  """A directory holding libtpu, installed once and atomically (into a `.partial`
-  directory, renamed into place when complete)."""
-  site = os.environ.get("GROWJAX_LIBTPU_SITE") or os.path.join(
-      os.path.expanduser("~"), ".cache", "growjax-tests", "libtpu-" + jax.__version__)
-  if os.path.isdir(site):
-    return site
-  partial = f"{site}.partial-{os.getpid()}"
-  out = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                        "--disable-pip-version-check", "--target", partial, LIBTPU_PIN],
-                       capture_output=True, text=True)
-  if out.returncode != 0:
-    shutil.rmtree(partial, ignore_errors=True)   # ours, half-installed: leave no debris
-    pytest.skip(f"could not install {LIBTPU_PIN} into {partial}: {out.stderr.strip()[-500:]}")
-  os.makedirs(os.path.dirname(site), exist_ok=True)
-  try:
-    os.rename(partial, site)
-  except OSError:  # another process installed it first: use theirs, drop ours
-    if not os.path.isdir(site):
-      raise
-    shutil.rmtree(partial, ignore_errors=True)
-  return site
+  return pip_site.private_site(LIBTPU_PIN, "libtpu-" + jax.__version__, "GROWJAX_LIBTPU_SITE",
+                               no_deps=True)
 
 
 @pytest.mark.slow

@@ -14,12 +14,12 @@ that install fails (no registry), saying why.
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import numpy as np
-import pytest
+
+import pip_site
 
 from growjax.data import config as data_config
 from growjax.data import prepare, shards
@@ -31,27 +31,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _beam_site() -> str:
-  """A directory holding apache-beam and its own pinned dependencies, installed once and
-  atomically (into a `.partial` directory, renamed into place when complete)."""
-  site = os.environ.get("GROWJAX_BEAM_SITE") or os.path.join(
-      os.path.expanduser("~"), ".cache", "growjax-tests",
-      "beamsite-" + BEAM_PIN.split("==")[1])
-  if os.path.isdir(site):
-    return site
-  partial = f"{site}.partial-{os.getpid()}"
-  out = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                        "--target", partial, BEAM_PIN], capture_output=True, text=True)
-  if out.returncode != 0:
-    shutil.rmtree(partial, ignore_errors=True)   # ours, half-installed: leave no debris
-    pytest.skip(f"could not install {BEAM_PIN} into {partial}: {out.stderr.strip()[-500:]}")
-  os.makedirs(os.path.dirname(site), exist_ok=True)
-  try:
-    os.rename(partial, site)
-  except OSError:  # another process installed it first: use theirs, drop ours
-    if not os.path.isdir(site):
-      raise
-    shutil.rmtree(partial, ignore_errors=True)
-  return site
+  return pip_site.private_site(BEAM_PIN, "beamsite-" + BEAM_PIN.split("==")[1],
+                               "GROWJAX_BEAM_SITE")
 
 
 def test_beam_builder_writes_the_windows_prepare_writes(tmp_path):
