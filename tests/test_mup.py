@@ -212,3 +212,17 @@ def test_export_folds_the_multipliers_into_plain_weights(tmp_path):
   lb = Transformer(b.model_cfg.for_exact_logits()).apply({"params": b.params}, TOKENS % 384)
   np.testing.assert_allclose(np.asarray(lb), np.asarray(la), rtol=0,
                              atol=1e-5 * float(np.abs(la).max()))
+
+
+@pytest.mark.parametrize("experts", [0, 4])
+def test_folding_into_plain_weights_keeps_the_function(experts):
+  """`fold_into_sp` (export's step): the SP model on the folded weights computes the μP
+  model, dense or a mixture of experts."""
+  cfg = toy(width=128, depth=4, alpha=0.5)
+  if experts:
+    cfg = cfg.replace(num_experts=experts, experts_per_token=2, expert_mlp_dim=64)
+  params = init_params(cfg, jax.random.key(0))
+  folded = mup.fold_into_sp(params, cfg)
+  want = logits(cfg, params)
+  np.testing.assert_allclose(logits(cfg.replace(parametrization="sp"), folded), want,
+                             rtol=0, atol=1e-6 * float(jnp.abs(want).max()) + 1e-7)

@@ -178,7 +178,9 @@ def fold_into_sp(params: dict, cfg) -> dict:
       layers[norm] = {"scale": layers[norm]["scale"] * b}
   else:
     attn["o"] = attn["o"] * b
-    layers["mlp"]["down"] = layers["mlp"]["down"] * b
+    for ffn, writers in (("mlp", ("down",)), ("moe", ("down", "shared_down"))):
+      if ffn in layers:   # the MLP, or a mixture of experts and its shared expert
+        layers[ffn] = {k: v * b if k in writers else v for k, v in layers[ffn].items()}
   qm = query_multiplier(cfg)
   qk_norm = getattr(cfg, "qk_norm", "none")
   if qk_norm != "none":   # the multiplier acts after the q norm: into its scale
